@@ -1,0 +1,137 @@
+"""Build a Keras (tf_keras) model from a Spec, and move Darknet weights in and out of it.
+
+Only stock layers (Conv2D, BatchNormalization, LeakyReLU, ZeroPadding2D,
+MaxPooling2D, UpSampling2D, Concatenate, Add), named after the Spec index
+(``conv_12``, ``bn_12``, ``leaky_12``, ``route_20`` ...), so an ``.h5`` loads
+with no custom objects and layers can be found again after any edit.
+
+The outputs are the raw head tensors, one per [yolo] layer, shape
+``(batch, h, w, anchors * (5 + classes))``: decoding stays outside the model
+(see :mod:`yolo3.postprocess`), which is what int8 export needs.
+
+Batch norm: Darknet computes ``(x - mean) / (sqrt(var) + 1e-6)``; Keras and
+OpenCV DNN compute ``(x - mean) / sqrt(var + eps)``. We keep Darknet's
+variance unchanged (so ``.weights`` round-trip byte for byte) and use
+``eps = 1e-6`` (:data:`BN_EPSILON`), which is what OpenCV's Darknet importer
+uses. The relative difference to Darknet is below ``1e-6 / (2 sqrt(var))`` of
+the normalised value, e.g. 5e-5 for var = 1e-4.
+
+Example::
+
+    from yolo3.zoo import build_spec
+    from yolo3.keras_model import build_model
+    model = build_model(build_spec("yolov3-tiny", classes=3), size=320)
+    outputs = model.predict(images)        # two arrays, (n, 10, 10, 24) and (n, 20, 20, 24)
+"""
+
+from __future__ import annotations
+
+from .darknet import ConvWeights, DarknetWeights, Header
+from .errors import UserError
+from .kerasenv import keras
+from .spec import Spec, conv_params, maxpool_params, route_inputs, shortcut_input
+
+BN_EPSILON = 1e-6
+LEAKY_SLOPE = 0.1
+
+
+def build_model(spec: Spec, size: int | tuple[int, int] | None = None, name: str = "yolov3") -> keras.Model:
+    """Build the Keras model of ``spec``.
+
+    ``size`` is the input size (an int for square, or (height, width)); ``None``
+    uses the Spec's [net] size. Pass ``size=0`` for a model that accepts any
+    size divisible by 32 (needed for multi-scale training).
+    """
+    layers = keras.layers
+    if size is None:
+        hw = (spec.height, spec.width)
+    elif size == 0:
+        hw = (None, None)
+    elif isinstance(size, int):
+        hw = (size, size)
+    else:
+        hw = tuple(size)
+    for v in hw:
+        if v is not None and (v <= 0 or v % 32):
+            raise UserError(f"the input size must be a positive multiple of 32, got {v}", spec.source)
+    inp = layers.Input(shape=(hw[0], hw[1], spec.channels), name="image")
+    outs: list = []
+    x = inp
+    for i, block in enumerate(spec.layers):
+        if block.type == "convolutional":
+            p = conv_params(block)
+            if p.padding and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2):
+                x = layers.ZeroPadding2D(p.padding, name=f"pad_{i}")(x)
+                mode = "valid"
+            else:
+                mode = "same" if p.padding else "valid"
+            x = layers.Conv2D(
+                p.filters,
+                p.size,
+                strides=p.stride,
+                padding=mode,
+                groups=p.groups,
+                use_bias=not p.batch_normalize,
+                name=f"conv_{i}",
+            )(x)
+            if p.batch_normalize:
+                x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=f"bn_{i}")(x)
+            if p.activation == "leaky":
+                x = layers.LeakyReLU(alpha=LEAKY_SLOPE, name=f"leaky_{i}")(x)
+        elif block.type == "maxpool":
+            size_, stride, padding = maxpool_params(block)
+            if padding == size_ - 1:
+                mode = "same"
+            elif padding == 0:
+                mode = "valid"
+            else:
+                raise spec.error(i, f"[maxpool] padding={padding} is not supported (use the default or 0)")
+            x = layers.MaxPooling2D(size_, stride, padding=mode, name=f"maxpool_{i}")(x)
+        elif block.type == "upsample":
+            stride = block.get_int("stride", 2)
+            x = layers.UpSampling2D(stride, interpolation="nearest", name=f"upsample_{i}")(x)
+        elif block.type == "route":
+            sources = [outs[j] for j in route_inputs(spec, i)]
+            x = sources[0] if len(sources) == 1 else layers.Concatenate(axis=-1, name=f"route_{i}")(sources)
+        elif block.type == "shortcut":
+            x = layers.Add(name=f"shortcut_{i}")([x, outs[shortcut_input(spec, i)]])
+        elif block.type == "yolo":
+            pass  # decoding happens outside the model
+        else:  # pragma: no cover - the Spec parser rejects other types
+            raise spec.error(i, f"unsupported layer type [{block.type}]")
+        outs.append(x)
+    heads = [outs[i - 1] for i in spec.yolo_indices()]
+    if not heads:
+        raise UserError("the network has no [yolo] layer", spec.source)
+    return keras.Model(inp, heads, name=name)
+
+
+def set_darknet_weights(model: keras.Model, spec: Spec, weights: DarknetWeights) -> None:
+    """Copy Darknet weights into the model built from ``spec``."""
+    for i in spec.conv_indices():
+        cw = weights.convs.get(i)
+        if cw is None:
+            raise UserError(f"no weights for convolution {i}", spec.source)
+        conv = model.get_layer(f"conv_{i}")
+        expected = tuple(conv.kernel.shape)
+        if tuple(cw.kernel.shape) != expected:
+            raise UserError(f"convolution {i}: weights {cw.kernel.shape} do not fit the model's {expected}", spec.source)
+        if cw.bn is not None:
+            conv.set_weights([cw.kernel])
+            model.get_layer(f"bn_{i}").set_weights(list(cw.bn))
+        else:
+            conv.set_weights([cw.kernel, cw.bias])
+
+
+def get_darknet_weights(model: keras.Model, spec: Spec, header: Header | None = None) -> DarknetWeights:
+    """Read the convolution weights of a model built from ``spec``."""
+    convs = {}
+    for i in spec.conv_indices():
+        conv = model.get_layer(f"conv_{i}")
+        values = conv.get_weights()
+        if conv.use_bias:
+            convs[i] = ConvWeights(values[0], values[1], None)
+        else:
+            bn = model.get_layer(f"bn_{i}").get_weights()
+            convs[i] = ConvWeights(values[0], None, tuple(bn))
+    return DarknetWeights(convs, header or Header())

@@ -1,0 +1,19 @@
+"""Import Keras 2 (tf_keras) the one way this project does it.
+
+TFMOT works only with Keras 2, so ``TF_USE_LEGACY_KERAS=1`` must be set before
+TensorFlow is first imported. Import ``keras`` and ``tf`` from here; never
+import the plain ``keras`` package. Only modules that need TensorFlow import
+this one, so ``import yolo3`` stays free of TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+import tf_keras as keras  # noqa: E402
+
+__all__ = ["keras", "tf"]

@@ -1,0 +1,509 @@
+"""The Spec: a Darknet network as a list of blocks, read from and written to ``.cfg`` text.
+
+Everything structural in this tool works on the Spec: the Keras builder reads it,
+structured pruning rewrites it, the ``.weights`` reader walks it. It is pure
+Python (no TensorFlow) so the edge runner and the CLI can use it cheaply.
+
+Example::
+
+    from yolo3.spec import parse_cfg, format_cfg, analyse
+    spec = parse_cfg(open("yolov3-tiny.cfg").read(), source="yolov3-tiny.cfg")
+    layers = analyse(spec, 416, 416)          # shapes, parameters, MACs per layer
+    print(sum(info.macs for info in layers))  # 2.79 G multiply-accumulates
+    open("copy.cfg", "w").write(format_cfg(spec))
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+BLOCK_TYPES = ("net", "convolutional", "shortcut", "route", "upsample", "maxpool", "yolo")
+ACTIVATIONS = ("leaky", "linear")
+
+
+@dataclass
+class Block:
+    """One ``[section]`` of a cfg: its type, its options as raw strings, and where it came from."""
+
+    type: str
+    options: dict[str, str] = field(default_factory=dict)
+    line: int = 0
+
+    def _raw(self, key: str) -> str | None:
+        return self.options.get(key)
+
+    def get_int(self, key: str, default: int | None = None, where: str | None = None) -> int:
+        raw = self._raw(key)
+        if raw is None:
+            if default is None:
+                raise ValueError(f"[{self.type}] needs '{key}'")
+            return default
+        try:
+            return int(raw.strip())
+        except ValueError:
+            raise ValueError(f"[{self.type}] {key}={raw!r} is not an integer") from None
+
+    def get_float(self, key: str, default: float | None = None) -> float:
+        raw = self._raw(key)
+        if raw is None:
+            if default is None:
+                raise ValueError(f"[{self.type}] needs '{key}'")
+            return default
+        try:
+            return float(raw.strip())
+        except ValueError:
+            raise ValueError(f"[{self.type}] {key}={raw!r} is not a number") from None
+
+    def get_ints(self, key: str, default: list[int] | None = None) -> list[int]:
+        raw = self._raw(key)
+        if raw is None:
+            if default is None:
+                raise ValueError(f"[{self.type}] needs '{key}'")
+            return list(default)
+        try:
+            return [int(v) for v in raw.replace(" ", "").split(",") if v != ""]
+        except ValueError:
+            raise ValueError(f"[{self.type}] {key}={raw!r} is not a list of integers") from None
+
+    def get_floats(self, key: str) -> list[float]:
+        raw = self._raw(key)
+        if raw is None:
+            raise ValueError(f"[{self.type}] needs '{key}'")
+        try:
+            return [float(v) for v in raw.replace(" ", "").split(",") if v != ""]
+        except ValueError:
+            raise ValueError(f"[{self.type}] {key}={raw!r} is not a list of numbers") from None
+
+    def get_str(self, key: str, default: str) -> str:
+        raw = self._raw(key)
+        return default if raw is None else raw.strip()
+
+    def set(self, key: str, value) -> None:
+        if isinstance(value, (list, tuple)):
+            value = ",".join(str(v) for v in value)
+        self.options[key] = str(value)
+
+
+@dataclass
+class Spec:
+    """A whole network: the ``[net]`` options and the layers in cfg order.
+
+    ``source`` names the file the Spec came from (or a built-in name) so that
+    errors found later, during shape inference, can still name file and line.
+    """
+
+    net: Block
+    layers: list[Block]
+    source: str = "<spec>"
+
+    def copy(self) -> Spec:
+        return copy.deepcopy(self)
+
+    @property
+    def width(self) -> int:
+        return self.net.get_int("width", 416)
+
+    @property
+    def height(self) -> int:
+        return self.net.get_int("height", 416)
+
+    @property
+    def channels(self) -> int:
+        return self.net.get_int("channels", 3)
+
+    def conv_indices(self) -> list[int]:
+        return [i for i, b in enumerate(self.layers) if b.type == "convolutional"]
+
+    def yolo_indices(self) -> list[int]:
+        return [i for i, b in enumerate(self.layers) if b.type == "yolo"]
+
+    @property
+    def num_classes(self) -> int:
+        heads = self.yolo_indices()
+        if not heads:
+            raise UserError("the network has no [yolo] layer", self.source)
+        return self.layers[heads[0]].get_int("classes", 20)
+
+    def error(self, index: int, reason: str) -> UserError:
+        """A :class:`UserError` that points at layer ``index`` of this Spec."""
+        block = self.layers[index]
+        place = block.line if block.line else f"layer {index} [{block.type}]"
+        return UserError(reason, self.source, place)
+
+
+# ---------------------------------------------------------------------------
+# Parsing and writing
+# ---------------------------------------------------------------------------
+
+
+def parse_cfg(text: str, source: str = "<cfg>") -> Spec:
+    """Parse Darknet cfg text into a :class:`Spec`.
+
+    Comments (``#`` or ``;``) and blank lines are ignored; ``[network]`` is read
+    as ``[net]``. Unknown block types, text outside a section and lines without
+    ``=`` raise :class:`UserError` with the line number. Values are checked when
+    the network is analysed (:func:`analyse`), which also names the line.
+    """
+    blocks: list[Block] = []
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].split(";", 1)[0].strip()
+        if not line:
+            continue
+        if line.startswith("["):
+            if not line.endswith("]"):
+                raise UserError(f"section header {line!r} is not closed with ']'", source, lineno)
+            name = line[1:-1].strip().lower()
+            if name == "network":
+                name = "net"
+            if name not in BLOCK_TYPES:
+                raise UserError(
+                    f"unsupported section [{name}] (supported: {', '.join(BLOCK_TYPES)})", source, lineno
+                )
+            blocks.append(Block(name, {}, lineno))
+            continue
+        if not blocks:
+            raise UserError(f"{line!r} appears before any [section]", source, lineno)
+        if "=" not in line:
+            raise UserError(f"expected key=value, found {line!r}", source, lineno)
+        key, value = (part.strip() for part in line.split("=", 1))
+        if not key:
+            raise UserError(f"missing key before '=' in {line!r}", source, lineno)
+        blocks[-1].options[key] = value
+    if not blocks:
+        raise UserError("no [net] section found (is this a Darknet .cfg?)", source)
+    if blocks[0].type != "net":
+        raise UserError(f"the first section must be [net], found [{blocks[0].type}]", source, blocks[0].line)
+    for block in blocks[1:]:
+        if block.type == "net":
+            raise UserError("a second [net] section", source, block.line)
+    if len(blocks) == 1:
+        raise UserError("the cfg has a [net] section but no layers", source)
+    spec = Spec(blocks[0], blocks[1:], source)
+    analyse(spec, spec.height, spec.width)  # validate now, while line numbers are fresh
+    return spec
+
+
+def read_cfg(path: str | Path) -> Spec:
+    """Read and validate a Darknet ``.cfg`` file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise UserError("no such file", path) from None
+    except OSError as err:
+        raise UserError(f"cannot read: {err.strerror}", path) from None
+    return parse_cfg(text, source=str(path))
+
+
+def format_cfg(spec: Spec) -> str:
+    """Write a Spec as Darknet cfg text (options in their original order)."""
+    out: list[str] = []
+    for block in [spec.net, *spec.layers]:
+        out.append(f"[{block.type}]")
+        out.extend(f"{k}={v}" for k, v in block.options.items())
+        out.append("")
+    return "\n".join(out)
+
+
+def write_cfg(spec: Spec, path: str | Path) -> None:
+    """Write a Spec to ``path`` atomically."""
+    from .fileio import atomic_write_bytes
+
+    atomic_write_bytes(path, format_cfg(spec).encode("utf-8"))
+
+
+# ---------------------------------------------------------------------------
+# Shape inference, parameters and multiply-accumulates
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What one layer does at a given input size."""
+
+    index: int
+    type: str
+    inputs: tuple[int, ...]  # absolute indices of the layers read (-1 = the image)
+    in_shape: tuple[int, int, int]  # (h, w, c) of the (first) input
+    out_shape: tuple[int, int, int]
+    params: int = 0  # Keras parameters, BN moving statistics included
+    trainable: int = 0
+    macs: int = 0
+    size: int = 0
+    stride: int = 0
+
+
+@dataclass(frozen=True)
+class ConvParams:
+    """The options of a [convolutional] block, checked."""
+
+    filters: int
+    size: int
+    stride: int
+    padding: int
+    groups: int
+    batch_normalize: bool
+    activation: str
+
+
+def conv_params(block: Block) -> ConvParams:
+    filters = block.get_int("filters", 1)
+    size = block.get_int("size", 1)
+    stride = block.get_int("stride", 1)
+    padding = block.get_int("padding", 0)
+    if block.get_int("pad", 0):
+        padding = size // 2
+    groups = block.get_int("groups", 1)
+    activation = block.get_str("activation", "logistic")
+    if filters < 1 or size < 1 or stride < 1 or groups < 1 or padding < 0:
+        raise ValueError("filters, size, stride and groups must be positive and padding not negative")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation} is not supported (use {' or '.join(ACTIVATIONS)})")
+    for key in ("stride_x", "stride_y", "binary", "xnor", "flipped", "antialiasing"):
+        if block.get_int(key, 0):
+            raise ValueError(f"[convolutional] {key} is not supported")
+    if block.get_int("dilation", 1) != 1:
+        raise ValueError("[convolutional] dilation other than 1 is not supported")
+    return ConvParams(filters, size, stride, padding, groups, bool(block.get_int("batch_normalize", 0)), activation)
+
+
+def maxpool_params(block: Block) -> tuple[int, int, int]:
+    """(size, stride, padding) of a [maxpool] with Darknet's defaults."""
+    stride = block.get_int("stride", 1)
+    size = block.get_int("size", stride)
+    padding = block.get_int("padding", size - 1)
+    if size < 1 or stride < 1 or padding < 0:
+        raise ValueError("size and stride must be positive")
+    return size, stride, padding
+
+
+def _resolve(index: int, ref: int, what: str) -> int:
+    target = index + ref if ref < 0 else ref
+    if not 0 <= target < index:
+        raise ValueError(f"{what}={ref} points at layer {target}, which is not an earlier layer (this is layer {index})")
+    return target
+
+
+def route_inputs(spec: Spec, index: int) -> list[int]:
+    block = spec.layers[index]
+    refs = block.get_ints("layers")
+    if not refs:
+        raise ValueError("[route] needs at least one layer in 'layers'")
+    if block.get_int("groups", 1) != 1:
+        raise ValueError("[route] groups is not supported")
+    return [_resolve(index, r, "layers") for r in refs]
+
+
+def shortcut_input(spec: Spec, index: int) -> int:
+    block = spec.layers[index]
+    refs = block.get_ints("from")
+    if len(refs) != 1:
+        raise ValueError("[shortcut] needs exactly one layer in 'from'")
+    if block.get_str("activation", "linear") != "linear":
+        raise ValueError("[shortcut] activation other than linear is not supported")
+    return _resolve(index, refs[0], "from")
+
+
+def yolo_anchors(block: Block) -> tuple[list[tuple[float, float]], list[int]]:
+    """All anchors of a [yolo] block (pixels at the cfg's input size) and its mask."""
+    values = block.get_floats("anchors")
+    if len(values) % 2:
+        raise ValueError("[yolo] anchors must come in width,height pairs")
+    anchors = [(values[i], values[i + 1]) for i in range(0, len(values), 2)]
+    mask = block.get_ints("mask", list(range(len(anchors))))
+    for m in mask:
+        if not 0 <= m < len(anchors):
+            raise ValueError(f"[yolo] mask index {m} is outside the {len(anchors)} anchors")
+    return anchors, mask
+
+
+def analyse(spec: Spec, height: int | None = None, width: int | None = None) -> list[LayerInfo]:
+    """Infer every layer's output shape, parameters and MACs at an input size.
+
+    Raises :class:`UserError` naming the cfg line when a block is inconsistent
+    (a route to a later layer, a shortcut between different shapes, a [yolo]
+    whose preceding convolution has the wrong number of filters, ...).
+    """
+    height = spec.height if height is None else height
+    width = spec.width if width is None else width
+    if height <= 0 or width <= 0:
+        raise UserError(f"input size {width}x{height} must be positive", spec.source)
+    shape = (height, width, spec.channels)
+    infos: list[LayerInfo] = []
+    for i, block in enumerate(spec.layers):
+        prev = infos[-1].out_shape if infos else shape
+        try:
+            info = _analyse_block(spec, i, block, prev, infos)
+        except ValueError as err:
+            raise spec.error(i, str(err)) from None
+        if min(info.out_shape) <= 0:
+            raise spec.error(i, f"output shape {info.out_shape} is empty at input {width}x{height}")
+        infos.append(info)
+    return infos
+
+
+def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int], infos: list[LayerInfo]) -> LayerInfo:
+    h, w, c = prev
+    src = (i - 1,)
+    if block.type == "convolutional":
+        p = conv_params(block)
+        if c % p.groups or p.filters % p.groups:
+            raise ValueError(f"groups={p.groups} must divide the input channels ({c}) and filters ({p.filters})")
+        oh = (h + 2 * p.padding - p.size) // p.stride + 1
+        ow = (w + 2 * p.padding - p.size) // p.stride + 1
+        kernel = p.size * p.size * (c // p.groups) * p.filters
+        if p.batch_normalize:
+            params, trainable = kernel + 4 * p.filters, kernel + 2 * p.filters
+        else:
+            params = trainable = kernel + p.filters
+        macs = oh * ow * kernel
+        return LayerInfo(i, block.type, src, prev, (oh, ow, p.filters), params, trainable, macs, p.size, p.stride)
+    if block.type == "maxpool":
+        size, stride, padding = maxpool_params(block)
+        oh = (h + padding - size) // stride + 1
+        ow = (w + padding - size) // stride + 1
+        return LayerInfo(i, block.type, src, prev, (oh, ow, c), size=size, stride=stride)
+    if block.type == "upsample":
+        stride = block.get_int("stride", 2)
+        if stride < 1:
+            raise ValueError("[upsample] stride must be a positive integer")
+        return LayerInfo(i, block.type, src, prev, (h * stride, w * stride, c), stride=stride)
+    if block.type == "route":
+        inputs = route_inputs(spec, i)
+        shapes = [infos[j].out_shape for j in inputs]
+        if len({s[:2] for s in shapes}) != 1:
+            raise ValueError(f"[route] joins layers {inputs} of different sizes {[s[:2] for s in shapes]}")
+        out = (shapes[0][0], shapes[0][1], sum(s[2] for s in shapes))
+        return LayerInfo(i, block.type, tuple(inputs), shapes[0], out)
+    if block.type == "shortcut":
+        j = shortcut_input(spec, i)
+        if infos[j].out_shape != prev:
+            raise ValueError(f"[shortcut] adds layer {j} {infos[j].out_shape} to layer {i - 1} {prev}: shapes differ")
+        return LayerInfo(i, block.type, (i - 1, j), prev, prev)
+    if block.type == "yolo":
+        anchors, mask = yolo_anchors(block)
+        classes = block.get_int("classes", 20)
+        if classes < 1:
+            raise ValueError("[yolo] classes must be at least 1")
+        need = len(mask) * (classes + 5)
+        if c != need:
+            raise ValueError(
+                f"[yolo] with {len(mask)} anchors and {classes} classes needs {need} input channels, "
+                f"the layer before gives {c}"
+            )
+        return LayerInfo(i, block.type, src, prev, prev)
+    raise ValueError(f"unsupported layer type [{block.type}]")
+
+
+@dataclass(frozen=True)
+class Totals:
+    params: int
+    trainable_params: int
+    macs: int
+
+
+def totals(infos: list[LayerInfo]) -> Totals:
+    return Totals(
+        sum(i.params for i in infos), sum(i.trainable for i in infos), sum(i.macs for i in infos)
+    )
+
+
+def layer_table(spec: Spec, infos: list[LayerInfo]) -> str:
+    """A Darknet-style table: index, type, filters, size/stride, input -> output, BFLOPs."""
+    rows = ["   layer     filters  size/strd      input                 output          BFLOPs"]
+    for info in infos:
+        block = spec.layers[info.index]
+        ih, iw, ic = info.in_shape
+        oh, ow, oc = info.out_shape
+        io = f"{iw:4d} x{ih:4d} x{ic:5d} -> {ow:4d} x{oh:4d} x{oc:5d}"
+        if info.type == "convolutional":
+            p = conv_params(block)
+            grp = f" g{p.groups}" if p.groups > 1 else ""
+            rows.append(
+                f"{info.index:5d} conv      {p.filters:5d}   {p.size} x{p.size:2d}/{p.stride:2d}{grp}  {io}  {2 * info.macs / 1e9:7.3f}"
+            )
+        elif info.type == "maxpool":
+            rows.append(f"{info.index:5d} max              {info.size} x{info.size:2d}/{info.stride:2d}  {io}")
+        elif info.type == "upsample":
+            rows.append(f"{info.index:5d} upsample                 {info.stride}x  {io}")
+        elif info.type == "route":
+            rows.append(f"{info.index:5d} route  {' '.join(str(j) for j in info.inputs):<38s} -> {ow:4d} x{oh:4d} x{oc:5d}")
+        elif info.type == "shortcut":
+            rows.append(f"{info.index:5d} shortcut  from {info.inputs[1]:<3d}            {io}")
+        elif info.type == "yolo":
+            rows.append(f"{info.index:5d} yolo")
+    t = totals(infos)
+    rows.append(
+        f"Total BFLOPs {2 * t.macs / 1e9:.3f}  (MACs {t.macs:,})   parameters {t.params:,} (trainable {t.trainable_params:,})"
+    )
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------------
+# Edits a user asks for often
+# ---------------------------------------------------------------------------
+
+
+def with_classes(spec: Spec, classes: int) -> Spec:
+    """A copy whose [yolo] layers predict ``classes`` classes (heads resized to match)."""
+    if classes < 1:
+        raise UserError(f"the class count must be at least 1, got {classes}")
+    spec = spec.copy()
+    for i in spec.yolo_indices():
+        block = spec.layers[i]
+        _, mask = yolo_anchors(block)
+        block.set("classes", classes)
+        head = i - 1
+        if spec.layers[head].type != "convolutional":
+            raise spec.error(i, "[yolo] must follow a [convolutional] layer to change the class count")
+        spec.layers[head].set("filters", len(mask) * (classes + 5))
+    return spec
+
+
+def with_size(spec: Spec, size: int) -> Spec:
+    """A copy whose [net] width and height are ``size`` (a multiple of 32)."""
+    if size <= 0 or size % 32:
+        raise UserError(f"the input size must be a positive multiple of 32, got {size}")
+    spec = spec.copy()
+    spec.net.set("width", size)
+    spec.net.set("height", size)
+    return spec
+
+
+def with_anchors(spec: Spec, anchors: list[tuple[float, float]]) -> Spec:
+    """A copy with new anchors (pixels at the input size) in every [yolo] layer."""
+    spec = spec.copy()
+    flat = ", ".join(f"{round(w):d},{round(h):d}" if float(w).is_integer() and float(h).is_integer() else f"{w:g},{h:g}" for w, h in anchors)
+    for i in spec.yolo_indices():
+        block = spec.layers[i]
+        _, mask = yolo_anchors(block)
+        if max(mask) >= len(anchors):
+            raise UserError(f"{len(anchors)} anchors are too few for mask {mask} of [yolo] layer {i}")
+        block.options["anchors"] = flat
+        block.set("num", len(anchors))
+    return spec
+
+
+@dataclass(frozen=True)
+class Head:
+    """One detection head: the output it reads, its anchors (pixels), the class count."""
+
+    layer: int  # index of the [yolo] block
+    conv: int  # index of the layer whose output it decodes
+    anchors: tuple[tuple[float, float], ...]
+    classes: int
+
+
+def heads(spec: Spec) -> list[Head]:
+    out = []
+    for i in spec.yolo_indices():
+        block = spec.layers[i]
+        anchors, mask = yolo_anchors(block)
+        out.append(Head(i, i - 1, tuple(anchors[m] for m in mask), block.get_int("classes", 20)))
+    if not out:
+        raise UserError("the network has no [yolo] layer", spec.source)
+    return out

@@ -1,0 +1,200 @@
+"""Built-in YOLOv3 definitions, written here as code rather than copied cfg files.
+
+``build_spec("yolov3" | "yolov3-spp" | "yolov3-tiny", classes=80, size=416)``
+returns a :class:`~yolo3.spec.Spec` with the same layer sequence as the
+reference Darknet cfgs, so weights trained with Darknet load into it.
+
+Example::
+
+    from yolo3.zoo import build_spec, resolve_spec
+    spec = build_spec("yolov3-tiny", classes=3, size=320)
+    spec = resolve_spec("path/to/custom.cfg")   # a cfg file works the same way
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import UserError
+from .spec import Block, Spec, read_cfg, with_classes, with_size
+
+YOLOV3_ANCHORS = "10,13, 16,30, 33,23, 30,61, 62,45, 59,119, 116,90, 156,198, 373,326"
+TINY_ANCHORS = "10,14, 23,27, 37,58, 81,82, 135,169, 344,319"
+
+NET_OPTIONS = {
+    "batch": "64",
+    "subdivisions": "16",
+    "width": "416",
+    "height": "416",
+    "channels": "3",
+    "momentum": "0.9",
+    "decay": "0.0005",
+    "angle": "0",
+    "saturation": "1.5",
+    "exposure": "1.5",
+    "hue": ".1",
+    "learning_rate": "0.001",
+    "burn_in": "1000",
+    "max_batches": "500200",
+    "policy": "steps",
+    "steps": "400000,450000",
+    "scales": ".1,.1",
+}
+
+
+class _Builder:
+    def __init__(self, anchors: str, num: int):
+        self.layers: list[Block] = []
+        self.anchors = anchors
+        self.num = num
+
+    @property
+    def last(self) -> int:
+        return len(self.layers) - 1
+
+    def conv(self, filters: int, size: int, stride: int = 1, bn: bool = True, activation: str = "leaky") -> int:
+        opts = {"batch_normalize": "1"} if bn else {}
+        opts.update(filters=str(filters), size=str(size), stride=str(stride), pad="1", activation=activation)
+        self.layers.append(Block("convolutional", opts))
+        return self.last
+
+    def shortcut(self, frm: int = -3) -> int:
+        self.layers.append(Block("shortcut", {"from": str(frm), "activation": "linear"}))
+        return self.last
+
+    def route(self, *layers: int) -> int:
+        self.layers.append(Block("route", {"layers": ",".join(str(v) for v in layers)}))
+        return self.last
+
+    def upsample(self, stride: int = 2) -> int:
+        self.layers.append(Block("upsample", {"stride": str(stride)}))
+        return self.last
+
+    def maxpool(self, size: int, stride: int) -> int:
+        self.layers.append(Block("maxpool", {"size": str(size), "stride": str(stride)}))
+        return self.last
+
+    def residual(self, filters: int) -> int:
+        self.conv(filters // 2, 1)
+        self.conv(filters, 3)
+        return self.shortcut(-3)
+
+    def yolo(self, mask: str, classes: int) -> int:
+        # The head convolution: linear, with bias, no batch norm.
+        n = len(mask.split(","))
+        self.conv(n * (classes + 5), 1, bn=False, activation="linear")
+        self.layers.append(
+            Block(
+                "yolo",
+                {
+                    "mask": mask,
+                    "anchors": self.anchors,
+                    "classes": str(classes),
+                    "num": str(self.num),
+                    "jitter": ".3",
+                    "ignore_thresh": ".7",
+                    "truth_thresh": "1",
+                    "random": "1",
+                },
+            )
+        )
+        return self.last
+
+
+def _darknet53(b: _Builder) -> tuple[int, int]:
+    """The Darknet-53 backbone; returns the indices of the stride-8 and stride-16 outputs."""
+    b.conv(32, 3)
+    taps = []
+    for filters, repeats in ((64, 1), (128, 2), (256, 8), (512, 8), (1024, 4)):
+        b.conv(filters, 3, 2)
+        for _ in range(repeats):
+            b.residual(filters)
+        taps.append(b.last)
+    return taps[2], taps[3]
+
+
+def _yolov3_layers(classes: int, spp: bool) -> list[Block]:
+    b = _Builder(YOLOV3_ANCHORS, 9)
+    s8, s16 = _darknet53(b)
+    # Large-object head (stride 32)
+    b.conv(512, 1)
+    b.conv(1024, 3)
+    b.conv(512, 1)
+    if spp:
+        b.maxpool(5, 1)
+        b.route(-2)
+        b.maxpool(9, 1)
+        b.route(-4)
+        b.maxpool(13, 1)
+        b.route(-1, -3, -5, -6)
+        b.conv(512, 1)
+    b.conv(1024, 3)
+    b.conv(512, 1)
+    b.conv(1024, 3)
+    b.yolo("6,7,8", classes)
+    # Medium (stride 16) and small (stride 8) heads
+    for filters, tap, mask in ((256, s16, "3,4,5"), (128, s8, "0,1,2")):
+        b.route(-4)
+        b.conv(filters, 1)
+        b.upsample(2)
+        b.route(-1, tap)
+        for _ in range(3):
+            b.conv(filters, 1)
+            b.conv(filters * 2, 3)
+        b.yolo(mask, classes)
+    return b.layers
+
+
+def _tiny_layers(classes: int) -> list[Block]:
+    b = _Builder(TINY_ANCHORS, 6)
+    for i, filters in enumerate((16, 32, 64, 128, 256, 512)):
+        b.conv(filters, 3)
+        if filters == 256:
+            tap = b.last
+        b.maxpool(2, 1 if i == 5 else 2)
+    b.conv(1024, 3)
+    b.conv(256, 1)
+    b.conv(512, 3)
+    b.yolo("3,4,5", classes)
+    b.route(-4)
+    b.conv(128, 1)
+    b.upsample(2)
+    b.route(-1, tap)
+    b.conv(256, 3)
+    b.yolo("0,1,2", classes)
+    return b.layers
+
+
+BUILTIN = {
+    "yolov3": lambda classes: _yolov3_layers(classes, spp=False),
+    "yolov3-spp": lambda classes: _yolov3_layers(classes, spp=True),
+    "yolov3-tiny": _tiny_layers,
+}
+
+
+def build_spec(name: str, classes: int = 80, size: int = 416) -> Spec:
+    """The built-in definition ``name`` for ``classes`` classes at ``size`` x ``size`` input."""
+    if name not in BUILTIN:
+        raise UserError(f"unknown architecture {name!r} (built in: {', '.join(BUILTIN)}; or give a .cfg path)")
+    if classes < 1:
+        raise UserError(f"the class count must be at least 1, got {classes}")
+    net = Block("net", dict(NET_OPTIONS))
+    spec = Spec(net, BUILTIN[name](classes), source=f"<built-in {name}>")
+    return with_size(spec, size)
+
+
+def resolve_spec(name_or_cfg: str | Path, classes: int | None = None, size: int | None = None) -> Spec:
+    """A Spec from a built-in name or a ``.cfg`` path, optionally with another class count or size."""
+    text = str(name_or_cfg)
+    if text in BUILTIN:
+        spec = build_spec(text, classes if classes is not None else 80, size if size is not None else 416)
+        return spec
+    path = Path(text)
+    if path.suffix != ".cfg" and not path.exists():
+        raise UserError(f"unknown architecture {text!r} (built in: {', '.join(BUILTIN)}; or give a .cfg path)")
+    spec = read_cfg(path)
+    if classes is not None and classes != spec.num_classes:
+        spec = with_classes(spec, classes)
+    if size is not None:
+        spec = with_size(spec, size)
+    return spec
