@@ -41,23 +41,41 @@ DATASET_FORMATS = (*FORMATS, "synthetic")
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
-        "architecture": Key(str, "yolov3-tiny", "Built-in name (`yolov3`, `yolov3-spp`, `yolov3-tiny`) or a Darknet `.cfg` path."),
-        "weights": Key(OPT_PATH, None, "Model file to start from: Darknet `.weights` (read with `architecture`) or a Keras `.h5` written by this tool; `null` = random initialisation.", must_exist=False),
+        "architecture": Key(
+            str, "yolov3-tiny", "Built-in name (`yolov3`, `yolov3-spp`, `yolov3-tiny`) or a Darknet `.cfg` path."
+        ),
+        "weights": Key(
+            OPT_PATH,
+            None,
+            "Model file to start from: Darknet `.weights` (read with `architecture`) or a Keras `.h5` written by this tool; `null` = random initialisation.",
+            must_exist=False,
+        ),
         "input_size": Key(int, 416, "Network input size in pixels (square, a multiple of 32)."),
         "labels": Key(list, None, "Class names in class-id order. Give this or `labels_file`."),
         "labels_file": Key(OPT_PATH, None, "A Darknet `.names` file (one class per line), instead of `labels`."),
         "anchors": Key(list, None, "Anchors as a flat list `w1, h1, w2, h2, ...` in input pixels; `null` = the architecture's."),
     },
     "train": {
-        "annot_format": Key(str, "voc", "`voc` (xml), `yolo` (txt + names), `coco` (json) or `synthetic` (VOC data generated on first use).", choices=DATASET_FORMATS),
+        "annot_format": Key(
+            str,
+            "voc",
+            "`voc` (xml), `yolo` (txt + names), `coco` (json) or `synthetic` (VOC data generated on first use).",
+            choices=DATASET_FORMATS,
+        ),
         "train_image_folder": Key(PATH, None, "Folder of training images.", required=True, must_exist=False),
-        "train_annot_folder": Key(PATH, None, "Folder of xml / txt annotations, or the COCO json file.", required=True, must_exist=False),
-        "train_list": Key(OPT_PATH, None, "Optional split file: image ids or file names, one per line, or a CSV with a `filename` column."),
+        "train_annot_folder": Key(
+            PATH, None, "Folder of xml / txt annotations, or the COCO json file.", required=True, must_exist=False
+        ),
+        "train_list": Key(
+            OPT_PATH, None, "Optional split file: image ids or file names, one per line, or a CSV with a `filename` column."
+        ),
     },
     "valid": {
         "annot_format": Key(str, "voc", "As `train.annot_format`.", choices=DATASET_FORMATS),
         "valid_image_folder": Key(PATH, None, "Folder of validation images.", required=True, must_exist=False),
-        "valid_annot_folder": Key(PATH, None, "Folder of xml / txt annotations, or the COCO json file.", required=True, must_exist=False),
+        "valid_annot_folder": Key(
+            PATH, None, "Folder of xml / txt annotations, or the COCO json file.", required=True, must_exist=False
+        ),
         "valid_list": Key(OPT_PATH, None, "Optional split file, as `train.train_list`."),
         "score_threshold": Key(float, 0.005, "Lowest detection score kept for evaluation (objectness x class probability)."),
         "nms_iou": Key(float, 0.45, "IoU above which non-maximum suppression removes the lower-scored box of the same class."),
@@ -171,6 +189,19 @@ def parse_config(raw: Any, path: Path) -> Config:
     anchors = model["anchors"]
     if anchors is not None and (len(anchors) % 2 or not all(isinstance(v, (int, float)) and v > 0 for v in anchors)):
         raise UserError("model.anchors must be a flat list of positive numbers w1, h1, w2, h2, ...", path)
+    arch = model["architecture"]
+    from .zoo import BUILTIN
+
+    if arch not in BUILTIN:
+        resolved = Path(arch).expanduser()
+        resolved = resolved if resolved.is_absolute() else folder / resolved
+        if not resolved.is_file():
+            raise UserError(
+                f"model.architecture: {arch} is neither a built-in name ({', '.join(BUILTIN)}) nor an existing .cfg "
+                f"(resolved to {resolved})",
+                path,
+            )
+        model["architecture"] = str(resolved)
     valid = sections["valid"].values
     if not 0 <= valid["score_threshold"] < 1:
         raise UserError("valid.score_threshold must be in [0, 1)", path)

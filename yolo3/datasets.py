@@ -49,7 +49,9 @@ class Record:
     difficult: np.ndarray
 
     @staticmethod
-    def make(image: Path, width: int, height: int, boxes: Sequence, classes: Sequence, difficult: Sequence | None = None) -> Record:
+    def make(
+        image: Path, width: int, height: int, boxes: Sequence, classes: Sequence, difficult: Sequence | None = None
+    ) -> Record:
         boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
         classes_arr = np.asarray(classes, np.int64).reshape(-1)
         diff = np.zeros(len(classes_arr), bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
@@ -202,7 +204,11 @@ def read_voc(
             continue
         filename = (root.findtext("filename") or "").strip()
         stem = Path(filename).stem if filename else xml_path.stem
-        image = images_dir / filename if filename and (images_dir / filename).is_file() else images.get(stem) or images.get(xml_path.stem)
+        image = (
+            images_dir / filename
+            if filename and (images_dir / filename).is_file()
+            else images.get(stem) or images.get(xml_path.stem)
+        )
         if image is None:
             col.add(xml_path, "annotation without image", filename or xml_path.stem)
             continue
@@ -314,7 +320,7 @@ def read_yolo(
                 classes.append(cls)
         clean, keep = col.clean_boxes(label or image, width, height, boxes)
         records.append(Record.make(image, width, height, clean, np.asarray(classes, np.int64)[keep]))
-    for stem, label in sorted(labels.items()):
+    for _stem, label in sorted(labels.items()):
         col.add(label, "label file without image", "")
     records = _apply_split(records, split, col)
     return Dataset(records, names, str(label_dir), "yolo", col.problems)
@@ -325,7 +331,9 @@ def read_yolo(
 # ---------------------------------------------------------------------------
 
 
-def read_coco(image_folder: str | Path, json_path: str | Path, names: Sequence[str] | None = None, split: str | Path | None = None) -> Dataset:
+def read_coco(
+    image_folder: str | Path, json_path: str | Path, names: Sequence[str] | None = None, split: str | Path | None = None
+) -> Dataset:
     """Read a COCO ``instances_*.json``: boxes [x, y, w, h] in pixels, ``iscrowd`` boxes ignored in scoring.
 
     Category ids map to class indices in ascending id order (80 COCO classes
@@ -378,7 +386,9 @@ def read_coco(image_folder: str | Path, json_path: str | Path, names: Sequence[s
             classes.append(cat_index[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))
         clean, keep = col.clean_boxes(image, width, height, boxes)
-        records.append(Record.make(image, width, height, clean, np.asarray(classes, np.int64)[keep], np.asarray(crowd, bool)[keep]))
+        records.append(
+            Record.make(image, width, height, clean, np.asarray(classes, np.int64)[keep], np.asarray(crowd, bool)[keep])
+        )
     for image in _images_in(images_dir):
         if image.name not in listed:
             col.add(image, "image without annotation", "not listed in the json")
@@ -426,7 +436,9 @@ def discover(folder: str | Path) -> list[DatasetSource]:
     names = names_files[0] if names_files else None
     images = root / "images"
     if (root / "annotations").is_dir() and any((root / "annotations").glob("*.xml")):
-        found.append(DatasetSource("voc", images if images.is_dir() else root / "annotations", root / "annotations", label=root.name))
+        found.append(
+            DatasetSource("voc", images if images.is_dir() else root / "annotations", root / "annotations", label=root.name)
+        )
     labels = root / "labels"
     if labels.is_dir():
         if any(labels.glob("*.txt")):

@@ -168,8 +168,6 @@ def evaluate_detections(
     return {
         "mAP50": float(np.mean(with_gt)) if with_gt else 0.0,
         "classes_with_ground_truth": len(with_gt),
-        "per_class": {
-            names[c]: {**v, "ap": None if np.isnan(v["ap"]) else v["ap"]} for c, v in per.items()
-        },
+        "per_class": {names[c]: {**v, "ap": None if np.isnan(v["ap"]) else v["ap"]} for c, v in per.items()},
         "coco": coco_evaluation(records, detections, names),
     }

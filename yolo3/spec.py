@@ -160,9 +160,7 @@ def parse_cfg(text: str, source: str = "<cfg>") -> Spec:
             if name == "network":
                 name = "net"
             if name not in BLOCK_TYPES:
-                raise UserError(
-                    f"unsupported section [{name}] (supported: {', '.join(BLOCK_TYPES)})", source, lineno
-                )
+                raise UserError(f"unsupported section [{name}] (supported: {', '.join(BLOCK_TYPES)})", source, lineno)
             blocks.append(Block(name, {}, lineno))
             continue
         if not blocks:
@@ -392,8 +390,7 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
         need = len(mask) * (classes + 5)
         if c != need:
             raise ValueError(
-                f"[yolo] with {len(mask)} anchors and {classes} classes needs {need} input channels, "
-                f"the layer before gives {c}"
+                f"[yolo] with {len(mask)} anchors and {classes} classes needs {need} input channels, the layer before gives {c}"
             )
         return LayerInfo(i, block.type, src, prev, prev)
     raise ValueError(f"unsupported layer type [{block.type}]")
@@ -407,9 +404,7 @@ class Totals:
 
 
 def totals(infos: list[LayerInfo]) -> Totals:
-    return Totals(
-        sum(i.params for i in infos), sum(i.trainable for i in infos), sum(i.macs for i in infos)
-    )
+    return Totals(sum(i.params for i in infos), sum(i.trainable for i in infos), sum(i.macs for i in infos))
 
 
 def layer_table(spec: Spec, infos: list[LayerInfo]) -> str:
@@ -477,7 +472,9 @@ def with_size(spec: Spec, size: int) -> Spec:
 def with_anchors(spec: Spec, anchors: list[tuple[float, float]]) -> Spec:
     """A copy with new anchors (pixels at the input size) in every [yolo] layer."""
     spec = spec.copy()
-    flat = ", ".join(f"{round(w):d},{round(h):d}" if float(w).is_integer() and float(h).is_integer() else f"{w:g},{h:g}" for w, h in anchors)
+    flat = ", ".join(
+        f"{round(w):d},{round(h):d}" if float(w).is_integer() and float(h).is_integer() else f"{w:g},{h:g}" for w, h in anchors
+    )
     for i in spec.yolo_indices():
         block = spec.layers[i]
         _, mask = yolo_anchors(block)

@@ -65,7 +65,9 @@ def _overlap(a: tuple, b: tuple) -> float:
     return inter / min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
 
 
-def make_image(rng: np.random.RandomState, names: Sequence[str]) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, int]]]]:
+def make_image(
+    rng: np.random.RandomState, names: Sequence[str]
+) -> tuple[Image.Image, list[tuple[str, tuple[int, int, int, int]]]]:
     """One image and its objects (class name, (xmin, ymin, xmax, ymax))."""
     width, height = int(rng.randint(224, 321)), int(rng.randint(224, 321))
     img = _background(rng, width, height)

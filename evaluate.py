@@ -1,0 +1,52 @@
+#!/usr/bin/env python3
+"""Evaluate a YOLOv3 on the validation set of a config: VOC mAP@0.5, COCO AP, size, speed.
+
+    python evaluate.py -c config.json -p 1 [--model PATH] [--json OUT.json]
+
+-p selects the compression applied before evaluating: 1 = none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from yolo3.errors import UserError, run_cli
+
+MODES = {1: "no pruning"}
+PLANNED = {2: "magnitude pruning", 3: "similarity pruning", 4: "network slimming", 5: "layer pruning"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True, help="config.json")
+    parser.add_argument("-p", "--pruning", type=int, default=1, help="1 = no pruning (default)")
+    parser.add_argument("--model", help="model file (.weights or .h5) instead of the config's model.weights")
+    parser.add_argument("--cfg", help="architecture (built-in name or .cfg) for a .weights model, instead of the config's")
+    parser.add_argument("--json", help="also write the report as JSON to this file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.pruning not in MODES:
+        planned = PLANNED.get(args.pruning)
+        raise UserError(
+            f"-p {args.pruning}: "
+            + (f"{planned} is not available in this version" if planned else "unknown mode")
+            + f" (available: {', '.join(f'{k} = {v}' for k, v in MODES.items())})"
+        )
+
+    from yolo3.config import load_config
+    from yolo3.evaluation import evaluate_config, format_report
+    from yolo3.reporting import write_json
+
+    config = load_config(args.config)
+    report = evaluate_config(config, args.model, args.cfg, progress=not args.quiet)
+    report["mode"] = MODES[args.pruning]
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

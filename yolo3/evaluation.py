@@ -1,0 +1,203 @@
+"""Evaluate a detector on a dataset: run it, post-process, score, time.
+
+A predictor is anything with ``input_hw``, ``heads`` and ``__call__(batch) ->
+list of head outputs``; :class:`KerasPredictor` wraps a Keras model. The
+pre- and post-processing are the shared numpy functions, so a Keras model and
+a ``.tflite`` file are scored by the very same code.
+
+Example::
+
+    from yolo3.models import load_model
+    from yolo3.evaluation import KerasPredictor, evaluate
+    report = evaluate(KerasPredictor(load_model("tiny.h5")), dataset, names)
+    print(format_report(report))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .datasets import Dataset, Problem, Record
+from .errors import UserError
+from .metrics import evaluate_detections
+from .postprocess import Detections, HeadSpec, detect
+from .preprocess import Letterbox, letterbox, load_image
+from .spec import Spec, heads
+
+
+def head_specs(spec: Spec) -> list[HeadSpec]:
+    return [HeadSpec(h.anchors, h.classes) for h in heads(spec)]
+
+
+class KerasPredictor:
+    """Raw head outputs of a Keras model for a batch of letterboxed images."""
+
+    def __init__(self, loaded):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.input_hw = loaded.input_hw
+        self.heads = head_specs(loaded.spec)
+        self.name = loaded.source
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        out = self.model(batch, training=False)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return [np.asarray(o) for o in out]
+
+
+@dataclass
+class DetectionRun:
+    detections: list[Detections]
+    records: list[Record]  # the records that could be read, aligned with detections
+    problems: list[Problem] = field(default_factory=list)
+    seconds: float = 0.0
+    model_seconds: float = 0.0
+
+
+def _prepare(record: Record, input_hw: tuple[int, int]) -> tuple[np.ndarray, Letterbox] | Problem:
+    try:
+        return letterbox(load_image(record.image), input_hw)
+    except UserError as err:
+        return Problem(str(record.image), "unreadable image", err.reason)
+
+
+def run_detection(
+    predictor,
+    records: Sequence[Record],
+    score_threshold: float = 0.005,
+    nms_iou: float = 0.45,
+    max_detections: int = 100,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> DetectionRun:
+    """Detect on every record; images are decoded in a background thread while the model runs."""
+    run = DetectionRun([], [])
+    start = time.perf_counter()
+    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), desc="evaluating", unit="img", leave=False)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending = pool.map(lambda batch: [_prepare(r, predictor.input_hw) for r in batch], batches)
+        for batch, prepared in zip(batches, pending):
+            good = [(r, p) for r, p in zip(batch, prepared) if not isinstance(p, Problem)]
+            run.problems.extend(p for p in prepared if isinstance(p, Problem))
+            if good:
+                tensor = np.stack([p[0] for _, p in good])
+                t0 = time.perf_counter()
+                outputs = predictor(tensor)
+                run.model_seconds += time.perf_counter() - t0
+                for k, (record, (_, box)) in enumerate(good):
+                    dets = detect(
+                        [o[k] for o in outputs], predictor.heads, predictor.input_hw, box,
+                        score_threshold, nms_iou, max_detections,
+                    )  # fmt: skip
+                    run.detections.append(dets)
+                    run.records.append(record)
+            if bar is not None:
+                bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    run.seconds = time.perf_counter() - start
+    return run
+
+
+def evaluate(
+    predictor,
+    dataset: Dataset,
+    names: Sequence[str] | None = None,
+    score_threshold: float = 0.005,
+    nms_iou: float = 0.45,
+    max_detections: int = 100,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict:
+    """Metrics, counts and timing of ``predictor`` on ``dataset`` as one JSON-ready dict."""
+    names = list(names if names is not None else dataset.names)
+    classes = predictor.heads[0].classes
+    if classes != len(names):
+        raise UserError(f"the model predicts {classes} classes but the dataset has {len(names)} names")
+    if not dataset.records:
+        raise UserError("the validation set has no images", dataset.source)
+    run = run_detection(predictor, dataset.records, score_threshold, nms_iou, max_detections, batch_size, progress)
+    if not run.records:
+        raise UserError("no validation image could be read", dataset.source)
+    report = evaluate_detections(run.records, run.detections, names)
+    n = len(run.records)
+    report.update(
+        images=n,
+        skipped_images=[str(p) for p in run.problems],
+        detections=int(sum(len(d) for d in run.detections)),
+        seconds_per_image=run.seconds / n,
+        model_seconds_per_image=run.model_seconds / n,
+        images_per_second=n / run.seconds if run.seconds else None,
+        input_size=list(predictor.input_hw),
+        settings={"score_threshold": score_threshold, "nms_iou": nms_iou, "max_detections": max_detections},
+    )
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The terminal table: one row per class, then the totals."""
+    rows = [f"{'class':<20s} {'AP50':>7s} {'GT':>6s} {'dets':>7s} {'TP':>6s} {'FP':>7s}"]
+    for name, v in report["per_class"].items():
+        ap = "   -   " if v["ap"] is None else f"{v['ap']:7.4f}"
+        rows.append(
+            f"{name[:20]:<20s} {ap} {v['ground_truth']:6d} {v['detections']:7d} {v['true_positives']:6d} {v['false_positives']:7d}"
+        )
+    coco = report["coco"]
+    rows.append(f"mAP@0.5 {report['mAP50']:.4f}   COCO AP {coco['AP']:.4f}  AP50 {coco['AP50']:.4f}  AP75 {coco['AP75']:.4f}")
+    extra = []
+    if "params" in report:
+        extra.append(f"parameters {report['params']:,}")
+    if "macs" in report:
+        extra.append(f"MACs {report['macs'] / 1e9:.3f} G")
+    extra.append(f"images {report['images']}")
+    extra.append(f"{report['images_per_second']:.2f} img/s ({report['model_seconds_per_image'] * 1000:.1f} ms/img in the model)")
+    rows.append("   ".join(extra))
+    if report.get("skipped_images"):
+        rows.append(f"skipped {len(report['skipped_images'])} unreadable image(s): " + "; ".join(report["skipped_images"][:5]))
+    return "\n".join(rows)
+
+
+def load_for_config(config, model_path=None, architecture=None):
+    """The model a config describes (or ``model_path`` instead of ``model.weights``), at the config's size."""
+    from .models import load_model
+
+    path = model_path if model_path is not None else config.model.weights
+    return load_model(
+        path,
+        architecture=architecture or config.model.architecture,
+        classes=len(config.labels),
+        size=config.model.input_size,
+        anchors=config.model.anchors,
+    )
+
+
+def evaluate_config(config, model_path=None, architecture=None, progress: bool = True) -> dict:
+    """``evaluate.py -p 1``: evaluate the config's model on its validation set."""
+    from .datasets import read_dataset
+
+    dataset = read_dataset(config.dataset("valid"), config.labels)
+    loaded = load_for_config(config, model_path, architecture)
+    report = evaluate(
+        KerasPredictor(loaded),
+        dataset,
+        config.labels,
+        config.valid.score_threshold,
+        config.valid.nms_iou,
+        config.valid.max_detections,
+        config.valid.batch_size,
+        progress,
+    )
+    report.update(loaded.summary())
+    report["model"] = loaded.source
+    report["dataset_problems"] = [str(p) for p in dataset.problems]
+    return report

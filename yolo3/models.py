@@ -1,0 +1,162 @@
+"""One way to load any model file: Darknet ``.weights`` (+ cfg), a Keras ``.h5`` written by this tool, or nothing.
+
+An ``.h5`` this tool writes carries its Darknet cfg text as an HDF5 attribute,
+so the Spec (anchors, class count, layer graph for pruning) travels with the
+weights and no separate cfg is needed to load it again.
+
+Example::
+
+    from yolo3.models import load_model, save_model
+    loaded = load_model("yolov3-tiny.weights", architecture="yolov3-tiny.cfg")
+    save_model(loaded.model, loaded.spec, "tiny.h5")
+    again = load_model("tiny.h5")          # no cfg needed
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .spec import Spec, analyse, parse_cfg, totals, with_anchors, with_classes, with_size
+from .zoo import resolve_spec
+
+CFG_ATTRIBUTE = "darknet_cfg"
+MODEL_SUFFIXES = (".weights", ".h5", ".keras", ".tflite")
+
+
+@dataclass
+class LoadedModel:
+    """A Keras model with the Spec it was built from."""
+
+    model: object  # keras.Model; typed loosely so importing this module stays cheap
+    spec: Spec
+    source: str
+    header: object | None = None  # the Darknet header when read from .weights
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        shape = self.model.input_shape
+        return int(shape[1] or self.spec.height), int(shape[2] or self.spec.width)
+
+    def summary(self) -> dict:
+        h, w = self.input_hw
+        t = totals(analyse(self.spec, h, w))
+        return {"params": t.params, "trainable_params": t.trainable_params, "macs": t.macs}
+
+
+def spec_from_h5(path: Path) -> Spec | None:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            text = f.attrs.get(CFG_ATTRIBUTE)
+    except OSError as err:
+        raise UserError(f"not a readable HDF5 file: {err}", path) from None
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return parse_cfg(str(text), source=f"{path} (embedded cfg)")
+
+
+def _adjust(spec: Spec, classes: int | None, size: int | None, anchors: list[float] | None) -> Spec:
+    if classes is not None and classes != spec.num_classes:
+        spec = with_classes(spec, classes)
+    if size is not None:
+        spec = with_size(spec, size)
+    if anchors:
+        spec = with_anchors(spec, [(anchors[i], anchors[i + 1]) for i in range(0, len(anchors), 2)])
+    return spec
+
+
+def load_model(
+    path: str | Path | None,
+    architecture: str | Path | None = None,
+    classes: int | None = None,
+    size: int | None = None,
+    anchors: list[float] | None = None,
+) -> LoadedModel:
+    """Load ``path`` (``.weights``, ``.h5``) or, when ``path`` is None, build ``architecture`` with random weights.
+
+    For ``.weights`` the architecture (a built-in name or a cfg) is required and
+    must be the one the file was trained with (same class count); ``size``
+    sets the input size. For an ``.h5`` written by this tool the embedded cfg is
+    used; ``architecture`` is needed only for an ``.h5`` from elsewhere.
+    """
+    from .darknet import read_weights
+    from .keras_model import build_model, set_darknet_weights
+
+    if path is None:
+        if architecture is None:
+            raise UserError("no model file and no architecture given")
+        spec = _adjust(resolve_spec(architecture), classes, size, anchors)
+        return LoadedModel(build_model(spec), spec, f"{architecture} (random initialisation)")
+    path = Path(path)
+    if not path.exists():
+        raise UserError("model file does not exist", path)
+    suffix = path.suffix.lower()
+    if suffix == ".weights":
+        if architecture is None:
+            raise UserError("a .weights file needs its architecture (a built-in name or the .cfg it was trained with)", path)
+        spec = resolve_spec(architecture)
+        if classes is not None and classes != spec.num_classes:
+            raise UserError(
+                f"the cfg {spec.source} has {spec.num_classes} classes but {classes} labels are configured; "
+                "use the cfg the weights were trained with and labels to match",
+                path,
+            )
+        weights = read_weights(path, spec)
+        spec = _adjust(spec, None, size, anchors)
+        model = build_model(spec)
+        set_darknet_weights(model, spec, weights)
+        return LoadedModel(model, spec, str(path), weights.header)
+    if suffix in (".h5", ".keras"):
+        from .kerasenv import keras
+
+        spec = spec_from_h5(path) if suffix == ".h5" else None
+        if spec is None:
+            if architecture is None:
+                raise UserError("this .h5 carries no cfg; give the architecture it was built from", path)
+            spec = resolve_spec(architecture)
+        try:
+            model = keras.models.load_model(path, compile=False)
+        except (OSError, ValueError) as err:
+            raise UserError(f"cannot load the Keras model: {err}", path) from None
+        if size is not None and (model.input_shape[1] or size) != size:
+            rebuilt = build_model(with_size(spec, size))
+            rebuilt.set_weights(model.get_weights())
+            model = rebuilt
+        spec = _adjust(spec, None, size, anchors)
+        if classes is not None and classes != spec.num_classes:
+            raise UserError(f"the model predicts {spec.num_classes} classes but {classes} labels are configured", path)
+        return LoadedModel(model, spec, str(path))
+    if suffix == ".tflite":
+        raise UserError("a .tflite model cannot be loaded as a Keras model; use the TFLite predictor", path)
+    raise UserError(f"unknown model file type {suffix!r} (expected one of {', '.join(MODEL_SUFFIXES)})", path)
+
+
+def save_model(model, spec: Spec, path: str | Path) -> None:
+    """Save a Keras model as ``.h5`` (with its cfg embedded) or as Darknet ``.weights``, atomically."""
+    from .fileio import atomic_write
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".weights":
+        from .darknet import write_weights
+        from .keras_model import get_darknet_weights
+
+        write_weights(path, spec, get_darknet_weights(model, spec))
+        return
+    if suffix != ".h5":
+        raise UserError("the output must end in .h5 or .weights", path)
+    from .spec import format_cfg
+
+    def write(tmp: Path) -> None:
+        import h5py
+
+        model.save(tmp, save_format="h5", include_optimizer=False)
+        with h5py.File(tmp, "a") as f:
+            f.attrs[CFG_ATTRIBUTE] = format_cfg(spec)
+
+    atomic_write(path, write)
