@@ -153,9 +153,13 @@ def save_model(model, spec: Spec, path: str | Path) -> None:
     from .spec import format_cfg
 
     def write(tmp: Path) -> None:
+        import warnings
+
         import h5py
 
-        model.save(tmp, save_format="h5", include_optimizer=False)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*HDF5 file.*legacy")
+            model.save(tmp, save_format="h5", include_optimizer=False)
         with h5py.File(tmp, "a") as f:
             f.attrs[CFG_ATTRIBUTE] = format_cfg(spec)
 

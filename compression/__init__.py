@@ -1,0 +1,1 @@
+"""Model transforms: pruning, clustering, quantization and export (built on :mod:`yolo3`)."""

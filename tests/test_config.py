@@ -1,0 +1,88 @@
+import json
+
+import pytest
+
+from conftest import ROOT
+from yolo3.config import load_config, schema_markdown
+from yolo3.errors import UserError
+
+
+def write(tmp_path, data):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def base(tmp_path):
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    return {
+        "model": {"architecture": "yolov3-tiny", "labels": ["a"], "input_size": 128},
+        "train": {"train_image_folder": "imgs", "train_annot_folder": "imgs"},
+        "valid": {"valid_image_folder": "imgs", "valid_annot_folder": "imgs"},
+    }
+
+
+def test_shipped_config_is_valid():
+    config = load_config(ROOT / "config.json")
+    assert config.labels == ["circle", "square", "triangle"]
+    assert config.valid.annot_format == "synthetic"
+
+
+def test_paths_resolve_against_the_config_folder(tmp_path):
+    config = load_config(write(tmp_path, base(tmp_path)))
+    assert config.train.train_image_folder == tmp_path / "imgs"
+
+
+@pytest.mark.parametrize(
+    "section,key,value,message",
+    [
+        ("model", "colour", 1, "unknown key model.colour"),
+        ("model", "input_size", "416", "model.input_size must be of type int"),
+        ("model", "input_size", 100, "model.input_size must be a positive multiple of 32"),
+        ("valid", "nms_iou", True, "valid.nms_iou must be of type float"),
+        ("valid", "valid_list", "nowhere.txt", "valid.valid_list: nowhere.txt does not exist"),
+        ("model", "architecture", "yolov9", "model.architecture: yolov9 is neither"),
+        ("train", "annot_format", "xml", "train.annot_format must be one of"),
+        ("model", "labels_file", "x.names", "model.labels_file: x.names does not exist"),
+    ],
+)
+def test_mistakes_name_the_key(tmp_path, section, key, value, message):
+    data = base(tmp_path)
+    data[section][key] = value
+    with pytest.raises(UserError) as err:
+        load_config(write(tmp_path, data))
+    assert message in err.value.message
+    assert "config.json" in err.value.message
+
+
+def test_missing_required_key_and_unknown_section(tmp_path):
+    data = base(tmp_path)
+    del data["valid"]["valid_image_folder"]
+    with pytest.raises(UserError, match="valid.valid_image_folder is required"):
+        load_config(write(tmp_path, data))
+    data = base(tmp_path)
+    data["prune"] = {}
+    with pytest.raises(UserError, match="unknown section 'prune'"):
+        load_config(write(tmp_path, data))
+
+
+def test_missing_data_folder_names_the_key(tmp_path):
+    data = base(tmp_path)
+    data["valid"]["valid_annot_folder"] = "nowhere"
+    config = load_config(write(tmp_path, data))
+    with pytest.raises(UserError, match="valid.valid_annot_folder"):
+        config.dataset("valid")
+
+
+def test_invalid_json_names_the_line(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{\n "model": {,}\n}')
+    with pytest.raises(UserError, match="line 2"):
+        load_config(path)
+
+
+def test_readme_documents_every_key():
+    readme = (ROOT / "README.md").read_text()
+    for line in schema_markdown().splitlines()[2:]:
+        key = line.split("`")[1]
+        assert f"`{key}`" in readme, f"{key} is not documented in the README"
