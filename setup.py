@@ -23,6 +23,7 @@ setup(
         "tqdm>=4.66,<5",
         "matplotlib>=3.8,<4",
         "h5py>=3.10,<4",
+        "tensorboard>=2.20,<2.22",
     ],
     extras_require={"dev": ["pytest>=8,<10", "ruff>=0.6"]},
     entry_points={"console_scripts": ["yolo3=yolo3.cli:entry"]},

@@ -1,4 +1,4 @@
-"""``python -m yolo3``: info, export, data, synth.
+"""``python -m yolo3``: info, export, data, anchors, synth.
 
 python -m yolo3 info NAME_OR_CFG [--classes N] [--size S] [--json]
 python -m yolo3 export --cfg CFG --weights IN --out OUT [--force]
@@ -132,6 +132,31 @@ def cmd_synth(args) -> int:
     return 0
 
 
+def cmd_anchors(args) -> int:
+    from .anchors import box_sizes, kmeans_anchors
+    from .config import load_config
+    from .datasets import read_dataset
+    from .zoo import resolve_spec
+
+    config = load_config(args.config)
+    dataset = read_dataset(config.dataset("train"), config.labels)
+    spec = resolve_spec(config.model.architecture)
+    k = args.k or len(spec.layers[spec.yolo_indices()[0]].get_floats("anchors")) // 2
+    wh = box_sizes(dataset.records, config.model.input_size)
+    try:
+        anchors, mean_iou = kmeans_anchors(wh, k, seed=args.seed)
+    except ValueError as err:
+        raise UserError(str(err), args.config) from None
+    flat = [int(round(v)) for v in anchors.reshape(-1)]
+    if args.json:
+        print(json.dumps({"anchors": flat, "mean_iou": mean_iou, "boxes": len(wh)}))
+    else:
+        print(f"{k} anchors from {len(wh)} training boxes at input {config.model.input_size} (mean best IoU {mean_iou:.3f}):")
+        print(f'  "anchors": {json.dumps(flat)}')
+        print("put this line into the model section of the config")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m yolo3", description="YOLOv3 models, Darknet files and datasets")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,6 +180,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--no-decode", action="store_true", help="skip decoding every image (faster, misses truncated files)")
     p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("anchors", help="anchors by IoU k-means on the training boxes of a config")
+    p.add_argument("config", help="config.json")
+    p.add_argument("-k", type=int, help="number of anchors (default: the architecture's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_anchors)
 
     p = sub.add_parser("synth", help="generate the synthetic shapes dataset (VOC xml + JPEG)")
     p.add_argument("out", help="output folder (gets images/ and annotations/)")

@@ -69,6 +69,33 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "train_list": Key(
             OPT_PATH, None, "Optional split file: image ids or file names, one per line, or a CSV with a `filename` column."
         ),
+        "batch_size": Key(int, 8, "Images per training step (the global batch, split across devices)."),
+        "learning_rate": Key(float, 1e-3, "Peak learning rate (Adam)."),
+        "nb_epochs": Key(int, 30, "Epochs to train."),
+        "warmup_epochs": Key(float, 1.0, "Epochs of linear learning-rate warm-up from 0."),
+        "lr_schedule": Key(str, "cosine", "After warm-up: `cosine` decay to 1 % of the peak, `steps` (x0.1 at 80 % and 90 % of the epochs) or `constant`.", choices=("cosine", "steps", "constant")),
+        "weight_decay": Key(float, 0.0, "Decoupled weight decay (AdamW); 0 = plain Adam."),
+        "ignore_thresh": Key(float, 0.5, "Predictions whose best IoU with a ground-truth box exceeds this are not punished as background."),
+        "grid_scales": Key(list, [1, 1, 1], "Loss weight of each head, in [yolo] order."),
+        "obj_scale": Key(float, 5.0, "Loss weight of objectness where an object is."),
+        "noobj_scale": Key(float, 1.0, "Loss weight of objectness where no object is."),
+        "xywh_scale": Key(float, 1.0, "Loss weight of the box coordinates."),
+        "class_scale": Key(float, 1.0, "Loss weight of the class probabilities."),
+        "augment": Key(bool, True, "Augment training images (the keys below); false = plain letterbox."),
+        "jitter": Key(float, 0.3, "Random aspect-ratio change (keras-yolo3's jitter)."),
+        "scale_range": Key(list, [0.5, 1.5], "Random image size relative to the input, [min, max]."),
+        "flip": Key(bool, True, "Random horizontal flip."),
+        "hue": Key(float, 0.1, "Random hue shift, fraction of the colour circle."),
+        "saturation": Key(float, 1.5, "Random saturation factor in [1/s, s]."),
+        "exposure": Key(float, 1.5, "Random brightness factor in [1/e, e]."),
+        "multi_scale": Key(list, None, "Multi-scale training: [smallest, largest] input size (multiples of 32), a new size per batch; `null` = off."),
+        "freeze_backbone_epochs": Key(int, 0, "Epochs at the start during which the layers all heads share (backbone and neck) are frozen."),
+        "run_dir": Key(PATH, "runs/train", "Run folder: checkpoints (resume), best model, TensorBoard logs, the config used.", must_exist=False),
+        "saved_weights_name": Key(OPT_PATH, None, "Also copy the best model (by validation mAP@0.5) here (`.h5`); `null` = only `run_dir/best.h5`.", must_exist=False),
+        "eval_every": Key(int, 1, "Evaluate on the validation set every this many epochs (and after the last)."),
+        "strategy": Key(str, "default", "`default` (one device), `mirrored` (all local GPUs, or `devices`), `multi_worker` (machines in `TF_CONFIG`).", choices=("default", "mirrored", "multi_worker")),
+        "devices": Key(list, None, "Devices for `mirrored`, e.g. `[\"/gpu:0\", \"/gpu:1\"]`; `null` = all GPUs."),
+        "seed": Key(int, 0, "Seed of shuffling, augmentation and new layers."),
     },
     "valid": {
         "annot_format": Key(str, "voc", "As `train.annot_format`.", choices=DATASET_FORMATS),
@@ -184,6 +211,19 @@ def parse_config(raw: Any, path: Path) -> Config:
     if model["labels"] is not None:
         if not model["labels"] or not all(isinstance(v, str) and v for v in model["labels"]):
             raise UserError("model.labels must be a non-empty list of class names", path)
+    train = sections["train"].values
+    if train["batch_size"] < 1 or train["nb_epochs"] < 1 or train["eval_every"] < 1:
+        raise UserError("train.batch_size, train.nb_epochs and train.eval_every must be at least 1", path)
+    if train["learning_rate"] <= 0:
+        raise UserError("train.learning_rate must be positive", path)
+    sr = train["scale_range"]
+    if len(sr) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in sr) or sr[0] > sr[1]:
+        raise UserError("train.scale_range must be [min, max] with 0 < min <= max", path)
+    ms = train["multi_scale"]
+    if ms is not None and (len(ms) != 2 or not all(isinstance(v, int) and v > 0 and v % 32 == 0 for v in ms) or ms[0] > ms[1]):
+        raise UserError("train.multi_scale must be [smallest, largest], multiples of 32", path)
+    if not all(isinstance(v, (int, float)) for v in train["grid_scales"]):
+        raise UserError("train.grid_scales must be a list of numbers", path)
     if model["input_size"] <= 0 or model["input_size"] % 32:
         raise UserError(f"model.input_size must be a positive multiple of 32, got {model['input_size']}", path)
     anchors = model["anchors"]

@@ -35,12 +35,16 @@ BN_EPSILON = 1e-6
 LEAKY_SLOPE = 0.1
 
 
-def build_model(spec: Spec, size: int | tuple[int, int] | None = None, name: str = "yolov3") -> keras.Model:
+def build_model(
+    spec: Spec, size: int | tuple[int, int] | None = None, name: str = "yolov3", sync_bn: bool = False
+) -> keras.Model:
     """Build the Keras model of ``spec``.
 
     ``size`` is the input size (an int for square, or (height, width)); ``None``
     uses the Spec's [net] size. Pass ``size=0`` for a model that accepts any
-    size divisible by 32 (needed for multi-scale training).
+    size divisible by 32 (needed for multi-scale training). ``sync_bn``
+    synchronises batch statistics across the replicas of a distribution
+    strategy, so several devices train as one device with the whole batch.
     """
     layers = keras.layers
     if size is None:
@@ -75,7 +79,9 @@ def build_model(spec: Spec, size: int | tuple[int, int] | None = None, name: str
                 name=f"conv_{i}",
             )(x)
             if p.batch_normalize:
-                x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=f"bn_{i}")(x)
+                x = layers.BatchNormalization(
+                    epsilon=BN_EPSILON, momentum=0.99, synchronized=sync_bn, name=f"bn_{i}"
+                )(x)
             if p.activation == "leaky":
                 x = layers.LeakyReLU(alpha=LEAKY_SLOPE, name=f"leaky_{i}")(x)
         elif block.type == "maxpool":
