@@ -255,9 +255,14 @@ def test_transfer_from_darknet_weights_recreates_heads(tmp_path, synthetic_valid
     data = json.loads(path.read_text())
     data["model"].update(architecture=str(tmp_path / "tiny80.cfg"), weights=str(tmp_path / "tiny80.weights"))
     path.write_text(json.dumps(data))
-    result = train(load_config(path), RunOptions(epochs=1, progress=False, max_steps_per_epoch=2))
+    config = load_config(path)
+    result = train(config, RunOptions(epochs=1, progress=False, max_steps_per_epoch=2))
     tuned = load_model(result["best_model"])
     assert tuned.spec.num_classes == 3
     # the backbone was frozen for the first epoch: its weights are the Darknet ones
     np.testing.assert_array_equal(tuned.model.get_layer("conv_0").get_weights()[0], weights.convs[0].kernel)
+    # then it is trained (the same optimizer serves both phases)
+    result = train(config, RunOptions(epochs=2, progress=False, max_steps_per_epoch=2))
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
     assert tuned.model.get_layer("conv_15").get_weights()[0].shape[-1] == 24

@@ -339,6 +339,7 @@ def train(config, options: RunOptions | None = None) -> dict:
             if t.weight_decay
             else keras.optimizers.Adam(learning_rate=t.learning_rate)
         )
+        optimizer.build(model.trainable_variables)  # every variable, also those frozen at first
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         best_var = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_map")
         ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, best=best_var)
