@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluate a YOLOv3 on the validation set of a config: VOC mAP@0.5, COCO AP, size, speed.
 
-    python evaluate.py -c config.json -p 1 [--model PATH] [--json OUT.json]
+    python evaluate.py -c config.json -p 1 [--model PATH(.weights|.h5|.tflite)] [--threads 2] [--json OUT.json]
 
 -p selects the compression applied before evaluating: 1 = none.
 """
@@ -24,6 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="model file (.weights or .h5) instead of the config's model.weights")
     parser.add_argument("--cfg", help="architecture (built-in name or .cfg) for a .weights model, instead of the config's")
     parser.add_argument("--json", help="also write the report as JSON to this file")
+    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for a .tflite model (default 2)")
+    parser.add_argument("--latency-runs", type=int, default=20, help="forward passes timed for the median latency (0 = skip)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.pruning not in MODES:
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
     from yolo3.reporting import write_json
 
     config = load_config(args.config)
-    report = evaluate_config(config, args.model, args.cfg, progress=not args.quiet)
+    report = evaluate_config(config, args.model, args.cfg, not args.quiet, args.threads, args.latency_runs)
     report["mode"] = MODES[args.pruning]
     print(format_report(report))
     if args.json:

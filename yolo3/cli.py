@@ -1,4 +1,4 @@
-"""``python -m yolo3``: info, export, data, anchors, synth.
+"""``python -m yolo3``: info, export, data, anchors, compare, synth.
 
 python -m yolo3 info NAME_OR_CFG [--classes N] [--size S] [--json]
 python -m yolo3 export --cfg CFG --weights IN --out OUT [--force]
@@ -157,6 +157,41 @@ def cmd_anchors(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    rows = []
+    for path in args.reports:
+        try:
+            r = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError("no such report", path) from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"not a JSON report: {err.msg}", path, err.lineno) from None
+        if "mAP50" not in r:
+            raise UserError("not an evaluation report (no mAP50)", path)
+        rows.append((Path(r.get("model", path)).name, r))
+    header = f"{'model':<28s} {'mAP@0.5':>8s} {'COCO AP':>8s} {'params':>11s} {'MACs':>8s} {'size':>10s} {'gzip':>10s} {'latency':>9s}"
+    print(header)
+    base = rows[0][1]
+    for name, r in rows:
+        lat = r.get("latency", {}).get("median_ms")
+        size = r.get("model_bytes")
+        gz = r.get("model_gzip_bytes")
+        print(
+            f"{name[:28]:<28s} {r['mAP50']:8.4f} {r['coco']['AP']:8.4f} {r.get('params', 0):11,d} "
+            f"{r.get('macs', 0) / 1e9:7.2f}G {size or 0:10,d} {gz or 0:10,d} "
+            + (f"{lat:7.1f}ms" if lat else "      -")
+        )
+    if len(rows) > 1:
+        for name, r in rows[1:]:
+            parts = [f"mAP@0.5 {100 * (r['mAP50'] - base['mAP50']):+.2f} points"]
+            if r.get("latency") and base.get("latency"):
+                parts.append(f"{base['latency']['median_ms'] / r['latency']['median_ms']:.2f}x faster")
+            if r.get("model_bytes") and base.get("model_bytes"):
+                parts.append(f"{base['model_bytes'] / r['model_bytes']:.2f}x smaller")
+            print(f"{name} vs {rows[0][0]}: " + ", ".join(parts))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m yolo3", description="YOLOv3 models, Darknet files and datasets")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,6 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_anchors)
+
+    p = sub.add_parser("compare", help="compare evaluation reports (evaluate.py --json) side by side")
+    p.add_argument("reports", nargs="+", help="JSON reports; the first is the baseline")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("synth", help="generate the synthetic shapes dataset (VOC xml + JPEG)")
     p.add_argument("out", help="output folder (gets images/ and annotations/)")

@@ -35,19 +35,26 @@ def head_specs(spec: Spec) -> list[HeadSpec]:
 
 
 class KerasPredictor:
-    """Raw head outputs of a Keras model for a batch of letterboxed images."""
+    """Raw head outputs of a Keras model for a batch of letterboxed images (a compiled graph)."""
+
+    runtime = "keras"
 
     def __init__(self, loaded):
+        from .kerasenv import tf
+
         self.loaded = loaded
         self.model = loaded.model
         self.input_hw = loaded.input_hw
         self.heads = head_specs(loaded.spec)
         self.name = loaded.source
+        self._forward = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
-        out = self.model(batch, training=False)
+        out = self._forward(batch)
         out = out if isinstance(out, (list, tuple)) else [out]
         return [np.asarray(o) for o in out]
+
+    invoke = __call__
 
 
 @dataclass
@@ -161,6 +168,8 @@ def format_report(report: dict) -> str:
         extra.append(f"MACs {report['macs'] / 1e9:.3f} G")
     extra.append(f"images {report['images']}")
     extra.append(f"{report['images_per_second']:.2f} img/s ({report['model_seconds_per_image'] * 1000:.1f} ms/img in the model)")
+    if "latency" in report:
+        extra.append(f"latency {report['latency']['median_ms']:.1f} ms (median of {report['latency']['runs']}, batch 1)")
     rows.append("   ".join(extra))
     if report.get("skipped_images"):
         rows.append(f"skipped {len(report['skipped_images'])} unreadable image(s): " + "; ".join(report["skipped_images"][:5]))
@@ -181,14 +190,61 @@ def load_for_config(config, model_path=None, architecture=None):
     )
 
 
-def evaluate_config(config, model_path=None, architecture=None, progress: bool = True) -> dict:
-    """``evaluate.py -p 1``: evaluate the config's model on its validation set."""
+def make_predictor(config, model_path=None, architecture=None, threads: int = 2):
+    """A predictor for the config's model or ``model_path``: Keras (.weights, .h5) or LiteRT (.tflite).
+
+    Returns the predictor and a summary (params, trainable_params, macs) of its architecture.
+    """
+    from pathlib import Path
+
+    from .spec import analyse, parse_cfg, totals
+
+    path = Path(model_path) if model_path is not None else config.model.weights
+    if path is not None and path.suffix.lower() == ".tflite":
+        from .lite import TFLitePredictor
+
+        predictor = TFLitePredictor(path, threads=threads)
+        if predictor.heads[0].classes != len(config.labels):
+            raise UserError(f"the model predicts {predictor.heads[0].classes} classes but the config has {len(config.labels)} labels", path)
+        summary = {}
+        if "cfg" in predictor.metadata:
+            spec = parse_cfg(predictor.metadata["cfg"], source=f"{path} (embedded cfg)")
+            t = totals(analyse(spec, *predictor.input_hw))
+            summary = {"params": t.params, "trainable_params": t.trainable_params, "macs": t.macs}
+        return predictor, summary
+    loaded = load_for_config(config, model_path, architecture)
+    return KerasPredictor(loaded), loaded.summary()
+
+
+def file_sizes(path) -> dict:
+    """Raw and gzip size of a model file (nothing for a model built in memory)."""
+    import gzip
+    from pathlib import Path
+
+    if path is None or not Path(path).is_file():
+        return {}
+    data = Path(path).read_bytes()
+    return {"model_bytes": len(data), "model_gzip_bytes": len(gzip.compress(data, 6))}
+
+
+def measure_model_latency(predictor, runs: int = 20) -> dict:
+    """Median latency of one forward pass at batch 1, pre- and post-processing excluded."""
+    import numpy as np
+
+    from .lite import measure_latency
+
+    tensor = np.full((1, *predictor.input_hw, 3), 0.5, np.float32)
+    return measure_latency(predictor.invoke, tensor, runs=runs)
+
+
+def evaluate_config(config, model_path=None, architecture=None, progress: bool = True, threads: int = 2, latency_runs: int = 20) -> dict:
+    """``evaluate.py -p 1``: evaluate the config's model (Keras or TFLite) on its validation set."""
     from .datasets import read_dataset
 
     dataset = read_dataset(config.dataset("valid"), config.labels)
-    loaded = load_for_config(config, model_path, architecture)
+    predictor, summary = make_predictor(config, model_path, architecture, threads)
     report = evaluate(
-        KerasPredictor(loaded),
+        predictor,
         dataset,
         config.labels,
         config.valid.score_threshold,
@@ -197,7 +253,12 @@ def evaluate_config(config, model_path=None, architecture=None, progress: bool =
         config.valid.batch_size,
         progress,
     )
-    report.update(loaded.summary())
-    report["model"] = loaded.source
+    report.update(summary)
+    report["model"] = predictor.name
+    report.update(file_sizes(model_path if model_path is not None else config.model.weights))
+    report["runtime"] = predictor.runtime
+    if latency_runs:
+        report["latency"] = measure_model_latency(predictor, latency_runs)
+        report["latency"]["threads"] = threads if report["runtime"] == "litert" else None
     report["dataset_problems"] = [str(p) for p in dataset.problems]
     return report

@@ -1,0 +1,62 @@
+"""``convert.py``: a model from a config (or any model file) to a ``.tflite``, with a report."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from yolo3.errors import UserError
+
+from .tflite_export import FORMATS, calibration_images, export_tflite
+
+
+def default_output(model_path: Path | None, fmt: str, config_folder: Path) -> Path:
+    stem = model_path.stem if model_path is not None else "model"
+    folder = model_path.parent if model_path is not None else config_folder
+    return folder / f"{stem}-{fmt}.tflite"
+
+
+def convert_config(config, model_path: str | None, fmt: str, samples: int, out: str | None, force: bool, seed: int = 0) -> dict:
+    """Load the config's model (or ``model_path``), convert it, verify it loads, and report."""
+    from yolo3.datasets import read_dataset
+    from yolo3.evaluation import load_for_config
+    from yolo3.models import save_model
+
+    if fmt not in FORMATS:
+        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if samples < 1:
+        raise UserError("--samples must be at least 1")
+    source = Path(model_path) if model_path else config.model.weights
+    if source is not None and source.suffix.lower() == ".tflite":
+        raise UserError("the model is already a .tflite; convert the .h5 or .weights it came from", source)
+    out_path = Path(out) if out else default_output(source, fmt, config.folder)
+    if out_path.suffix.lower() != ".tflite":
+        raise UserError("the output must end in .tflite", out_path)
+    if out_path.exists() and not force:
+        raise UserError("exists; pass --force to overwrite it", out_path)
+    loaded = load_for_config(config, model_path)
+    images = []
+    if fmt == "int8":
+        images = calibration_images(read_dataset(config.dataset("train"), config.labels).records, samples, seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        h5 = Path(tmp) / "model.h5"
+        save_model(loaded.model, loaded.spec, h5)
+        report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec)
+    report["source"] = loaded.source
+    report.update(loaded.summary())
+    return report
+
+
+def format_report(report: dict) -> str:
+    def io(d):
+        q = f", scale {d['scale']:.6g}, zero point {d['zero_point']}" if d["scale"] else ""
+        return f"{d['dtype']} {d['shape']}{q}"
+
+    lines = [
+        f"wrote {report['path']} ({report['format']}): {report['size_bytes']:,} bytes, {report['gzip_bytes']:,} gzipped"
+        + (f"; calibrated on {report['calibration_images']} training images" if report["calibration_images"] else ""),
+        "input:  " + "; ".join(io(d) for d in report["inputs"]),
+        "output: " + "; ".join(io(d) for d in report["outputs"]),
+        "operators: " + ", ".join(f"{k} x{v}" for k, v in report["operators"].items()),
+    ]
+    return "\n".join(lines)

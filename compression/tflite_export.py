@@ -1,0 +1,145 @@
+"""Export a Keras YOLOv3 to TFLite: int8 (full integer), float16, dynamic range or float32.
+
+The TFLite converter leaks memory with every call in TensorFlow 2.21, so the
+conversion itself runs in a subprocess (:mod:`compression.tflite_worker`). The
+result is written under a temporary name beside the destination, loaded back
+with LiteRT and run once, and only then renamed into place.
+
+int8 is full-integer with int8 input and output, calibrated on training images
+preprocessed exactly as at inference (the shared letterbox). The YOLO decode
+(sigmoid, exp) stays outside the model: the outputs are the raw head tensors,
+so each gets its own quantization scale. The Darknet cfg, anchors and class
+names travel inside the file as metadata ``yolo3``, which the edge runner reads.
+
+Example::
+
+    from compression.tflite_export import export_tflite
+    report = export_tflite("best.h5", "best-int8.tflite", "int8", calibration_images, names)
+    report["size_bytes"], report["gzip_bytes"], report["operators"]
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from yolo3.errors import UserError
+from yolo3.fileio import atomic_write
+from yolo3.spec import Spec, analyse, format_cfg, heads
+
+FORMATS = ("int8", "float16", "dynamic", "float32")
+
+
+def calibration_images(records, samples: int, seed: int = 0) -> list[str]:
+    """``samples`` training image paths chosen with a fixed seed (all of them if fewer)."""
+    paths = [str(r.image) for r in records]
+    if not paths:
+        raise UserError("no training images to calibrate int8 quantization with")
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(paths), size=min(samples, len(paths)), replace=False)
+    return [paths[i] for i in sorted(chosen)]
+
+
+def metadata_for(spec: Spec, names: Sequence[str], input_size: int) -> dict:
+    """What the edge runner needs to decode the outputs: heads in output order, names, the cfg."""
+    infos = analyse(spec, input_size, input_size)
+    return {
+        "format": 1,
+        "names": list(names),
+        "input_size": [input_size, input_size],
+        "heads": [{"anchors": [list(a) for a in h.anchors], "classes": h.classes} for h in heads(spec)],
+        "output_shapes": [list(infos[h.conv].out_shape) for h in heads(spec)],
+        "cfg": format_cfg(spec),
+    }
+
+
+def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int, metadata: dict) -> None:
+    """Convert in a fresh Python process; raise UserError with the worker's last message on failure."""
+    with tempfile.TemporaryDirectory() as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({
+            "model": str(h5), "format": fmt, "out": str(out), "images": images,
+            "input_size": input_size, "metadata": metadata,
+        }))  # fmt: skip
+        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+        proc = subprocess.run(
+            [sys.executable, "-m", "compression.tflite_worker", str(job)],
+            capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise UserError(f"TFLite conversion ({fmt}) failed: {lines[-1] if lines else 'no message'}", h5)
+
+
+def describe_tflite(path: str | Path, threads: int = 2) -> dict:
+    """Sizes (raw, gzip), input/output types and quantization, operators used."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    data = Path(path).read_bytes()
+    # without the default XNNPACK delegate, so that the operators are listed as they are in the file
+    interpreter = Interpreter(
+        model_content=data, num_threads=threads, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    )
+    interpreter.allocate_tensors()
+
+    def io(detail):
+        scale, zero = detail["quantization"]
+        return {
+            "name": detail["name"],
+            "shape": [int(v) for v in detail["shape"]],
+            "dtype": np.dtype(detail["dtype"]).name,
+            "scale": float(scale) if scale else None,
+            "zero_point": int(zero) if scale else None,
+        }
+
+    ops = Counter(op["op_name"] for op in interpreter._get_ops_details())
+    return {
+        "size_bytes": len(data),
+        "gzip_bytes": len(gzip.compress(data, 9)),
+        "inputs": [io(d) for d in interpreter.get_input_details()],
+        "outputs": [io(d) for d in interpreter.get_output_details()],
+        "operators": dict(sorted(ops.items())),
+    }
+
+
+def export_tflite(
+    model_path: str | Path,
+    out: str | Path,
+    fmt: str,
+    images: list[str],
+    names: Sequence[str],
+    input_size: int,
+    spec: Spec | None = None,
+) -> dict:
+    """Convert ``model_path`` (an ``.h5`` this tool wrote) to ``out``; returns :func:`describe_tflite`'s report."""
+    from yolo3.lite import TFLitePredictor
+    from yolo3.models import spec_from_h5
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r} (use {', '.join(FORMATS)})")
+    model_path = Path(model_path)
+    spec = spec or spec_from_h5(model_path)
+    if spec is None:
+        raise UserError("this .h5 carries no cfg; convert a model written by this tool", model_path)
+    metadata = metadata_for(spec, names, input_size)
+    if fmt != "int8":
+        images = []
+
+    def write(tmp: Path) -> None:
+        run_worker(model_path, fmt, tmp, images, input_size, metadata)
+        predictor = TFLitePredictor(tmp, threads=1)  # loads with LiteRT and runs once before we keep it
+        predictor.invoke(np.full((1, *predictor.input_hw, 3), 0.5, np.float32))
+
+    atomic_write(out, write)
+    report = describe_tflite(out)
+    report.update(format=fmt, calibration_images=len(images), path=str(out))
+    return report

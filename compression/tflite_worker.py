@@ -1,0 +1,76 @@
+"""Run one TFLite conversion in its own process (TensorFlow 2.21's converter leaks memory per call).
+
+    python -m compression.tflite_worker JOB.json
+
+The job names the ``.h5``, the format, the output path, the calibration images
+(int8) and the metadata to embed. Errors end the process with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+
+def add_metadata(model: bytes, name: str, payload: bytes) -> bytes:
+    """Append a named metadata buffer to a TFLite flatbuffer."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    obj = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(payload, np.uint8)
+    obj.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(obj.buffers) - 1
+    obj.metadata = [*(obj.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(obj))
+
+
+def convert(job: dict) -> bytes:
+    from yolo3.kerasenv import keras, tf
+    from yolo3.preprocess import letterbox, load_image
+
+    model = keras.models.load_model(job["model"], compile=False)
+    size = job["input_size"]
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    fmt = job["format"]
+    if fmt in ("int8", "float16", "dynamic"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if fmt == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if fmt == "int8":
+        images = job["images"]
+
+        def representative():
+            for path in images:
+                tensor, _ = letterbox(load_image(path), size)
+                yield [tensor[None].astype(np.float32)]
+
+        converter.representative_dataset = representative
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def main(argv: list[str]) -> int:
+    from yolo3.lite import METADATA_NAME
+
+    job = json.loads(open(argv[0]).read())
+    try:
+        model = convert(job)
+        model = add_metadata(model, METADATA_NAME, json.dumps(job["metadata"]).encode("utf-8"))
+    except Exception as err:  # the parent reports this line to the user
+        print(f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}", file=sys.stderr)
+        return 1
+    with open(job["out"], "wb") as f:
+        f.write(model)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Convert a model to TFLite: full-integer int8 (default), float16, dynamic range or float32.
+
+    python convert.py -c config.json [--model IN(.h5|.weights)] [--format int8] [--samples 200] [--out OUT.tflite] [--json OUT.json]
+
+int8 is calibrated on --samples training images (fixed seed), preprocessed exactly as at inference.
+The .tflite is loaded back with LiteRT before the command reports success.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from yolo3.errors import run_cli
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--model", help="model file instead of the config's model.weights")
+    parser.add_argument("--format", default="int8", help="int8 (default), float16, dynamic or float32")
+    parser.add_argument("--samples", type=int, default=200, help="calibration images for int8 (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed choosing the calibration images")
+    parser.add_argument("--out", help="output .tflite (default: beside the model, NAME-FORMAT.tflite)")
+    parser.add_argument("--force", action="store_true", help="overwrite the output if it exists")
+    parser.add_argument("--json", help="also write the report as JSON")
+    args = parser.parse_args(argv)
+
+    from compression.convert import convert_config, format_report
+    from yolo3.config import load_config
+    from yolo3.reporting import write_json
+
+    config = load_config(args.config)
+    report = convert_config(config, args.model, args.format, args.samples, args.out, args.force, args.seed)
+    print(format_report(report))
+    if args.json:
+        write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,141 @@
+"""TFLite export, evaluation of a .tflite, the edge runner without TensorFlow, detect.py."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from yolo3.lite import TFLitePredictor, read_metadata
+
+NAMES = ["circle", "square", "triangle"]
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory, synthetic_valid):
+    """A 96-px YOLOv3-tiny with plausible (random, BN-stable) weights, saved as .h5."""
+    from test_darknet import random_weights
+
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.models import save_model
+    from yolo3.zoo import build_spec
+
+    spec = build_spec("yolov3-tiny", 3, 96)
+    model = build_model(spec)
+    set_darknet_weights(model, spec, random_weights(spec, seed=4))
+    folder = tmp_path_factory.mktemp("tflite")
+    save_model(model, spec, folder / "model.h5")
+    return folder, model, spec
+
+
+@pytest.fixture(scope="module")
+def exported(small_model, synthetic_valid):
+    from compression.tflite_export import export_tflite
+
+    folder, _, spec = small_model
+    images = sorted(str(p) for p in (synthetic_valid / "images").glob("*.jpg"))[:8]
+    reports = {}
+    for fmt in ("float32", "int8"):
+        reports[fmt] = export_tflite(folder / "model.h5", folder / f"model-{fmt}.tflite", fmt, images, NAMES, 96, spec)
+    return folder, reports
+
+
+def test_int8_is_full_integer_with_embedded_metadata(exported):
+    folder, reports = exported
+    r = reports["int8"]
+    assert r["inputs"][0]["dtype"] == "int8" and all(o["dtype"] == "int8" for o in r["outputs"])
+    assert r["inputs"][0]["scale"] == pytest.approx(1 / 255, rel=1e-3)
+    assert "CONV_2D" in r["operators"] and "DELEGATE" not in r["operators"]
+    assert r["gzip_bytes"] < r["size_bytes"] < reports["float32"]["size_bytes"] / 3
+    meta = json.loads(read_metadata((folder / "model-int8.tflite").read_bytes()))
+    assert meta["names"] == NAMES and len(meta["heads"]) == 2 and "[yolo]" in meta["cfg"]
+
+
+def test_tflite_outputs_match_keras(exported, small_model):
+    folder, _ = exported
+    _, model, _ = small_model
+    x = np.random.RandomState(0).rand(1, 96, 96, 3).astype(np.float32)
+    keras_out = [np.asarray(o) for o in model(x)]
+    f32 = TFLitePredictor(folder / "model-float32.tflite").invoke(x)
+    for a, b in zip(keras_out, f32):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-3
+    q = TFLitePredictor(folder / "model-int8.tflite").invoke(x)
+    for a, b in zip(keras_out, q):
+        assert a.shape == b.shape
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95  # int8 tracks the float outputs
+
+
+def test_edge_runner_needs_no_tensorflow(exported, synthetic_valid, tmp_path):
+    folder, _ = exported
+    image = sorted((synthetic_valid / "images").glob("*.jpg"))[0]
+    block = (
+        "import sys, runpy\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
+        "            raise ImportError('tensorflow is not available on this device')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "sys.argv = ['yolo3.lite'] + sys.argv[1:]\n"
+        "runpy.run_module('yolo3.lite', run_name='__main__')\n"
+    )
+    draw = tmp_path / "drawn"
+    draw.mkdir()
+    out = subprocess.run(
+        [sys.executable, "-c", block, str(folder / "model-int8.tflite"), str(image), "--score", "0.01", "--draw", str(draw)],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["image"] == str(image) and isinstance(result["detections"], list)
+    assert (draw / image.name).exists()
+
+
+def _config(tmp_path, synthetic_valid, model):
+    cfg = {
+        "model": {"architecture": "yolov3-tiny", "input_size": 96, "labels": NAMES, "weights": str(model)},
+        "train": {"train_image_folder": str(synthetic_valid / "images"), "train_annot_folder": str(synthetic_valid / "annotations")},
+        "valid": {"valid_image_folder": str(synthetic_valid / "images"), "valid_annot_folder": str(synthetic_valid / "annotations")},
+    }
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_evaluate_tflite_gives_the_same_keys(exported, synthetic_valid, tmp_path):
+    folder, _ = exported
+    config = _config(tmp_path, synthetic_valid, folder / "model.h5")
+    reports = {}
+    for name in ("model.h5", "model-float32.tflite"):
+        out = tmp_path / f"{name}.json"
+        r = subprocess.run(
+            [sys.executable, "evaluate.py", "-c", str(config), "--model", str(folder / name), "--quiet", "--json", str(out), "--latency-runs", "3"],
+            capture_output=True, text=True, cwd=ROOT,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-2000:]
+        reports[name] = json.loads(out.read_text())
+    keras, lite = reports["model.h5"], reports["model-float32.tflite"]
+    assert set(keras) == set(lite)
+    assert lite["runtime"] == "litert" and lite["latency"]["median_ms"] > 0
+    assert (lite["params"], lite["macs"]) == (keras["params"], keras["macs"])
+    assert lite["mAP50"] == pytest.approx(keras["mAP50"], abs=0.02)
+
+
+def test_convert_cli_and_detect(exported, synthetic_valid, tmp_path):
+    folder, _ = exported
+    config = _config(tmp_path, synthetic_valid, folder / "model.h5")
+    out = tmp_path / "m.tflite"
+    run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, cwd=ROOT)
+    r = run("convert.py", "-c", str(config), "--format", "dynamic", "--out", str(out), "--json", str(tmp_path / "c.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "operators:" in r.stdout and out.exists()
+    assert json.loads((tmp_path / "c.json").read_text())["format"] == "dynamic"
+    again = run("convert.py", "-c", str(config), "--format", "dynamic", "--out", str(out))
+    assert again.returncode == 2 and "--force" in again.stderr
+    bad = run("convert.py", "-c", str(config), "--format", "int4", "--out", str(tmp_path / "x.tflite"))
+    assert bad.returncode == 2 and "--format" in bad.stderr and "Traceback" not in bad.stderr
+    image = sorted((synthetic_valid / "images").glob("*.jpg"))[0]
+    d = run("detect.py", "-c", str(config), "--model", str(out), "-i", str(image), "-o", str(tmp_path / "det"), "--score", "0.01")
+    assert d.returncode == 0, d.stderr[-2000:]
+    assert (tmp_path / "det" / f"{image.stem}.jpg").exists()

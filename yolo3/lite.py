@@ -1,0 +1,228 @@
+"""The edge runner: detect with a ``.tflite`` file using only numpy, Pillow and LiteRT.
+
+    python -m yolo3.lite MODEL.tflite IMAGE [IMAGE ...] [--threads 2] [--score 0.25] [--draw OUT_DIR]
+
+Prints one JSON object per image (boxes in image pixels, scores, class names).
+Everything the decoder needs (anchors, class count and names, the cfg) is
+embedded in the ``.tflite`` by ``convert.py`` as metadata named ``yolo3``, read
+here with a few lines of flatbuffer parsing, so the runner needs no other file.
+It imports ``ai_edge_litert`` or, where that is what the device has,
+``tflite_runtime`` — never TensorFlow.
+
+Example::
+
+    from yolo3.lite import TFLitePredictor
+    predictor = TFLitePredictor("model-int8.tflite", threads=2)
+    detections = predictor.detect_file("dog.jpg", score_threshold=0.25)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError, run_cli
+from .postprocess import Detections, HeadSpec, detect
+from .preprocess import letterbox, load_image
+
+METADATA_NAME = "yolo3"
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise UserError("neither ai_edge_litert nor tflite_runtime is installed (pip install ai-edge-litert)") from None
+    return Interpreter
+
+
+# ---------------------------------------------------------------------------
+# Metadata: a minimal flatbuffer reader for the TFLite Model table
+# ---------------------------------------------------------------------------
+
+
+def _table_field(buf: bytes, table: int, field: int) -> int | None:
+    """Absolute position of field ``field`` of the table at ``table``, or None if absent."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vt_size = struct.unpack_from("<H", buf, vtable)[0]
+    entry = 4 + 2 * field
+    if entry >= vt_size:
+        return None
+    offset = struct.unpack_from("<H", buf, vtable + entry)[0]
+    return table + offset if offset else None
+
+
+def _deref(buf: bytes, pos: int) -> int:
+    return pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def _vector(buf: bytes, pos: int) -> tuple[int, int]:
+    start = _deref(buf, pos)
+    return start + 4, struct.unpack_from("<I", buf, start)[0]
+
+
+def read_metadata(model: bytes, name: str = METADATA_NAME) -> bytes | None:
+    """The bytes of the metadata entry ``name`` of a TFLite flatbuffer, or None.
+
+    Model table fields (schema.fbs): 4 = buffers, 6 = metadata; Metadata: 0 = name,
+    1 = buffer index; Buffer: 0 = data.
+    """
+    try:
+        root = _deref(model, 0)
+        meta_field = _table_field(model, root, 6)
+        buffers_field = _table_field(model, root, 4)
+        if meta_field is None or buffers_field is None:
+            return None
+        meta_start, meta_len = _vector(model, meta_field)
+        buf_start, _ = _vector(model, buffers_field)
+        for i in range(meta_len):
+            entry = _deref(model, meta_start + 4 * i)
+            name_pos = _table_field(model, entry, 0)
+            if name_pos is None:
+                continue
+            s_start = _deref(model, name_pos)
+            s_len = struct.unpack_from("<I", model, s_start)[0]
+            if model[s_start + 4 : s_start + 4 + s_len].decode("utf-8", "replace") != name:
+                continue
+            index_pos = _table_field(model, entry, 1)
+            index = struct.unpack_from("<I", model, index_pos)[0] if index_pos is not None else 0
+            buffer = _deref(model, buf_start + 4 * index)
+            data_pos = _table_field(model, buffer, 0)
+            if data_pos is None:
+                return None
+            d_start, d_len = _vector(model, data_pos)
+            return bytes(model[d_start : d_start + d_len])
+    except (struct.error, IndexError):
+        return None
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The predictor
+# ---------------------------------------------------------------------------
+
+
+class TFLitePredictor:
+    """Raw head outputs of a ``.tflite`` model, quantizing the input and dequantizing the outputs as needed.
+
+    ``heads`` (anchors and class counts, in output order) come from the embedded
+    metadata unless given.
+    """
+
+    runtime = "litert"
+
+    def __init__(self, path: str | Path, threads: int = 2, heads: list[HeadSpec] | None = None):
+        self.path = Path(path)
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            raise UserError("model file does not exist", path) from None
+        raw = read_metadata(data)
+        self.metadata = json.loads(raw.decode("utf-8")) if raw else {}
+        Interpreter = _interpreter_class()
+        try:
+            self.interpreter = Interpreter(model_content=data, num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as err:
+            raise UserError(f"LiteRT cannot load this model: {err}", path) from None
+        self.threads = threads
+        self.input = self.interpreter.get_input_details()[0]
+        outputs = self.interpreter.get_output_details()
+        if heads is None:
+            if not self.metadata:
+                raise UserError("this .tflite has no yolo3 metadata; give the config it was made from", path)
+            heads = [HeadSpec(tuple(map(tuple, h["anchors"])), int(h["classes"])) for h in self.metadata["heads"]]
+        self.heads = heads
+        self.names = self.metadata.get("names")
+        self.input_hw = tuple(int(v) for v in self.input["shape"][1:3])
+        # Order the outputs as the heads: by their shapes (recorded in the metadata), else coarse grid first.
+        shapes = [tuple(s) for s in self.metadata.get("output_shapes", [])]
+        by_shape = {tuple(int(v) for v in d["shape"][1:]): d for d in outputs}
+        if shapes and len(by_shape) == len(outputs) and all(s in by_shape for s in shapes):
+            self.outputs = [by_shape[s] for s in shapes]
+        else:
+            self.outputs = sorted(outputs, key=lambda d: int(d["shape"][1]))
+        if len(self.outputs) != len(self.heads):
+            raise UserError(f"{len(self.outputs)} outputs but {len(self.heads)} heads", path)
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def _quantize(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype == np.float32:
+            return x.astype(np.float32)
+        scale, zero = self.input["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+    def _dequantize(self, detail: dict, y: np.ndarray) -> np.ndarray:
+        if y.dtype == np.float32:
+            return y
+        scale, zero = detail["quantization"]
+        return (y.astype(np.float32) - zero) * scale
+
+    def invoke(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """One image (1, h, w, 3) float in [0, 1] -> head outputs, each (1, gh, gw, depth) float32."""
+        self.interpreter.set_tensor(self.input["index"], self._quantize(tensor))
+        self.interpreter.invoke()
+        return [self._dequantize(d, self.interpreter.get_tensor(d["index"])) for d in self.outputs]
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        results = [self.invoke(batch[k : k + 1]) for k in range(len(batch))]
+        return [np.concatenate([r[i] for r in results]) for i in range(len(self.outputs))]
+
+    def detect_file(self, path: str | Path, score_threshold: float = 0.25, nms_iou: float = 0.45, max_detections: int = 100) -> Detections:
+        tensor, box = letterbox(load_image(path), self.input_hw)
+        outputs = self.invoke(tensor[None])
+        return detect([o[0] for o in outputs], self.heads, self.input_hw, box, score_threshold, nms_iou, max_detections)
+
+
+def measure_latency(invoke, tensor: np.ndarray, runs: int = 20, warmup: int = 3) -> dict:
+    """Median and spread of ``invoke(tensor)`` wall time in milliseconds (pre/post-processing excluded)."""
+    for _ in range(warmup):
+        invoke(tensor)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        invoke(tensor)
+        times.append((time.perf_counter() - t0) * 1000)
+    times.sort()
+    return {"median_ms": float(np.median(times)), "min_ms": times[0], "max_ms": times[-1], "runs": runs}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m yolo3.lite", description="Detect objects with a .tflite YOLOv3 (numpy, Pillow, LiteRT only)")
+    parser.add_argument("model", help="a .tflite written by convert.py")
+    parser.add_argument("images", nargs="+", help="image files")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--score", type=float, default=0.25, help="score threshold")
+    parser.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold")
+    parser.add_argument("--draw", help="folder to write the images with boxes drawn")
+    args = parser.parse_args(argv)
+    predictor = TFLitePredictor(args.model, args.threads)
+    for image in args.images:
+        t0 = time.perf_counter()
+        dets = predictor.detect_file(image, args.score, args.nms)
+        result = {"image": image, "seconds": round(time.perf_counter() - t0, 4), "detections": dets.to_json(predictor.names)}
+        print(json.dumps(result))
+        if args.draw:
+            from .draw import draw_detections
+
+            out = Path(args.draw) / Path(image).name
+            draw_detections(load_image(image), dets, predictor.names).save(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
