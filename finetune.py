@@ -21,11 +21,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
+    from compression.constraints import constraint_factory_for
     from yolo3.config import load_config
     from yolo3.training import RunOptions, train
 
     config = load_config(args.config)
-    result = train(config, RunOptions(args.model, True, args.epochs, args.run_dir, not args.quiet))
+    factory = constraint_factory_for(args.model)  # a clustered model stays clustered, a pruned one sparse
+    result = train(config, RunOptions(args.model, True, args.epochs, args.run_dir, not args.quiet, constraint_factory=factory))
     print(f"best validation mAP@0.5 {result['best_mAP50']:.4f}: {result['best_model']}  ({result['seconds']:.0f} s)")
     return 0
 

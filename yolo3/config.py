@@ -97,6 +97,14 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "devices": Key(list, None, "Devices for `mirrored`, e.g. `[\"/gpu:0\", \"/gpu:1\"]`; `null` = all GPUs."),
         "seed": Key(int, 0, "Seed of shuffling, augmentation and new layers."),
     },
+    "clustering": {
+        "clusters": Key(int, 32, "Centroids per kernel (or per output channel with `per_channel`)."),
+        "per_channel": Key(bool, False, "Cluster every output channel of a kernel separately."),
+        "exclude": Key(list, [], "Convolutions not to cluster, by index (`0`) or name (`\"conv_0\"`); the first layer and the heads are clustered unless listed."),
+        "finetune_epochs": Key(int, 0, "Cluster-preserving fine-tuning epochs after clustering (0 = none)."),
+        "finetune_learning_rate": Key(float, 1e-4, "Peak learning rate of that fine-tuning."),
+        "seed": Key(int, 0, "Seed of the k-means++ initialisation."),
+    },
     "valid": {
         "annot_format": Key(str, "voc", "As `train.annot_format`.", choices=DATASET_FORMATS),
         "valid_image_folder": Key(PATH, None, "Folder of validation images.", required=True, must_exist=False),
@@ -131,6 +139,7 @@ class Config:
     model: Section
     train: Section
     valid: Section
+    clustering: Section
     raw: dict
 
     @property
@@ -249,7 +258,10 @@ def parse_config(raw: Any, path: Path) -> Config:
         raise UserError("valid.nms_iou must be in (0, 1]", path)
     if valid["max_detections"] < 1 or valid["batch_size"] < 1:
         raise UserError("valid.max_detections and valid.batch_size must be at least 1", path)
-    return Config(path, sections["model"], sections["train"], sections["valid"], raw)
+    cl = sections["clustering"].values
+    if cl["clusters"] < 2 or cl["finetune_epochs"] < 0:
+        raise UserError("clustering.clusters must be at least 2 and clustering.finetune_epochs not negative", path)
+    return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], raw)
 
 
 def load_config(path: str | Path) -> Config:

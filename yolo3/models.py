@@ -22,6 +22,7 @@ from .spec import Spec, analyse, parse_cfg, totals, with_anchors, with_classes, 
 from .zoo import resolve_spec
 
 CFG_ATTRIBUTE = "darknet_cfg"
+COMPRESSION_ATTRIBUTE = "yolo3_compression"  # JSON: what was done to the model (clustering, pruning) that training must keep
 MODEL_SUFFIXES = (".weights", ".h5", ".keras", ".tflite")
 
 
@@ -58,6 +59,25 @@ def spec_from_h5(path: Path) -> Spec | None:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return parse_cfg(str(text), source=f"{path} (embedded cfg)")
+
+
+def compression_info(path: str | Path) -> dict:
+    """The compression record of an ``.h5`` written by this tool ({} if none)."""
+    import json
+
+    import h5py
+
+    path = Path(path)
+    if path.suffix.lower() != ".h5" or not path.exists():
+        return {}
+    try:
+        with h5py.File(path, "r") as f:
+            text = f.attrs.get(COMPRESSION_ATTRIBUTE)
+    except OSError:
+        return {}
+    if text is None:
+        return {}
+    return json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
 
 
 def _adjust(spec: Spec, classes: int | None, size: int | None, anchors: list[float] | None) -> Spec:
@@ -136,8 +156,12 @@ def load_model(
     raise UserError(f"unknown model file type {suffix!r} (expected one of {', '.join(MODEL_SUFFIXES)})", path)
 
 
-def save_model(model, spec: Spec, path: str | Path) -> None:
-    """Save a Keras model as ``.h5`` (with its cfg embedded) or as Darknet ``.weights``, atomically."""
+def save_model(model, spec: Spec, path: str | Path, compression: dict | None = None) -> None:
+    """Save a Keras model as ``.h5`` (with its cfg embedded) or as Darknet ``.weights``, atomically.
+
+    ``compression`` (JSON-able) records what was done to the model, so that
+    fine-tuning can keep it (clusters, pruning masks).
+    """
     from .fileio import atomic_write
 
     path = Path(path)
@@ -162,5 +186,9 @@ def save_model(model, spec: Spec, path: str | Path) -> None:
             model.save(tmp, save_format="h5", include_optimizer=False)
         with h5py.File(tmp, "a") as f:
             f.attrs[CFG_ATTRIBUTE] = format_cfg(spec)
+            if compression:
+                import json
+
+                f.attrs[COMPRESSION_ATTRIBUTE] = json.dumps(compression)
 
     atomic_write(path, write)

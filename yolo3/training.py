@@ -130,6 +130,7 @@ class StartingPoint:
     spec: Spec
     note: str
     new_heads: bool
+    compression: dict | None = None  # carried over from the starting .h5 (clusters, pruning) into best.h5
 
 
 def starting_point(config, model_path: str | Path | None, keep_architecture: bool) -> StartingPoint:
@@ -170,7 +171,10 @@ def starting_point(config, model_path: str | Path | None, keep_architecture: boo
 
     spec = with_size(spec, config.model.input_size)
     note = f"{path}" + (f" (heads re-created for {len(labels)} classes)" if new_heads else "")
-    return StartingPoint(loaded.model, spec, note, new_heads)
+    from .models import compression_info
+
+    compression = compression_info(path) if keep_architecture and not new_heads else None
+    return StartingPoint(loaded.model, spec, note, new_heads, compression or None)
 
 
 # ---------------------------------------------------------------------------
@@ -200,13 +204,14 @@ def learning_rate(step: int, steps_per_epoch: int, epochs: int, peak: float, war
 class Stepper:
     """Builds the (distributed) loss, gradient and training step for a model."""
 
-    def __init__(self, model, layout, loss_settings, strategy, global_batch: int, extra_loss=None):
+    def __init__(self, model, layout, loss_settings, strategy, global_batch: int, extra_loss=None, constraint=None):
         self.model = model
         self.layout = layout
         self.loss_settings = loss_settings
         self.strategy = strategy
         self.global_batch = global_batch
         self.extra_loss = extra_loss  # callable(model) -> scalar tensor, e.g. an L1 penalty on BN scales
+        self.constraint = constraint  # object with apply(), run after every step (keeps clusters / pruning masks)
 
     def _loss(self, images, targets, gt, training=True):
         outputs = self.model(images, training=training)
@@ -236,6 +241,8 @@ class Stepper:
         def step(batch):
             images, targets, gt = batch
             per_replica = self.strategy.run(replica_step, args=(images, targets, gt))
+            if self.constraint is not None:
+                self.constraint.apply()  # cross-replica context: updates every replica's copy
             return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
         return step
@@ -257,6 +264,8 @@ class RunOptions:
     progress: bool = True
     extra_loss: object = None  # callable(model) -> scalar, e.g. sparse training of BN scales
     epoch_callback: object = None  # callable(model, epoch, run_dir)
+    constraint_factory: object = None  # callable(model) -> object with apply(), or None
+    learning_rate: float | None = None  # override train.learning_rate (fine-tuning after compression)
     max_steps_per_epoch: int | None = None  # for tests and benchmarks
 
 
@@ -355,11 +364,16 @@ def train(config, options: RunOptions | None = None) -> dict:
     if first_epoch >= epochs:
         _log(f"{run_dir} has finished all {epochs} epochs; nothing to do (delete the folder or raise nb_epochs to train more)")
 
+    peak_lr = options.learning_rate or t.learning_rate
     steps_per_epoch = len(train_set.records) // t.batch_size
     if options.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, options.max_steps_per_epoch)
     frozen = shared_layers(spec)
-    stepper = Stepper(model, layout, loss_settings, strategy, t.batch_size, options.extra_loss)
+    constraint = None
+    if options.constraint_factory is not None:
+        with strategy.scope():
+            constraint = options.constraint_factory(model)
+    stepper = Stepper(model, layout, loss_settings, strategy, t.batch_size, options.extra_loss, constraint)
     writer = tf.summary.create_file_writer(str(run_dir / "logs"))
     history_path = run_dir / "history.json"
     history = json.loads(history_path.read_text()) if history_path.exists() and first_epoch else []
@@ -388,7 +402,7 @@ def train(config, options: RunOptions | None = None) -> dict:
         epoch_start = time.perf_counter()
         for k, batch in enumerate(dist):
             global_step = epoch * steps_per_epoch + k
-            lr = learning_rate(global_step, steps_per_epoch, epochs, t.learning_rate, t.warmup_epochs, t.lr_schedule)
+            lr = learning_rate(global_step, steps_per_epoch, epochs, peak_lr, t.warmup_epochs, t.lr_schedule)
             optimizer.learning_rate.assign(lr)
             loss = float(step_fn(batch))
             if not math.isfinite(loss):
@@ -415,7 +429,7 @@ def train(config, options: RunOptions | None = None) -> dict:
                 tf.summary.scalar("val_mAP50", report["mAP50"])
             if report["mAP50"] > best_var.numpy():
                 best_var.assign(report["mAP50"])
-                save_model(_fixed_size(model, spec, config.model.input_size), spec, best_path)
+                save_model(_fixed_size(model, spec, config.model.input_size), spec, best_path, start.compression)
                 record["best"] = True
         _log(
             f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f}"
