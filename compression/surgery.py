@@ -1,0 +1,282 @@
+"""Structured channel surgery on Spec + Darknet weights: remove output channels of convolutions for real.
+
+Given keep-masks per *channel group*, :func:`prune_channels` returns a smaller
+Spec and weights:
+
+- **groups**: convolutions whose outputs meet in a ``[shortcut]`` must keep the
+  same channels; :func:`channel_groups` finds them (union-find over the graph).
+  The channels a ``[route]`` concatenates, ``[maxpool]`` and ``[upsample]`` pass
+  through, are followed to every consuming convolution, which loses the
+  matching input channels.
+- **nothing lost silently**: a removed channel is treated as the constant it
+  outputs when its BN scale is 0, ``act(beta)``. That constant is folded into
+  each consumer. For a 1x1 consumer (no padding) it goes into the consumer's
+  bias, or its BN moving mean. A consumer with spatial padding sees the constant
+  only inside the image, not in the zero padding, so no bias reproduces it at
+  the borders; there the group keeps one *carrier* channel (kernel 0, BN
+  scale 0, offset 1: it outputs exactly 1 inside the image and 0 in the
+  padding) and the consumer reads the removed constants through the carrier's
+  input weights. This is exact: with removed channels of BN scale 0 the pruned
+  model computes what the original did.
+- **merges**: a removed channel may instead name a twin (similarity pruning):
+  its consumers' weights are added to the twin's, as if its output were the
+  twin's.
+- at least one real channel of every group stays.
+
+Example::
+
+    from compression.surgery import channel_groups, prune_channels
+    groups = channel_groups(spec)
+    masks = {g.id: keep_mask for g in groups if g.prunable}
+    result = prune_channels(spec, weights, masks)
+    result.spec, result.weights  # build_model(result.spec) + set_darknet_weights(...)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from yolo3.darknet import ConvWeights, DarknetWeights
+from yolo3.errors import UserError
+from yolo3.spec import Spec, analyse, conv_params, route_inputs, shortcut_input
+
+IMAGE = -1  # the channel space of the network input
+LEAKY = 0.1
+
+
+@dataclass
+class Group:
+    """Convolutions whose output channels must be pruned together, and who reads them."""
+
+    id: int  # the smallest member's layer index
+    members: list[int]
+    channels: int
+    consumers: set[int] = field(default_factory=set)  # convolution indices reading these channels
+    padded_consumers: set[int] = field(default_factory=set)
+    prunable: bool = True
+
+
+class _UnionFind:
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind]:
+    """For every layer, its output channels as segments (space, count); spaces joined by shortcuts."""
+    uf = _UnionFind()
+    segments: list[list[tuple[int, int]]] = []
+    image = [(IMAGE, spec.channels)]
+    for i, block in enumerate(spec.layers):
+        prev = segments[i - 1] if i else image
+        if block.type == "convolutional":
+            p = conv_params(block)
+            if p.groups != 1:
+                raise spec.error(i, "channel surgery does not support grouped convolutions")
+            segments.append([(i, p.filters)])
+        elif block.type in ("maxpool", "upsample", "yolo"):
+            segments.append(prev)
+        elif block.type == "route":
+            segments.append([seg for j in route_inputs(spec, i) for seg in segments[j]])
+        elif block.type == "shortcut":
+            other = segments[shortcut_input(spec, i)]
+            if len(prev) != 1 or len(other) != 1:
+                raise spec.error(i, "channel surgery needs both inputs of a [shortcut] to come from single layers")
+            uf.union(prev[0][0], other[0][0])
+            segments.append(prev)
+        else:  # pragma: no cover
+            raise spec.error(i, f"unsupported layer [{block.type}]")
+    return segments, uf
+
+
+def head_convs(spec: Spec) -> set[int]:
+    return {i - 1 for i in spec.yolo_indices()}
+
+
+def channel_groups(spec: Spec) -> list[Group]:
+    """The channel groups of a network, with their consumers; head and input-tied groups are not prunable."""
+    segments, uf = _layout(spec)
+    groups: dict[int, Group] = {}
+    for i in spec.conv_indices():
+        root = uf.find(i)
+        if root not in groups:
+            groups[root] = Group(root, [], conv_params(spec.layers[i]).filters)
+        groups[root].members.append(i)
+    heads = head_convs(spec)
+    for i in spec.conv_indices():
+        p = conv_params(spec.layers[i])
+        inputs = segments[i - 1] if i else [(IMAGE, spec.channels)]
+        for space, _ in inputs:
+            root = uf.find(space)
+            if root in groups:
+                groups[root].consumers.add(i)
+                if p.padding > 0 and p.size > 1:
+                    groups[root].padded_consumers.add(i)
+    for g in groups.values():
+        g.id = min(g.members)
+        g.prunable = uf.find(IMAGE) != uf.find(g.members[0]) and not (set(g.members) & heads)
+    return sorted(groups.values(), key=lambda g: g.id)
+
+
+def _act(x: np.ndarray, activation: str) -> np.ndarray:
+    return np.where(x > 0, x, LEAKY * x) if activation == "leaky" else x
+
+
+@dataclass
+class PruneResult:
+    spec: Spec
+    weights: DarknetWeights
+    kept: dict[int, np.ndarray]  # group id -> indices of the original channels kept (carrier included)
+    carriers: dict[int, int]  # group id -> original channel index used as constant carrier
+
+
+def prune_channels(
+    spec: Spec,
+    weights: DarknetWeights,
+    masks: dict[int, np.ndarray],
+    merges: dict[int, dict[int, int]] | None = None,
+) -> PruneResult:
+    """Remove the channels whose mask entry is False; see the module docstring.
+
+    ``masks`` maps a group id (:func:`channel_groups`) to a boolean keep-mask of
+    the group's channels; groups not named keep everything. ``merges`` maps a
+    group id to ``{removed channel: twin channel}`` for channels whose
+    consumers should read their twin instead of a constant.
+    """
+    merges = merges or {}
+    groups = {g.id: g for g in channel_groups(spec)}
+    segments, uf = _layout(spec)
+    root_to_id = {uf.find(g.members[0]): g.id for g in groups.values()}
+    keep: dict[int, np.ndarray] = {}
+    for gid, mask in masks.items():
+        if gid not in groups:
+            raise UserError(f"no channel group {gid} in {spec.source}")
+        g = groups[gid]
+        mask = np.asarray(mask, bool).copy()
+        if mask.shape != (g.channels,):
+            raise UserError(f"group {gid}: mask of {mask.shape[0]} entries for {g.channels} channels")
+        if not g.prunable and not mask.all():
+            raise UserError(f"group {gid} (layers {g.members}) cannot be pruned: it feeds a detection head or is the input")
+        if not mask.any():
+            mask[0] = True  # at least one real channel stays
+        for r, t in merges.get(gid, {}).items():
+            if mask[r] or not mask[t]:
+                raise UserError(f"group {gid}: merge {r} -> {t} needs {r} removed and {t} kept")
+        keep[gid] = mask
+
+    # Constants of the removed channels, per member conv (BN offset through the activation).
+    constants: dict[int, np.ndarray] = {}
+    for i in spec.conv_indices():
+        p = conv_params(spec.layers[i])
+        cw = weights.convs[i]
+        offset = cw.bn[1] if cw.bn is not None else cw.bias
+        constants[i] = _act(offset.astype(np.float64), p.activation)
+
+    # Carriers: groups with removed, non-merged channels read by a padded consumer.
+    carriers: dict[int, int] = {}
+    for gid, mask in keep.items():
+        g = groups[gid]
+        merged = set(merges.get(gid, {}))
+        removed = [c for c in np.flatnonzero(~mask) if c not in merged]
+        if removed and g.padded_consumers:
+            c = int(removed[0])
+            carriers[gid] = c
+            mask[c] = True
+
+    def group_of(space: int) -> int | None:
+        return root_to_id.get(uf.find(space)) if space != IMAGE else None
+
+    def mask_of(space: int, n: int) -> np.ndarray:
+        gid = group_of(space)
+        return keep[gid] if gid in keep else np.ones(n, bool)
+
+    # Walk the layers, propagating (value of removed channels, value of carriers) per output channel.
+    new = spec.copy()
+    new_convs: dict[int, ConvWeights] = {}
+    values: list[tuple[np.ndarray, np.ndarray]] = []  # per layer: (v, u) over the original channels
+    image_vu = (np.zeros(spec.channels), np.zeros(spec.channels))
+    for i, block in enumerate(spec.layers):
+        prev = values[i - 1] if i else image_vu
+        if block.type == "convolutional":
+            p = conv_params(block)
+            cw = weights.convs[i]
+            in_segments = segments[i - 1] if i else [(IMAGE, spec.channels)]
+            v_in, u_in = prev
+            kernel = cw.kernel.astype(np.float64).copy()  # (kh, kw, cin, cout)
+            fold = np.zeros(kernel.shape[-1])
+            in_keep = []
+            start = 0
+            for space, n in in_segments:
+                gid = group_of(space)
+                m = mask_of(space, n)
+                in_keep.append(m)
+                if gid in keep:
+                    twins = merges.get(gid, {})
+                    for r, t in twins.items():
+                        kernel[:, :, start + t, :] += kernel[:, :, start + r, :]
+                    removed = np.flatnonzero(~m)
+                    removed = removed[~np.isin(removed, list(twins))]
+                    carrier = carriers.get(gid)
+                    if carrier is not None:
+                        # the carrier holds u inside the image, 0 in the padding, like the removed constants
+                        c_abs = start + carrier
+                        u = u_in[c_abs]
+                        own = kernel[:, :, c_abs, :] * v_in[c_abs]  # the carrier's original channel was a constant too
+                        extra = np.tensordot(v_in[start + removed], kernel[:, :, start + removed, :], axes=([0], [2]))
+                        kernel[:, :, c_abs, :] = (own + extra) / u
+                    elif len(removed):
+                        fold += np.einsum("c,hwco->o", v_in[start + removed], kernel[:, :, start + removed, :])
+                start += n
+            in_mask = np.concatenate(in_keep)
+            gid_out = group_of(i)
+            out_mask = keep[gid_out] if gid_out in keep else np.ones(p.filters, bool)
+            kernel = kernel[:, :, in_mask, :]
+            if cw.bn is not None:
+                gamma, beta, mean, var = (a.astype(np.float64).copy() for a in cw.bn)
+                mean -= fold  # conv(x) + K - mean == conv(x) - (mean - K)
+                bias = None
+            else:
+                bias = cw.bias.astype(np.float64) + fold
+            carrier = carriers.get(gid_out)
+            if carrier is not None:
+                kernel[..., carrier] = 0.0
+                if cw.bn is not None:
+                    gamma[carrier], beta[carrier], mean[carrier], var[carrier] = 0.0, 1.0, 0.0, 1.0
+                else:
+                    bias[carrier] = 1.0
+            kernel = kernel[..., out_mask].astype(np.float32)
+            if cw.bn is not None:
+                bn = tuple(a[out_mask].astype(np.float32) for a in (gamma, beta, mean, var))
+                new_convs[i] = ConvWeights(np.ascontiguousarray(kernel), None, bn)
+            else:
+                new_convs[i] = ConvWeights(np.ascontiguousarray(kernel), bias[out_mask].astype(np.float32), None)
+            new.layers[i].set("filters", int(out_mask.sum()))
+            v = np.where(out_mask & (np.arange(p.filters) != (carrier if carrier is not None else -1)), 0.0, constants[i])
+            u = np.zeros(p.filters)
+            if carrier is not None:
+                u[carrier] = 1.0
+            values.append((v, u))
+        elif block.type in ("maxpool", "upsample", "yolo"):
+            values.append(prev)
+        elif block.type == "route":
+            parts = [values[j] for j in route_inputs(spec, i)]
+            values.append((np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])))
+        elif block.type == "shortcut":
+            other = values[shortcut_input(spec, i)]
+            values.append((prev[0] + other[0], prev[1] + other[1]))
+    analyse(new)  # the result must be consistent
+    kept = {gid: np.flatnonzero(m) for gid, m in keep.items()}
+    return PruneResult(new, DarknetWeights(new_convs, weights.header), kept, carriers)
