@@ -3,7 +3,9 @@
 
     python evaluate.py -c config.json -p 1 [--model PATH(.weights|.h5|.tflite)] [--threads 2] [--json OUT.json]
 
--p selects the compression applied before evaluating: 1 = none.
+-p selects the compression applied before evaluating: 1 = none, 2 = magnitude pruning (TFMOT),
+3 = similarity filter pruning, 4 = network slimming, 5 = residual-layer pruning. With 2..5 the
+model is evaluated before and after, saved (--out), and optionally fine-tuned (--finetune-epochs).
 """
 
 from __future__ import annotations
@@ -13,14 +15,16 @@ import sys
 
 from yolo3.errors import UserError, run_cli
 
-MODES = {1: "no pruning"}
-PLANNED = {2: "magnitude pruning", 3: "similarity pruning", 4: "network slimming", 5: "layer pruning"}
+MODES = {1: "no pruning", 2: "magnitude pruning", 3: "similarity pruning", 4: "network slimming", 5: "layer pruning"}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True, help="config.json")
-    parser.add_argument("-p", "--pruning", type=int, default=1, help="1 = no pruning (default)")
+    parser.add_argument("-p", "--pruning", type=int, default=1, help="1 none (default), 2 magnitude, 3 similarity, 4 slimming, 5 layers")
+    parser.add_argument("--out", help="-p 2..5: where to write the pruned .h5 (default: pruning.output or NAME-pN.h5)")
+    parser.add_argument("--finetune-epochs", type=int, help="-p 2..5: fine-tuning epochs after pruning (default: the config's)")
+    parser.add_argument("--force", action="store_true", help="-p 2..5: overwrite the output if it exists")
     parser.add_argument("--model", help="model file (.weights or .h5) instead of the config's model.weights")
     parser.add_argument("--cfg", help="architecture (built-in name or .cfg) for a .weights model, instead of the config's")
     parser.add_argument("--json", help="also write the report as JSON to this file")
@@ -41,6 +45,16 @@ def main(argv=None) -> int:
     from yolo3.reporting import write_json
 
     config = load_config(args.config)
+    if args.pruning != 1:
+        from compression.prune_run import format_report as format_pruning
+        from compression.prune_run import run_pruning
+
+        report = run_pruning(config, args.pruning, args.model, args.out, args.finetune_epochs, args.force, not args.quiet)
+        print(format_pruning(report))
+        if args.json:
+            write_json(args.json, report)
+            print(f"wrote {args.json}")
+        return 0
     report = evaluate_config(config, args.model, args.cfg, not args.quiet, args.threads, args.latency_runs)
     report["mode"] = MODES[args.pruning]
     print(format_report(report))

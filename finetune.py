@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Fine-tune a model this tool wrote, keeping its architecture (a pruned model stays pruned).
 
-    python finetune.py -c config.json --model IN.h5 [--epochs N] [--run-dir DIR]
+    python finetune.py -c config.json --model IN.h5 [--epochs N] [--run-dir DIR] [--sparsity-l1 S] [--learning-rate LR]
+
+With --sparsity-l1 (network slimming's sparse training) an L1 penalty S * sum|gamma| pushes BN
+scales of prunable channels to zero, and RUN_DIR/bn_scales/epoch_NNN.png plots their distribution.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from yolo3.errors import run_cli
+from yolo3.errors import UserError, run_cli
 
 
 def main(argv=None) -> int:
@@ -18,6 +21,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True, help="the .h5 to fine-tune (its embedded cfg is kept)")
     parser.add_argument("--epochs", type=int, help="override train.nb_epochs")
     parser.add_argument("--run-dir", help="override train.run_dir")
+    parser.add_argument("--sparsity-l1", type=float, help="sparse training for network slimming: L1 strength on BN scales (default: pruning.sparsity_l1)")
+    parser.add_argument("--learning-rate", type=float, help="override train.learning_rate")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
@@ -27,7 +32,19 @@ def main(argv=None) -> int:
 
     config = load_config(args.config)
     factory = constraint_factory_for(args.model)  # a clustered model stays clustered, a pruned one sparse
-    result = train(config, RunOptions(args.model, True, args.epochs, args.run_dir, not args.quiet, constraint_factory=factory))
+    extra = {}
+    strength = config.pruning.sparsity_l1 if args.sparsity_l1 is None else args.sparsity_l1
+    if strength:
+        from compression.sparse_training import sparse_training_options
+        from yolo3.models import spec_from_h5
+
+        spec = spec_from_h5(args.model)
+        if spec is None:
+            raise UserError("this .h5 carries no cfg; fine-tune a model written by this tool", args.model)
+        extra = sparse_training_options(spec, strength)
+    options = RunOptions(args.model, True, args.epochs, args.run_dir, not args.quiet, constraint_factory=factory,
+                         learning_rate=args.learning_rate, **extra)  # fmt: skip
+    result = train(config, options)
     print(f"best validation mAP@0.5 {result['best_mAP50']:.4f}: {result['best_model']}  ({result['seconds']:.0f} s)")
     return 0
 

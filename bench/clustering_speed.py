@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import machine, write_results
 
+from common import machine, write_results
 from yolo3.errors import run_cli
 
 

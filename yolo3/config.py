@@ -97,6 +97,26 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "devices": Key(list, None, "Devices for `mirrored`, e.g. `[\"/gpu:0\", \"/gpu:1\"]`; `null` = all GPUs."),
         "seed": Key(int, 0, "Seed of shuffling, augmentation and new layers."),
     },
+    "pruning": {
+        "output": Key(OPT_PATH, None, "Where `evaluate.py -p 2..5` writes the pruned model (`.h5`; a Darknet `.cfg` + `.weights` beside it for -p 3..5); `null` = beside the input, NAME-pN.h5.", must_exist=False),
+        "finetune_epochs": Key(int, 0, "Fine-tuning epochs after pruning (masks and removed channels stay removed); 0 = none."),
+        "finetune_learning_rate": Key(float, 1e-4, "Peak learning rate of that fine-tuning."),
+        "magnitude_sparsity": Key(float, 0.5, "-p 2: target fraction of zero weights in every convolution kernel."),
+        "magnitude_mode": Key(str, "tfmot", "-p 2: `tfmot` (prune_low_magnitude, polynomial schedule during fine-tuning) or `oneshot` (per-layer percentile, no training).", choices=("tfmot", "oneshot")),
+        "magnitude_end_fraction": Key(float, 0.7, "-p 2 tfmot: the schedule reaches the target after this fraction of the fine-tuning steps."),
+        "similarity_w1": Key(float, 0.5, "-p 3: weight of the normalised Euclidean distance ||a-b|| / (||a|| + ||b||)."),
+        "similarity_w2": Key(float, 0.5, "-p 3: weight of the cosine distance 1 - cos(a, b)."),
+        "similarity_ratio": Key(float, 0.3, "-p 3: fraction of each layer's filters to remove (`null` = only the threshold)."),
+        "similarity_threshold": Key(float, None, "-p 3: stop when the most similar pair is farther apart than this (`null` = only the ratio)."),
+        "similarity_kernels": Key(list, [1], "-p 3: kernel sizes considered: [1] (default) or [1, 3] (3x3 filters flattened)."),
+        "slimming_percent": Key(float, 0.5, "-p 4: fraction of all prunable channels to remove, by global |BN scale| rank (ignored if `slimming_threshold` is set)."),
+        "slimming_threshold": Key(float, None, "-p 4: remove channels whose |BN scale| is at most this."),
+        "min_channels": Key(int, 8, "-p 3/4: channels every layer keeps at least."),
+        "min_channel_fraction": Key(float, 0.05, "-p 4: fraction of its channels every layer keeps at least."),
+        "round_to": Key(int, 1, "-p 4: round the kept channels of a layer up to a multiple of this (8 suits int8 kernels)."),
+        "layer_blocks": Key(int, 4, "-p 5: residual blocks to remove (lowest mean |BN scale| first)."),
+        "sparsity_l1": Key(float, 0.0, "Sparse training for network slimming: L1 strength s on BN scales in `finetune.py` (s ~ 1e-4 .. 1e-2); 0 = off."),
+    },
     "clustering": {
         "clusters": Key(int, 32, "Centroids per kernel (or per output channel with `per_channel`)."),
         "per_channel": Key(bool, False, "Cluster every output channel of a kernel separately."),
@@ -140,6 +160,7 @@ class Config:
     train: Section
     valid: Section
     clustering: Section
+    pruning: Section
     raw: dict
 
     @property
@@ -261,7 +282,16 @@ def parse_config(raw: Any, path: Path) -> Config:
     cl = sections["clustering"].values
     if cl["clusters"] < 2 or cl["finetune_epochs"] < 0:
         raise UserError("clustering.clusters must be at least 2 and clustering.finetune_epochs not negative", path)
-    return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], raw)
+    pr = sections["pruning"].values
+    if not 0 <= pr["magnitude_sparsity"] < 1 or not 0 <= pr["slimming_percent"] < 1:
+        raise UserError("pruning.magnitude_sparsity and pruning.slimming_percent must be in [0, 1)", path)
+    if pr["similarity_ratio"] is not None and not 0 <= pr["similarity_ratio"] < 1:
+        raise UserError("pruning.similarity_ratio must be in [0, 1)", path)
+    if pr["min_channels"] < 1 or pr["round_to"] < 1 or pr["layer_blocks"] < 0 or pr["finetune_epochs"] < 0:
+        raise UserError("pruning.min_channels and pruning.round_to must be at least 1, layer_blocks and finetune_epochs not negative", path)
+    if not set(pr["similarity_kernels"]) <= {1, 3} or not pr["similarity_kernels"]:
+        raise UserError("pruning.similarity_kernels must be [1], [3] or [1, 3]", path)
+    return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"], raw)
 
 
 def load_config(path: str | Path) -> Config:

@@ -266,6 +266,8 @@ class RunOptions:
     epoch_callback: object = None  # callable(model, epoch, run_dir)
     constraint_factory: object = None  # callable(model) -> object with apply(), or None
     learning_rate: float | None = None  # override train.learning_rate (fine-tuning after compression)
+    wrapper: object = None  # wrap(model) -> model, unwrap(model) -> model, callbacks(model) -> keras callbacks (TFMOT)
+    best_from_epoch: int = 1  # epochs before this one cannot become best.h5 (e.g. before a pruning schedule ends)
     max_steps_per_epoch: int | None = None  # for tests and benchmarks
 
 
@@ -343,6 +345,8 @@ def train(config, options: RunOptions | None = None) -> dict:
                 raise UserError(f"layers {skipped[:5]} of the starting model do not fit the architecture")
         else:
             init_heads(model, spec, t.seed)
+        if options.wrapper is not None:
+            model = options.wrapper.wrap(model)
         optimizer = (
             keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay)
             if t.weight_decay
@@ -374,6 +378,10 @@ def train(config, options: RunOptions | None = None) -> dict:
         with strategy.scope():
             constraint = options.constraint_factory(model)
     stepper = Stepper(model, layout, loss_settings, strategy, t.batch_size, options.extra_loss, constraint)
+    callbacks = options.wrapper.callbacks(model) if options.wrapper is not None else []
+    for cb in callbacks:
+        cb.set_model(model)
+        cb.on_train_begin()
     writer = tf.summary.create_file_writer(str(run_dir / "logs"))
     history_path = run_dir / "history.json"
     history = json.loads(history_path.read_text()) if history_path.exists() and first_epoch else []
@@ -404,6 +412,8 @@ def train(config, options: RunOptions | None = None) -> dict:
             global_step = epoch * steps_per_epoch + k
             lr = learning_rate(global_step, steps_per_epoch, epochs, peak_lr, t.warmup_epochs, t.lr_schedule)
             optimizer.learning_rate.assign(lr)
+            for cb in callbacks:
+                cb.on_train_batch_begin(k)
             loss = float(step_fn(batch))
             if not math.isfinite(loss):
                 last = manager.latest_checkpoint or "none (no epoch finished)"
@@ -413,6 +423,8 @@ def train(config, options: RunOptions | None = None) -> dict:
                 )
             losses.append(loss)
             bar.update(k + 1, [("loss", loss), ("lr", lr)])
+        for cb in callbacks:
+            cb.on_epoch_end(epoch)
         epoch_seconds = time.perf_counter() - epoch_start
         record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": epoch_seconds, "lr": lr}
         with writer.as_default(step=epoch + 1):
@@ -427,9 +439,11 @@ def train(config, options: RunOptions | None = None) -> dict:
             record["mAP50"] = report["mAP50"]
             with writer.as_default(step=epoch + 1):
                 tf.summary.scalar("val_mAP50", report["mAP50"])
-            if report["mAP50"] > best_var.numpy():
+            if report["mAP50"] > best_var.numpy() and epoch + 1 >= options.best_from_epoch:
                 best_var.assign(report["mAP50"])
-                save_model(_fixed_size(model, spec, config.model.input_size), spec, best_path, start.compression)
+                plain = options.wrapper.unwrap(model) if options.wrapper is not None else model
+                compression = options.wrapper.compression if options.wrapper is not None else start.compression
+                save_model(_fixed_size(plain, spec, config.model.input_size), spec, best_path, compression)
                 record["best"] = True
         _log(
             f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f}"

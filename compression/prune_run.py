@@ -1,0 +1,169 @@
+"""``evaluate.py -p 2..5``: prune a model, report before/after, save it (Keras and Darknet), optionally fine-tune.
+
+Modes: 2 magnitude (TFMOT or one-shot), 3 similarity filter pruning, 4 network
+slimming, 5 residual-layer pruning. Structured modes (3-5) remove filters or
+blocks for real, so parameters, MACs and latency fall; their result is also
+written as a Darknet ``.cfg`` + ``.weights`` that OpenCV and Darknet load.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import tempfile
+import time
+from pathlib import Path
+
+from yolo3.errors import UserError
+
+MODES = {2: "magnitude pruning", 3: "similarity pruning", 4: "network slimming", 5: "layer pruning"}
+
+
+def _sizes(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, 6))}
+
+
+def structured_prune(mode: int, spec, weights, p) -> tuple:
+    """(new spec, new weights, details) for the structured modes."""
+    from .pruning import layer_prune, similarity_masks, slimming_masks
+    from .surgery import prune_channels
+
+    if mode == 3:
+        plan = similarity_masks(
+            spec, weights, p.similarity_w1, p.similarity_w2, p.similarity_ratio, p.similarity_threshold,
+            tuple(p.similarity_kernels), p.min_channels,
+        )  # fmt: skip
+        result = prune_channels(spec, weights, plan.masks, plan.merges)
+        details = {
+            "layers": {f"conv_{g}": len(v) for g, v in plan.removed.items()},
+            "closest_pairs": {f"conv_{g}": [round(d, 6) for _, _, d in v[:3]] for g, v in plan.removed.items()},
+        }
+        return result.spec, result.weights, details
+    if mode == 4:
+        masks = slimming_masks(spec, weights, p.slimming_percent if p.slimming_threshold is None else None,
+                               p.slimming_threshold, p.min_channels, p.min_channel_fraction, p.round_to)  # fmt: skip
+        result = prune_channels(spec, weights, masks)
+        details = {"kept": {f"group_{g}": int(len(v)) for g, v in result.kept.items()}, "carriers": len(result.carriers)}
+        return result.spec, result.weights, details
+    if mode == 5:
+        new_spec, new_weights, blocks = layer_prune(spec, weights, p.layer_blocks)
+        return new_spec, new_weights, {"removed_blocks": [{"layers": [b.start, b.start + 1, b.shortcut], "mean_bn_scale": b.score} for b in blocks]}
+    raise UserError(f"-p {mode} is not a structured pruning mode")
+
+
+def run_pruning(config, mode: int, model_path: str | None, out: str | None, finetune_epochs: int | None, force: bool, progress: bool = True) -> dict:
+    from yolo3.datasets import read_dataset
+    from yolo3.evaluation import KerasPredictor, evaluate, load_for_config
+    from yolo3.keras_model import build_model, get_darknet_weights, set_darknet_weights
+    from yolo3.models import LoadedModel, save_model
+    from yolo3.spec import analyse, layer_table, totals, write_cfg
+    from yolo3.training import RunOptions, train
+
+    from .constraints import MaskConstraint
+    from .magnitude import TfmotPruning, oneshot_prune, sparsity_report
+
+    if mode not in MODES:
+        raise UserError(f"-p {mode}: unknown mode (2 magnitude, 3 similarity, 4 slimming, 5 layer pruning)")
+    p = config.pruning
+    epochs = p.finetune_epochs if finetune_epochs is None else finetune_epochs
+    source = Path(model_path) if model_path else config.model.weights
+    if source is None:
+        raise UserError("nothing to prune: give --model or set model.weights in the config")
+    out_path = Path(out) if out else (p.output or source.with_name(f"{source.stem}-p{mode}.h5"))
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".h5":
+        raise UserError("the pruned model's output must end in .h5", out_path)
+    if out_path.exists() and not force:
+        raise UserError("exists; pass --force to overwrite it", out_path)
+    if mode == 2 and p.magnitude_mode == "tfmot" and epochs < 1:
+        raise UserError("magnitude pruning with TFMOT prunes while fine-tuning: set pruning.finetune_epochs (or --finetune-epochs) to at least 1, or pruning.magnitude_mode to oneshot")
+    valid = read_dataset(config.dataset("valid"), config.labels)
+    v = config.valid
+
+    def score(loaded) -> float:
+        return evaluate(KerasPredictor(loaded), valid, config.labels, v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress)["mAP50"]
+
+    def stats(spec) -> dict:
+        t = totals(analyse(spec))
+        return {"params": t.params, "macs": t.macs}
+
+    loaded = load_for_config(config, model_path)
+    report = {"mode": MODES[mode], "model": loaded.source, "before": {"mAP50": score(loaded), **stats(loaded.spec)}}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_model(loaded.model, loaded.spec, Path(tmp) / "before.h5")
+        report["before"]["size"] = _sizes(Path(tmp) / "before.h5")
+    names = [f"conv_{i}" for i in loaded.spec.conv_indices()]
+    start = time.perf_counter()
+    compression = None
+    if mode == 2:
+        spec = loaded.spec
+        if p.magnitude_mode == "oneshot":
+            oneshot_prune(loaded.model, names, p.magnitude_sparsity)
+            compression = {"sparsity": {"target": p.magnitude_sparsity, "layers": names}}
+        pruned = loaded
+    else:
+        weights = get_darknet_weights(loaded.model, loaded.spec)
+        spec, new_weights, details = structured_prune(mode, loaded.spec, weights, p)
+        report["details"] = details
+        model = build_model(spec)
+        set_darknet_weights(model, spec, new_weights)
+        pruned = LoadedModel(model, spec, f"{loaded.source} (-p {mode})")
+        report["layer_table"] = layer_table(spec, analyse(spec))
+    report["prune_seconds"] = time.perf_counter() - start
+    if not (mode == 2 and p.magnitude_mode == "tfmot"):
+        report["pruned"] = {"mAP50": score(pruned), **stats(spec)}
+    save_model(pruned.model, spec, out_path, compression)
+    if mode != 2:
+        from yolo3.darknet import write_weights
+
+        write_cfg(spec, out_path.with_suffix(".cfg"))
+        write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(pruned.model, spec))
+        report["darknet"] = [str(out_path.with_suffix(".cfg")), str(out_path.with_suffix(".weights"))]
+    if epochs:
+        run_dir = out_path.with_suffix("")
+        steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
+        options = dict(keep_architecture=True, epochs=epochs, run_dir=str(run_dir), progress=progress, learning_rate=p.finetune_learning_rate)
+        if mode == 2 and p.magnitude_mode == "tfmot":
+            end = int(p.magnitude_end_fraction * epochs * steps)
+            options["wrapper"] = TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names)
+            options["best_from_epoch"] = min(epochs, math.ceil(end / steps) + 1)
+        elif compression:
+            options["constraint_factory"] = lambda model: MaskConstraint(model, names)
+        result = train(config, RunOptions(str(out_path), **options))
+        tuned = load_for_config(config, result["best_model"])
+        report["finetuned"] = {"mAP50": score(tuned), **stats(tuned.spec), "epochs": epochs, "run": str(run_dir)}
+        pruned = tuned
+        save_model(tuned.model, tuned.spec, out_path, compression or (options["wrapper"].compression if "wrapper" in options else None))
+        if mode != 2:
+            from yolo3.darknet import write_weights
+
+            write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(tuned.model, tuned.spec))
+    if mode == 2:
+        report["sparsity"] = sparsity_report(pruned.model, spec)
+    report["after_size"] = _sizes(out_path)
+    report["output"] = str(out_path)
+    return report
+
+
+def format_report(report: dict) -> str:
+    rows = [report.get("layer_table", "")] if report.get("layer_table") else []
+    rows.append(f"{'':<22s} {'mAP@0.5':>8s} {'params':>12s} {'MACs':>9s}")
+    b = report["before"]
+    stages = [("before", b)] + [(k, report[k]) for k in ("pruned", "finetuned") if k in report]
+    for name, s in stages:
+        label = {"before": "before", "pruned": "after pruning", "finetuned": "after fine-tuning"}[name]
+        rows.append(f"{label:<22s} {s['mAP50']:8.4f} {s['params']:12,d} {s['macs'] / 1e9:8.3f}G")
+    last = stages[-1][1]
+    rows.append(
+        f"removed: {1 - last['params'] / b['params']:.1%} of the parameters, {1 - last['macs'] / b['macs']:.1%} of the MACs "
+        f"({report['mode']}, {report['prune_seconds']:.1f} s)"
+    )
+    if "sparsity" in report:
+        sp = report["sparsity"]
+        rows.append(f"sparsity: {sp['overall']:.1%} of the kernel weights are zero; per layer: "
+                    + ", ".join(f"{k} {v:.0%}" for k, v in sp["per_layer"].items()))  # fmt: skip
+    rows.append(f"size: {b['size']['bytes']:,} B (gzip {b['size']['gzip_bytes']:,}) -> {report['after_size']['bytes']:,} B "
+                f"(gzip {report['after_size']['gzip_bytes']:,}); wrote {report['output']}"
+                + (f" and {', '.join(report['darknet'])}" if "darknet" in report else ""))  # fmt: skip
+    return "\n".join(rows)

@@ -1,0 +1,262 @@
+"""Structured pruning methods: which channels (or residual blocks) to remove. Surgery does the removing.
+
+- :func:`slimming_masks` — network slimming (Liu et al. 2017): rank channels by
+  |BN scale| globally, remove those under a threshold or the lowest percent,
+  shortcut groups scored together, a minimum kept per group, kept counts
+  optionally rounded up to a multiple of 8.
+- :func:`similarity_masks` — remove one filter of each most similar pair, as
+  the next layer sees the filters (after BN): ``d = w1 * ||f1 - f2|| / (||f1|| + ||f2||)
+  + w2 * (1 - cos(f1, f2))`` (small = similar), repeatedly, until a ratio or a
+  distance threshold; the removed filter's consumers read its twin instead.
+- :func:`layer_prune` — remove whole residual blocks (1x1 conv, 3x3 conv,
+  shortcut) ranked by the mean |BN scale| of the block.
+- :func:`bn_l1_penalty` — the sparse-training penalty ``s * sum |gamma|``.
+
+Example::
+
+    masks = slimming_masks(spec, weights, percent=0.5, min_keep=8)
+    result = prune_channels(spec, weights, masks)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from yolo3.darknet import DarknetWeights
+from yolo3.errors import UserError
+from yolo3.spec import Spec, conv_params, route_inputs, shortcut_input
+
+from .surgery import Group, channel_groups
+
+
+def bn_scales(weights: DarknetWeights, group: Group) -> np.ndarray:
+    """Channel importance of a group: the mean |gamma| over its member convolutions."""
+    scales = [np.abs(weights.convs[i].bn[0]) for i in group.members if weights.convs[i].bn is not None]
+    if not scales:
+        return np.ones(group.channels)
+    return np.mean(scales, axis=0)
+
+
+def _round_up(n: int, multiple: int, limit: int) -> int:
+    return min(limit, int(math.ceil(n / multiple) * multiple)) if multiple > 1 else n
+
+
+def slimming_masks(
+    spec: Spec,
+    weights: DarknetWeights,
+    percent: float | None = None,
+    threshold: float | None = None,
+    min_keep: int = 1,
+    min_keep_fraction: float = 0.0,
+    round_to: int = 1,
+) -> dict[int, np.ndarray]:
+    """Keep-masks by a global |BN scale| threshold (given, or the ``percent`` quantile of all prunable channels)."""
+    groups = [g for g in channel_groups(spec) if g.prunable]
+    scores = {g.id: bn_scales(weights, g) for g in groups}
+    if threshold is None:
+        if percent is None or not 0 <= percent < 1:
+            raise UserError("slimming needs a percent in [0, 1) or a threshold")
+        allscores = np.concatenate(list(scores.values())) if scores else np.zeros(0)
+        threshold = float(np.quantile(allscores, percent)) if len(allscores) else 0.0
+    masks = {}
+    for g in groups:
+        s = scores[g.id]
+        n = int((s > threshold).sum())
+        n = max(n, min_keep, int(math.ceil(min_keep_fraction * g.channels)), 1)
+        n = _round_up(min(n, g.channels), round_to, g.channels)
+        order = np.argsort(-s, kind="stable")
+        mask = np.zeros(g.channels, bool)
+        mask[order[:n]] = True
+        masks[g.id] = mask
+    return masks
+
+
+def filters_after_bn(weights: DarknetWeights, i: int) -> np.ndarray:
+    """Each output filter of conv ``i`` as the next layer sees it: BN-scaled kernel plus the folded offset, (out, d)."""
+    cw = weights.convs[i]
+    k = cw.kernel.reshape(-1, cw.kernel.shape[-1]).T.astype(np.float64)
+    if cw.bn is None:
+        return np.hstack([k, cw.bias.astype(np.float64)[:, None]])
+    gamma, beta, mean, var = (a.astype(np.float64) for a in cw.bn)
+    scale = gamma / np.sqrt(var + 1e-6)
+    return np.hstack([k * scale[:, None], (beta - mean * scale)[:, None]])
+
+
+def pair_distances(f: np.ndarray, w1: float, w2: float) -> np.ndarray:
+    """d = w1 * ||a - b|| / (||a|| + ||b||) + w2 * (1 - cos(a, b)) for every pair of rows; inf on the diagonal."""
+    norms = np.linalg.norm(f, axis=1)
+    gram = f @ f.T
+    sq = np.maximum(norms[:, None] ** 2 + norms[None, :] ** 2 - 2 * gram, 0.0)
+    denom = norms[:, None] + norms[None, :]
+    euclid = np.sqrt(sq) / np.where(denom > 0, denom, 1.0)
+    cosine = gram / np.where(norms[:, None] * norms[None, :] > 0, norms[:, None] * norms[None, :], 1.0)
+    d = w1 * euclid + w2 * (1.0 - np.clip(cosine, -1.0, 1.0))
+    np.fill_diagonal(d, np.inf)
+    return d
+
+
+@dataclass
+class SimilarityPlan:
+    masks: dict[int, np.ndarray]
+    merges: dict[int, dict[int, int]]
+    removed: dict[int, list[tuple[int, int, float]]]  # group -> (removed, twin, distance) in removal order
+
+
+def similarity_masks(
+    spec: Spec,
+    weights: DarknetWeights,
+    w1: float = 0.5,
+    w2: float = 0.5,
+    ratio: float | None = 0.3,
+    threshold: float | None = None,
+    kernel_sizes: tuple[int, ...] = (1,),
+    min_keep: int = 1,
+) -> SimilarityPlan:
+    """Remove one filter of the most similar remaining pair, again and again, per layer.
+
+    Layers considered: single convolutions (not shortcut groups, whose channels
+    are tied across several layers) of the given kernel sizes, not the heads.
+    Stops at ``ratio`` of the layer's filters removed, or when the most similar
+    pair's distance exceeds ``threshold`` (whichever is given; both: both).
+    Of a pair, the filter with the smaller norm goes; its twin stays.
+    """
+    if ratio is None and threshold is None:
+        raise UserError("similarity pruning needs a ratio or a threshold")
+    masks, merges, removed_log = {}, {}, {}
+    for g in channel_groups(spec):
+        if not g.prunable or len(g.members) != 1:
+            continue
+        i = g.members[0]
+        if conv_params(spec.layers[i]).size not in kernel_sizes:
+            continue
+        f = filters_after_bn(weights, i)
+        d = pair_distances(f, w1, w2)
+        norms = np.linalg.norm(f, axis=1)
+        alive = np.ones(g.channels, bool)
+        budget = g.channels - max(min_keep, 1)
+        if ratio is not None:
+            budget = min(budget, int(math.floor(ratio * g.channels)))
+        twin_of: dict[int, int] = {}
+        log = []
+        while budget > 0:
+            a, b = np.unravel_index(int(np.argmin(d)), d.shape)
+            if not np.isfinite(d[a, b]) or (threshold is not None and d[a, b] > threshold):
+                break
+            r, t = (a, b) if norms[a] <= norms[b] else (b, a)
+            log.append((int(r), int(t), float(d[a, b])))
+            alive[r] = False
+            d[r, :] = np.inf
+            d[:, r] = np.inf
+            # channels merged into r now go to t
+            for k, v in twin_of.items():
+                if v == r:
+                    twin_of[k] = int(t)
+            twin_of[int(r)] = int(t)
+            budget -= 1
+        if log:
+            masks[g.id] = alive
+            merges[g.id] = twin_of
+            removed_log[g.id] = log
+    return SimilarityPlan(masks, merges, removed_log)
+
+
+# ---------------------------------------------------------------------------
+# Layer pruning
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResidualBlock:
+    start: int  # the 1x1 conv
+    shortcut: int  # the [shortcut] (start + 2)
+    score: float
+
+
+def residual_blocks(spec: Spec, weights: DarknetWeights) -> list[ResidualBlock]:
+    """Blocks conv 1x1 -> conv 3x3 -> shortcut(from=-3) that can be removed, with their mean |BN scale|."""
+    out = []
+    for i, block in enumerate(spec.layers):
+        if block.type != "shortcut" or i < 3:
+            continue
+        if shortcut_input(spec, i) != i - 3:
+            continue
+        a, b = spec.layers[i - 2], spec.layers[i - 1]
+        if a.type != "convolutional" or b.type != "convolutional":
+            continue
+        scores = [np.abs(weights.convs[j].bn[0]).mean() for j in (i - 2, i - 1) if weights.convs[j].bn is not None]
+        out.append(ResidualBlock(i - 2, i, float(np.mean(scores)) if scores else float("inf")))
+    return out
+
+
+def remove_layers(spec: Spec, weights: DarknetWeights, start: int, stop: int) -> tuple[Spec, DarknetWeights]:
+    """Delete layers ``start..stop`` (inclusive) whose output equals the output of layer ``start - 1``.
+
+    Every reference into the deleted range is redirected to ``start - 1``;
+    references across it are renumbered (absolute and relative alike).
+    """
+    n = stop - start + 1
+    new = spec.copy()
+
+    def remap(target: int) -> int:
+        if target < start:
+            return target
+        if target <= stop:
+            return start - 1
+        return target - n
+
+    layers = []
+    for i, block in enumerate(spec.layers):
+        if start <= i <= stop:
+            continue
+        b = new.layers[i]
+        ni = remap(i)
+        if b.type == "route":
+            refs = route_inputs(spec, i)
+            rel = [int(v) < 0 for v in b.get_ints("layers")]
+            b.set("layers", [remap(r) - ni if neg else remap(r) for r, neg in zip(refs, rel)])
+        elif b.type == "shortcut":
+            ref = shortcut_input(spec, i)
+            b.set("from", remap(ref) - ni if b.get_ints("from")[0] < 0 else remap(ref))
+        layers.append(b)
+    new.layers = layers
+    convs = {remap(i): cw for i, cw in weights.convs.items() if not start <= i <= stop}
+    return new, DarknetWeights(convs, weights.header)
+
+
+def layer_prune(spec: Spec, weights: DarknetWeights, blocks: int) -> tuple[Spec, DarknetWeights, list[ResidualBlock]]:
+    """Remove the ``blocks`` residual blocks with the lowest mean |BN scale| (for yolov3 and yolov3-spp)."""
+    candidates = sorted(residual_blocks(spec, weights), key=lambda b: b.score)
+    if blocks > len(candidates):
+        raise UserError(f"asked to remove {blocks} residual blocks; the network has {len(candidates)}")
+    chosen = sorted(candidates[:blocks], key=lambda b: -b.start)  # delete from the back: indices stay valid
+    for b in chosen:
+        spec, weights = remove_layers(spec, weights, b.start, b.shortcut)
+    return spec, weights, sorted(chosen, key=lambda b: b.start)
+
+
+# ---------------------------------------------------------------------------
+# Sparse training
+# ---------------------------------------------------------------------------
+
+
+def prunable_bn_layers(spec: Spec) -> list[str]:
+    """Names of the BN layers whose channels pruning may remove (not those feeding a head)."""
+    names = []
+    for g in channel_groups(spec):
+        if g.prunable:
+            names += [f"bn_{i}" for i in g.members if spec.layers[i].get_int("batch_normalize", 0)]
+    return names
+
+
+def bn_l1_penalty(names: list[str], strength: float):
+    """``callable(model) -> s * sum |gamma|`` over the named BN layers (network slimming's sparse training)."""
+
+    def penalty(model):
+        from yolo3.kerasenv import tf
+
+        return strength * tf.add_n([tf.reduce_sum(tf.abs(model.get_layer(n).gamma)) for n in names])
+
+    return penalty
