@@ -33,12 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.pruning not in MODES:
-        planned = PLANNED.get(args.pruning)
-        raise UserError(
-            f"-p {args.pruning}: "
-            + (f"{planned} is not available in this version" if planned else "unknown mode")
-            + f" (available: {', '.join(f'{k} = {v}' for k, v in MODES.items())})"
-        )
+        raise UserError(f"-p {args.pruning}: unknown mode (available: {', '.join(f'{k} = {v}' for k, v in MODES.items())})")
 
     from yolo3.config import load_config
     from yolo3.evaluation import evaluate_config, format_report

@@ -208,7 +208,7 @@ def remove_layers(spec: Spec, weights: DarknetWeights, start: int, stop: int) ->
         return target - n
 
     layers = []
-    for i, block in enumerate(spec.layers):
+    for i in range(len(spec.layers)):
         if start <= i <= stop:
             continue
         b = new.layers[i]
