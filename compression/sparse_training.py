@@ -1,8 +1,18 @@
 """Sparse training for network slimming: an L1 penalty on BN scales, and a plot of their distribution per epoch.
 
+The penalty ``s * sum |gamma|`` is applied as a proximal step after every
+optimizer update, ``gamma <- sign(gamma) * max(|gamma| - lr * s, 0)``, rather
+than as a loss term. Under Adam a loss term does little: Adam divides every
+gradient by its running magnitude, so the small constant ``s * sign(gamma)``
+drowns in the detection gradient (measured: s = 1e-3 as a loss term left no
+scale of the raccoon YOLOv3-tiny below 0.01 after 30 epochs). The proximal
+step shrinks every prunable scale by exactly ``lr * s`` per step and sets
+scales that cross zero to zero, which is what sparse training is for. With
+``lr = 1e-3`` and a few hundred steps, useful ``s`` are about 1 to 10.
+
 Example::
 
-    options = sparse_training_options(spec, strength=1e-3)
+    options = sparse_training_options(spec, strength=3.0)
     train(config, RunOptions(model_path, True, **options))   # run_dir/bn_scales/epoch_001.png, ...
 """
 
@@ -14,7 +24,23 @@ import numpy as np
 
 from yolo3.spec import Spec
 
-from .pruning import bn_l1_penalty, prunable_bn_layers
+from .pruning import prunable_bn_layers
+
+
+class BnShrink:
+    """The proximal L1 step on the named BN scales; ``apply()`` after every optimizer update."""
+
+    def __init__(self, model, names: list[str], strength: float, optimizer_lr):
+        self.gammas = [model.get_layer(n).gamma for n in names]
+        self.strength = strength
+        self.lr = optimizer_lr
+
+    def apply(self) -> None:
+        from yolo3.kerasenv import tf
+
+        shrink = tf.cast(self.lr, tf.float32) * self.strength
+        for g in self.gammas:
+            g.assign(tf.sign(g) * tf.maximum(tf.abs(g) - shrink, 0.0))
 
 
 def plot_bn_scales(model, names: list[str], epoch: int, out: Path) -> Path:
@@ -42,10 +68,13 @@ def plot_bn_scales(model, names: list[str], epoch: int, out: Path) -> Path:
 
 
 def sparse_training_options(spec: Spec, strength: float) -> dict:
-    """RunOptions fields for sparse training: the penalty and the per-epoch plot."""
+    """RunOptions fields for sparse training: the proximal L1 step (a post-step hook) and the per-epoch plot."""
     names = prunable_bn_layers(spec)
 
     def plot(model, epoch: int, run_dir: Path) -> None:
         plot_bn_scales(model, names, epoch + 1, Path(run_dir) / "bn_scales" / f"epoch_{epoch + 1:03d}.png")
 
-    return {"extra_loss": bn_l1_penalty(names, strength), "epoch_callback": plot}
+    def shrink(model, optimizer) -> BnShrink:
+        return BnShrink(model, names, strength, optimizer.learning_rate)
+
+    return {"post_step_factory": shrink, "epoch_callback": plot}

@@ -115,7 +115,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "min_channel_fraction": Key(float, 0.05, "-p 4: fraction of its channels every layer keeps at least."),
         "round_to": Key(int, 1, "-p 4: round the kept channels of a layer up to a multiple of this (8 suits int8 kernels)."),
         "layer_blocks": Key(int, 4, "-p 5: residual blocks to remove (lowest mean |BN scale| first)."),
-        "sparsity_l1": Key(float, 0.0, "Sparse training for network slimming: L1 strength s on BN scales in `finetune.py` (s ~ 1e-4 .. 1e-2); 0 = off."),
+        "sparsity_l1": Key(float, 0.0, "Sparse training for network slimming in `finetune.py`: L1 strength s on BN scales, applied as a proximal step that shrinks every prunable scale by lr x s per step (s ~ 1 .. 10 for a few hundred steps at lr 1e-3); 0 = off."),
     },
     "clustering": {
         "clusters": Key(int, 32, "Centroids per kernel (or per output channel with `per_channel`)."),

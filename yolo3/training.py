@@ -5,7 +5,8 @@ What it guarantees:
   ``run_dir/checkpoints``; the same command after a crash or ``kill -9``
   resumes from it, losing at most the epoch in progress;
 - ``run_dir/best.h5``: the model with the best validation mAP@0.5 so far, a
-  normal ``.h5`` with its cfg embedded (written atomically);
+  normal ``.h5`` with its cfg embedded (written atomically); ``run_dir/last.h5``:
+  the model after the last finished epoch;
 - a NaN or infinite loss stops the run with a clear message, the last good
   checkpoint untouched;
 - learning-rate warm-up then cosine/step decay, TensorBoard logs in
@@ -266,6 +267,7 @@ class RunOptions:
     epoch_callback: object = None  # callable(model, epoch, run_dir)
     constraint_factory: object = None  # callable(model) -> object with apply(), or None
     learning_rate: float | None = None  # override train.learning_rate (fine-tuning after compression)
+    post_step_factory: object = None  # callable(model, optimizer) -> object with apply(), run after every step
     wrapper: object = None  # wrap(model) -> model, unwrap(model) -> model, callbacks(model) -> keras callbacks (TFMOT)
     best_from_epoch: int = 1  # epochs before this one cannot become best.h5 (e.g. before a pruning schedule ends)
     max_steps_per_epoch: int | None = None  # for tests and benchmarks
@@ -373,10 +375,13 @@ def train(config, options: RunOptions | None = None) -> dict:
     if options.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, options.max_steps_per_epoch)
     frozen = shared_layers(spec)
-    constraint = None
-    if options.constraint_factory is not None:
-        with strategy.scope():
-            constraint = options.constraint_factory(model)
+    hooks = []
+    with strategy.scope():
+        if options.constraint_factory is not None:
+            hooks.append(options.constraint_factory(model))
+        if options.post_step_factory is not None:
+            hooks.append(options.post_step_factory(model, optimizer))
+    constraint = _AllOf(hooks) if hooks else None
     stepper = Stepper(model, layout, loss_settings, strategy, t.batch_size, options.extra_loss, constraint)
     callbacks = options.wrapper.callbacks(model) if options.wrapper is not None else []
     for cb in callbacks:
@@ -452,6 +457,9 @@ def train(config, options: RunOptions | None = None) -> dict:
         )
         if options.epoch_callback is not None:
             options.epoch_callback(model, epoch, run_dir)
+        plain = options.wrapper.unwrap(model) if options.wrapper is not None else model
+        compression = options.wrapper.compression if options.wrapper is not None else start.compression
+        save_model(_fixed_size(plain, spec, config.model.input_size), spec, run_dir / "last.h5", compression)
         epoch_var.assign(epoch + 1)
         history.append(record)
         write_json(history_path, history)
@@ -467,6 +475,17 @@ def train(config, options: RunOptions | None = None) -> dict:
         "history": history,
         "seconds": time.perf_counter() - started,
     }
+
+
+class _AllOf:
+    """Several post-step hooks as one."""
+
+    def __init__(self, hooks):
+        self.hooks = hooks
+
+    def apply(self) -> None:
+        for hook in self.hooks:
+            hook.apply()
 
 
 def _fixed_size(model, spec: Spec, size: int):
