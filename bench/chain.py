@@ -14,9 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import machine, write_results
 from pruning import with_pruning
 
+from common import machine, write_results
 from yolo3.errors import run_cli
 
 

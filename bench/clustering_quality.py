@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 from common import machine, write_results
-
 from yolo3.errors import run_cli
 
 

@@ -23,7 +23,7 @@ from yolo3.errors import run_cli
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("--steps", type=int, default=12, help="train steps per timed round")
+    parser.add_argument("--steps", type=int, default=20, help="train steps per timed round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from common import machine, write_results
-
 from yolo3.errors import run_cli
 
 SETTINGS = [

@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 from common import machine, write_results
-
 from yolo3.errors import run_cli
 
 

@@ -1,7 +1,7 @@
-"""Training-time image augmentation in numpy + Pillow: random letterbox (scale, aspect, placement), flip, HSV jitter.
+"""Training-time image augmentation in numpy + Pillow: random letterbox (scale, aspect, placement), flip, colour jitter.
 
 Runs inside the tf.data pipeline through ``tf.numpy_function``; Pillow's
-resize and colour conversion release the GIL, so parallel map calls overlap.
+resize releases the GIL, so parallel map calls overlap.
 With ``augment=None`` it is exactly the inference letterbox of
 :mod:`yolo3.preprocess`.
 
@@ -34,20 +34,30 @@ class AugmentSettings:
     min_box: float = 2.0  # boxes narrower than this (pixels) after augmentation are dropped
 
 
-def _hsv_jitter(image: np.ndarray, s: AugmentSettings, rng: np.random.Generator) -> np.ndarray:
+_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+_RGB = np.linalg.inv(_YIQ).astype(np.float32)
+
+
+def colour_matrix(s: AugmentSettings, rng: np.random.Generator) -> np.ndarray | None:
+    """A random 3x3 colour transform: hue rotation, saturation and exposure scaling, as one matrix.
+
+    Hue is rotated and saturation scaled in YIQ space (a linear stand-in for
+    HSV), exposure scales everything; one matrix product per pixel instead of
+    two colour-space conversions keeps the training pipeline cheap.
+    """
     if s.hue == 0 and s.saturation == 1 and s.exposure == 1:
-        return image
-    hsv = np.asarray(Image.fromarray(image).convert("HSV"), np.float32)
-    hsv[..., 0] = (hsv[..., 0] + rng.uniform(-s.hue, s.hue) * 255.0) % 255.0
+        return None
 
     def factor(v: float) -> float:
         f = rng.uniform(1.0, v)
         return f if rng.random() < 0.5 else 1.0 / f
 
-    hsv[..., 1] *= factor(s.saturation)
-    hsv[..., 2] *= factor(s.exposure)
-    hsv = np.clip(hsv, 0, 255).astype(np.uint8)
-    return np.asarray(Image.fromarray(hsv, "HSV").convert("RGB"))
+    angle = rng.uniform(-s.hue, s.hue) * 2 * np.pi
+    sat = factor(s.saturation)
+    exp = factor(s.exposure)
+    c, si = np.cos(angle) * sat, np.sin(angle) * sat
+    mix = np.array([[1, 0, 0], [0, c, -si], [0, si, c]], np.float32)
+    return (exp * (_RGB @ mix @ _YIQ)).T.astype(np.float32)  # for row vectors: rgb @ M
 
 
 def augment_example(
@@ -65,7 +75,7 @@ def augment_example(
         tensor, box = letterbox(image, size)
         return tensor, np.hstack([box.to_input(boxes), classes]).astype(np.float32)
     h, w = image.shape[:2]
-    image = _hsv_jitter(image, settings, rng)
+    colour = colour_matrix(settings, rng)
     aspect = w / h * rng.uniform(1 - settings.jitter, 1 + settings.jitter) / rng.uniform(1 - settings.jitter, 1 + settings.jitter)
     scale = rng.uniform(*settings.scale)
     if aspect < 1:
@@ -78,6 +88,8 @@ def augment_example(
     dx = int(rng.uniform(min(0, size - nw), max(0, size - nw)))
     dy = int(rng.uniform(min(0, size - nh), max(0, size - nh)))
     resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR), np.float32) / 255.0
+    if colour is not None:
+        resized = np.clip(resized @ colour, 0.0, 1.0)
     canvas = np.full((size, size, 3), FILL, np.float32)
     x0, y0 = max(dx, 0), max(dy, 0)
     x1, y1 = min(dx + nw, size), min(dy + nh, size)

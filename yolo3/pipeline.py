@@ -24,7 +24,7 @@ from .augment import AugmentSettings, augment_example
 from .datasets import Record
 from .errors import UserError
 from .kerasenv import tf
-from .preprocess import FILL, load_image
+from .preprocess import FILL, load_image_reduced
 from .targets import HeadLayout, encode_targets
 
 
@@ -62,7 +62,9 @@ class _Loader:
         size = int(size)
         rng = np.random.default_rng(int(seed))
         try:
-            image = load_image(record.image)
+            # the largest size augmentation can ask for: the input times the top of the scale range
+            top = self.settings.augment.scale[1] if self.settings.augment is not None else 1.0
+            image, factor = load_image_reduced(record.image, int(np.ceil(size * max(1.0, top))))
         except UserError as err:
             if str(record.image) not in self.warned:
                 self.warned.add(str(record.image))
@@ -71,7 +73,7 @@ class _Loader:
         if image is None:
             tensor, boxes = np.full((size, size, 3), FILL, np.float32), np.zeros((0, 5), np.float32)
         else:
-            tensor, boxes = augment_example(image, record.boxes, record.classes, size, self.settings.augment, rng)
+            tensor, boxes = augment_example(image, record.boxes * factor, record.classes, size, self.settings.augment, rng)
         padded = np.zeros((self.settings.max_boxes, 5), np.float32)
         padded[:, 4] = -1
         n = min(len(boxes), self.settings.max_boxes)
