@@ -8,7 +8,6 @@ setup(
     description="Compress YOLOv3 detectors for edge devices: Darknet I/O, evaluation, pruning, clustering, int8 TFLite",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["yolo3", "yolo3.*", "compression", "compression.*"]),
-    py_modules=["evaluate"],
     install_requires=[
         "tensorflow==2.21.0",
         "tf-keras==2.21.0",

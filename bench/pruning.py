@@ -30,6 +30,7 @@ SETTINGS = [
     ("slimming 50 %", 4, {"slimming_percent": 0.5, "round_to": 8}, True),
     ("slimming 70 %", 4, {"slimming_percent": 0.7, "round_to": 8}, True),
     ("slimming 85 %", 4, {"slimming_percent": 0.85, "round_to": 8}, True),
+    ("slimming 70 %, no sparse training", 4, {"slimming_percent": 0.7, "round_to": 8}, False),
 ]
 
 
@@ -89,6 +90,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sparse", help="the same model after sparse training, for slimming")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs after pruning")
     parser.add_argument("--only", help="comma-separated setting numbers (1-based) to run")
+    parser.add_argument("--merge", help="an earlier result JSON whose settings not run now are kept in the table")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -118,28 +120,40 @@ def main(argv=None) -> int:
             lat = tflite_latency(config, out, tmp)
             final = report.get("finetuned", report.get("pruned"))
             rows.append({
-                "setting": label, "mode": mode, "source": source, "pruned_mAP50": report.get("pruned", {}).get("mAP50"),
+                "setting": label, "mode": mode, "epochs": args.epochs, "source": source, "pruned_mAP50": report.get("pruned", {}).get("mAP50"),
                 "finetuned_mAP50": final["mAP50"], "params": final["params"], "macs": final["macs"],
                 "tflite": lat, "seconds": seconds, "sparsity": report.get("sparsity", {}).get("overall"),
                 "gzip_bytes": report["after_size"]["gzip_bytes"],
             })  # fmt: skip
             print(rows[-1], flush=True)
+        if args.merge:
+            import json
+
+            earlier = json.loads(Path(args.merge).read_text())
+            done = {r["setting"] for r in rows}
+            rows = [r for r in earlier.get("settings", []) if r["setting"] not in done] + rows
+            order = [label for label, *_ in SETTINGS]
+            rows.sort(key=lambda r: order.index(r["setting"]) if r["setting"] in order else len(order))
+            data["merged_from"] = args.merge
+            data["earlier_epochs"] = earlier.get("epochs")
         data["settings"] = rows
     data["pruning_seconds_full_yolov3_416"] = time_full_yolov3()
     b = data["baseline"]
+    for r in data["settings"]:
+        r.setdefault("epochs", args.epochs)
     md = [
-        f"Pruning `{Path(args.config).name}` ({Path(args.model).name}), fine-tuned {args.epochs} epochs after pruning; "
+        f"Pruning `{Path(args.config).name}` ({Path(args.model).name}), then fine-tuning (epochs per row); "
         f"TFLite float32, 2 threads, median of 30; {data['machine']}",
         "",
-        "| setting | mAP@0.5 pruned | mAP@0.5 fine-tuned | Δ mAP (points) | params | MACs | MACs removed | latency | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
-        f"| unpruned | {b['mAP50']:.4f} | {b['mAP50']:.4f} | 0 | {b['params']:,} | {b['macs'] / 1e9:.2f} G | 0 % | {b['tflite']['median_ms']:.1f} ms | 1.00x |",
+        "| setting | epochs | mAP@0.5 pruned | mAP@0.5 fine-tuned | Δ mAP (points) | params | MACs | MACs removed | latency | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| unpruned | - | {b['mAP50']:.4f} | {b['mAP50']:.4f} | 0 | {b['params']:,} | {b['macs'] / 1e9:.2f} G | 0 % | {b['tflite']['median_ms']:.1f} ms | 1.00x |",
     ]
     for r in data["settings"]:
         pm = "-" if r["pruned_mAP50"] is None else f"{r['pruned_mAP50']:.4f}"
         extra = f" (sparsity {r['sparsity']:.0%})" if r["sparsity"] is not None else ""
         md.append(
-            f"| {r['setting']}{extra} | {pm} | {r['finetuned_mAP50']:.4f} | {100 * (r['finetuned_mAP50'] - b['mAP50']):+.2f} | "
+            f"| {r['setting']}{extra} | {r['epochs']} | {pm} | {r['finetuned_mAP50']:.4f} | {100 * (r['finetuned_mAP50'] - b['mAP50']):+.2f} | "
             f"{r['params']:,} | {r['macs'] / 1e9:.2f} G | {1 - r['macs'] / b['macs']:.0%} | {r['tflite']['median_ms']:.1f} ms | "
             f"{b['tflite']['median_ms'] / r['tflite']['median_ms']:.2f}x |"
         )

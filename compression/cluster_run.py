@@ -74,6 +74,7 @@ def run_clustering(
                 str(out_path), True, epochs, str(run_dir), progress,
                 constraint_factory=lambda model: ClusterConstraint(model, names, per_channel),
                 learning_rate=c.finetune_learning_rate,
+                freeze_backbone_epochs=0,
             ),
         )  # fmt: skip
         tuned = load_for_config(config, result["best_model"])

@@ -40,10 +40,17 @@ class _Sorted:
     """Sorted values with float64 prefix sums of (sample) weights, weighted values and weighted squares."""
 
     def __init__(self, values: np.ndarray, weights: np.ndarray | None = None):
-        order = np.argsort(values, kind="stable")
+        if weights is None:
+            self.x = np.sort(values).astype(np.float64)  # a plain sort is several times faster than argsort + gather
+            self.n = len(self.x)
+            self.s0 = np.arange(self.n + 1, dtype=np.float64)
+            self.s1 = np.concatenate([[0.0], np.cumsum(self.x)])
+            self.s2 = np.concatenate([[0.0], np.cumsum(np.square(self.x))])
+            return
+        order = np.argsort(values)
         self.x = values.astype(np.float64, copy=False)[order]
         self.n = len(self.x)
-        w = np.ones(self.n) if weights is None else np.asarray(weights, np.float64)[order]
+        w = np.asarray(weights, np.float64)[order]
         self.s0 = np.concatenate([[0.0], np.cumsum(w)])
         self.s1 = np.concatenate([[0.0], np.cumsum(w * self.x)])
         self.s2 = np.concatenate([[0.0], np.cumsum(w * self.x * self.x)])
@@ -128,5 +135,5 @@ def kmeans_1d(
     keep = np.diff(data.bounds(centroids)) > 0  # drop centroids that own no point
     centroids = centroids[keep]
     mids = (centroids[1:] + centroids[:-1]) / 2
-    labels = np.searchsorted(mids, values.astype(np.float64), side="left")
+    labels = np.searchsorted(mids.astype(values.dtype), values, side="left") if values.dtype.kind == "f" else np.searchsorted(mids, values)
     return KMeans1D(centroids.astype(np.float32), labels.astype(np.int64), inertia, iterations)

@@ -123,7 +123,8 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
     if epochs:
         run_dir = out_path.with_suffix("")
         steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
-        options = dict(keep_architecture=True, epochs=epochs, run_dir=str(run_dir), progress=progress, learning_rate=p.finetune_learning_rate)
+        options = dict(keep_architecture=True, epochs=epochs, run_dir=str(run_dir), progress=progress,
+                       learning_rate=p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip
         if mode == 2 and p.magnitude_mode == "tfmot":
             end = int(p.magnitude_end_fraction * epochs * steps)
             options["wrapper"] = TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names)

@@ -100,7 +100,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "pruning": {
         "output": Key(OPT_PATH, None, "Where `evaluate.py -p 2..5` writes the pruned model (`.h5`; a Darknet `.cfg` + `.weights` beside it for -p 3..5); `null` = beside the input, NAME-pN.h5.", must_exist=False),
         "finetune_epochs": Key(int, 0, "Fine-tuning epochs after pruning (masks and removed channels stay removed); 0 = none."),
-        "finetune_learning_rate": Key(float, 1e-4, "Peak learning rate of that fine-tuning."),
+        "finetune_learning_rate": Key(float, 1e-3, "Peak learning rate of that fine-tuning (removing channels needs re-training, not a nudge)."),
         "magnitude_sparsity": Key(float, 0.5, "-p 2: target fraction of zero weights in every convolution kernel."),
         "magnitude_mode": Key(str, "tfmot", "-p 2: `tfmot` (prune_low_magnitude, polynomial schedule during fine-tuning) or `oneshot` (per-layer percentile, no training).", choices=("tfmot", "oneshot")),
         "magnitude_end_fraction": Key(float, 0.7, "-p 2 tfmot: the schedule reaches the target after this fraction of the fine-tuning steps."),

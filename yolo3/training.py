@@ -270,6 +270,7 @@ class RunOptions:
     post_step_factory: object = None  # callable(model, optimizer) -> object with apply(), run after every step
     wrapper: object = None  # wrap(model) -> model, unwrap(model) -> model, callbacks(model) -> keras callbacks (TFMOT)
     best_from_epoch: int = 1  # epochs before this one cannot become best.h5 (e.g. before a pruning schedule ends)
+    freeze_backbone_epochs: int | None = None  # override train.freeze_backbone_epochs (0 for fine-tuning after compression)
     max_steps_per_epoch: int | None = None  # for tests and benchmarks
 
 
@@ -395,7 +396,8 @@ def train(config, options: RunOptions | None = None) -> dict:
     step_fn = None
     started = time.perf_counter()
     for epoch in range(first_epoch, epochs):
-        freeze = epoch < t.freeze_backbone_epochs
+        freeze_epochs = t.freeze_backbone_epochs if options.freeze_backbone_epochs is None else options.freeze_backbone_epochs
+        freeze = epoch < freeze_epochs
         if phase != freeze:
             for layer in model.layers:
                 idx = layer_index(layer.name)
@@ -405,7 +407,7 @@ def train(config, options: RunOptions | None = None) -> dict:
             step_fn = stepper.make_train_step(optimizer, variables)
             phase = freeze
             if freeze:
-                _log(f"epochs {epoch + 1}-{t.freeze_backbone_epochs}: the {len(frozen)} shared layers are frozen")
+                _log(f"epochs {epoch + 1}-{freeze_epochs}: the {len(frozen)} shared layers are frozen")
         dataset = make_dataset(train_set.records, layout, len(config.labels), pipe, epoch)
         if options.max_steps_per_epoch:
             dataset = dataset.take(steps_per_epoch)
