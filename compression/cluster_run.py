@@ -68,6 +68,10 @@ def run_clustering(
     report["size_after"] = _sizes(out_path)
     if epochs:
         run_dir = out_path.with_suffix("")
+        if run_dir.exists():
+            if not force:
+                raise UserError("the fine-tuning run folder exists; pass --force to replace it", run_dir)
+            shutil.rmtree(run_dir)
         result = train(
             config,
             RunOptions(

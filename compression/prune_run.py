@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -122,6 +123,10 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
         report["darknet"] = [str(out_path.with_suffix(".cfg")), str(out_path.with_suffix(".weights"))]
     if epochs:
         run_dir = out_path.with_suffix("")
+        if run_dir.exists():
+            if not force:
+                raise UserError("the fine-tuning run folder exists; pass --force to replace it", run_dir)
+            shutil.rmtree(run_dir)
         steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
         options = dict(keep_architecture=True, epochs=epochs, run_dir=str(run_dir), progress=progress,
                        learning_rate=p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip

@@ -361,7 +361,14 @@ def train(config, options: RunOptions | None = None) -> dict:
         ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, best=best_var)
     manager = tf.train.CheckpointManager(ckpt, str(run_dir / "checkpoints"), max_to_keep=2)
     if manager.latest_checkpoint:
-        ckpt.restore(manager.latest_checkpoint).expect_partial()
+        try:
+            ckpt.restore(manager.latest_checkpoint).expect_partial()
+        except (ValueError, tf.errors.InvalidArgumentError) as err:
+            raise UserError(
+                f"the checkpoint in this run folder belongs to another model ({str(err).splitlines()[0][:160]}); "
+                "delete the folder or choose another run_dir",
+                run_dir,
+            ) from None
         _log(f"resuming {run_dir} after epoch {int(epoch_var.numpy())} (best mAP@0.5 so far {best_var.numpy():.4f})")
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
