@@ -86,9 +86,13 @@ def run_clustering(
         report["finetuned_distinct_values"] = distinct_values(tuned.model, names, per_channel)
         if max(report["finetuned_distinct_values"].values(), default=0) > clusters:
             raise UserError("fine-tuning broke the clusters (a kernel has more than k values); this is a bug")
-        shutil.copyfile(result["best_model"], out_path)
-        report["size_after"] = _sizes(out_path)
         report["finetune_run"] = str(run_dir)
+        if report["mAP50_finetuned"] >= report["mAP50_after"]:
+            shutil.copyfile(result["best_model"], out_path)
+            report["kept"] = "fine-tuned"
+        else:  # fine-tuning made it worse on the validation set: keep the clustered model as it was
+            report["kept"] = "clustered, not fine-tuned"
+        report["size_after"] = _sizes(out_path)
     return report
 
 
@@ -106,7 +110,7 @@ def format_report(report: dict) -> str:
     b, a = report["size_before"], report["size_after"]
     rows.append(
         f"mAP@0.5 {report['mAP50_before']:.4f} -> {report['mAP50_after']:.4f} after clustering"
-        + (f" -> {report['mAP50_finetuned']:.4f} after fine-tuning" if "mAP50_finetuned" in report else "")
+        + (f" -> {report['mAP50_finetuned']:.4f} after fine-tuning (kept: {report['kept']})" if "mAP50_finetuned" in report else "")
     )
     rows.append(
         f".h5 {b['bytes']:,} B (gzip {b['gzip_bytes']:,}) -> {a['bytes']:,} B (gzip {a['gzip_bytes']:,}); "

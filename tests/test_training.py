@@ -266,3 +266,18 @@ def test_transfer_from_darknet_weights_recreates_heads(tmp_path, synthetic_valid
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
     assert tuned.model.get_layer("conv_15").get_weights()[0].shape[-1] == 24
+
+
+def test_run_folder_of_another_model_is_a_clear_error(tmp_path, synthetic_valid):
+    from yolo3.config import load_config
+    from yolo3.errors import UserError
+    from yolo3.training import RunOptions, train
+
+    train(load_config(small_config(tmp_path, synthetic_valid)), RunOptions(epochs=1, progress=False, max_steps_per_epoch=1))
+    path = small_config(tmp_path, synthetic_valid)
+    data = json.loads(path.read_text())
+    data["model"]["labels"] = ["a", "b"]
+    data["model"]["architecture"] = "yolov3-tiny"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="another model"):
+        train(load_config(path), RunOptions(epochs=2, progress=False, max_steps_per_epoch=1))

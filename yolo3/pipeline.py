@@ -49,6 +49,33 @@ def batch_sizes_for_epoch(settings: PipelineSettings, batches: int, epoch: int) 
     return np.random.default_rng([settings.seed, epoch, 7]).choice(choices, batches)
 
 
+class _ImageCache:
+    """Decoded (reduced) training images kept in memory across epochs, up to a byte budget.
+
+    Decoding is the largest per-image cost left in the pipeline; on the small
+    datasets this tool fine-tunes on, every image fits.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.items: dict[tuple[str, int], tuple[np.ndarray, float]] = {}
+
+    def get(self, path, min_side: int) -> tuple[np.ndarray, float]:
+        key = (str(path), min_side)
+        hit = self.items.get(key)
+        if hit is not None:
+            return hit
+        image, factor = load_image_reduced(path, min_side)
+        if self.bytes + image.nbytes <= self.max_bytes:
+            self.items[key] = (image, factor)
+            self.bytes += image.nbytes
+        return image, factor
+
+
+IMAGE_CACHE = _ImageCache()
+
+
 class _Loader:
     """Loads and augments one record; a picklable callable for tf.numpy_function."""
 
@@ -64,7 +91,7 @@ class _Loader:
         try:
             # the largest size augmentation can ask for: the input times the top of the scale range
             top = self.settings.augment.scale[1] if self.settings.augment is not None else 1.0
-            image, factor = load_image_reduced(record.image, int(np.ceil(size * max(1.0, top))))
+            image, factor = IMAGE_CACHE.get(record.image, int(np.ceil(size * max(1.0, top))))
         except UserError as err:
             if str(record.image) not in self.warned:
                 self.warned.add(str(record.image))
