@@ -41,11 +41,18 @@ class _Sorted:
 
     def __init__(self, values: np.ndarray, weights: np.ndarray | None = None):
         if weights is None:
-            self.x = np.sort(values).astype(np.float64)  # a plain sort is several times faster than argsort + gather
-            self.n = len(self.x)
-            self.s0 = np.arange(self.n + 1, dtype=np.float64)
-            self.s1 = np.concatenate([[0.0], np.cumsum(self.x)])
-            self.s2 = np.concatenate([[0.0], np.cumsum(np.square(self.x))])
+            # A plain sort is several times faster than argsort + gather, and the prefix sums are
+            # accumulated in float64 straight from the sorted values: few large temporaries.
+            self.x = np.sort(values)
+            self.n = n = len(self.x)
+            self.s0 = None  # counts are index differences
+            self.s1 = np.empty(n + 1)
+            self.s1[0] = 0.0
+            np.cumsum(self.x, dtype=np.float64, out=self.s1[1:])
+            squares = np.multiply(self.x, self.x, dtype=np.float64)
+            self.s2 = np.empty(n + 1)
+            self.s2[0] = 0.0
+            np.cumsum(squares, out=self.s2[1:])
             return
         order = np.argsort(values)
         self.x = values.astype(np.float64, copy=False)[order]
@@ -57,12 +64,16 @@ class _Sorted:
 
     def bounds(self, centroids: np.ndarray) -> np.ndarray:
         """Start index of each centroid's segment, plus n at the end (centroids ascending)."""
-        mids = (centroids[1:] + centroids[:-1]) / 2
+        mids = ((centroids[1:] + centroids[:-1]) / 2).astype(self.x.dtype)
         return np.concatenate([[0], np.searchsorted(self.x, mids, side="right"), [self.n]])
+
+    def count(self, a, b):
+        """Total (sample) weight of x[a:b]."""
+        return (b - a) if self.s0 is None else self.s0[b] - self.s0[a]
 
     def segment_cost(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
         """Weighted sum of (x - c)^2 over x[a:b], vectorised."""
-        n = self.s0[b] - self.s0[a]
+        n = self.count(a, b)
         s1 = self.s1[b] - self.s1[a]
         s2 = self.s2[b] - self.s2[a]
         return np.maximum(s2 - 2 * c * s1 + n * c * c, 0.0)
@@ -70,7 +81,7 @@ class _Sorted:
 
 def _kmeans_pp(data: _Sorted, k: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding (D^2 sampling), exact, without touching all n points per step."""
-    centroids = np.array([data.x[rng.integers(data.n)]])
+    centroids = np.array([data.x[rng.integers(data.n)]], np.float64)
     for _ in range(1, k):
         bounds = data.bounds(centroids)
         a, b = bounds[:-1], bounds[1:]
@@ -100,7 +111,7 @@ def _lloyd(data: _Sorted, centroids: np.ndarray, max_iter: int) -> tuple[np.ndar
         if bounds is not None and np.array_equal(new_bounds, bounds):
             return centroids, it - 1
         bounds = new_bounds
-        counts = data.s0[bounds[1:]] - data.s0[bounds[:-1]]
+        counts = data.count(bounds[:-1], bounds[1:]).astype(np.float64)
         sums = data.s1[bounds[1:]] - data.s1[bounds[:-1]]
         centroids = np.where(counts > 0, sums / np.where(counts > 0, counts, 1), centroids)
         centroids = np.sort(centroids)
