@@ -130,6 +130,8 @@ def main(argv=None) -> int:
             import json
 
             earlier = json.loads(Path(args.merge).read_text())
+            for r in earlier.get("settings", []):  # speed-ups stay relative to the baseline of their own run
+                r.setdefault("baseline_ms", earlier["baseline"]["tflite"]["median_ms"])
             done = {r["setting"] for r in rows}
             rows = [r for r in earlier.get("settings", []) if r["setting"] not in done] + rows
             order = [label for label, *_ in SETTINGS]
@@ -141,6 +143,7 @@ def main(argv=None) -> int:
     b = data["baseline"]
     for r in data["settings"]:
         r.setdefault("epochs", args.epochs)
+        r.setdefault("baseline_ms", b["tflite"]["median_ms"])
     md = [
         f"Pruning `{Path(args.config).name}` ({Path(args.model).name}), then fine-tuning (epochs per row); "
         f"TFLite float32, 2 threads, median of 30; {data['machine']}",
@@ -155,7 +158,13 @@ def main(argv=None) -> int:
         md.append(
             f"| {r['setting']}{extra} | {r['epochs']} | {pm} | {r['finetuned_mAP50']:.4f} | {100 * (r['finetuned_mAP50'] - b['mAP50']):+.2f} | "
             f"{r['params']:,} | {r['macs'] / 1e9:.2f} G | {1 - r['macs'] / b['macs']:.0%} | {r['tflite']['median_ms']:.1f} ms | "
-            f"{b['tflite']['median_ms'] / r['tflite']['median_ms']:.2f}x |"
+            f"{r['baseline_ms'] / r['tflite']['median_ms']:.2f}x |"
+        )
+    baselines = sorted({round(r["baseline_ms"], 1) for r in data["settings"]})
+    if len(baselines) > 1:
+        md.append(
+            "\nRows from an earlier run (`--merge`) give their speed-up against the unpruned model timed in that run "
+            f"(unpruned latencies: {', '.join(f'{v} ms' for v in baselines)})."
         )
     if "sparse_trained" in data:
         md.append(f"\nSlimming prunes the sparse-trained model (mAP@0.5 {data['sparse_trained']['mAP50']:.4f} before pruning).")

@@ -38,6 +38,7 @@ class PipelineSettings:
     seed: int = 0
     max_boxes: int = 100
     drop_remainder: bool = True
+    threads: int = 2  # private thread pool of the input pipeline
 
 
 def batch_sizes_for_epoch(settings: PipelineSettings, batches: int, epoch: int) -> np.ndarray:
@@ -152,4 +153,8 @@ def make_dataset(
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(settings.batch_size, drop_remainder=settings.drop_remainder)
     ds = ds.map(encode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # The input work is small next to a training step; two private threads keep it ahead without
+    # competing with the model's own thread pools on a small machine.
+    options.threading.private_threadpool_size = settings.threads
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
