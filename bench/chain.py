@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     }
     s = data["summary"]
     md = [
-        f"Chain on `{Path(args.config).name}`: slimming {args.slimming:.0%} (sparse-trained model) + {args.epochs} epochs -> "
+        f"Chain on `{Path(args.config).name}`: slimming {args.slimming:.0%} ({'sparse-trained' if args.sparse else 'plain fine-tuned'} model) + {args.epochs} epochs -> "
         f"{args.clusters} clusters{' per channel' if args.per_channel else ''} + {args.epochs} epochs -> int8; {data['machine']}",
         "",
         "| model | mAP@0.5 | size | gzip | latency |",
