@@ -57,34 +57,14 @@ def load_image(path: str | Path) -> np.ndarray:
     A file that cannot be decoded (missing, truncated, not an image) raises
     :class:`UserError` naming it.
     """
-    path = Path(path)
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    except FileNotFoundError:
-        raise UserError("no such image", path) from None
-    except UnidentifiedImageError:
-        raise UserError("not an image Pillow can read", path) from None
-    except (OSError, SyntaxError, ValueError) as err:
-        raise UserError(f"cannot decode image: {err}", path) from None
+    return _decode(Path(path), None)[0]
 
 
-def load_image_reduced(path: str | Path, min_side: int) -> tuple[np.ndarray, float]:
-    """Decode an image at reduced size where the format allows it cheaply (JPEG DCT scaling).
-
-    Returns the uint8 RGB image and its width relative to the file's (1.0 if
-    not reduced); the image is reduced only as far as its longer side stays at
-    least ``min_side`` pixels, what a letterbox of that size needs (JPEG scaling
-    is by 1/2, 1/4 or 1/8, so usually more stays). A large JPEG decoded at 1/2, 1/4
-    or 1/8 costs a fraction of a full decode, which is what keeps the training
-    pipeline from starving the model on a 2-core machine.
-    """
-    path = Path(path)
+def _decode(path: Path, min_side: int | None) -> tuple[np.ndarray, float]:
     try:
         with Image.open(path) as img:
             width = img.width
-            if img.format == "JPEG":
+            if min_side is not None and img.format == "JPEG":
                 scale = min_side / max(img.width, img.height)
                 if scale < 1:
                     img.draft("RGB", (max(1, int(img.width * scale)), max(1, int(img.height * scale))))
@@ -97,6 +77,19 @@ def load_image_reduced(path: str | Path, min_side: int) -> tuple[np.ndarray, flo
     except (OSError, SyntaxError, ValueError) as err:
         raise UserError(f"cannot decode image: {err}", path) from None
     return image, image.shape[1] / width
+
+
+def load_image_reduced(path: str | Path, min_side: int) -> tuple[np.ndarray, float]:
+    """Decode an image at reduced size where the format allows it cheaply (JPEG DCT scaling).
+
+    Returns the uint8 RGB image and its width relative to the file's (1.0 if
+    not reduced); the image is reduced only as far as its longer side stays at
+    least ``min_side`` pixels, what a letterbox of that size needs (JPEG scaling
+    is by 1/2, 1/4 or 1/8, so usually more stays). A large JPEG decoded at 1/2, 1/4
+    or 1/8 costs a fraction of a full decode, which is what keeps the training
+    pipeline from starving the model on a 2-core machine.
+    """
+    return _decode(Path(path), min_side)
 
 
 def letterbox_geometry(width: int, height: int, size: int | tuple[int, int]) -> tuple[int, int, Letterbox]:
