@@ -23,6 +23,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", required=True)
     parser.add_argument("--clusters", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, help="peak learning rate of the fine-tuning (default: clustering.finetune_learning_rate)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -30,7 +31,10 @@ def main(argv=None) -> int:
     from yolo3.config import Section, load_config
 
     config = load_config(args.config)
-    config = dataclasses.replace(config, clustering=Section({**config.clustering.values, "finetune_epochs": args.epochs}))
+    overrides = {"finetune_epochs": args.epochs}
+    if args.lr:
+        overrides["finetune_learning_rate"] = args.lr
+    config = dataclasses.replace(config, clustering=Section({**config.clustering.values, **overrides}))
     folder = Path(config.train.run_dir).parent
     rows = []
     for per_channel in (False, True):
@@ -38,20 +42,20 @@ def main(argv=None) -> int:
         r = run_clustering(config, args.model, str(out), args.clusters, per_channel, None, True, progress=False)
         rows.append({"per_channel": per_channel, **{k: r[k] for k in ("mAP50_before", "mAP50_after", "mAP50_finetuned", "size_before", "size_after")},
                      "codebook_bytes": r["clustering"]["codebook_bytes"], "seconds": r["clustering"]["seconds"],
-                     "max_distinct": max(r["finetuned_distinct_values"].values())})  # fmt: skip
+                     "max_distinct": max(r["finetuned_distinct_values"].values()), "kept": r.get("kept")})  # fmt: skip
         print(rows[-1], flush=True)
     data = {"command": "python bench/clustering_quality.py " + " ".join(argv or sys.argv[1:]), "machine": machine(), "rows": rows}
     md = [
         f"Clustering `{Path(args.model).name}` ({Path(args.config).name}) into {args.clusters} values per kernel; "
-        f"fine-tuning {args.epochs} epochs keeping the clusters; {data['machine']}",
+        f"fine-tuning {args.epochs} epochs keeping the clusters (peak lr {config.clustering.finetune_learning_rate:g}); {data['machine']}",
         "",
-        "| clustering | mAP@0.5 before | after clustering | after fine-tuning | .h5 gzip before | .h5 gzip after | codebook size |",
-        "|---|---|---|---|---|---|---|",
+        "| clustering | mAP@0.5 before | after clustering | after fine-tuning | model kept | .h5 gzip before | .h5 gzip after | codebook size |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         md.append(
             f"| {'per channel' if r['per_channel'] else 'per layer'} | {r['mAP50_before']:.4f} | {r['mAP50_after']:.4f} | "
-            f"{r['mAP50_finetuned']:.4f} | {r['size_before']['gzip_bytes'] / 1e6:.1f} MB | {r['size_after']['gzip_bytes'] / 1e6:.1f} MB | "
+            f"{r['mAP50_finetuned']:.4f} | {r['kept']} | {r['size_before']['gzip_bytes'] / 1e6:.1f} MB | {r['size_after']['gzip_bytes'] / 1e6:.1f} MB | "
             f"{r['codebook_bytes'] / 1e6:.1f} MB |"
         )
     write_results(Path(args.out), data, "\n".join(md))
