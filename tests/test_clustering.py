@@ -120,7 +120,8 @@ def test_clustering_cli_with_finetuning(tmp_path, synthetic_valid):
     assert max(report["finetuned_distinct_values"].values()) <= 8
     loaded = load_model(out)
     kernel = loaded.model.get_layer("conv_12").get_weights()[0]
-    assert len(np.unique(kernel)) <= 8
+    # an exact 0.0 can occur in a random 4.7 M-weight kernel; zeros stay zero and take no centroid
+    assert len(np.unique(kernel[kernel != 0])) <= 8
     assert compression_info(out)["clustering"]["clusters"] == 8
     again = subprocess.run([sys.executable, "clustering.py", "-c", str(config), "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 2 and "--force" in again.stderr
