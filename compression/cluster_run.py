@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,11 +9,7 @@ from pathlib import Path
 from yolo3.errors import UserError
 
 from .clustering import ClusterConstraint, cluster_model, conv_layer_names, distinct_values
-
-
-def _sizes(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, 6))}
+from .outputs import file_sizes, fresh_run_dir
 
 
 def run_clustering(
@@ -58,20 +53,16 @@ def run_clustering(
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before.h5"
         save_model(loaded.model, loaded.spec, before)
-        report["size_before"] = _sizes(before)
+        report["size_before"] = file_sizes(before)
     names = conv_layer_names(loaded.spec, c.exclude)
     report["clustering"] = cluster_model(loaded.model, loaded.spec, clusters, per_channel, c.exclude, c.seed)
     record = {"clustering": {"clusters": clusters, "per_channel": per_channel, "layers": names}}
     report["mAP50_after"] = score(loaded)
     save_model(loaded.model, loaded.spec, out_path, record)
     report["output"] = str(out_path)
-    report["size_after"] = _sizes(out_path)
+    report["size_after"] = file_sizes(out_path)
     if epochs:
-        run_dir = out_path.with_suffix("")
-        if run_dir.exists():
-            if not force:
-                raise UserError("the fine-tuning run folder exists; pass --force to replace it", run_dir)
-            shutil.rmtree(run_dir)
+        run_dir = fresh_run_dir(out_path, force)
         result = train(
             config,
             RunOptions(
@@ -92,7 +83,7 @@ def run_clustering(
             report["kept"] = "fine-tuned"
         else:  # fine-tuning made it worse on the validation set: keep the clustered model as it was
             report["kept"] = "clustered, not fine-tuned"
-        report["size_after"] = _sizes(out_path)
+        report["size_after"] = file_sizes(out_path)
     return report
 
 

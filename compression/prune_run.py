@@ -8,21 +8,16 @@ written as a Darknet ``.cfg`` + ``.weights`` that OpenCV and Darknet load.
 
 from __future__ import annotations
 
-import gzip
 import math
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from yolo3.errors import UserError
 
+from .outputs import file_sizes, fresh_run_dir
+
 MODES = {2: "magnitude pruning", 3: "similarity pruning", 4: "network slimming", 5: "layer pruning"}
-
-
-def _sizes(path: Path) -> dict:
-    data = path.read_bytes()
-    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, 6))}
 
 
 def structured_prune(mode: int, spec, weights, p) -> tuple:
@@ -93,7 +88,7 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
     report = {"mode": MODES[mode], "model": loaded.source, "before": {"mAP50": score(loaded), **stats(loaded.spec)}}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(loaded.model, loaded.spec, Path(tmp) / "before.h5")
-        report["before"]["size"] = _sizes(Path(tmp) / "before.h5")
+        report["before"]["size"] = file_sizes(Path(tmp) / "before.h5")
     names = [f"conv_{i}" for i in loaded.spec.conv_indices()]
     start = time.perf_counter()
     compression = None
@@ -122,11 +117,7 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
         write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(pruned.model, spec))
         report["darknet"] = [str(out_path.with_suffix(".cfg")), str(out_path.with_suffix(".weights"))]
     if epochs:
-        run_dir = out_path.with_suffix("")
-        if run_dir.exists():
-            if not force:
-                raise UserError("the fine-tuning run folder exists; pass --force to replace it", run_dir)
-            shutil.rmtree(run_dir)
+        run_dir = fresh_run_dir(out_path, force)
         steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
         options = dict(keep_architecture=True, epochs=epochs, run_dir=str(run_dir), progress=progress,
                        learning_rate=p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip
@@ -147,7 +138,7 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
             write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(tuned.model, tuned.spec))
     if mode == 2:
         report["sparsity"] = sparsity_report(pruned.model, spec)
-    report["after_size"] = _sizes(out_path)
+    report["after_size"] = file_sizes(out_path)
     report["output"] = str(out_path)
     return report
 

@@ -1,0 +1,25 @@
+"""What every compression runner does with its outputs: size them, and give fine-tuning a fresh folder."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+from yolo3.errors import UserError
+
+
+def file_sizes(path: Path) -> dict:
+    """Raw and gzip size of a file, as the reports show them."""
+    data = Path(path).read_bytes()
+    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, 6))}
+
+
+def fresh_run_dir(out_path: Path, force: bool) -> Path:
+    """The fine-tuning run folder beside ``out_path`` (same name, no suffix), emptied only when forced."""
+    run_dir = Path(out_path).with_suffix("")
+    if run_dir.exists():
+        if not force:
+            raise UserError("the fine-tuning run folder exists; pass --force to replace it", run_dir)
+        shutil.rmtree(run_dir)
+    return run_dir
