@@ -7,6 +7,7 @@ from pathlib import Path
 
 from yolo3.errors import UserError
 
+from .outputs import fresh_run_dir
 from .tflite_export import FORMATS, calibration_images, export_tflite
 
 
@@ -16,12 +17,23 @@ def default_output(model_path: Path | None, fmt: str, config_folder: Path) -> Pa
     return folder / f"{stem}-{fmt}.tflite"
 
 
-def convert_config(config, model_path: str | None, fmt: str, samples: int, out: str | None, force: bool, seed: int = 0) -> dict:
-    """Load the config's model (or ``model_path``), convert it, verify it loads, and report."""
+def convert_config(
+    config, model_path: str | None, fmt: str, samples: int, out: str | None, force: bool, seed: int = 0,
+    qat: bool = False, qat_epochs: int | None = None, qat_run_dir: str | Path | None = None, progress: bool = True,
+    qat_learning_rate: float | None = None,
+) -> dict:
+    """Load the config's model (or ``model_path``), convert it, verify it loads, and report.
+
+    With ``qat`` the model is first fine-tuned with quantization-aware training
+    (:mod:`compression.qat`, ``quantization.qat_epochs`` epochs, in ``qat_run_dir``
+    or a folder beside the output) and the int8 file is converted from the QAT model.
+    """
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import load_for_config
-    from yolo3.models import save_model
+    from yolo3.models import compression_info, save_model
 
+    if qat and fmt != "int8":
+        raise UserError(f"--qat makes an int8 model; --format {fmt} does not go with it")
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if samples < 1:
@@ -38,10 +50,20 @@ def convert_config(config, model_path: str | None, fmt: str, samples: int, out: 
     images = []
     if fmt == "int8":
         images = calibration_images(read_dataset(config.dataset("train"), config.labels).records, samples, seed)
+    info = compression_info(source) if source is not None else {}
     with tempfile.TemporaryDirectory() as tmp:
         h5 = Path(tmp) / "model.h5"
-        save_model(loaded.model, loaded.spec, h5)
-        report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec)
+        save_model(loaded.model, loaded.spec, h5, info or None)
+        qat_job = None
+        if qat:
+            from .qat import qat_finetune
+
+            run_dir = Path(qat_run_dir) if qat_run_dir else fresh_run_dir(out_path, force)
+            trained = qat_finetune(config, h5, loaded.model, run_dir, qat_epochs, progress, qat_learning_rate)
+            qat_job = {"scheme": trained["scheme"], "weights": trained["weights"]}
+        report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job)
+    if qat:
+        report["qat"] = {k: v for k, v in trained.items() if k != "weights"}
     report["source"] = loaded.source
     report.update(loaded.summary())
     return report
@@ -59,4 +81,12 @@ def format_report(report: dict) -> str:
         "output: " + "; ".join(io(d) for d in report["outputs"]),
         "operators: " + ", ".join(f"{k} x{v}" for k, v in report["operators"].items()),
     ]
+    if report.get("kernels"):
+        k = report["kernels"]
+        lines.append(f"convolution kernels: {k['layers']} x {k['dtype']}, {k['zero_fraction']:.1%} zeros, "
+                     f"at most {k['max_distinct_per_channel']} distinct non-zero values in a channel")  # fmt: skip
+    if report.get("qat"):
+        q = report["qat"]
+        lines.insert(0, f"quantization-aware training ({q['scheme']}, {q['epochs']} epochs at lr {q['learning_rate']:g}): "
+                        f"simulated int8 mAP@0.5 {q['mAP50']:.4f}; run {q['run']}")  # fmt: skip
     return "\n".join(lines)

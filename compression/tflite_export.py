@@ -62,13 +62,13 @@ def metadata_for(spec: Spec, names: Sequence[str], input_size: int) -> dict:
     }
 
 
-def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int, metadata: dict) -> None:
+def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int, metadata: dict, qat: dict | None = None) -> None:
     """Convert in a fresh Python process; raise UserError with the worker's last message on failure."""
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps({
             "model": str(h5), "format": fmt, "out": str(out), "images": images,
-            "input_size": input_size, "metadata": metadata,
+            "input_size": input_size, "metadata": metadata, "qat": qat,
         }))  # fmt: skip
         env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
         proc = subprocess.run(
@@ -101,13 +101,47 @@ def describe_tflite(path: str | Path, threads: int = 2) -> dict:
             "zero_point": int(zero) if scale else None,
         }
 
-    ops = Counter(op["op_name"] for op in interpreter._get_ops_details())
+    ops_details = interpreter._get_ops_details()
+    ops = Counter(op["op_name"] for op in ops_details)
     return {
+        "kernels": kernel_stats(interpreter, ops_details),
         "size_bytes": len(data),
         "gzip_bytes": len(gzip.compress(data, 9)),
         "inputs": [io(d) for d in interpreter.get_input_details()],
         "outputs": [io(d) for d in interpreter.get_output_details()],
         "operators": dict(sorted(ops.items())),
+    }
+
+
+def kernel_stats(interpreter, ops_details: list[dict]) -> dict:
+    """What compression left in the convolution kernels of a converted model: zeros and distinct values per channel.
+
+    The converter folds BN into the kernels (one factor per output channel) and
+    int8 quantizes per output channel, so a pruned or clustered model should
+    still show its zeros and at most k distinct values in every channel.
+    """
+    produced = {int(i) for op in ops_details for i in op["outputs"]}  # e.g. a float16 kernel's DEQUANTIZE
+    kernels = []
+    for op in ops_details:
+        if op["op_name"] not in ("CONV_2D", "DEPTHWISE_CONV_2D") or len(op["inputs"]) < 2 or int(op["inputs"][1]) in produced:
+            continue
+        w = interpreter.get_tensor(int(op["inputs"][1]))
+        kernels.append(w.reshape(w.shape[0], -1))  # TFLite kernels are (out, h, w, in)
+    if not kernels:
+        return {}
+
+    def distinct_nonzero(k: np.ndarray) -> int:
+        s = np.sort(k, axis=1)
+        changes = 1 + (np.diff(s, axis=1) != 0).sum(axis=1)
+        return int((changes - (k == 0).any(axis=1)).max())
+
+    distinct = max(distinct_nonzero(k) for k in kernels)
+    total = sum(k.size for k in kernels)
+    return {
+        "layers": len(kernels),
+        "dtype": kernels[0].dtype.name,
+        "zero_fraction": float(sum((k == 0).sum() for k in kernels) / total),
+        "max_distinct_per_channel": int(distinct),
     }
 
 
@@ -119,8 +153,13 @@ def export_tflite(
     names: Sequence[str],
     input_size: int,
     spec: Spec | None = None,
+    qat: dict | None = None,
 ) -> dict:
-    """Convert ``model_path`` (an ``.h5`` this tool wrote) to ``out``; returns :func:`describe_tflite`'s report."""
+    """Convert ``model_path`` (an ``.h5`` this tool wrote) to ``out``; returns :func:`describe_tflite`'s report.
+
+    ``qat`` ({"scheme", "weights"}) converts the quantization-aware-trained model
+    instead: ``model_path`` wrapped by that scheme, with the trained weights.
+    """
     from yolo3.lite import TFLitePredictor
     from yolo3.models import spec_from_h5
 
@@ -135,7 +174,7 @@ def export_tflite(
         images = []
 
     def write(tmp: Path) -> None:
-        run_worker(model_path, fmt, tmp, images, input_size, metadata)
+        run_worker(model_path, fmt, tmp, images, input_size, metadata, qat)
         predictor = TFLitePredictor(tmp, threads=1)  # loads with LiteRT and runs once before we keep it
         predictor.invoke(np.full((1, *predictor.input_hw, 3), 0.5, np.float32))
 

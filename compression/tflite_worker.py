@@ -35,6 +35,11 @@ def convert(job: dict) -> bytes:
     from yolo3.preprocess import letterbox, load_image
 
     model = keras.models.load_model(job["model"], compile=False)
+    if job.get("qat"):
+        from compression.qat import quantize_model
+
+        model = quantize_model(model, job["qat"]["scheme"])  # the same wrapping as in training, then its weights
+        model.load_weights(job["qat"]["weights"])
     size = job["input_size"]
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     fmt = job["format"]

@@ -1,0 +1,173 @@
+"""Quantization-aware training (QAT) with TFMOT, keeping what pruning and clustering made.
+
+Post-training int8 quantization rounds weights and activations once, after
+training; QAT trains with the rounding in the forward pass (fake quantization)
+so that the network learns around it, and the converter then uses the ranges
+the training learned. TFMOT's collaborative schemes
+(``tfmot.experimental.combine``) also keep the structure compression left:
+
+- ``pqat`` — ``Default8BitPrunePreserveQuantizeScheme``: zero weights stay zero;
+- ``cqat`` / ``pcqat`` — ``Default8BitClusterPreserveQuantizeScheme``: every
+  kernel stays on its cluster centroids (which train), and with
+  ``preserve_sparsity`` the zero cluster stays zero;
+- ``qat`` — ``Default8BitQuantizeScheme`` for a model with neither.
+
+:func:`scheme_for` picks one from the record the ``.h5`` carries. TFMOT's
+default 8-bit registry covers every layer these models use (Conv2D,
+BatchNormalization, LeakyReLU, ZeroPadding2D, MaxPooling2D, nearest
+UpSampling2D, Concatenate, Add). The converter folds BN into the convolution,
+which scales each output channel by one factor, so sparsity and "at most k
+distinct values per channel" survive into the int8 kernels.
+
+Per-channel clusters: TFMOT reads them per channel only when every channel of
+a kernel has the same number of distinct values (give or take one); otherwise
+it takes the kernel's distinct values as one codebook and, above 1024, stops
+preserving clusters with only a warning. :func:`check_clusters_preservable`
+refuses such a model with a message instead.
+
+Example::
+
+    wrapper = QatWrapper(scheme_for(compression_info("clustered.h5"), model))
+    train(config, RunOptions("clustered.h5", True, epochs=2, wrapper=wrapper, best_from_epoch=2))
+    wrapper.qat_model.save_weights("qat-weights.h5")   # convert with export_tflite(..., qat=...)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from yolo3.errors import UserError
+
+SCHEMES = ("qat", "pqat", "cqat", "pcqat")
+
+
+def make_scheme(name: str):
+    """The TFMOT quantize scheme called ``name`` (one of :data:`SCHEMES`)."""
+    import tensorflow_model_optimization as tfmot
+
+    if name == "qat":
+        return tfmot.quantization.keras.default_8bit.Default8BitQuantizeScheme()
+    if name == "pqat":
+        return tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    if name in ("cqat", "pcqat"):
+        return tfmot.experimental.combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=name == "pcqat")
+    raise ValueError(f"unknown QAT scheme {name!r}")
+
+
+def _conv_kernels(model, names: list[str]) -> dict[str, np.ndarray]:
+    return {n: model.get_layer(n).get_weights()[0] for n in names}
+
+
+def check_clusters_preservable(kernels: dict[str, np.ndarray], per_channel: bool) -> None:
+    """Refuse clusters TFMOT's CQAT would silently stop preserving (see the module docstring)."""
+    for name, kernel in kernels.items():
+        if per_channel:
+            counts = [len(np.unique(kernel[..., o])) for o in range(kernel.shape[-1])]
+            if max(counts) - min(counts) <= 1:
+                continue
+        if len(np.unique(kernel)) > 1024:
+            raise UserError(
+                f"{name}: {'its channels have unequal numbers of distinct values' if per_channel else 'over 1024 distinct values'}, "
+                "which TFMOT's cluster-preserving QAT cannot keep; cluster per layer for --qat, or convert without --qat "
+                "(post-training int8 keeps the clusters too)"
+            )
+
+
+def scheme_for(info: dict, model) -> str:
+    """The scheme that keeps what the model's compression record says it has (clusters, zeros)."""
+    if "clustering" in info:
+        c = info["clustering"]
+        kernels = _conv_kernels(model, c["layers"])
+        check_clusters_preservable(kernels, c.get("per_channel", False))
+        has_zeros = any(bool((k == 0).any()) for k in kernels.values())
+        return "pcqat" if has_zeros else "cqat"
+    if "sparsity" in info:
+        return "pqat"
+    return "qat"
+
+
+def quantize_model(model, scheme: str):
+    """``model`` with fake quantization everywhere, per ``scheme``; the original model is not changed."""
+    import tensorflow_model_optimization as tfmot
+
+    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
+    return tfmot.quantization.keras.quantize_apply(annotated, make_scheme(scheme))
+
+
+def copy_float_weights(qat_model, plain_model) -> None:
+    """Copy the float weights of ``qat_model`` into ``plain_model``, matched by variable name.
+
+    A wrapped layer keeps its own variables under their names (``conv_3/kernel``,
+    ``bn_3/gamma``) beside the quantizer's (``quant_conv_3/kernel_min`` ...); the
+    cluster-preserving quantizer writes the clustered kernel back into that
+    variable at every training step, so it holds the weights the QAT model
+    computes with (before fake quantization).
+    """
+    by_name = {w.name: w for w in qat_model.weights}
+    values = []
+    for w in plain_model.weights:
+        if w.name not in by_name:
+            raise ValueError(f"the QAT model has no variable {w.name}")
+        values.append(by_name[w.name].numpy())
+    plain_model.set_weights(values)
+
+
+class QatWrapper:
+    """Trainer hooks: wrap the model for QAT; ``unwrap`` gives a float model with the trained weights.
+
+    ``qat_model`` is the trained QAT model (its fake-quantization ranges are
+    what the int8 conversion needs); ``compression`` keeps the starting
+    model's record so that a later fine-tune still keeps clusters and zeros.
+    """
+
+    def __init__(self, scheme: str, compression: dict | None = None):
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown QAT scheme {scheme!r}")
+        self.scheme = scheme
+        self.compression = dict(compression or {})
+        self.plain = None
+        self.qat_model = None
+
+    def wrap(self, model):
+        self.plain = model
+        self.qat_model = quantize_model(model, self.scheme)
+        return self.qat_model
+
+    def unwrap(self, model):
+        copy_float_weights(model, self.plain)
+        return self.plain
+
+    def callbacks(self, model) -> list:
+        return []
+
+
+def qat_finetune(
+    config, start_h5: Path, start_model, run_dir: Path, epochs: int | None = None, progress: bool = True, learning_rate: float | None = None
+) -> dict:
+    """Quantization-aware fine-tuning of ``start_h5`` in ``run_dir``; writes ``run_dir/qat-weights.h5``.
+
+    ``start_model`` is the same model loaded (its kernels decide the scheme).
+    The run is an ordinary training run (checkpoints, resume, history); only
+    its last epoch counts, since the QAT model converted is the final one.
+    """
+    from yolo3.fileio import atomic_write
+    from yolo3.models import compression_info
+    from yolo3.training import RunOptions, train
+
+    q = config.quantization
+    epochs = epochs or q.qat_epochs
+    lr = learning_rate or q.qat_learning_rate
+    info = compression_info(start_h5)
+    scheme = scheme_for(info, start_model)
+    wrapper = QatWrapper(scheme, info)
+    options = RunOptions(str(start_h5), True, epochs, str(run_dir), progress, learning_rate=lr,
+                         wrapper=wrapper, best_from_epoch=epochs, freeze_backbone_epochs=0)  # fmt: skip
+    result = train(config, options)
+    weights = Path(run_dir) / "qat-weights.h5"
+    atomic_write(weights, lambda tmp: wrapper.qat_model.save_weights(str(tmp)))
+    return {
+        "scheme": scheme, "epochs": epochs, "learning_rate": lr, "mAP50": result["best_mAP50"],
+        "run": str(run_dir), "weights": str(weights), "seconds": result["seconds"],
+    }  # fmt: skip
