@@ -3,13 +3,20 @@
 against the float baseline and the unpruned int8 model, in one run.
 
     python bench/chain.py -c bench/configs/raccoon-yolov3-tiny.json --model runs/raccoon-yolov3-tiny/best.h5 \
-        --sparse runs/raccoon-sparse/best.h5 --slimming 0.85 --epochs 10 --out bench/results/chain-raccoon
+        --mode 3 --prune '{"similarity_ratio": 0.5, "similarity_kernels": [1, 3], "round_to": 8, "distillation": 1}' \
+        --epochs 100 --cluster-epochs 10 --qat --out bench/results/chain-raccoon
+
+--mode/--prune choose the pruning (evaluate.py -p MODE with these pruning keys); --sparse gives
+slimming (--mode 4) a sparse-trained model. --qat adds quantization-aware training of the
+pruned + clustered model before int8 (the cluster- and zero-preserving TFMOT scheme), beside
+the post-training int8 result.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -25,10 +32,14 @@ def main(argv=None) -> int:
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("--model", required=True, help="the fine-tuned float model")
     parser.add_argument("--sparse", help="the same after sparse training (pruned by slimming)")
-    parser.add_argument("--slimming", type=float, default=0.85, help="slimming percent")
+    parser.add_argument("--mode", type=int, default=4, choices=(3, 4), help="3 similarity, 4 slimming")
+    parser.add_argument("--prune", default='{"slimming_percent": 0.85, "round_to": 8}', help="pruning keys (JSON)")
     parser.add_argument("--clusters", type=int, default=32)
     parser.add_argument("--per-channel", action="store_true")
-    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs after pruning and after clustering")
+    parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs after pruning")
+    parser.add_argument("--cluster-epochs", type=int, help="fine-tuning epochs after clustering (default: --epochs)")
+    parser.add_argument("--qat", action="store_true", help="also quantization-aware training before int8")
+    parser.add_argument("--qat-epochs", type=int, default=2)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -59,12 +70,14 @@ def main(argv=None) -> int:
         r = evaluate_config(config, str(int8), progress=False, latency_runs=50)
         data["unpruned_int8"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": int8.stat().st_size,
                                  "gzip_bytes": len(gzip.compress(int8.read_bytes(), 9))}  # fmt: skip
-        cfg = with_pruning(config, finetune_epochs=args.epochs, slimming_percent=args.slimming, round_to=8)
+        prune = json.loads(args.prune)
+        cfg = with_pruning(config, **{"finetune_epochs": args.epochs, **prune})
         pruned = runs / "pruned.h5"
-        p = run_pruning(cfg, 4, args.sparse or args.model, str(pruned), None, True, progress=False)
+        p = run_pruning(cfg, args.mode, args.sparse or args.model, str(pruned), None, True, progress=False)
         data["pruned"] = {"mAP50": p["finetuned"]["mAP50"] if "finetuned" in p else p["pruned"]["mAP50"],
                           "params": p.get("finetuned", p["pruned"])["params"], "macs": p.get("finetuned", p["pruned"])["macs"]}  # fmt: skip
-        ccfg = dataclasses.replace(config, clustering=Section({**config.clustering.values, "finetune_epochs": args.epochs}))
+        cluster_epochs = args.epochs if args.cluster_epochs is None else args.cluster_epochs
+        ccfg = dataclasses.replace(config, clustering=Section({**config.clustering.values, "finetune_epochs": cluster_epochs}))
         clustered = runs / "pruned-clustered.h5"
         c = run_clustering(ccfg, str(pruned), str(clustered), args.clusters, args.per_channel, None, True, progress=False)
         data["clustered"] = {"mAP50_after": c["mAP50_after"], "mAP50_finetuned": c.get("mAP50_finetuned")}
@@ -73,7 +86,15 @@ def main(argv=None) -> int:
         r = evaluate_config(config, str(final), progress=False, latency_runs=50)
         blob = final.read_bytes()
         data["final"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)), "path": str(final)}
-    f, u, z = data["float"], data["unpruned_int8"], data["final"]
+        if args.qat:
+            qat = runs / "pruned-clustered-qat-int8.tflite"
+            q = convert_config(config, str(clustered), "int8", args.samples, str(qat), True, qat=True, qat_epochs=args.qat_epochs, progress=False)
+            r = evaluate_config(config, str(qat), progress=False, latency_runs=50)
+            blob = qat.read_bytes()
+            data["final_qat"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),
+                                 "path": str(qat), "scheme": q["qat"]["scheme"], "kernels": q["kernels"], "qat_seconds": q["qat"]["seconds"]}  # fmt: skip
+    f, u = data["float"], data["unpruned_int8"]
+    z = max([data["final"]] + ([data["final_qat"]] if "final_qat" in data else []), key=lambda v: v["mAP50"])
     data["summary"] = {
         "smaller_than_float_weights": f["weights_bytes"] / z["gzip_bytes"],
         "faster_than_unpruned_int8": u["latency_ms"] / z["latency_ms"],
@@ -82,8 +103,9 @@ def main(argv=None) -> int:
     }
     s = data["summary"]
     md = [
-        f"Chain on `{Path(args.config).name}`: slimming {args.slimming:.0%} ({'sparse-trained' if args.sparse else 'plain fine-tuned'} model) + {args.epochs} epochs -> "
-        f"{args.clusters} clusters{' per channel' if args.per_channel else ''} + {args.epochs} epochs -> int8; {data['machine']}",
+        f"Chain on `{Path(args.config).name}`: `-p {args.mode}` with {args.prune} ({'sparse-trained' if args.sparse else 'plain fine-tuned'} model) "
+        f"+ {args.epochs} epochs -> {args.clusters} clusters{' per channel' if args.per_channel else ''} + {cluster_epochs} epochs -> int8"
+        f"{f' (post-training, and after {args.qat_epochs} epochs of QAT)' if args.qat else ''}; {data['machine']}",
         "",
         "| model | mAP@0.5 | size | gzip | latency |",
         "|---|---|---|---|---|",
@@ -91,8 +113,14 @@ def main(argv=None) -> int:
         f"| unpruned int8 TFLite | {u['mAP50']:.4f} | {u['bytes'] / 1e6:.2f} MB | {u['gzip_bytes'] / 1e6:.2f} MB | {u['latency_ms']:.1f} ms |",
         f"| pruned (float, after fine-tuning) | {data['pruned']['mAP50']:.4f} | {data['pruned']['params']:,} params | | |",
         f"| pruned + clustered (float) | {data['clustered']['mAP50_finetuned'] or data['clustered']['mAP50_after']:.4f} | | | |",
-        f"| **pruned + clustered + int8** | **{z['mAP50']:.4f}** | {z['bytes'] / 1e6:.2f} MB | **{z['gzip_bytes'] / 1e6:.3f} MB** | **{z['latency_ms']:.1f} ms** |",
+        f"| pruned + clustered + int8 (post-training) | {data['final']['mAP50']:.4f} | {data['final']['bytes'] / 1e6:.2f} MB | {data['final']['gzip_bytes'] / 1e6:.3f} MB | {data['final']['latency_ms']:.1f} ms |",
+    ]
+    if "final_qat" in data:
+        q = data["final_qat"]
+        md.append(f"| pruned + clustered + QAT ({q['scheme']}) int8 | {q['mAP50']:.4f} | {q['bytes'] / 1e6:.2f} MB | {q['gzip_bytes'] / 1e6:.3f} MB | {q['latency_ms']:.1f} ms |")
+    md += [
         "",
+        "Against the better int8 row:",
         f"{s['smaller_than_float_weights']:.1f}x smaller than the float `.weights`, {s['faster_than_unpruned_int8']:.2f}x faster than the "
         f"unpruned int8 model, {s['mAP50_points_vs_float']:+.2f} points mAP@0.5 against the float model.",
     ]

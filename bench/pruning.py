@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import tempfile
 import time
@@ -31,6 +32,9 @@ SETTINGS = [
     ("slimming 70 %", 4, {"slimming_percent": 0.7, "round_to": 8}, True),
     ("slimming 85 %", 4, {"slimming_percent": 0.85, "round_to": 8}, True),
     ("slimming 70 %, no sparse training", 4, {"slimming_percent": 0.7, "round_to": 8}, False),
+    ("similarity 1x1+3x3, 50 %, 4 rounds of 5 epochs", 3,
+     {"similarity_ratio": 0.5, "similarity_kernels": [1, 3], "rounds": 4, "round_epochs": 5}, False),
+    ("slimming 50 %, 4 rounds of 5 epochs", 4, {"slimming_percent": 0.5, "round_to": 8, "rounds": 4, "round_epochs": 5}, False),
 ]
 
 
@@ -90,6 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sparse", help="the same model after sparse training, for slimming")
     parser.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs after pruning")
     parser.add_argument("--only", help="comma-separated setting numbers (1-based) to run")
+    parser.add_argument("--set", default="{}", help='JSON of pruning keys applied to every chosen setting, e.g. \'{"finetune_learning_rate": 3e-4}\'')
     parser.add_argument("--merge", help="an earlier result JSON whose settings not run now are kept in the table")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
         rows = []
         for label, mode, overrides, use_sparse in chosen:
             source = args.sparse if (use_sparse and args.sparse) else args.model
-            cfg = with_pruning(config, finetune_epochs=args.epochs, **overrides)
+            cfg = with_pruning(config, **{"finetune_epochs": args.epochs, **overrides, **json.loads(args.set)})
             out = tmp / f"p{mode}-{len(rows)}.h5"
             t0 = time.perf_counter()
             report = run_pruning(cfg, mode, source, str(out), None, True, progress=False)
@@ -123,12 +128,10 @@ def main(argv=None) -> int:
                 "setting": label, "mode": mode, "epochs": args.epochs, "source": source, "pruned_mAP50": report.get("pruned", {}).get("mAP50"),
                 "finetuned_mAP50": final["mAP50"], "params": final["params"], "macs": final["macs"],
                 "tflite": lat, "seconds": seconds, "sparsity": report.get("sparsity", {}).get("overall"),
-                "gzip_bytes": report["after_size"]["gzip_bytes"],
+                "gzip_bytes": report["after_size"]["gzip_bytes"], "rounds": report.get("rounds", []),
             })  # fmt: skip
             print(rows[-1], flush=True)
         if args.merge:
-            import json
-
             earlier = json.loads(Path(args.merge).read_text())
             for r in earlier.get("settings", []):  # speed-ups stay relative to the baseline of their own run
                 r.setdefault("baseline_ms", earlier["baseline"]["tflite"]["median_ms"])

@@ -20,15 +20,23 @@ from .outputs import file_sizes, fresh_run_dir
 MODES = {2: "magnitude pruning", 3: "similarity pruning", 4: "network slimming", 5: "layer pruning"}
 
 
-def structured_prune(mode: int, spec, weights, p) -> tuple:
-    """(new spec, new weights, details) for the structured modes."""
+def round_share(total: float, rounds: int) -> float:
+    """The fraction each of ``rounds`` prunings removes so that together they remove ``total``.
+
+    Fractions compound: after n rounds of share s the kept fraction is (1 - s)^n.
+    """
+    return 1.0 - (1.0 - total) ** (1.0 / rounds)
+
+
+def structured_prune(mode: int, spec, weights, p, share: float | None = None) -> tuple:
+    """(new spec, new weights, details) for the structured modes; ``share`` overrides the ratio / percent (one round)."""
     from .pruning import layer_prune, similarity_masks, slimming_masks
     from .surgery import prune_channels
 
     if mode == 3:
         plan = similarity_masks(
-            spec, weights, p.similarity_w1, p.similarity_w2, p.similarity_ratio, p.similarity_threshold,
-            tuple(p.similarity_kernels), p.min_channels,
+            spec, weights, p.similarity_w1, p.similarity_w2, p.similarity_ratio if share is None else share, p.similarity_threshold,
+            tuple(p.similarity_kernels), p.min_channels, p.round_to,
         )  # fmt: skip
         result = prune_channels(spec, weights, plan.masks, plan.merges)
         details = {
@@ -37,7 +45,8 @@ def structured_prune(mode: int, spec, weights, p) -> tuple:
         }
         return result.spec, result.weights, details
     if mode == 4:
-        masks = slimming_masks(spec, weights, p.slimming_percent if p.slimming_threshold is None else None,
+        percent = p.slimming_percent if share is None else share
+        masks = slimming_masks(spec, weights, percent if p.slimming_threshold is None else None,
                                p.slimming_threshold, p.min_channels, p.min_channel_fraction, p.round_to)  # fmt: skip
         result = prune_channels(spec, weights, masks)
         details = {"kept": {f"group_{g}": int(len(v)) for g, v in result.kept.items()}, "carriers": len(result.carriers)}
@@ -89,7 +98,26 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
     with tempfile.TemporaryDirectory() as tmp:
         save_model(loaded.model, loaded.spec, Path(tmp) / "before.h5")
         report["before"]["size"] = file_sizes(Path(tmp) / "before.h5")
+    if p.rounds > 1 and mode not in (3, 4):
+        raise UserError(f"pruning.rounds = {p.rounds}: pruning in rounds is for -p 3 and -p 4 only", config.path)
     names = [f"conv_{i}" for i in loaded.spec.conv_indices()]
+    rounds = p.rounds if mode in (3, 4) else 1
+    run_dir = fresh_run_dir(out_path, force) if (epochs or rounds > 1) else None
+
+    def finetune(model_file: Path, n_epochs: int, folder: Path, **extra) -> tuple:
+        """Fine-tune ``model_file`` for ``n_epochs`` in ``folder``; (the best model loaded, the run options)."""
+        steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
+        options = dict(keep_architecture=True, epochs=n_epochs, run_dir=str(folder), progress=progress,
+                       learning_rate=p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip
+        if p.distillation:  # the unpruned model teaches the pruned one
+            options.update(teacher_path=str(source), distill_weight=p.distillation)
+        if "wrapper_for" in extra:
+            options.update(extra.pop("wrapper_for")(steps))
+        options.update(extra)
+        result = train(config, RunOptions(str(model_file), **options))
+        return load_for_config(config, result["best_model"]), options
+
+    pruning_seconds = 0.0  # planning and surgery only, not the fine-tuning between rounds
     start = time.perf_counter()
     compression = None
     if mode == 2:
@@ -99,14 +127,33 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
             compression = {"sparsity": {"target": p.magnitude_sparsity, "layers": names}}
         pruned = loaded
     else:
-        weights = get_darknet_weights(loaded.model, loaded.spec)
-        spec, new_weights, details = structured_prune(mode, loaded.spec, weights, p)
+        total = p.similarity_ratio if mode == 3 else (p.slimming_percent if p.slimming_threshold is None else None)
+        share = round_share(total, rounds) if rounds > 1 and total is not None else None  # a threshold applies every round
+        current = loaded
+        report["rounds"] = []
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            weights = get_darknet_weights(current.model, current.spec)
+            spec, new_weights, details = structured_prune(mode, current.spec, weights, p, share)
+            pruning_seconds += time.perf_counter() - t0
+            model = build_model(spec)
+            set_darknet_weights(model, spec, new_weights)
+            current = LoadedModel(model, spec, f"{loaded.source} (-p {mode})")
+            if r == rounds - 1:
+                break
+            # a small step, then recovery, before the next step: the next scores see a network that has adapted
+            folder = run_dir / f"round_{r + 1}"
+            folder.mkdir(parents=True, exist_ok=True)
+            save_model(current.model, spec, folder / "pruned.h5")
+            entry = {"round": r + 1, "share": share, "pruned": {"mAP50": score(current), **stats(spec)}}
+            if p.round_epochs:
+                current, _ = finetune(folder / "pruned.h5", p.round_epochs, folder)
+                entry["finetuned"] = {"mAP50": score(current), "epochs": p.round_epochs}
+            report["rounds"].append(entry)
         report["details"] = details
-        model = build_model(spec)
-        set_darknet_weights(model, spec, new_weights)
-        pruned = LoadedModel(model, spec, f"{loaded.source} (-p {mode})")
+        pruned = current
         report["layer_table"] = layer_table(spec, analyse(spec))
-    report["prune_seconds"] = time.perf_counter() - start
+    report["prune_seconds"] = pruning_seconds if mode != 2 else time.perf_counter() - start
     if not (mode == 2 and p.magnitude_mode == "tfmot"):
         report["pruned"] = {"mAP50": score(pruned), **stats(spec)}
     save_model(pruned.model, spec, out_path, compression)
@@ -117,18 +164,18 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
         write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(pruned.model, spec))
         report["darknet"] = [str(out_path.with_suffix(".cfg")), str(out_path.with_suffix(".weights"))]
     if epochs:
-        run_dir = fresh_run_dir(out_path, force)
-        steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
-        options = dict(keep_architecture=True, epochs=epochs, run_dir=str(run_dir), progress=progress,
-                       learning_rate=p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip
+        extra = {}
         if mode == 2 and p.magnitude_mode == "tfmot":
-            end = int(p.magnitude_end_fraction * epochs * steps)
-            options["wrapper"] = TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names)
-            options["best_from_epoch"] = min(epochs, math.ceil(end / steps) + 1)
+
+            def tfmot_options(steps: int) -> dict:
+                end = int(p.magnitude_end_fraction * epochs * steps)
+                return {"wrapper": TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names),
+                        "best_from_epoch": min(epochs, math.ceil(end / steps) + 1)}  # fmt: skip
+
+            extra["wrapper_for"] = tfmot_options
         elif compression:
-            options["constraint_factory"] = lambda model: MaskConstraint(model, names)
-        result = train(config, RunOptions(str(out_path), **options))
-        tuned = load_for_config(config, result["best_model"])
+            extra["constraint_factory"] = lambda model: MaskConstraint(model, names)
+        tuned, options = finetune(out_path, epochs, run_dir, **extra)
         report["finetuned"] = {"mAP50": score(tuned), **stats(tuned.spec), "epochs": epochs, "run": str(run_dir)}
         pruned = tuned
         save_model(tuned.model, tuned.spec, out_path, compression or (options["wrapper"].compression if "wrapper" in options else None))
@@ -151,6 +198,10 @@ def format_report(report: dict) -> str:
     for name, s in stages:
         label = {"before": "before", "pruned": "after pruning", "finetuned": "after fine-tuning"}[name]
         rows.append(f"{label:<22s} {s['mAP50']:8.4f} {s['params']:12,d} {s['macs'] / 1e9:8.3f}G")
+    for r in report.get("rounds", []):
+        tuned = f", {r['finetuned']['mAP50']:.4f} after {r['finetuned']['epochs']} epochs" if "finetuned" in r else ""
+        rows.append(f"round {r['round']}: removed {r['share']:.1%} -> mAP@0.5 {r['pruned']['mAP50']:.4f}{tuned}, "
+                    f"{r['pruned']['macs'] / 1e9:.3f}G MACs")  # fmt: skip
     last = stages[-1][1]
     rows.append(
         f"removed: {1 - last['params'] / b['params']:.1%} of the parameters, {1 - last['macs'] / b['macs']:.1%} of the MACs "

@@ -115,6 +115,7 @@ def similarity_masks(
     threshold: float | None = None,
     kernel_sizes: tuple[int, ...] = (1,),
     min_keep: int = 1,
+    round_to: int = 1,
 ) -> SimilarityPlan:
     """Remove one filter of the most similar remaining pair, again and again, per layer.
 
@@ -122,7 +123,9 @@ def similarity_masks(
     are tied across several layers) of the given kernel sizes, not the heads.
     Stops at ``ratio`` of the layer's filters removed, or when the most similar
     pair's distance exceeds ``threshold`` (whichever is given; both: both).
-    Of a pair, the filter with the smaller norm goes; its twin stays.
+    Of a pair, the filter with the smaller norm goes; its twin stays. With
+    ``round_to`` the kept count stays a multiple of it (fast int8 kernels),
+    which may remove a little less than ``ratio``.
     """
     if ratio is None and threshold is None:
         raise UserError("similarity pruning needs a ratio or a threshold")
@@ -140,6 +143,8 @@ def similarity_masks(
         budget = g.channels - max(min_keep, 1)
         if ratio is not None:
             budget = min(budget, int(math.floor(ratio * g.channels)))
+        if round_to > 1:
+            budget = g.channels - _round_up(g.channels - budget, round_to, g.channels)
         twin_of: dict[int, int] = {}
         log = []
         while budget > 0:

@@ -186,3 +186,42 @@ def test_sparse_training_plots_bn_scales(tmp_path, synthetic_valid, tiny_h5):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "run" / "bn_scales" / "epoch_001.png").stat().st_size > 1000
+
+
+def test_round_share_compounds_to_the_total():
+    from compression.prune_run import round_share
+
+    for total, n in ((0.5, 4), (0.7, 3), (0.3, 1)):
+        assert (1 - round_share(total, n)) ** n == pytest.approx(1 - total)
+
+
+def test_distillation_loss_is_zero_when_the_student_agrees():
+    from compression.distillation import distillation_loss
+    from yolo3.kerasenv import tf
+
+    rng = np.random.default_rng(0)
+    teacher = [tf.constant(rng.normal(0, 2, (2, 3, 3, 3 * 8)), tf.float32), tf.constant(rng.normal(0, 2, (2, 6, 6, 3 * 8)), tf.float32)]
+    same = distillation_loss(teacher, teacher, [3, 3]).numpy()
+    assert same.shape == (2,) and np.allclose(same, 0, atol=1e-4)
+    student = [tf.Variable(t + rng.normal(0, 1, t.shape).astype(np.float32)) for t in teacher]
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(distillation_loss(student, teacher, [3, 3]))
+    assert loss.numpy() > 1
+    grads = tape.gradient(loss, student)
+    assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
+
+
+def test_similarity_in_rounds_with_distillation(tmp_path, synthetic_valid, tiny_h5):
+    config = _config(tmp_path, synthetic_valid, tiny_h5, similarity_ratio=0.5, similarity_kernels=[1, 3], min_channels=4,
+                     rounds=2, round_epochs=1, finetune_epochs=1, distillation=1.0)  # fmt: skip
+    r = run_evaluate(config, "-p", "3", "--out", str(tmp_path / "r.h5"), "--json", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    (step,) = report["rounds"]
+    assert step["share"] == pytest.approx(1 - 0.5**0.5) and "finetuned" in step
+    assert report["before"]["macs"] > step["pruned"]["macs"] > report["pruned"]["macs"]
+    assert "round 1: removed 29.3%" in r.stdout
+    assert "distilling from" in r.stderr
+    bad = _config(tmp_path, synthetic_valid, tiny_h5, rounds=2, finetune_epochs=1)
+    r = run_evaluate(bad, "-p", "2", "--out", str(tmp_path / "b.h5"))
+    assert r.returncode == 2 and "rounds" in r.stderr

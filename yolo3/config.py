@@ -101,6 +101,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "output": Key(OPT_PATH, None, "Where `evaluate.py -p 2..5` writes the pruned model (`.h5`; a Darknet `.cfg` + `.weights` beside it for -p 3..5); `null` = beside the input, NAME-pN.h5.", must_exist=False),
         "finetune_epochs": Key(int, 0, "Fine-tuning epochs after pruning (masks and removed channels stay removed); 0 = none."),
         "finetune_learning_rate": Key(float, 1e-3, "Peak learning rate of that fine-tuning (removing channels needs re-training, not a nudge)."),
+        "distillation": Key(float, 0.0, "-p 2..5: weight of knowledge distillation from the unpruned model during every fine-tuning (the student matches the teacher's raw heads in every cell; 1 = the detection loss's scale); 0 = off."),
+        "rounds": Key(int, 1, "-p 3/4: prune in this many steps, each removing an equal share (compounding to the ratio / percent), with `round_epochs` of fine-tuning between steps; the fine-tuning of `finetune_epochs` follows the last."),
+        "round_epochs": Key(int, 5, "-p 3/4 with `rounds` > 1: fine-tuning epochs after each step but the last."),
         "magnitude_sparsity": Key(float, 0.5, "-p 2: target fraction of zero weights in every convolution kernel."),
         "magnitude_mode": Key(str, "tfmot", "-p 2: `tfmot` (prune_low_magnitude, polynomial schedule during fine-tuning) or `oneshot` (per-layer percentile, no training).", choices=("tfmot", "oneshot")),
         "magnitude_end_fraction": Key(float, 0.7, "-p 2 tfmot: the schedule reaches the target after this fraction of the fine-tuning steps."),
@@ -113,7 +116,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "slimming_threshold": Key(float, None, "-p 4: remove channels whose |BN scale| is at most this."),
         "min_channels": Key(int, 8, "-p 3/4: channels every layer keeps at least."),
         "min_channel_fraction": Key(float, 0.05, "-p 4: fraction of its channels every layer keeps at least."),
-        "round_to": Key(int, 1, "-p 4: round the kept channels of a layer up to a multiple of this (8 suits int8 kernels)."),
+        "round_to": Key(int, 1, "-p 3/4: round the kept channels of a layer up to a multiple of this (8 suits int8 kernels)."),
         "layer_blocks": Key(int, 4, "-p 5: residual blocks to remove (lowest mean |BN scale| first)."),
         "sparsity_l1": Key(float, 0.0, "Sparse training for network slimming in `finetune.py`: L1 strength s on BN scales, applied as a proximal step that shrinks every prunable scale by lr x s per step (s ~ 1 .. 10 for a few hundred steps at lr 1e-3); 0 = off."),
     },
@@ -124,6 +127,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "finetune_epochs": Key(int, 0, "Cluster-preserving fine-tuning epochs after clustering (0 = none)."),
         "finetune_learning_rate": Key(float, 1e-5, "Peak learning rate of that fine-tuning (1e-5 kept mAP, 1e-4 lost a point, measured on raccoon)."),
         "seed": Key(int, 0, "Seed of the k-means++ initialisation."),
+    },
+    "quantization": {
+        "qat_epochs": Key(int, 2, "Quantization-aware training epochs of `convert.py --qat` / `finetune.py --qat` (TFMOT; keeps zeros and clusters)."),
+        "qat_learning_rate": Key(float, 1e-5, "Peak learning rate of quantization-aware training (a nudge around the rounding, not re-training)."),
     },
     "valid": {
         "annot_format": Key(str, "voc", "As `train.annot_format`.", choices=DATASET_FORMATS),
@@ -161,6 +168,7 @@ class Config:
     valid: Section
     clustering: Section
     pruning: Section
+    quantization: Section
     raw: dict
 
     @property
@@ -282,16 +290,21 @@ def parse_config(raw: Any, path: Path) -> Config:
     cl = sections["clustering"].values
     if cl["clusters"] < 2 or cl["finetune_epochs"] < 0:
         raise UserError("clustering.clusters must be at least 2 and clustering.finetune_epochs not negative", path)
+    qu = sections["quantization"].values
+    if qu["qat_epochs"] < 1 or qu["qat_learning_rate"] <= 0:
+        raise UserError("quantization.qat_epochs must be at least 1 and quantization.qat_learning_rate positive", path)
     pr = sections["pruning"].values
     if not 0 <= pr["magnitude_sparsity"] < 1 or not 0 <= pr["slimming_percent"] < 1:
         raise UserError("pruning.magnitude_sparsity and pruning.slimming_percent must be in [0, 1)", path)
+    if pr["distillation"] < 0:
+        raise UserError("pruning.distillation must not be negative", path)
     if pr["similarity_ratio"] is not None and not 0 <= pr["similarity_ratio"] < 1:
         raise UserError("pruning.similarity_ratio must be in [0, 1)", path)
-    if pr["min_channels"] < 1 or pr["round_to"] < 1 or pr["layer_blocks"] < 0 or pr["finetune_epochs"] < 0:
-        raise UserError("pruning.min_channels and pruning.round_to must be at least 1, layer_blocks and finetune_epochs not negative", path)
+    if pr["min_channels"] < 1 or pr["round_to"] < 1 or pr["rounds"] < 1 or pr["layer_blocks"] < 0 or pr["finetune_epochs"] < 0 or pr["round_epochs"] < 0:
+        raise UserError("pruning.min_channels, round_to and rounds must be at least 1; layer_blocks, finetune_epochs and round_epochs not negative", path)
     if not set(pr["similarity_kernels"]) <= {1, 3} or not pr["similarity_kernels"]:
         raise UserError("pruning.similarity_kernels must be [1], [3] or [1, 3]", path)
-    return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"], raw)
+    return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"], sections["quantization"], raw)
 
 
 def load_config(path: str | Path) -> Config:

@@ -205,8 +205,10 @@ def learning_rate(step: int, steps_per_epoch: int, epochs: int, peak: float, war
 class Stepper:
     """Builds the (distributed) loss, gradient and training step for a model."""
 
-    def __init__(self, model, layout, loss_settings, strategy, global_batch: int, extra_loss=None, constraint=None):
+    def __init__(self, model, layout, loss_settings, strategy, global_batch: int, extra_loss=None, constraint=None, teacher=None, distill_weight=0.0):
         self.model = model
+        self.teacher = teacher  # a frozen model whose raw heads the student also learns (knowledge distillation)
+        self.distill_weight = distill_weight
         self.layout = layout
         self.loss_settings = loss_settings
         self.strategy = strategy
@@ -223,6 +225,14 @@ class Stepper:
         reg = tf.add_n(self.model.losses) / replicas if self.model.losses else 0.0
         if self.extra_loss is not None:
             reg += self.extra_loss(self.model) / replicas
+        if self.teacher is not None:
+            from compression.distillation import distillation_loss
+
+            taught = self.teacher(images, training=False)
+            taught = taught if isinstance(taught, (list, tuple)) else [taught]
+            per_image = distillation_loss(outputs, taught, [len(a) for a in self.layout.anchors])
+            parts["distillation"] = per_image
+            reg += self.distill_weight * tf.cast(tf.reduce_sum(per_image), loss.dtype) / self.global_batch
         parts = {k: tf.reduce_sum(v) / self.global_batch for k, v in parts.items()}
         return loss + reg, loss, parts
 
@@ -235,7 +245,8 @@ class Stepper:
     def make_train_step(self, optimizer, variables):
         def replica_step(images, targets, gt):
             total, loss, grads = self.loss_and_gradients(images, targets, gt, variables)
-            optimizer.apply_gradients(zip(grads, variables))
+            # variables a wrapper computes rather than trains (TFMOT cluster-preserving QAT's kernels) have no gradient
+            optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
             return total
 
         @tf.function(reduce_retracing=True)
@@ -272,6 +283,8 @@ class RunOptions:
     best_from_epoch: int = 1  # epochs before this one cannot become best.h5 (e.g. before a pruning schedule ends)
     freeze_backbone_epochs: int | None = None  # override train.freeze_backbone_epochs (0 for fine-tuning after compression)
     max_steps_per_epoch: int | None = None  # for tests and benchmarks
+    teacher_path: str | None = None  # knowledge distillation from this model (same heads), e.g. the model before pruning
+    distill_weight: float = 1.0  # weight of the distillation loss against the detection loss
 
 
 class _Predictor:
@@ -390,7 +403,8 @@ def train(config, options: RunOptions | None = None) -> dict:
         if options.post_step_factory is not None:
             hooks.append(options.post_step_factory(model, optimizer))
     constraint = _AllOf(hooks) if hooks else None
-    stepper = Stepper(model, layout, loss_settings, strategy, t.batch_size, options.extra_loss, constraint)
+    teacher = _teacher(config, options.teacher_path, spec, size, strategy) if options.teacher_path else None
+    stepper = Stepper(model, layout, loss_settings, strategy, t.batch_size, options.extra_loss, constraint, teacher, options.distill_weight)
     callbacks = options.wrapper.callbacks(model) if options.wrapper is not None else []
     for cb in callbacks:
         cb.set_model(model)
@@ -495,6 +509,25 @@ class _AllOf:
     def apply(self) -> None:
         for hook in self.hooks:
             hook.apply()
+
+
+def _teacher(config, path: str, student: Spec, size: int, strategy):
+    """The distillation teacher: loaded, checked against the student's heads, frozen, at the training input size."""
+    from compression.distillation import check_teacher
+
+    from .keras_model import build_model
+    from .models import load_model
+
+    if not Path(path).exists():
+        raise UserError("the distillation teacher does not exist", path)
+    loaded = load_model(path, architecture=config.model.architecture if Path(path).suffix.lower() == ".weights" else None)
+    check_teacher(student, loaded.spec, path)
+    with strategy.scope():
+        teacher = build_model(loaded.spec, size=size)
+        copy_weights(loaded.model, teacher)
+    teacher.trainable = False
+    _log(f"distilling from {path}")
+    return teacher
 
 
 def _fixed_size(model, spec: Spec, size: int):
