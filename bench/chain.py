@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("-c", "--config", required=True)
     parser.add_argument("--model", required=True, help="the fine-tuned float model")
     parser.add_argument("--sparse", help="the same after sparse training (pruned by slimming)")
+    parser.add_argument("--pruned", help="an already pruned and fine-tuned model (e.g. from bench/pruning.py --keep): skip pruning")
     parser.add_argument("--mode", type=int, default=4, choices=(3, 4), help="3 similarity, 4 slimming")
     parser.add_argument("--prune", default='{"slimming_percent": 0.85, "round_to": 8}', help="pruning keys (JSON)")
     parser.add_argument("--clusters", type=int, default=32)
@@ -70,12 +71,17 @@ def main(argv=None) -> int:
         r = evaluate_config(config, str(int8), progress=False, latency_runs=50)
         data["unpruned_int8"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": int8.stat().st_size,
                                  "gzip_bytes": len(gzip.compress(int8.read_bytes(), 9))}  # fmt: skip
-        prune = json.loads(args.prune)
-        cfg = with_pruning(config, **{"finetune_epochs": args.epochs, **prune})
-        pruned = runs / "pruned.h5"
-        p = run_pruning(cfg, args.mode, args.sparse or args.model, str(pruned), None, True, progress=False)
-        data["pruned"] = {"mAP50": p["finetuned"]["mAP50"] if "finetuned" in p else p["pruned"]["mAP50"],
-                          "params": p.get("finetuned", p["pruned"])["params"], "macs": p.get("finetuned", p["pruned"])["macs"]}  # fmt: skip
+        if args.pruned:
+            pruned = Path(args.pruned)
+            r = evaluate_config(config, str(pruned), progress=False, latency_runs=0)
+            data["pruned"] = {"mAP50": r["mAP50"], "params": r["params"], "macs": r["macs"], "path": str(pruned)}
+        else:
+            prune = json.loads(args.prune)
+            cfg = with_pruning(config, **{"finetune_epochs": args.epochs, **prune})
+            pruned = runs / "pruned.h5"
+            p = run_pruning(cfg, args.mode, args.sparse or args.model, str(pruned), None, True, progress=False)
+            data["pruned"] = {"mAP50": p["finetuned"]["mAP50"] if "finetuned" in p else p["pruned"]["mAP50"],
+                              "params": p.get("finetuned", p["pruned"])["params"], "macs": p.get("finetuned", p["pruned"])["macs"]}  # fmt: skip
         cluster_epochs = args.epochs if args.cluster_epochs is None else args.cluster_epochs
         ccfg = dataclasses.replace(config, clustering=Section({**config.clustering.values, "finetune_epochs": cluster_epochs}))
         clustered = runs / "pruned-clustered.h5"
@@ -103,8 +109,10 @@ def main(argv=None) -> int:
     }
     s = data["summary"]
     md = [
-        f"Chain on `{Path(args.config).name}`: `-p {args.mode}` with {args.prune} ({'sparse-trained' if args.sparse else 'plain fine-tuned'} model) "
-        f"+ {args.epochs} epochs -> {args.clusters} clusters{' per channel' if args.per_channel else ''} + {cluster_epochs} epochs -> int8"
+        (f"Chain on `{Path(args.config).name}`: `{args.pruned}` (pruned and fine-tuned by bench/pruning.py) " if args.pruned else
+         f"Chain on `{Path(args.config).name}`: `-p {args.mode}` with {args.prune} ({'sparse-trained' if args.sparse else 'plain fine-tuned'} model) ")
+        + (f"+ {args.epochs} epochs " if not args.pruned else "")
+        + f"-> {args.clusters} clusters{' per channel' if args.per_channel else ''} + {cluster_epochs} epochs -> int8"
         f"{f' (post-training, and after {args.qat_epochs} epochs of QAT)' if args.qat else ''}; {data['machine']}",
         "",
         "| model | mAP@0.5 | size | gzip | latency |",

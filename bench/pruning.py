@@ -32,9 +32,11 @@ SETTINGS = [
     ("slimming 70 %", 4, {"slimming_percent": 0.7, "round_to": 8}, True),
     ("slimming 85 %", 4, {"slimming_percent": 0.85, "round_to": 8}, True),
     ("slimming 70 %, no sparse training", 4, {"slimming_percent": 0.7, "round_to": 8}, False),
-    ("similarity 1x1+3x3, 50 %, 4 rounds of 5 epochs", 3,
-     {"similarity_ratio": 0.5, "similarity_kernels": [1, 3], "rounds": 4, "round_epochs": 5}, False),
-    ("slimming 50 %, 4 rounds of 5 epochs", 4, {"slimming_percent": 0.5, "round_to": 8, "rounds": 4, "round_epochs": 5}, False),
+    ("similarity 1x1+3x3, 50 %, distillation, 100 epochs", 3,
+     {"similarity_ratio": 0.5, "similarity_kernels": [1, 3], "round_to": 8, "distillation": 1.0, "finetune_epochs": 100}, False),
+    ("similarity 1x1+3x3, 50 %, 5 rounds of 12 epochs, distillation x3, 60 epochs", 3,
+     {"similarity_ratio": 0.5, "similarity_kernels": [1, 3], "round_to": 8, "rounds": 5, "round_epochs": 12, "distillation": 3.0,
+      "finetune_epochs": 60}, False),
 ]
 
 
@@ -96,6 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated setting numbers (1-based) to run")
     parser.add_argument("--set", default="{}", help='JSON of pruning keys applied to every chosen setting, e.g. \'{"finetune_learning_rate": 3e-4}\'')
     parser.add_argument("--merge", help="an earlier result JSON whose settings not run now are kept in the table")
+    parser.add_argument("--keep", help="folder to keep the pruned models in (NAME-setting-N.h5), e.g. for bench/chain.py --pruned")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -117,15 +120,19 @@ def main(argv=None) -> int:
         rows = []
         for label, mode, overrides, use_sparse in chosen:
             source = args.sparse if (use_sparse and args.sparse) else args.model
-            cfg = with_pruning(config, **{"finetune_epochs": args.epochs, **overrides, **json.loads(args.set)})
-            out = tmp / f"p{mode}-{len(rows)}.h5"
+            extra = json.loads(args.set)
+            if extra:
+                label = f"{label} with {args.set}"
+            cfg = with_pruning(config, **{"finetune_epochs": args.epochs, **overrides, **extra})
+            number = SETTINGS.index((label, mode, overrides, use_sparse)) + 1
+            out = (Path(args.keep) if args.keep else tmp) / f"{Path(args.config).stem}-setting-{number}.h5"
             t0 = time.perf_counter()
             report = run_pruning(cfg, mode, source, str(out), None, True, progress=False)
             seconds = time.perf_counter() - t0
             lat = tflite_latency(config, out, tmp)
             final = report.get("finetuned", report.get("pruned"))
             rows.append({
-                "setting": label, "mode": mode, "epochs": args.epochs, "source": source, "pruned_mAP50": report.get("pruned", {}).get("mAP50"),
+                "setting": label, "mode": mode, "epochs": cfg.pruning.finetune_epochs, "source": source, "pruned_mAP50": report.get("pruned", {}).get("mAP50"),
                 "finetuned_mAP50": final["mAP50"], "params": final["params"], "macs": final["macs"],
                 "tflite": lat, "seconds": seconds, "sparsity": report.get("sparsity", {}).get("overall"),
                 "gzip_bytes": report["after_size"]["gzip_bytes"], "rounds": report.get("rounds", []),

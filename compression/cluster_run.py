@@ -9,7 +9,7 @@ from pathlib import Path
 from yolo3.errors import UserError
 
 from .clustering import ClusterConstraint, cluster_model, conv_layer_names, distinct_values
-from .outputs import file_sizes, fresh_run_dir
+from .outputs import check_output, file_sizes, fresh_run_dir
 
 
 def run_clustering(
@@ -34,11 +34,7 @@ def run_clustering(
     source = Path(model_path) if model_path else config.model.weights
     if source is None:
         raise UserError("nothing to cluster: give --model or set model.weights in the config")
-    out_path = Path(out) if out else source.with_name(f"{source.stem}-clustered{clusters}.h5")
-    if out_path.suffix.lower() != ".h5":
-        raise UserError("the output must end in .h5", out_path)
-    if out_path.exists() and not force:
-        raise UserError("exists; pass --force to overwrite it", out_path)
+    out_path = check_output(Path(out) if out else source.with_name(f"{source.stem}-clustered{clusters}.h5"), ".h5", force)
     valid = read_dataset(config.dataset("valid"), config.labels)
     v = config.valid
 

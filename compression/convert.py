@@ -7,7 +7,7 @@ from pathlib import Path
 
 from yolo3.errors import UserError
 
-from .outputs import fresh_run_dir
+from .outputs import check_output, fresh_run_dir
 from .tflite_export import FORMATS, calibration_images, export_tflite
 
 
@@ -41,11 +41,7 @@ def convert_config(
     source = Path(model_path) if model_path else config.model.weights
     if source is not None and source.suffix.lower() == ".tflite":
         raise UserError("the model is already a .tflite; convert the .h5 or .weights it came from", source)
-    out_path = Path(out) if out else default_output(source, fmt, config.folder)
-    if out_path.suffix.lower() != ".tflite":
-        raise UserError("the output must end in .tflite", out_path)
-    if out_path.exists() and not force:
-        raise UserError("exists; pass --force to overwrite it", out_path)
+    out_path = check_output(Path(out) if out else default_output(source, fmt, config.folder), ".tflite", force)
     loaded = load_for_config(config, model_path)
     images = []
     if fmt == "int8":

@@ -15,6 +15,16 @@ def file_sizes(path: Path) -> dict:
     return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, 6))}
 
 
+def check_output(path: Path, suffix: str, force: bool) -> Path:
+    """The output path, refused (one message) when its suffix is wrong or it exists and ``force`` is not given."""
+    path = Path(path)
+    if path.suffix.lower() != suffix:
+        raise UserError(f"the output must end in {suffix}", path)
+    if path.exists() and not force:
+        raise UserError("exists; pass --force to overwrite it", path)
+    return path
+
+
 def fresh_run_dir(out_path: Path, force: bool) -> Path:
     """The fine-tuning run folder beside ``out_path`` (same name, no suffix), emptied only when forced."""
     run_dir = Path(out_path).with_suffix("")

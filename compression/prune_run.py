@@ -15,7 +15,7 @@ from pathlib import Path
 
 from yolo3.errors import UserError
 
-from .outputs import file_sizes, fresh_run_dir
+from .outputs import check_output, file_sizes, fresh_run_dir
 
 MODES = {2: "magnitude pruning", 3: "similarity pruning", 4: "network slimming", 5: "layer pruning"}
 
@@ -28,15 +28,19 @@ def round_share(total: float, rounds: int) -> float:
     return 1.0 - (1.0 - total) ** (1.0 / rounds)
 
 
-def structured_prune(mode: int, spec, weights, p, share: float | None = None) -> tuple:
-    """(new spec, new weights, details) for the structured modes; ``share`` overrides the ratio / percent (one round)."""
+def structured_prune(mode: int, spec, weights, p, share: float | None = None, keep: dict | None = None) -> tuple:
+    """(new spec, new weights, details) for the structured modes.
+
+    For one of several rounds: ``share`` overrides slimming's percent, ``keep``
+    gives similarity pruning the filters each layer keeps after this round.
+    """
     from .pruning import layer_prune, similarity_masks, slimming_masks
     from .surgery import prune_channels
 
     if mode == 3:
         plan = similarity_masks(
             spec, weights, p.similarity_w1, p.similarity_w2, p.similarity_ratio if share is None else share, p.similarity_threshold,
-            tuple(p.similarity_kernels), p.min_channels, p.round_to,
+            tuple(p.similarity_kernels), p.min_channels, p.round_to, keep,
         )  # fmt: skip
         result = prune_channels(spec, weights, plan.masks, plan.merges)
         details = {
@@ -76,11 +80,7 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
     if source is None:
         raise UserError("nothing to prune: give --model or set model.weights in the config")
     out_path = Path(out) if out else (p.output or source.with_name(f"{source.stem}-p{mode}.h5"))
-    out_path = Path(out_path)
-    if out_path.suffix.lower() != ".h5":
-        raise UserError("the pruned model's output must end in .h5", out_path)
-    if out_path.exists() and not force:
-        raise UserError("exists; pass --force to overwrite it", out_path)
+    out_path = check_output(Path(out_path), ".h5", force)
     if mode == 2 and p.magnitude_mode == "tfmot" and epochs < 1:
         raise UserError("magnitude pruning with TFMOT prunes while fine-tuning: set pruning.finetune_epochs (or --finetune-epochs) to at least 1, or pruning.magnitude_mode to oneshot")
     valid = read_dataset(config.dataset("valid"), config.labels)
@@ -129,12 +129,18 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
     else:
         total = p.similarity_ratio if mode == 3 else (p.slimming_percent if p.slimming_threshold is None else None)
         share = round_share(total, rounds) if rounds > 1 and total is not None else None  # a threshold applies every round
+        schedule = [None] * rounds
+        if mode == 3 and rounds > 1 and total is not None:  # per layer, from the original counts (rounding not compounded)
+            from .pruning import similarity_keep_schedule
+
+            schedule = similarity_keep_schedule(loaded.spec, total, rounds, p.min_channels, p.round_to)
+            share = None
         current = loaded
         report["rounds"] = []
         for r in range(rounds):
             t0 = time.perf_counter()
             weights = get_darknet_weights(current.model, current.spec)
-            spec, new_weights, details = structured_prune(mode, current.spec, weights, p, share)
+            spec, new_weights, details = structured_prune(mode, current.spec, weights, p, share, schedule[r])
             pruning_seconds += time.perf_counter() - t0
             model = build_model(spec)
             set_darknet_weights(model, spec, new_weights)
@@ -145,7 +151,8 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
             folder = run_dir / f"round_{r + 1}"
             folder.mkdir(parents=True, exist_ok=True)
             save_model(current.model, spec, folder / "pruned.h5")
-            entry = {"round": r + 1, "share": share, "pruned": {"mAP50": score(current), **stats(spec)}}
+            entry = {"round": r + 1, "removed_params": 1 - stats(spec)["params"] / report["before"]["params"],
+                     "pruned": {"mAP50": score(current), **stats(spec)}}  # fmt: skip
             if p.round_epochs:
                 current, _ = finetune(folder / "pruned.h5", p.round_epochs, folder)
                 entry["finetuned"] = {"mAP50": score(current), "epochs": p.round_epochs}
@@ -200,7 +207,7 @@ def format_report(report: dict) -> str:
         rows.append(f"{label:<22s} {s['mAP50']:8.4f} {s['params']:12,d} {s['macs'] / 1e9:8.3f}G")
     for r in report.get("rounds", []):
         tuned = f", {r['finetuned']['mAP50']:.4f} after {r['finetuned']['epochs']} epochs" if "finetuned" in r else ""
-        rows.append(f"round {r['round']}: removed {r['share']:.1%} -> mAP@0.5 {r['pruned']['mAP50']:.4f}{tuned}, "
+        rows.append(f"round {r['round']}: {r['removed_params']:.1%} of the parameters removed -> mAP@0.5 {r['pruned']['mAP50']:.4f}{tuned}, "
                     f"{r['pruned']['macs'] / 1e9:.3f}G MACs")  # fmt: skip
     last = stages[-1][1]
     rows.append(

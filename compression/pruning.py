@@ -99,6 +99,26 @@ def pair_distances(f: np.ndarray, w1: float, w2: float) -> np.ndarray:
     return d
 
 
+def similarity_keep_schedule(spec: Spec, ratio: float, rounds: int, min_keep: int = 1, round_to: int = 1) -> list[dict[int, int]]:
+    """Filters each layer keeps after each of ``rounds`` similarity prunings, ending where one pruning by ``ratio`` would.
+
+    The removal is spread evenly over the rounds per layer, from the layer's
+    original count, so that rounding (to ``round_to``) is applied to the
+    targets rather than compounded round after round.
+    """
+    schedule: list[dict[int, int]] = [{} for _ in range(rounds)]
+    for g in channel_groups(spec):
+        if not g.prunable or len(g.members) != 1:
+            continue
+        removable = g.channels - max(min_keep, 1)
+        final = g.channels - min(removable, int(math.floor(ratio * g.channels)))
+        final = _round_up(final, round_to, g.channels)
+        for r in range(rounds):
+            target = g.channels - int(round((g.channels - final) * (r + 1) / rounds))
+            schedule[r][g.id] = max(final, _round_up(target, round_to, g.channels))
+    return schedule
+
+
 @dataclass
 class SimilarityPlan:
     masks: dict[int, np.ndarray]
@@ -116,6 +136,7 @@ def similarity_masks(
     kernel_sizes: tuple[int, ...] = (1,),
     min_keep: int = 1,
     round_to: int = 1,
+    keep: dict[int, int] | None = None,
 ) -> SimilarityPlan:
     """Remove one filter of the most similar remaining pair, again and again, per layer.
 
@@ -125,9 +146,10 @@ def similarity_masks(
     pair's distance exceeds ``threshold`` (whichever is given; both: both).
     Of a pair, the filter with the smaller norm goes; its twin stays. With
     ``round_to`` the kept count stays a multiple of it (fast int8 kernels),
-    which may remove a little less than ``ratio``.
+    which may remove a little less than ``ratio``. ``keep`` (group id -> count)
+    sets the filters each layer keeps instead of the ratio (pruning in rounds).
     """
-    if ratio is None and threshold is None:
+    if ratio is None and threshold is None and keep is None:
         raise UserError("similarity pruning needs a ratio or a threshold")
     masks, merges, removed_log = {}, {}, {}
     for g in channel_groups(spec):
@@ -141,7 +163,9 @@ def similarity_masks(
         norms = np.linalg.norm(f, axis=1)
         alive = np.ones(g.channels, bool)
         budget = g.channels - max(min_keep, 1)
-        if ratio is not None:
+        if keep is not None:
+            budget = min(budget, g.channels - keep.get(g.id, g.channels))
+        elif ratio is not None:
             budget = min(budget, int(math.floor(ratio * g.channels)))
         if round_to > 1:
             budget = g.channels - _round_up(g.channels - budget, round_to, g.channels)

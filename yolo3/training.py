@@ -412,6 +412,8 @@ def train(config, options: RunOptions | None = None) -> dict:
     writer = tf.summary.create_file_writer(str(run_dir / "logs"))
     history_path = run_dir / "history.json"
     history = json.loads(history_path.read_text()) if history_path.exists() and first_epoch else []
+    # a kill between writing the history and the checkpoint leaves one epoch too many in the history
+    history = [h for h in history if h["epoch"] <= first_epoch]
     best_path = run_dir / "best.h5"
     phase = None
     step_fn = None
