@@ -118,13 +118,14 @@ def main(argv=None) -> int:
             sparse = evaluate_config(config, args.sparse, progress=False, latency_runs=0)
             data["sparse_trained"] = {"mAP50": sparse["mAP50"]}
         rows = []
-        for label, mode, overrides, use_sparse in chosen:
+        for setting in chosen:
+            label, mode, overrides, use_sparse = setting
+            number = SETTINGS.index(setting) + 1
             source = args.sparse if (use_sparse and args.sparse) else args.model
             extra = json.loads(args.set)
             if extra:
                 label = f"{label} with {args.set}"
             cfg = with_pruning(config, **{"finetune_epochs": args.epochs, **overrides, **extra})
-            number = SETTINGS.index((label, mode, overrides, use_sparse)) + 1
             out = (Path(args.keep) if args.keep else tmp) / f"{Path(args.config).stem}-setting-{number}.h5"
             t0 = time.perf_counter()
             report = run_pruning(cfg, mode, source, str(out), None, True, progress=False)

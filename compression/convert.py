@@ -55,7 +55,7 @@ def convert_config(
             from .qat import qat_finetune
 
             run_dir = Path(qat_run_dir) if qat_run_dir else fresh_run_dir(out_path, force)
-            trained = qat_finetune(config, h5, loaded.model, run_dir, qat_epochs, progress, qat_learning_rate)
+            trained = qat_finetune(config, h5, loaded.model, run_dir, qat_epochs, progress, qat_learning_rate, images[:64])
             qat_job = {"scheme": trained["scheme"], "weights": trained["weights"]}
         report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job)
     if qat:
