@@ -110,3 +110,19 @@ def test_qat_int8_keeps_sparsity_and_clusters(compressed, synthetic_valid, tmp_p
     assert compression_info(tmp_path / "q" / "best.h5")["clustering"]["clusters"] == 8
     bad = subprocess.run([sys.executable, "convert.py", "-c", str(config), "--qat", "--format", "float16"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "--qat makes an int8 model" in bad.stderr
+
+
+def test_activation_ranges_start_from_calibration(compressed):
+    from compression.qat import calibrate_ranges, quantize_model
+    from yolo3.kerasenv import keras
+
+    _, model, _, _ = compressed
+    qat = quantize_model(model, "qat")
+    images = np.random.default_rng(0).uniform(0, 1, (4, 96, 96, 3)).astype(np.float32)
+    assert calibrate_ranges(qat, model, images) > 10
+    ranges = {w.name.split(":")[0]: float(w.numpy()) for w in qat.weights if w.name.endswith(("_min:0", "_max:0")) and "kernel" not in w.name}
+    head = keras.Model(model.inputs, model.get_layer("conv_13").output)(images).numpy()  # the first detection head
+    assert ranges["quant_conv_13/post_activation_max"] == pytest.approx(head.max(), rel=1e-5)
+    assert ranges["quant_conv_13/post_activation_min"] == pytest.approx(min(head.min(), 0.0), rel=1e-5)
+    assert all(v != 6.0 and v != -6.0 for v in ranges.values())  # none left at TFMOT's starting range
+    assert [v for k, v in ranges.items() if k.startswith("quantize_layer")] in ([0.0, 1.0], [1.0, 0.0])
