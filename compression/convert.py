@@ -83,6 +83,6 @@ def format_report(report: dict) -> str:
                      f"at most {k['max_distinct_per_channel']} distinct non-zero values in a channel")  # fmt: skip
     if report.get("qat"):
         q = report["qat"]
-        lines.insert(0, f"quantization-aware training ({q['scheme']}, {q['epochs']} epochs at lr {q['learning_rate']:g}): "
+        lines.insert(0, f"quantization-aware training ({q['scheme']}, {q['epochs']} epoch{'' if q['epochs'] == 1 else 's'} at lr {q['learning_rate']:g}): "
                         f"simulated int8 mAP@0.5 {q['mAP50']:.4f}; run {q['run']}")  # fmt: skip
     return "\n".join(lines)

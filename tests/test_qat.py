@@ -126,3 +126,24 @@ def test_activation_ranges_start_from_calibration(compressed):
     assert ranges["quant_conv_13/post_activation_min"] == pytest.approx(min(head.min(), 0.0), rel=1e-5)
     assert all(v != 6.0 and v != -6.0 for v in ranges.values())  # none left at TFMOT's starting range
     assert [v for k, v in ranges.items() if k.startswith("quantize_layer")] in ([0.0, 1.0], [1.0, 0.0])
+
+
+def test_finetune_qat_writes_the_int8_model_in_its_run(compressed, synthetic_valid, tmp_path):
+    from test_tflite import _config
+
+    from yolo3.models import save_model
+
+    folder, model, spec, _ = compressed
+    save_model(model, spec, tmp_path / "plain.h5")  # no record: plain QAT
+    config = _config(tmp_path, synthetic_valid, tmp_path / "plain.h5")
+    data = json.loads(config.read_text())
+    data["train"].update(batch_size=4, run_dir=str(tmp_path / "run"))
+    config.write_text(json.dumps(data))
+    r = subprocess.run(
+        [sys.executable, "finetune.py", "-c", str(config), "--model", str(tmp_path / "plain.h5"), "--qat", "--epochs", "1",
+         "--samples", "4", "--quiet"],
+        capture_output=True, text=True, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "quantization-aware training (qat, 1 epoch at" in r.stdout
+    assert (tmp_path / "run" / "qat-int8.tflite").stat().st_size > 10_000 and (tmp_path / "run" / "best.h5").exists()
