@@ -106,13 +106,10 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
 
     def finetune(model_file: Path, n_epochs: int, folder: Path, **extra) -> tuple:
         """Fine-tune ``model_file`` for ``n_epochs`` in ``folder``; (the best model loaded, the run options)."""
-        steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
         options = dict(keep_architecture=True, epochs=n_epochs, run_dir=str(folder), progress=progress,
                        learning_rate=p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip
         if p.distillation:  # the unpruned model teaches the pruned one
             options.update(teacher_path=str(source), distill_weight=p.distillation)
-        if "wrapper_for" in extra:
-            options.update(extra.pop("wrapper_for")(steps))
         options.update(extra)
         result = train(config, RunOptions(str(model_file), **options))
         return load_for_config(config, result["best_model"]), options
@@ -174,12 +171,10 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
         extra = {}
         if mode == 2 and p.magnitude_mode == "tfmot":
 
-            def tfmot_options(steps: int) -> dict:
-                end = int(p.magnitude_end_fraction * epochs * steps)
-                return {"wrapper": TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names),
-                        "best_from_epoch": min(epochs, math.ceil(end / steps) + 1)}  # fmt: skip
-
-            extra["wrapper_for"] = tfmot_options
+            steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
+            end = int(p.magnitude_end_fraction * epochs * steps)
+            extra["wrapper"] = TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names)
+            extra["best_from_epoch"] = min(epochs, math.ceil(end / steps) + 1)
         elif compression:
             extra["constraint_factory"] = lambda model: MaskConstraint(model, names)
         tuned, options = finetune(out_path, epochs, run_dir, **extra)
