@@ -28,19 +28,20 @@ def round_share(total: float, rounds: int) -> float:
     return 1.0 - (1.0 - total) ** (1.0 / rounds)
 
 
-def structured_prune(mode: int, spec, weights, p, share: float | None = None, keep: dict | None = None) -> tuple:
+def structured_prune(mode: int, spec, weights, p, share: float | None = None, keep: dict | None = None, source=None) -> tuple:
     """(new spec, new weights, details) for the structured modes.
 
     For one of several rounds: ``share`` overrides slimming's percent, ``keep``
     gives similarity pruning the filters each layer keeps after this round.
+    ``source`` (the config's path) is named in errors about the pruning keys.
     """
-    from .pruning import layer_prune, similarity_masks, slimming_masks
+    from .pruning import layer_prune, resolve_layer_ratios, similarity_masks, slimming_masks
     from .surgery import prune_channels
 
     if mode == 3:
         plan = similarity_masks(
             spec, weights, p.similarity_w1, p.similarity_w2, p.similarity_ratio if share is None else share, p.similarity_threshold,
-            tuple(p.similarity_kernels), p.min_channels, p.round_to, keep,
+            tuple(p.similarity_kernels), p.min_channels, p.round_to, keep, resolve_layer_ratios(spec, p.similarity_layer_ratios, source),
         )  # fmt: skip
         result = prune_channels(spec, weights, plan.masks, plan.merges)
         details = {
@@ -61,16 +62,98 @@ def structured_prune(mode: int, spec, weights, p, share: float | None = None, ke
     raise UserError(f"-p {mode} is not a structured pruning mode")
 
 
-def run_pruning(config, mode: int, model_path: str | None, out: str | None, finetune_epochs: int | None, force: bool, progress: bool = True) -> dict:
-    from yolo3.datasets import read_dataset
-    from yolo3.evaluation import KerasPredictor, evaluate, load_for_config
+class _Session:
+    """What every step of one pruning run shares: the config, the validation set, how to score and fine-tune."""
+
+    def __init__(self, config, source: Path, progress: bool):
+        from yolo3.datasets import read_dataset
+
+        self.config, self.p, self.source, self.progress = config, config.pruning, source, progress
+        self.valid = read_dataset(config.dataset("valid"), config.labels)
+
+    def score(self, loaded) -> float:
+        from yolo3.evaluation import KerasPredictor, evaluate
+
+        v = self.config.valid
+        return evaluate(KerasPredictor(loaded), self.valid, self.config.labels, v.score_threshold, v.nms_iou, v.max_detections,
+                        v.batch_size, self.progress)["mAP50"]  # fmt: skip
+
+    @staticmethod
+    def stats(spec) -> dict:
+        from yolo3.spec import analyse, totals
+
+        t = totals(analyse(spec))
+        return {"params": t.params, "macs": t.macs}
+
+    def finetune(self, model_file: Path, n_epochs: int, folder: Path, **extra) -> tuple:
+        """Fine-tune ``model_file`` for ``n_epochs`` in ``folder``; (the best model loaded, the run options)."""
+        from yolo3.evaluation import load_for_config
+        from yolo3.training import RunOptions, train
+
+        options = dict(keep_architecture=True, epochs=n_epochs, run_dir=str(folder), progress=self.progress,
+                       learning_rate=self.p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip
+        if self.p.distillation:  # the unpruned model teaches the pruned one
+            options.update(teacher_path=str(self.source), distill_weight=self.p.distillation)
+        options.update(extra)
+        result = train(self.config, RunOptions(str(model_file), **options))
+        return load_for_config(self.config, result["best_model"]), options
+
+
+def _prune_in_rounds(session: _Session, mode: int, loaded, rounds: int, layer_ratios: dict, run_dir: Path | None, report: dict) -> tuple:
+    """Structured pruning in ``rounds`` steps with fine-tuning between them; (pruned model, its details, seconds spent pruning).
+
+    Each step is scored on the network as the previous fine-tuning left it.
+    ``report["rounds"]`` gets mAP and size after each step but the last.
+    """
     from yolo3.keras_model import build_model, get_darknet_weights, set_darknet_weights
     from yolo3.models import LoadedModel, save_model
-    from yolo3.spec import analyse, layer_table, totals, write_cfg
-    from yolo3.training import RunOptions, train
+
+    from .pruning import similarity_keep_schedule
+
+    p = session.p
+    total = p.similarity_ratio if mode == 3 else (p.slimming_percent if p.slimming_threshold is None else None)
+    share = round_share(total, rounds) if rounds > 1 and total is not None else None  # a threshold applies every round
+    schedule = [None] * rounds
+    if mode == 3 and rounds > 1 and (total is not None or layer_ratios):  # per layer, from the original counts (rounding not compounded)
+        schedule = similarity_keep_schedule(loaded.spec, total, rounds, p.min_channels, p.round_to, layer_ratios)
+        share = None
+    seconds = 0.0  # planning and surgery only, not the fine-tuning between rounds
+    current = loaded
+    report["rounds"] = []
+    for r in range(rounds):
+        t0 = time.perf_counter()
+        weights = get_darknet_weights(current.model, current.spec)
+        spec, new_weights, details = structured_prune(mode, current.spec, weights, p, share, schedule[r], session.config.path)
+        seconds += time.perf_counter() - t0
+        model = build_model(spec)
+        set_darknet_weights(model, spec, new_weights)
+        current = LoadedModel(model, spec, f"{loaded.source} (-p {mode})")
+        if r == rounds - 1:
+            break
+        # a small step, then recovery, before the next step: the next scores see a network that has adapted
+        folder = run_dir / f"round_{r + 1}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(current.model, spec, folder / "pruned.h5")
+        entry = {"round": r + 1, "removed_params": 1 - session.stats(spec)["params"] / report["before"]["params"],
+                 "pruned": {"mAP50": session.score(current), **session.stats(spec)}}  # fmt: skip
+        if p.round_epochs:
+            current, _ = session.finetune(folder / "pruned.h5", p.round_epochs, folder)
+            entry["finetuned"] = {"mAP50": session.score(current), "epochs": p.round_epochs}
+        report["rounds"].append(entry)
+    return current, details, seconds
+
+
+def run_pruning(config, mode: int, model_path: str | None, out: str | None, finetune_epochs: int | None, force: bool, progress: bool = True) -> dict:
+    from yolo3.darknet import write_weights
+    from yolo3.datasets import read_dataset
+    from yolo3.evaluation import load_for_config
+    from yolo3.keras_model import get_darknet_weights
+    from yolo3.models import save_model
+    from yolo3.spec import analyse, layer_table, write_cfg
 
     from .constraints import MaskConstraint
     from .magnitude import TfmotPruning, oneshot_prune, sparsity_report
+    from .pruning import resolve_layer_ratios
 
     if mode not in MODES:
         raise UserError(f"-p {mode}: unknown mode (2 magnitude, 3 similarity, 4 slimming, 5 layer pruning)")
@@ -83,107 +166,53 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
     out_path = check_output(Path(out_path), ".h5", force)
     if mode == 2 and p.magnitude_mode == "tfmot" and epochs < 1:
         raise UserError("magnitude pruning with TFMOT prunes while fine-tuning: set pruning.finetune_epochs (or --finetune-epochs) to at least 1, or pruning.magnitude_mode to oneshot")
-    valid = read_dataset(config.dataset("valid"), config.labels)
-    v = config.valid
-
-    def score(loaded) -> float:
-        return evaluate(KerasPredictor(loaded), valid, config.labels, v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress)["mAP50"]
-
-    def stats(spec) -> dict:
-        t = totals(analyse(spec))
-        return {"params": t.params, "macs": t.macs}
-
+    if p.rounds > 1 and mode not in (3, 4):
+        raise UserError(f"pruning.rounds = {p.rounds}: pruning in rounds is for -p 3 and -p 4 only", config.path)
+    session = _Session(config, source, progress)
     loaded = load_for_config(config, model_path)
-    report = {"mode": MODES[mode], "model": loaded.source, "before": {"mAP50": score(loaded), **stats(loaded.spec)}}
+    layer_ratios = resolve_layer_ratios(loaded.spec, p.similarity_layer_ratios, config.path) if mode == 3 else {}
+    report = {"mode": MODES[mode], "model": loaded.source, "before": {"mAP50": session.score(loaded), **session.stats(loaded.spec)}}
     with tempfile.TemporaryDirectory() as tmp:
         save_model(loaded.model, loaded.spec, Path(tmp) / "before.h5")
         report["before"]["size"] = file_sizes(Path(tmp) / "before.h5")
-    if p.rounds > 1 and mode not in (3, 4):
-        raise UserError(f"pruning.rounds = {p.rounds}: pruning in rounds is for -p 3 and -p 4 only", config.path)
     names = [f"conv_{i}" for i in loaded.spec.conv_indices()]
     rounds = p.rounds if mode in (3, 4) else 1
     run_dir = fresh_run_dir(out_path, force) if (epochs or rounds > 1) else None
 
-    def finetune(model_file: Path, n_epochs: int, folder: Path, **extra) -> tuple:
-        """Fine-tune ``model_file`` for ``n_epochs`` in ``folder``; (the best model loaded, the run options)."""
-        options = dict(keep_architecture=True, epochs=n_epochs, run_dir=str(folder), progress=progress,
-                       learning_rate=p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip
-        if p.distillation:  # the unpruned model teaches the pruned one
-            options.update(teacher_path=str(source), distill_weight=p.distillation)
-        options.update(extra)
-        result = train(config, RunOptions(str(model_file), **options))
-        return load_for_config(config, result["best_model"]), options
-
-    pruning_seconds = 0.0  # planning and surgery only, not the fine-tuning between rounds
     start = time.perf_counter()
     compression = None
+    spec = loaded.spec
     if mode == 2:
-        spec = loaded.spec
         if p.magnitude_mode == "oneshot":
             oneshot_prune(loaded.model, names, p.magnitude_sparsity)
             compression = {"sparsity": {"target": p.magnitude_sparsity, "layers": names}}
         pruned = loaded
+        report["prune_seconds"] = time.perf_counter() - start
     else:
-        total = p.similarity_ratio if mode == 3 else (p.slimming_percent if p.slimming_threshold is None else None)
-        share = round_share(total, rounds) if rounds > 1 and total is not None else None  # a threshold applies every round
-        schedule = [None] * rounds
-        if mode == 3 and rounds > 1 and total is not None:  # per layer, from the original counts (rounding not compounded)
-            from .pruning import similarity_keep_schedule
-
-            schedule = similarity_keep_schedule(loaded.spec, total, rounds, p.min_channels, p.round_to)
-            share = None
-        current = loaded
-        report["rounds"] = []
-        for r in range(rounds):
-            t0 = time.perf_counter()
-            weights = get_darknet_weights(current.model, current.spec)
-            spec, new_weights, details = structured_prune(mode, current.spec, weights, p, share, schedule[r])
-            pruning_seconds += time.perf_counter() - t0
-            model = build_model(spec)
-            set_darknet_weights(model, spec, new_weights)
-            current = LoadedModel(model, spec, f"{loaded.source} (-p {mode})")
-            if r == rounds - 1:
-                break
-            # a small step, then recovery, before the next step: the next scores see a network that has adapted
-            folder = run_dir / f"round_{r + 1}"
-            folder.mkdir(parents=True, exist_ok=True)
-            save_model(current.model, spec, folder / "pruned.h5")
-            entry = {"round": r + 1, "removed_params": 1 - stats(spec)["params"] / report["before"]["params"],
-                     "pruned": {"mAP50": score(current), **stats(spec)}}  # fmt: skip
-            if p.round_epochs:
-                current, _ = finetune(folder / "pruned.h5", p.round_epochs, folder)
-                entry["finetuned"] = {"mAP50": score(current), "epochs": p.round_epochs}
-            report["rounds"].append(entry)
-        report["details"] = details
-        pruned = current
+        pruned, report["details"], report["prune_seconds"] = _prune_in_rounds(session, mode, loaded, rounds, layer_ratios, run_dir, report)
+        spec = pruned.spec
         report["layer_table"] = layer_table(spec, analyse(spec))
-    report["prune_seconds"] = pruning_seconds if mode != 2 else time.perf_counter() - start
     if not (mode == 2 and p.magnitude_mode == "tfmot"):
-        report["pruned"] = {"mAP50": score(pruned), **stats(spec)}
+        report["pruned"] = {"mAP50": session.score(pruned), **session.stats(spec)}
     save_model(pruned.model, spec, out_path, compression)
     if mode != 2:
-        from yolo3.darknet import write_weights
-
         write_cfg(spec, out_path.with_suffix(".cfg"))
         write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(pruned.model, spec))
         report["darknet"] = [str(out_path.with_suffix(".cfg")), str(out_path.with_suffix(".weights"))]
     if epochs:
         extra = {}
         if mode == 2 and p.magnitude_mode == "tfmot":
-
             steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
             end = int(p.magnitude_end_fraction * epochs * steps)
             extra["wrapper"] = TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names)
             extra["best_from_epoch"] = min(epochs, math.ceil(end / steps) + 1)
         elif compression:
             extra["constraint_factory"] = lambda model: MaskConstraint(model, names)
-        tuned, options = finetune(out_path, epochs, run_dir, **extra)
-        report["finetuned"] = {"mAP50": score(tuned), **stats(tuned.spec), "epochs": epochs, "run": str(run_dir)}
+        tuned, options = session.finetune(out_path, epochs, run_dir, **extra)
+        report["finetuned"] = {"mAP50": session.score(tuned), **session.stats(tuned.spec), "epochs": epochs, "run": str(run_dir)}
         pruned = tuned
         save_model(tuned.model, tuned.spec, out_path, compression or (options["wrapper"].compression if "wrapper" in options else None))
         if mode != 2:
-            from yolo3.darknet import write_weights
-
             write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(tuned.model, tuned.spec))
     if mode == 2:
         report["sparsity"] = sparsity_report(pruned.model, spec)

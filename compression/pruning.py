@@ -99,20 +99,53 @@ def pair_distances(f: np.ndarray, w1: float, w2: float) -> np.ndarray:
     return d
 
 
-def similarity_keep_schedule(spec: Spec, ratio: float, rounds: int, min_keep: int = 1, round_to: int = 1) -> list[dict[int, int]]:
+def resolve_layer_ratios(spec: Spec, given: dict | None, source=None) -> dict[int, float]:
+    """``pruning.similarity_layer_ratios`` ({"12" or "conv_12": ratio}) as {layer index: ratio}, checked against the model.
+
+    Only single convolutions that similarity pruning may touch can be named:
+    not the heads, not a layer tied to others by a shortcut, not a layer the
+    model does not have.
+    """
+    out: dict[int, float] = {}
+    if not given:
+        return out
+    singles = {g.members[0] for g in channel_groups(spec) if g.prunable and len(g.members) == 1}
+    for key, ratio in given.items():
+        index = int(str(key).removeprefix("conv_"))
+        if index not in singles:
+            why = "is not a convolution of this model" if index >= len(spec.layers) or spec.layers[index].type != "convolutional" else (
+                "is a head or tied to other layers by a shortcut (similarity pruning leaves those alone)")  # fmt: skip
+            raise UserError(f"pruning.similarity_layer_ratios: layer {key} {why}; prunable: {', '.join(f'conv_{i}' for i in sorted(singles))}", source)
+        out[index] = float(ratio)
+    return out
+
+
+def _layer_budget(channels: int, ratio: float, min_keep: int, round_to: int) -> int:
+    """Filters one layer keeps after removing ``ratio`` of them: at least ``min_keep``, rounded up to ``round_to``."""
+    removable = channels - max(min_keep, 1)
+    final = channels - min(removable, int(math.floor(ratio * channels)))
+    return _round_up(final, round_to, channels)
+
+
+def similarity_keep_schedule(
+    spec: Spec, ratio: float, rounds: int, min_keep: int = 1, round_to: int = 1, layer_ratios: dict[int, float] | None = None
+) -> list[dict[int, int]]:
     """Filters each layer keeps after each of ``rounds`` similarity prunings, ending where one pruning by ``ratio`` would.
 
     The removal is spread evenly over the rounds per layer, from the layer's
     original count, so that rounding (to ``round_to``) is applied to the
-    targets rather than compounded round after round.
+    targets rather than compounded round after round. ``layer_ratios``
+    (layer index -> ratio) overrides ``ratio`` for the layers it names.
     """
+    layer_ratios = layer_ratios or {}
     schedule: list[dict[int, int]] = [{} for _ in range(rounds)]
     for g in channel_groups(spec):
         if not g.prunable or len(g.members) != 1:
             continue
-        removable = g.channels - max(min_keep, 1)
-        final = g.channels - min(removable, int(math.floor(ratio * g.channels)))
-        final = _round_up(final, round_to, g.channels)
+        layer_ratio = layer_ratios.get(g.members[0], ratio)
+        if layer_ratio is None:  # only a threshold for this layer: it is not scheduled
+            continue
+        final = _layer_budget(g.channels, layer_ratio, min_keep, round_to)
         for r in range(rounds):
             target = g.channels - int(round((g.channels - final) * (r + 1) / rounds))
             schedule[r][g.id] = max(final, _round_up(target, round_to, g.channels))
@@ -137,6 +170,7 @@ def similarity_masks(
     min_keep: int = 1,
     round_to: int = 1,
     keep: dict[int, int] | None = None,
+    layer_ratios: dict[int, float] | None = None,
 ) -> SimilarityPlan:
     """Remove one filter of the most similar remaining pair, again and again, per layer.
 
@@ -148,25 +182,33 @@ def similarity_masks(
     ``round_to`` the kept count stays a multiple of it (fast int8 kernels),
     which may remove a little less than ``ratio``. ``keep`` (group id -> count)
     sets the filters each layer keeps instead of the ratio (pruning in rounds).
+    ``layer_ratios`` (layer index -> ratio) overrides ``ratio`` for the layers
+    it names, whatever their kernel size; a ratio of 0 spares the layer.
     """
-    if ratio is None and threshold is None and keep is None:
+    layer_ratios = layer_ratios or {}
+    if ratio is None and threshold is None and keep is None and not layer_ratios:
         raise UserError("similarity pruning needs a ratio or a threshold")
     masks, merges, removed_log = {}, {}, {}
     for g in channel_groups(spec):
         if not g.prunable or len(g.members) != 1:
             continue
         i = g.members[0]
-        if conv_params(spec.layers[i]).size not in kernel_sizes:
+        if conv_params(spec.layers[i]).size not in kernel_sizes and i not in layer_ratios:
+            continue
+        layer_ratio = layer_ratios.get(i, ratio)
+        if layer_ratio is None and threshold is None and keep is None:
             continue
         f = filters_after_bn(weights, i)
         d = pair_distances(f, w1, w2)
         norms = np.linalg.norm(f, axis=1)
         alive = np.ones(g.channels, bool)
         budget = g.channels - max(min_keep, 1)
-        if keep is not None:
-            budget = min(budget, g.channels - keep.get(g.id, g.channels))
-        elif ratio is not None:
-            budget = min(budget, int(math.floor(ratio * g.channels)))
+        if keep is not None and g.id in keep:
+            budget = min(budget, g.channels - keep[g.id])
+        elif keep is not None:  # not scheduled this round: only a threshold may remove filters
+            budget = budget if threshold is not None else 0
+        elif layer_ratio is not None:
+            budget = min(budget, int(math.floor(layer_ratio * g.channels)))
         if round_to > 1:
             budget = g.channels - _round_up(g.channels - budget, round_to, g.channels)
         twin_of: dict[int, int] = {}

@@ -44,11 +44,13 @@ def test_paths_resolve_against_the_config_folder(tmp_path):
         ("model", "architecture", "yolov9", "model.architecture: yolov9 is neither"),
         ("train", "annot_format", "xml", "train.annot_format must be one of"),
         ("model", "labels_file", "x.names", "model.labels_file: x.names does not exist"),
+        ("pruning", "similarity_layer_ratios", {"conv12": 0.5}, "'conv12' is not a layer index"),
+        ("pruning", "similarity_layer_ratios", {"12": 1.0}, "similarity_layer_ratios.12 must be a number in [0, 1)"),
     ],
 )
 def test_mistakes_name_the_key(tmp_path, section, key, value, message):
     data = base(tmp_path)
-    data[section][key] = value
+    data.setdefault(section, {})[key] = value
     with pytest.raises(UserError) as err:
         load_config(write(tmp_path, data))
     assert message in err.value.message

@@ -207,6 +207,25 @@ def test_similarity_rounds_end_where_one_pruning_would():
         assert all(later[g] <= earlier[g] and later[g] % 8 == 0 for g in later)
 
 
+def test_layer_ratios_override_the_ratio_per_layer():
+    from compression.pruning import resolve_layer_ratios, similarity_keep_schedule
+    from yolo3.errors import UserError
+
+    spec = build_spec("yolov3-tiny", 1, 416)
+    weights = random_weights(spec, seed=3)
+    ratios = resolve_layer_ratios(spec, {"conv_12": 0.75, "0": 0.0, "14": 0.5})
+    assert ratios == {12: 0.75, 0: 0.0, 14: 0.5}
+    plan = similarity_masks(spec, weights, ratio=0.25, kernel_sizes=(1,), min_keep=8, round_to=8, layer_ratios=ratios)
+    kept = {g: int(m.sum()) for g, m in plan.masks.items()}
+    # 3x3 layers named are pruned although only 1x1 kernels are asked for; 0 spares conv_0; 1x1 layers take the ratio
+    assert kept[12] == 256 and kept[14] == 256 and 0 not in kept and kept[13] == 192 and 2 not in kept
+    schedule = similarity_keep_schedule(spec, 0.25, 3, min_keep=8, round_to=8, layer_ratios=ratios)
+    assert {g: schedule[-1][g] for g in kept} == kept and schedule[0][12] > schedule[1][12] > schedule[2][12]
+    for bad, why in (("15", "is a head"), ("99", "is not a convolution"), ("conv_1", "is not a convolution")):
+        with pytest.raises(UserError, match=why):
+            resolve_layer_ratios(spec, {bad: 0.5})
+
+
 def test_distillation_loss_is_zero_when_the_student_agrees():
     from compression.distillation import distillation_loss
     from yolo3.kerasenv import tf
@@ -225,10 +244,13 @@ def test_distillation_loss_is_zero_when_the_student_agrees():
 
 def test_similarity_in_rounds_with_distillation(tmp_path, synthetic_valid, tiny_h5):
     config = _config(tmp_path, synthetic_valid, tiny_h5, similarity_ratio=0.5, similarity_kernels=[1, 3], min_channels=4,
-                     rounds=2, round_epochs=1, finetune_epochs=1, distillation=1.0)  # fmt: skip
+                     rounds=2, round_epochs=1, finetune_epochs=1, distillation=1.0,
+                     similarity_layer_ratios={"conv_12": 0.75, "0": 0})  # fmt: skip
     r = run_evaluate(config, "-p", "3", "--out", str(tmp_path / "r.h5"), "--json", str(tmp_path / "r.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "r.json").read_text())
+    removed_last_round = report["details"]["layers"]
+    assert removed_last_round["conv_12"] == 384 and removed_last_round["conv_13"] == 64 and "conv_0" not in removed_last_round
     (step,) = report["rounds"]
     assert 0 < step["removed_params"] < 1 - report["pruned"]["params"] / report["before"]["params"] and "finetuned" in step
     assert report["before"]["macs"] > step["pruned"]["macs"] > report["pruned"]["macs"]
@@ -237,3 +259,6 @@ def test_similarity_in_rounds_with_distillation(tmp_path, synthetic_valid, tiny_
     bad = _config(tmp_path, synthetic_valid, tiny_h5, rounds=2, finetune_epochs=1)
     r = run_evaluate(bad, "-p", "2", "--out", str(tmp_path / "b.h5"))
     assert r.returncode == 2 and "rounds" in r.stderr
+    bad = _config(tmp_path, synthetic_valid, tiny_h5, similarity_layer_ratios={"conv_15": 0.5})
+    r = run_evaluate(bad, "-p", "3", "--out", str(tmp_path / "b.h5"))
+    assert r.returncode == 2 and "layer conv_15 is a head" in r.stderr and "Traceback" not in r.stderr

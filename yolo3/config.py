@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "similarity_w1": Key(float, 0.5, "-p 3: weight of the normalised Euclidean distance ||a-b|| / (||a|| + ||b||)."),
         "similarity_w2": Key(float, 0.5, "-p 3: weight of the cosine distance 1 - cos(a, b)."),
         "similarity_ratio": Key(float, 0.3, "-p 3: fraction of each layer's filters to remove (`null` = only the threshold)."),
+        "similarity_layer_ratios": Key(dict, {}, "-p 3: a ratio per layer, overriding `similarity_ratio` for the layers named, by index (`\"12\"`) or name (`\"conv_12\"`); 0 spares a layer; a named layer is pruned whatever its kernel size. Prune wide, late layers harder than early ones: on raccoon the same MACs cut trained to a higher mAP (README)."),
         "similarity_threshold": Key(float, None, "-p 3: stop when the most similar pair is farther apart than this (`null` = only the ratio)."),
         "similarity_kernels": Key(list, [1], "-p 3: kernel sizes considered: [1] (default) or [1, 3] (3x3 filters flattened)."),
         "slimming_percent": Key(float, 0.5, "-p 4: fraction of all prunable channels to remove, by global |BN scale| rank (ignored if `slimming_threshold` is set)."),
@@ -302,6 +304,11 @@ def parse_config(raw: Any, path: Path) -> Config:
         raise UserError("pruning.similarity_ratio must be in [0, 1)", path)
     if pr["min_channels"] < 1 or pr["round_to"] < 1 or pr["rounds"] < 1 or pr["layer_blocks"] < 0 or pr["finetune_epochs"] < 0 or pr["round_epochs"] < 0:
         raise UserError("pruning.min_channels, round_to and rounds must be at least 1; layer_blocks, finetune_epochs and round_epochs not negative", path)
+    for layer, ratio in pr["similarity_layer_ratios"].items():
+        if not re.fullmatch(r"(conv_)?\d+", layer):
+            raise UserError(f"pruning.similarity_layer_ratios: {layer!r} is not a layer index (\"12\") or name (\"conv_12\")", path)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise UserError(f"pruning.similarity_layer_ratios.{layer} must be a number in [0, 1), got {json.dumps(ratio)}", path)
     if not set(pr["similarity_kernels"]) <= {1, 3} or not pr["similarity_kernels"]:
         raise UserError("pruning.similarity_kernels must be [1], [3] or [1, 3]", path)
     return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"], sections["quantization"], raw)
