@@ -155,15 +155,22 @@ def main(argv=None) -> int:
             order = [label for label, *_ in SETTINGS]
             rows.sort(key=lambda r: order.index(r["setting"]) if r["setting"] in order else len(order))
             data["merged_from"] = args.merge
+            data["notes"] = earlier.get("notes", [])  # remarks on earlier rows (re-timings, which model slimming pruned)
             data["earlier_epochs"] = earlier.get("epochs")
         data["settings"] = rows
     data["pruning_seconds_full_yolov3_416"] = time_full_yolov3()
+    write_results(Path(args.out), data, render_markdown(data, Path(args.config).name, Path(args.model).name, args.epochs))
+    return 0
+
+
+def render_markdown(data: dict, config_name: str, model_name: str, epochs: int) -> str:
+    """The results table, then ``data["notes"]``; a row whose ``tflite`` is null (its timing was unusable) shows no latency."""
     b = data["baseline"]
     for r in data["settings"]:
-        r.setdefault("epochs", args.epochs)
+        r.setdefault("epochs", epochs)
         r.setdefault("baseline_ms", b["tflite"]["median_ms"])
     md = [
-        f"Pruning `{Path(args.config).name}` ({Path(args.model).name}), then fine-tuning (epochs per row); "
+        f"Pruning `{config_name}` ({model_name}), then fine-tuning (epochs per row); "
         f"TFLite float32, 2 threads, median of 30; {data['machine']}",
         "",
         "| setting | epochs | mAP@0.5 pruned | mAP@0.5 fine-tuned | Δ mAP (points) | params | MACs | MACs removed | latency | speed-up |",
@@ -173,12 +180,12 @@ def main(argv=None) -> int:
     for r in data["settings"]:
         pm = "-" if r["pruned_mAP50"] is None else f"{r['pruned_mAP50']:.4f}"
         extra = f" (sparsity {r['sparsity']:.0%})" if r["sparsity"] is not None else ""
+        latency = "- | -" if r["tflite"] is None else f"{r['tflite']['median_ms']:.1f} ms | {r['baseline_ms'] / r['tflite']['median_ms']:.2f}x"
         md.append(
             f"| {r['setting']}{extra} | {r['epochs']} | {pm} | {r['finetuned_mAP50']:.4f} | {100 * (r['finetuned_mAP50'] - b['mAP50']):+.2f} | "
-            f"{r['params']:,} | {r['macs'] / 1e9:.2f} G | {1 - r['macs'] / b['macs']:.0%} | {r['tflite']['median_ms']:.1f} ms | "
-            f"{r['baseline_ms'] / r['tflite']['median_ms']:.2f}x |"
+            f"{r['params']:,} | {r['macs'] / 1e9:.2f} G | {1 - r['macs'] / b['macs']:.0%} | {latency} |"
         )
-    baselines = sorted({round(r["baseline_ms"], 1) for r in data["settings"]})
+    baselines = sorted({round(r["baseline_ms"], 1) for r in data["settings"] if r["tflite"] is not None})
     if len(baselines) > 1:
         md.append(
             "\nRows from an earlier run (`--merge`) give their speed-up against the unpruned model timed in that run "
@@ -190,8 +197,11 @@ def main(argv=None) -> int:
         "\nTime to prune a full yolov3 (80 classes, 416): "
         + ", ".join(f"{k} {v:.1f} s" for k, v in data["pruning_seconds_full_yolov3_416"].items())
     )
-    write_results(Path(args.out), data, "\n".join(md))
-    return 0
+    for r in data["settings"]:
+        if r.get("latency_note"):
+            md.append(f"\n{r['setting']}: {r['latency_note']}")
+    md.extend(f"\n{note}" for note in data.get("notes", []))
+    return "\n".join(md)
 
 
 if __name__ == "__main__":
