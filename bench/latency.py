@@ -25,13 +25,13 @@ from common import machine, write_results
 from yolo3.errors import UserError, run_cli
 
 
-def as_tflite(config, model: Path, folder: Path) -> Path:
-    """``model`` itself if it is a .tflite, else its float32 conversion in ``folder``."""
+def as_tflite(config, model: Path, folder: Path, index: int) -> Path:
+    """``model`` itself if it is a .tflite, else its float32 conversion in ``folder`` (``index`` keeps equal names apart)."""
     from compression.convert import convert_config
 
     if model.suffix == ".tflite":
         return model
-    out = folder / f"{model.stem}-{len(list(folder.iterdir()))}-float32.tflite"
+    out = folder / f"{index}-{model.stem}-float32.tflite"
     convert_config(config, str(model), "float32", 1, str(out), True, progress=False)
     return out
 
@@ -46,7 +46,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     models = [Path(m) for m in args.models.split(",") if m]
+    if not models:
+        raise UserError("--models: give at least one .h5 or .tflite file")
     for m in models:
+        if m.suffix not in (".h5", ".tflite"):
+            raise UserError("not a .h5 or .tflite model", m)
         if not m.is_file():
             raise UserError("no such model file", m)
     if args.rounds < 1 or args.runs < 1:
@@ -60,7 +64,7 @@ def main(argv=None) -> int:
     times: dict[int, list[float]] = {i: [] for i in range(len(models))}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        files = [as_tflite(config, m, Path(tmp)) for m in models]
+        files = [as_tflite(config, m, Path(tmp), i) for i, m in enumerate(models)]
         predictors = [TFLitePredictor(f, threads=args.threads) for f in files]
         tensors = [np.full((1, *p.input_hw, 3), 0.5, np.float32) for p in predictors]
         for _ in range(args.rounds):

@@ -28,20 +28,21 @@ def round_share(total: float, rounds: int) -> float:
     return 1.0 - (1.0 - total) ** (1.0 / rounds)
 
 
-def structured_prune(mode: int, spec, weights, p, share: float | None = None, keep: dict | None = None, source=None) -> tuple:
+def structured_prune(mode: int, spec, weights, p, share: float | None = None, keep: dict | None = None, layer_ratios: dict | None = None) -> tuple:
     """(new spec, new weights, details) for the structured modes.
 
     For one of several rounds: ``share`` overrides slimming's percent, ``keep``
     gives similarity pruning the filters each layer keeps after this round.
-    ``source`` (the config's path) is named in errors about the pruning keys.
+    ``layer_ratios`` ({layer index: ratio}, from :func:`~compression.pruning.resolve_layer_ratios`)
+    overrides similarity pruning's ratio per layer.
     """
-    from .pruning import layer_prune, resolve_layer_ratios, similarity_masks, slimming_masks
+    from .pruning import layer_prune, similarity_masks, slimming_masks
     from .surgery import prune_channels
 
     if mode == 3:
         plan = similarity_masks(
             spec, weights, p.similarity_w1, p.similarity_w2, p.similarity_ratio if share is None else share, p.similarity_threshold,
-            tuple(p.similarity_kernels), p.min_channels, p.round_to, keep, resolve_layer_ratios(spec, p.similarity_layer_ratios, source),
+            tuple(p.similarity_kernels), p.min_channels, p.round_to, keep, layer_ratios,
         )  # fmt: skip
         result = prune_channels(spec, weights, plan.masks, plan.merges)
         details = {
@@ -123,7 +124,7 @@ def _prune_in_rounds(session: _Session, mode: int, loaded, rounds: int, layer_ra
     for r in range(rounds):
         t0 = time.perf_counter()
         weights = get_darknet_weights(current.model, current.spec)
-        spec, new_weights, details = structured_prune(mode, current.spec, weights, p, share, schedule[r], session.config.path)
+        spec, new_weights, details = structured_prune(mode, current.spec, weights, p, share, schedule[r], layer_ratios)
         seconds += time.perf_counter() - t0
         model = build_model(spec)
         set_darknet_weights(model, spec, new_weights)
@@ -134,8 +135,9 @@ def _prune_in_rounds(session: _Session, mode: int, loaded, rounds: int, layer_ra
         folder = run_dir / f"round_{r + 1}"
         folder.mkdir(parents=True, exist_ok=True)
         save_model(current.model, spec, folder / "pruned.h5")
-        entry = {"round": r + 1, "removed_params": 1 - session.stats(spec)["params"] / report["before"]["params"],
-                 "pruned": {"mAP50": session.score(current), **session.stats(spec)}}  # fmt: skip
+        size = session.stats(spec)
+        entry = {"round": r + 1, "removed_params": 1 - size["params"] / report["before"]["params"],
+                 "pruned": {"mAP50": session.score(current), **size}}  # fmt: skip
         if p.round_epochs:
             current, _ = session.finetune(folder / "pruned.h5", p.round_epochs, folder)
             entry["finetuned"] = {"mAP50": session.score(current), "epochs": p.round_epochs}

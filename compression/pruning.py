@@ -202,15 +202,15 @@ def similarity_masks(
         d = pair_distances(f, w1, w2)
         norms = np.linalg.norm(f, axis=1)
         alive = np.ones(g.channels, bool)
-        budget = g.channels - max(min_keep, 1)
-        if keep is not None and g.id in keep:
-            budget = min(budget, g.channels - keep[g.id])
-        elif keep is not None:  # not scheduled this round: only a threshold may remove filters
-            budget = budget if threshold is not None else 0
+        final = max(min_keep, 1)  # with only a threshold, the floor is all that limits the removal
+        if keep is not None:
+            if g.id in keep:
+                final = max(final, keep[g.id])
+            elif threshold is None:  # not scheduled this round
+                final = g.channels
         elif layer_ratio is not None:
-            budget = min(budget, int(math.floor(layer_ratio * g.channels)))
-        if round_to > 1:
-            budget = g.channels - _round_up(g.channels - budget, round_to, g.channels)
+            final = _layer_budget(g.channels, layer_ratio, min_keep, round_to)
+        budget = g.channels - _round_up(final, round_to, g.channels)
         twin_of: dict[int, int] = {}
         log = []
         while budget > 0:
