@@ -27,6 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="-p 2..5: overwrite the output if it exists")
     parser.add_argument("--model", help="model file (.weights or .h5) instead of the config's model.weights")
     parser.add_argument("--cfg", help="architecture (built-in name or .cfg) for a .weights model, instead of the config's")
+    parser.add_argument("--split", choices=("test", "valid"), default="test",
+                        help="-p 1: the split to evaluate on: test (default; the valid section when the config has no separate test split) or valid")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for a .tflite model (default 2)")
     parser.add_argument("--latency-runs", type=int, default=20, help="forward passes timed for the median latency (0 = skip)")
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
             write_json(args.json, report)
             print(f"wrote {args.json}")
         return 0
-    report = evaluate_config(config, args.model, args.cfg, not args.quiet, args.threads, args.latency_runs)
+    report = evaluate_config(config, args.model, args.cfg, not args.quiet, args.threads, args.latency_runs, args.split)
     report["mode"] = MODES[args.pruning]
     print(format_report(report))
     if args.json:

@@ -36,7 +36,7 @@ def structured_prune(mode: int, spec, weights, p, share: float | None = None, ke
     ``layer_ratios`` ({layer index: ratio}, from :func:`~compression.pruning.resolve_layer_ratios`)
     overrides similarity pruning's ratio per layer.
     """
-    from .pruning import layer_prune, similarity_masks, slimming_masks
+    from .pruning import group_masks, layer_prune, similarity_masks, slimming_masks
     from .surgery import prune_channels
 
     if mode == 3:
@@ -44,7 +44,10 @@ def structured_prune(mode: int, spec, weights, p, share: float | None = None, ke
             spec, weights, p.similarity_w1, p.similarity_w2, p.similarity_ratio if share is None else share, p.similarity_threshold,
             tuple(p.similarity_kernels), p.min_channels, p.round_to, keep, layer_ratios,
         )  # fmt: skip
-        result = prune_channels(spec, weights, plan.masks, plan.merges)
+        masks = dict(plan.masks)
+        if layer_ratios:  # shortcut groups named in the ratios: by |BN scale| (this round's count when in rounds)
+            masks.update(group_masks(spec, weights, layer_ratios, p.min_channels, p.round_to, keep))
+        result = prune_channels(spec, weights, masks, plan.merges)
         details = {
             "layers": {f"conv_{g}": len(v) for g, v in plan.removed.items()},
             "closest_pairs": {f"conv_{g}": [round(d, 6) for _, _, d in v[:3]] for g, v in plan.removed.items()},

@@ -100,24 +100,52 @@ def pair_distances(f: np.ndarray, w1: float, w2: float) -> np.ndarray:
 
 
 def resolve_layer_ratios(spec: Spec, given: dict | None, source=None) -> dict[int, float]:
-    """``pruning.similarity_layer_ratios`` ({"12" or "conv_12": ratio}) as {layer index: ratio}, checked against the model.
+    """``pruning.similarity_layer_ratios`` ({"12" or "conv_12": ratio}) as {channel group id: ratio}, checked against the model.
 
-    Only single convolutions that similarity pruning may touch can be named:
-    not the heads, not a layer tied to others by a shortcut, not a layer the
-    model does not have.
+    A single convolution is its own group (its id is its index). Layers tied
+    by a shortcut form one group, named by any member, and take one ratio.
+    Heads and layers the model does not have cannot be named.
     """
     out: dict[int, float] = {}
     if not given:
         return out
-    singles = {g.members[0] for g in channel_groups(spec) if g.prunable and len(g.members) == 1}
+    groups = [g for g in channel_groups(spec) if g.prunable]
+    group_of = {m: g.id for g in groups for m in g.members}
+    named: dict[int, str] = {}
     for key, ratio in given.items():
         index = int(str(key).removeprefix("conv_"))
-        if index not in singles:
+        if index not in group_of:
             why = "is not a convolution of this model" if index >= len(spec.layers) or spec.layers[index].type != "convolutional" else (
-                "is a head or tied to other layers by a shortcut (similarity pruning leaves those alone)")  # fmt: skip
-            raise UserError(f"pruning.similarity_layer_ratios: layer {key} {why}; prunable: {', '.join(f'conv_{i}' for i in sorted(singles))}", source)
-        out[index] = float(ratio)
+                "is a head (its channels are the predictions)")  # fmt: skip
+            raise UserError(f"pruning.similarity_layer_ratios: layer {key} {why}; prunable: {', '.join(f'conv_{i}' for i in sorted(group_of))}", source)
+        gid = group_of[index]
+        if gid in out and out[gid] != float(ratio):
+            raise UserError(f"pruning.similarity_layer_ratios: layers {named[gid]} and {key} are tied by a shortcut (one channel group); give them one ratio", source)
+        out[gid], named[gid] = float(ratio), str(key)
     return out
+
+
+def group_masks(
+    spec: Spec, weights: DarknetWeights, ratios: dict[int, float], min_keep: int = 1, round_to: int = 1, keep: dict[int, int] | None = None
+) -> dict[int, np.ndarray]:
+    """Keep-masks for channel groups of several convolutions (tied by shortcuts), by mean |BN scale|, at a ratio each.
+
+    Similarity is defined for one layer's filters; the channels of a shortcut
+    group are the sum of several layers', so they are ranked as network
+    slimming ranks them. ``keep`` (group id -> count), for one of several
+    rounds, overrides the count the ratio gives.
+    """
+    masks = {}
+    for g in channel_groups(spec):
+        if g.id not in ratios or not g.prunable or len(g.members) == 1:
+            continue
+        count = keep[g.id] if keep and g.id in keep else _layer_budget(g.channels, ratios[g.id], min_keep, round_to)
+        if count >= g.channels:
+            continue
+        mask = np.zeros(g.channels, bool)
+        mask[np.argsort(-bn_scales(weights, g), kind="stable")[:count]] = True
+        masks[g.id] = mask
+    return masks
 
 
 def _layer_budget(channels: int, ratio: float, min_keep: int, round_to: int) -> int:
@@ -140,9 +168,9 @@ def similarity_keep_schedule(
     layer_ratios = layer_ratios or {}
     schedule: list[dict[int, int]] = [{} for _ in range(rounds)]
     for g in channel_groups(spec):
-        if not g.prunable or len(g.members) != 1:
+        if not g.prunable or (len(g.members) != 1 and g.id not in layer_ratios):  # shortcut groups only when named
             continue
-        layer_ratio = layer_ratios.get(g.members[0], ratio)
+        layer_ratio = layer_ratios.get(g.id, ratio)
         if layer_ratio is None:  # only a threshold for this layer: it is not scheduled
             continue
         final = _layer_budget(g.channels, layer_ratio, min_keep, round_to)

@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -35,6 +32,8 @@ import numpy as np
 from yolo3.errors import UserError
 from yolo3.fileio import atomic_write
 from yolo3.spec import Spec, analyse, format_cfg, heads
+
+from .subprocesses import failure_reason, run_module
 
 FORMATS = ("int8", "float16", "dynamic", "float32")
 
@@ -64,20 +63,17 @@ def metadata_for(spec: Spec, names: Sequence[str], input_size: int) -> dict:
 
 def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int, metadata: dict, qat: dict | None = None) -> None:
     """Convert in a fresh Python process; raise UserError with the worker's last message on failure."""
+    if qat:
+        qat = {**qat, "weights": str(Path(qat["weights"]).resolve())}
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({
-            "model": str(h5), "format": fmt, "out": str(out), "images": images,
+        job.write_text(json.dumps({  # absolute paths: the worker runs in the project's folder
+            "model": str(Path(h5).resolve()), "format": fmt, "out": str(Path(out).resolve()), "images": [str(Path(p).resolve()) for p in images],
             "input_size": input_size, "metadata": metadata, "qat": qat,
         }))  # fmt: skip
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
-        proc = subprocess.run(
-            [sys.executable, "-m", "compression.tflite_worker", str(job)],
-            capture_output=True, text=True, env=env, cwd=Path(__file__).resolve().parents[1],
-        )  # fmt: skip
+        proc = run_module("compression.tflite_worker", str(job))
     if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise UserError(f"TFLite conversion ({fmt}) failed: {lines[-1] if lines else 'no message'}", h5)
+        raise UserError(f"TFLite conversion ({fmt}) failed: {failure_reason(proc)}", h5)
 
 
 def describe_tflite(path: str | Path, threads: int = 2) -> dict:

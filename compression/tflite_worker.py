@@ -62,10 +62,54 @@ def convert(job: dict) -> bytes:
     return converter.convert()
 
 
+def debug_int8(job: dict) -> list[dict]:
+    """Per-tensor statistics of the int8 model against float (``QuantizationDebugger``) on the job's images."""
+    import csv
+    import io
+
+    from yolo3.kerasenv import keras, tf
+    from yolo3.preprocess import letterbox, load_image
+
+    model = keras.models.load_model(job["model"], compile=False)
+    size = job["input_size"]
+    tensors = [letterbox(load_image(path), size)[0][None].astype(np.float32) for path in job["images"]]
+
+    def dataset():
+        for t in tensors:
+            yield [t]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = dataset
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset)
+    debugger.run()
+    buffer = io.StringIO()
+    debugger.layer_statistics_dump(buffer)
+    rows = []
+    for row in csv.DictReader(io.StringIO(buffer.getvalue())):
+        out = {"op_name": row["op_name"], "tensor_name": row["tensor_name"]}
+        for key in ("num_elements", "stddev", "mean_error", "max_abs_error", "mean_squared_error", "scale", "zero_point"):
+            try:
+                out[key] = float(row[key])
+            except (KeyError, ValueError):
+                out[key] = None
+        rows.append(out)
+    return rows
+
+
 def main(argv: list[str]) -> int:
     from yolo3.lite import METADATA_NAME
 
     job = json.loads(open(argv[0]).read())
+    if job["format"] == "debug":
+        try:
+            rows = debug_int8(job)
+        except Exception as err:  # the parent reports this line to the user
+            print(f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}", file=sys.stderr)
+            return 1
+        with open(job["out"], "w", encoding="utf-8") as f:
+            json.dump(rows, f)
+        return 0
     try:
         model = convert(job)
         model = add_metadata(model, METADATA_NAME, json.dumps(job["metadata"]).encode("utf-8"))

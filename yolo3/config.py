@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,8 @@ class Key:
 
 
 DATASET_FORMATS = (*FORMATS, "synthetic")
+SPLITS = ("train", "valid", "test")
+OPTIONAL_SECTIONS = ("test",)
 
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
@@ -97,6 +99,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "strategy": Key(str, "default", "`default` (one device), `mirrored` (all local GPUs, or `devices`), `multi_worker` (machines in `TF_CONFIG`).", choices=("default", "mirrored", "multi_worker")),
         "devices": Key(list, None, "Devices for `mirrored`, e.g. `[\"/gpu:0\", \"/gpu:1\"]`; `null` = all GPUs."),
         "seed": Key(int, 0, "Seed of shuffling, augmentation and new layers."),
+        "holdout_fraction": Key(float, 0.0, "For a dataset with only two splits: this fraction of the training images (chosen by file name, the same every run) is held out as the validation split that picks the best epoch and every compression decision, and the `valid` section becomes the test split that only reports; 0 = off (then the `valid` section serves both, unless a `test` section is given)."),
     },
     "pruning": {
         "output": Key(OPT_PATH, None, "Where `evaluate.py -p 2..5` writes the pruned model (`.h5`; a Darknet `.cfg` + `.weights` beside it for -p 3..5); `null` = beside the input, NAME-pN.h5.", must_exist=False),
@@ -134,6 +137,29 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "qat_epochs": Key(int, 2, "Quantization-aware training epochs of `convert.py --qat` / `finetune.py --qat` (TFMOT; keeps zeros and clusters)."),
         "qat_learning_rate": Key(float, 1e-5, "Peak learning rate of quantization-aware training (a nudge around the rounding, not re-training)."),
     },
+    "test": {
+        "annot_format": Key(str, "voc", "As `train.annot_format`. The whole section is optional: a test split that no decision sees (best epoch, compression plan); `evaluate.py` reports on it by default.", choices=DATASET_FORMATS),
+        "test_image_folder": Key(PATH, None, "Folder of test images.", required=True, must_exist=False),
+        "test_annot_folder": Key(PATH, None, "Folder of xml / txt annotations, or the COCO json file.", required=True, must_exist=False),
+        "test_list": Key(OPT_PATH, None, "Optional split file, as `train.train_list`."),
+    },
+    "compress": {
+        "sizes": Key(list, [416, 352, 320, 288], "`compress.py`: input sizes the planner may choose (multiples of 32); those above `model.input_size` are ignored, and `model.input_size` is always one."),
+        "threads": Key(int, 2, "`compress.py`: LiteRT threads of the device the latency model is measured for (this machine)."),
+        "sensitivity_ratios": Key(list, [0.25, 0.5, 0.75, 0.875], "`compress.py`: fractions of a unit's channels removed in the sensitivity analysis (each unit alone, no fine-tuning)."),
+        "round_to": Key(int, 8, "`compress.py`: channel counts the planner keeps are multiples of this (int8 kernels run fastest on multiples of 8)."),
+        "candidate_epochs": Key(int, 3, "`compress.py`: fine-tuning epochs (with distillation) of the plan found at each input size, to choose among them on the validation split; 0 = choose by predicted loss."),
+        "finetune_epochs": Key(int, 60, "`compress.py`: fine-tuning epochs after pruning, distilling from the unpruned model."),
+        "distillation": Key(float, 1.0, "`compress.py`: weight of knowledge distillation from the unpruned model in every fine-tuning (0 = off)."),
+        "cluster": Key(bool, True, "`compress.py`: cluster the pruned model's kernels (`clustering.clusters` values) where the validation split allows; false = skip the step."),
+        "cluster_budget": Key(float, 0.005, "`compress.py`: mAP@0.5 that clustering may cost on the validation split before fine-tuning (0.005 = half a point); the most sensitive layers stay unclustered until it holds."),
+        "cluster_first_layer": Key(bool, False, "`compress.py`: also cluster the first convolution (few weights, channels of very different scales: clustering it costs the most and saves the least)."),
+        "cluster_epochs": Key(int, 5, "`compress.py`: cluster-preserving fine-tuning epochs."),
+        "qat": Key(bool, True, "`compress.py`: also try quantization-aware training (the scheme that keeps zeros and clusters) and keep the better int8 model on the validation split."),
+        "holdout_fraction": Key(float, 0.2, "`compress.py` with a config that has no test split: the share of the training images held out as the validation split (`train.holdout_fraction`), the `valid` section becoming the test split."),
+        "calibration_samples": Key(int, 200, "`compress.py`: training images that calibrate int8 quantization."),
+        "debug_images": Key(int, 16, "`compress.py`: validation images the int8 quantization debugger compares float and int8 on."),
+    },
     "valid": {
         "annot_format": Key(str, "voc", "As `train.annot_format`.", choices=DATASET_FORMATS),
         "valid_image_folder": Key(PATH, None, "Folder of validation images.", required=True, must_exist=False),
@@ -162,7 +188,15 @@ class Section:
 
 @dataclass(frozen=True)
 class Config:
-    """A validated config: sections as attribute bags, plus derived conveniences."""
+    """A validated config: sections as attribute bags, plus derived conveniences.
+
+    Three splits: ``train`` (fits the weights), ``valid`` (chooses: the best
+    epoch, every compression decision) and ``test`` (only reports). The test
+    split is the ``test`` section when given; with ``train.holdout_fraction``
+    the validation split is that share of the training images and the
+    ``valid`` section is the test split; with neither, ``valid`` and ``test``
+    are the same images (:attr:`has_test_split` is False).
+    """
 
     path: Path
     model: Section
@@ -172,6 +206,8 @@ class Config:
     pruning: Section
     quantization: Section
     raw: dict
+    test: Section | None = None
+    compress: Section | None = None
 
     @property
     def folder(self) -> Path:
@@ -183,22 +219,36 @@ class Config:
             return list(self.model.labels)
         return read_names(self.model.labels_file)
 
+    @property
+    def has_test_split(self) -> bool:
+        """True when the test split holds images no decision sees (a ``test`` section, or a training hold-out)."""
+        return self.test is not None or self.train.holdout_fraction > 0
+
     def dataset(self, split: str) -> DatasetSource:
-        """The train or valid dataset source, generating the synthetic data on first use."""
-        sec = self.train if split == "train" else self.valid
-        images = sec.values[f"{split}_image_folder"]
-        annots = sec.values[f"{split}_annot_folder"]
-        listing = sec.values[f"{split}_list"]
+        """The ``train``, ``valid`` or ``test`` dataset source (see the class docstring), generating synthetic data on first use."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r} (use {', '.join(SPLITS)})")
+        holdout = self.train.holdout_fraction
+        if split == "test":
+            return self._source(*(("test", self.test) if self.test is not None else ("valid", self.valid)), label="test")
+        if holdout and split in ("train", "valid"):
+            return replace(self._source("train", self.train, label=split), holdout=(holdout, split == "valid"))
+        return self._source(split, self.train if split == "train" else self.valid, label=split)
+
+    def _source(self, section: str, sec: Section, label: str) -> DatasetSource:
+        images = sec.values[f"{section}_image_folder"]
+        annots = sec.values[f"{section}_annot_folder"]
+        listing = sec.values[f"{section}_list"]
         fmt = sec.annot_format
         if fmt == "synthetic":
             from .synthetic import ensure_split
 
-            ensure_split(images, annots, split, self.labels)
+            ensure_split(images, annots, section, self.labels)
             fmt = "voc"
-        for key, value in ((f"{split}.{split}_image_folder", images), (f"{split}.{split}_annot_folder", annots)):
+        for key, value in ((f"{section}.{section}_image_folder", images), (f"{section}.{section}_annot_folder", annots)):
             if not Path(value).exists():
                 raise UserError(f"{key}: {value} does not exist", self.path)
-        return DatasetSource(fmt, Path(images), Path(annots), tuple(self.labels), listing, label=split)
+        return DatasetSource(fmt, Path(images), Path(annots), tuple(self.labels), listing, label=label)
 
 
 def _check_type(section: str, key: str, spec: Key, value: Any, folder: Path, source: Path) -> Any:
@@ -237,6 +287,9 @@ def parse_config(raw: Any, path: Path) -> Config:
     sections = {}
     folder = path.parent
     for section, keys in SCHEMA.items():
+        if section in OPTIONAL_SECTIONS and section not in raw:
+            sections[section] = None
+            continue
         given = raw.get(section, {})
         if not isinstance(given, dict):
             raise UserError(f"section {section!r} must be a JSON object", path)
@@ -311,7 +364,68 @@ def parse_config(raw: Any, path: Path) -> Config:
             raise UserError(f"pruning.similarity_layer_ratios.{layer} must be a number in [0, 1), got {json.dumps(ratio)}", path)
     if not set(pr["similarity_kernels"]) <= {1, 3} or not pr["similarity_kernels"]:
         raise UserError("pruning.similarity_kernels must be [1], [3] or [1, 3]", path)
-    return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"], sections["quantization"], raw)
+    if not 0 <= train["holdout_fraction"] < 1:
+        raise UserError("train.holdout_fraction must be in [0, 1)", path)
+    if train["holdout_fraction"] and sections["test"] is not None:
+        raise UserError("give either a test section or train.holdout_fraction, not both (with a test section the valid section is the validation split)", path)
+    co = sections["compress"].values
+    if not co["sizes"] or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 32 == 0 for v in co["sizes"]):
+        raise UserError("compress.sizes must be a non-empty list of positive multiples of 32", path)
+    if not co["sensitivity_ratios"] or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in co["sensitivity_ratios"]):
+        raise UserError("compress.sensitivity_ratios must be a non-empty list of numbers in (0, 1)", path)
+    if co["threads"] < 1 or co["round_to"] < 1 or co["finetune_epochs"] < 0 or co["candidate_epochs"] < 0 or co["cluster_epochs"] < 0:
+        raise UserError("compress.threads and compress.round_to must be at least 1; the epochs not negative", path)
+    if co["distillation"] < 0 or not 0 <= co["cluster_budget"] < 1 or not 0 < co["holdout_fraction"] < 1:
+        raise UserError("compress.distillation must not be negative, compress.cluster_budget in [0, 1), compress.holdout_fraction in (0, 1)", path)
+    if co["calibration_samples"] < 1 or co["debug_images"] < 1:
+        raise UserError("compress.calibration_samples and compress.debug_images must be at least 1", path)
+    return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"],
+                  sections["quantization"], raw, sections["test"], sections["compress"])  # fmt: skip
+
+
+def with_overrides(config: Config, overrides: dict[str, Any]) -> Config:
+    """``config`` with dotted keys (``"model.input_size"``) set, validated as if the file said so.
+
+    Paths in ``overrides`` resolve against the config's folder, like the file's.
+    """
+    raw = json.loads(json.dumps(config.raw))
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in SCHEMA or key not in SCHEMA[section]:
+            raise UserError(f"unknown key {dotted}", config.path)
+        raw.setdefault(section, {})[key] = value
+    return parse_config(raw, config.path)
+
+
+def to_raw(config: Config, folder: Path) -> dict:
+    """The config as JSON to be written in ``folder``: every key given, paths made relative to ``folder``.
+
+    The file can be moved with the data it points at, and loads to the same
+    settings from there.
+    """
+    import os
+
+    out: dict = {}
+    for section, keys in SCHEMA.items():
+        sec = getattr(config, section)
+        if sec is None or section not in config.raw:
+            continue
+        given = config.raw[section]
+        out[section] = {}
+        for key in given:
+            value = sec.values[key]
+            if keys[key].type in (PATH, OPT_PATH) and value is not None:
+                value = os.path.relpath(Path(value).resolve(), Path(folder).resolve())
+            elif key == "architecture" and value not in _builtin_names():
+                value = os.path.relpath(Path(value).resolve(), Path(folder).resolve())
+            out[section][key] = value
+    return out
+
+
+def _builtin_names() -> tuple:
+    from .zoo import BUILTIN
+
+    return tuple(BUILTIN)
 
 
 def load_config(path: str | Path) -> Config:
@@ -334,6 +448,6 @@ def schema_markdown() -> str:
     for section, keys in SCHEMA.items():
         for key, spec in keys.items():
             t = spec.type if isinstance(spec.type, str) else spec.type.__name__
-            default = "required" if spec.required else json.dumps(spec.default)
+            default = ("required" + (" in the section" if section in OPTIONAL_SECTIONS else "")) if spec.required else json.dumps(spec.default)
             rows.append(f"| `{section}.{key}` | {t} | {default} | {spec.help} |")
     return "\n".join(rows)

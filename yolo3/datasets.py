@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -411,6 +412,24 @@ class DatasetSource:
     names: Path | tuple[str, ...] | None = None
     split: Path | None = None
     label: str = ""
+    holdout: tuple[float, bool] | None = None  # (fraction, True = the held-out images / False = the rest)
+
+
+def holdout_mask(images: Sequence[Path], fraction: float) -> np.ndarray:
+    """Which images a hold-out of ``fraction`` takes: chosen by a hash of the file name, so the same every run.
+
+    Hashing the name (rather than shuffling the list) keeps an image on its
+    side of the split when other images are added or removed. At least one
+    image is held out and at least one kept when there are two or more.
+    """
+    n = len(images)
+    mask = np.zeros(n, bool)
+    if n < 2 or fraction <= 0:
+        return mask
+    count = min(n - 1, max(1, int(round(fraction * n))))
+    keys = [hashlib.sha1(Path(p).name.encode("utf-8")).hexdigest() for p in images]
+    mask[np.argsort(keys, kind="stable")[:count]] = True
+    return mask
 
 
 def read_dataset(source: DatasetSource, names: Sequence[str] | None = None) -> Dataset:
@@ -418,14 +437,21 @@ def read_dataset(source: DatasetSource, names: Sequence[str] | None = None) -> D
     if names is None and source.names is not None:
         names = read_names(source.names) if isinstance(source.names, Path) else list(source.names)
     if source.format == "voc":
-        return read_voc(source.images, source.annotations, names, source.split)
-    if source.format == "yolo":
+        dataset = read_voc(source.images, source.annotations, names, source.split)
+    elif source.format == "yolo":
         if names is None:
             raise UserError("YOLO txt labels need class names (a .names file or the config's labels)", source.annotations)
-        return read_yolo(source.images, source.annotations, names, source.split)
-    if source.format == "coco":
-        return read_coco(source.images, source.annotations, names, source.split)
-    raise UserError(f"unknown annotation format {source.format!r} (use {', '.join(FORMATS)})")
+        dataset = read_yolo(source.images, source.annotations, names, source.split)
+    elif source.format == "coco":
+        dataset = read_coco(source.images, source.annotations, names, source.split)
+    else:
+        raise UserError(f"unknown annotation format {source.format!r} (use {', '.join(FORMATS)})")
+    if source.holdout is not None:
+        fraction, held_out = source.holdout
+        mask = holdout_mask([r.image for r in dataset.records], fraction)
+        dataset.records = [r for r, m in zip(dataset.records, mask) if m == held_out]
+        dataset.source = f"{dataset.source} ({'held out' if held_out else 'without the held-out'} {fraction:.0%})"
+    return dataset
 
 
 def discover(folder: str | Path) -> list[DatasetSource]:

@@ -73,6 +73,30 @@ def _prepare(record: Record, input_hw: tuple[int, int]) -> tuple[np.ndarray, Let
         return Problem(str(record.image), "unreadable image", err.reason)
 
 
+class PreparedImages:
+    """A dataset's images letterboxed once for one input size, kept in memory.
+
+    Compression decisions evaluate dozens of model variants on the same
+    validation images; decoding and letterboxing them once saves most of the
+    time of each evaluation but the model's.
+    """
+
+    def __init__(self, records: Sequence[Record], input_hw: tuple[int, int]):
+        self.input_hw = tuple(input_hw)
+        self.records: list[Record] = []
+        self.tensors: list[np.ndarray] = []
+        self.boxes: list[Letterbox] = []
+        self.problems: list[Problem] = []
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            for record, prepared in zip(records, pool.map(lambda r: _prepare(r, self.input_hw), records)):
+                if isinstance(prepared, Problem):
+                    self.problems.append(prepared)
+                else:
+                    self.records.append(record)
+                    self.tensors.append(prepared[0])
+                    self.boxes.append(prepared[1])
+
+
 def run_detection(
     predictor,
     records: Sequence[Record],
@@ -81,21 +105,33 @@ def run_detection(
     max_detections: int = 100,
     batch_size: int = 8,
     progress: bool = True,
+    prepared: PreparedImages | None = None,
 ) -> DetectionRun:
-    """Detect on every record; images are decoded in a background thread while the model runs."""
+    """Detect on every record; images are decoded in a background thread while the model runs (or taken from ``prepared``)."""
     run = DetectionRun([], [])
     start = time.perf_counter()
+    if prepared is not None:
+        if tuple(prepared.input_hw) != tuple(predictor.input_hw):
+            raise ValueError(f"images prepared for {prepared.input_hw}, the model takes {predictor.input_hw}")
+        records = prepared.records
+        run.problems.extend(prepared.problems)
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), desc="evaluating", unit="img", leave=False)
+
+    def load(k: int) -> list:
+        if prepared is not None:
+            return list(zip(prepared.tensors[k * batch_size : (k + 1) * batch_size], prepared.boxes[k * batch_size : (k + 1) * batch_size]))
+        return [_prepare(r, predictor.input_hw) for r in batches[k]]
+
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending = pool.map(lambda batch: [_prepare(r, predictor.input_hw) for r in batch], batches)
-        for batch, prepared in zip(batches, pending):
-            good = [(r, p) for r, p in zip(batch, prepared) if not isinstance(p, Problem)]
-            run.problems.extend(p for p in prepared if isinstance(p, Problem))
+        pending = pool.map(load, range(len(batches)))
+        for batch, prepared_batch in zip(batches, pending):
+            good = [(r, p) for r, p in zip(batch, prepared_batch) if not isinstance(p, Problem)]
+            run.problems.extend(p for p in prepared_batch if isinstance(p, Problem))
             if good:
                 tensor = np.stack([p[0] for _, p in good])
                 t0 = time.perf_counter()
@@ -125,15 +161,20 @@ def evaluate(
     max_detections: int = 100,
     batch_size: int = 8,
     progress: bool = True,
+    prepared: PreparedImages | None = None,
 ) -> dict:
-    """Metrics, counts and timing of ``predictor`` on ``dataset`` as one JSON-ready dict."""
+    """Metrics, counts and timing of ``predictor`` on ``dataset`` as one JSON-ready dict.
+
+    ``prepared`` (the dataset's images already letterboxed for the predictor's
+    input size) skips decoding them again.
+    """
     names = list(names if names is not None else dataset.names)
     classes = predictor.heads[0].classes
     if classes != len(names):
         raise UserError(f"the model predicts {classes} classes but the dataset has {len(names)} names")
     if not dataset.records:
         raise UserError("the validation set has no images", dataset.source)
-    run = run_detection(predictor, dataset.records, score_threshold, nms_iou, max_detections, batch_size, progress)
+    run = run_detection(predictor, dataset.records, score_threshold, nms_iou, max_detections, batch_size, progress, prepared)
     if not run.records:
         raise UserError("no validation image could be read", dataset.source)
     report = evaluate_detections(run.records, run.detections, names)
@@ -166,7 +207,7 @@ def format_report(report: dict) -> str:
         extra.append(f"parameters {report['params']:,}")
     if "macs" in report:
         extra.append(f"MACs {report['macs'] / 1e9:.3f} G")
-    extra.append(f"images {report['images']}")
+    extra.append(f"images {report['images']}" + (f" ({report['split']} split)" if "split" in report else ""))
     extra.append(f"{report['images_per_second']:.2f} img/s ({report['model_seconds_per_image'] * 1000:.1f} ms/img in the model)")
     if "latency" in report:
         extra.append(f"latency {report['latency']['median_ms']:.1f} ms (median of {report['latency']['runs']}, batch 1)")
@@ -237,11 +278,16 @@ def measure_model_latency(predictor, runs: int = 20) -> dict:
     return measure_latency(predictor.invoke, tensor, runs=runs)
 
 
-def evaluate_config(config, model_path=None, architecture=None, progress: bool = True, threads: int = 2, latency_runs: int = 20) -> dict:
-    """``evaluate.py -p 1``: evaluate the config's model (Keras or TFLite) on its validation set."""
+def evaluate_config(
+    config, model_path=None, architecture=None, progress: bool = True, threads: int = 2, latency_runs: int = 20, split: str = "test"
+) -> dict:
+    """``evaluate.py -p 1``: evaluate the config's model (Keras or TFLite) on its test split (or ``split``).
+
+    Without a separate test split in the config, ``test`` and ``valid`` are the same images.
+    """
     from .datasets import read_dataset
 
-    dataset = read_dataset(config.dataset("valid"), config.labels)
+    dataset = read_dataset(config.dataset(split), config.labels)
     predictor, summary = make_predictor(config, model_path, architecture, threads)
     report = evaluate(
         predictor,
@@ -255,6 +301,8 @@ def evaluate_config(config, model_path=None, architecture=None, progress: bool =
     )
     report.update(summary)
     report["model"] = predictor.name
+    report["split"] = split
+    report["split_images_seen_by_decisions"] = split == "valid" or not config.has_test_split
     report.update(file_sizes(model_path if model_path is not None else config.model.weights))
     report["runtime"] = predictor.runtime
     if latency_runs:

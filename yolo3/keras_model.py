@@ -26,6 +26,8 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 from .darknet import ConvWeights, DarknetWeights, Header
 from .errors import UserError
 from .kerasenv import keras
@@ -61,55 +63,57 @@ def build_model(
     inp = layers.Input(shape=(hw[0], hw[1], spec.channels), name="image")
     outs: list = []
     x = inp
-    for i, block in enumerate(spec.layers):
-        if block.type == "convolutional":
-            p = conv_params(block)
-            if p.padding and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2):
-                x = layers.ZeroPadding2D(p.padding, name=f"pad_{i}")(x)
-                mode = "valid"
-            else:
-                mode = "same" if p.padding else "valid"
-            x = layers.Conv2D(
-                p.filters,
-                p.size,
-                strides=p.stride,
-                padding=mode,
-                groups=p.groups,
-                use_bias=not p.batch_normalize,
-                name=f"conv_{i}",
-            )(x)
-            if p.batch_normalize:
-                x = layers.BatchNormalization(
-                    epsilon=BN_EPSILON, momentum=0.99, synchronized=sync_bn, name=f"bn_{i}"
-                )(x)
-            if p.activation == "leaky":
-                x = layers.LeakyReLU(alpha=LEAKY_SLOPE, name=f"leaky_{i}")(x)
-        elif block.type == "maxpool":
-            size_, stride, padding = maxpool_params(block)
-            if padding == size_ - 1:
-                mode = "same"
-            elif padding == 0:
-                mode = "valid"
-            else:
-                raise spec.error(i, f"[maxpool] padding={padding} is not supported (use the default or 0)")
-            x = layers.MaxPooling2D(size_, stride, padding=mode, name=f"maxpool_{i}")(x)
-        elif block.type == "upsample":
-            stride = block.get_int("stride", 2)
-            x = layers.UpSampling2D(stride, interpolation="nearest", name=f"upsample_{i}")(x)
-        elif block.type == "route":
-            sources = [outs[j] for j in route_inputs(spec, i)]
-            x = sources[0] if len(sources) == 1 else layers.Concatenate(axis=-1, name=f"route_{i}")(sources)
-        elif block.type == "shortcut":
-            x = layers.Add(name=f"shortcut_{i}")([x, outs[shortcut_input(spec, i)]])
-        elif block.type == "yolo":
-            pass  # decoding happens outside the model
-        else:  # pragma: no cover - the Spec parser rejects other types
-            raise spec.error(i, f"unsupported layer type [{block.type}]")
+    for i in range(len(spec.layers)):
+        x = apply_block(spec, i, x, outs, sync_bn)
         outs.append(x)
     heads = [outs[i - 1] for i in spec.yolo_indices()]
     if not heads:
         raise UserError("the network has no [yolo] layer", spec.source)
     return keras.Model(inp, heads, name=name)
+
+
+def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool = False):
+    """The Keras layers of block ``i`` applied to ``x`` (the previous layer's output); ``outs[j]`` is layer j's output.
+
+    Shared by :func:`build_model` and by the latency model, which times one
+    block at a time with exactly the layers the whole model uses.
+    """
+    layers = keras.layers
+    block = spec.layers[i]
+    if block.type == "convolutional":
+        p = conv_params(block)
+        if p.padding and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2):
+            x = layers.ZeroPadding2D(p.padding, name=f"pad_{i}")(x)
+            mode = "valid"
+        else:
+            mode = "same" if p.padding else "valid"
+        x = layers.Conv2D(
+            p.filters, p.size, strides=p.stride, padding=mode, groups=p.groups, use_bias=not p.batch_normalize, name=f"conv_{i}"
+        )(x)
+        if p.batch_normalize:
+            x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, synchronized=sync_bn, name=f"bn_{i}")(x)
+        if p.activation == "leaky":
+            x = layers.LeakyReLU(alpha=LEAKY_SLOPE, name=f"leaky_{i}")(x)
+        return x
+    if block.type == "maxpool":
+        size_, stride, padding = maxpool_params(block)
+        if padding == size_ - 1:
+            mode = "same"
+        elif padding == 0:
+            mode = "valid"
+        else:
+            raise spec.error(i, f"[maxpool] padding={padding} is not supported (use the default or 0)")
+        return layers.MaxPooling2D(size_, stride, padding=mode, name=f"maxpool_{i}")(x)
+    if block.type == "upsample":
+        return layers.UpSampling2D(block.get_int("stride", 2), interpolation="nearest", name=f"upsample_{i}")(x)
+    if block.type == "route":
+        sources = [outs[j] for j in route_inputs(spec, i)]
+        return sources[0] if len(sources) == 1 else layers.Concatenate(axis=-1, name=f"route_{i}")(sources)
+    if block.type == "shortcut":
+        return layers.Add(name=f"shortcut_{i}")([x, outs[shortcut_input(spec, i)]])
+    if block.type == "yolo":
+        return x  # decoding happens outside the model
+    raise spec.error(i, f"unsupported layer type [{block.type}]")  # pragma: no cover - the Spec parser rejects other types
 
 
 def set_darknet_weights(model: keras.Model, spec: Spec, weights: DarknetWeights) -> None:

@@ -26,8 +26,8 @@ from PIL import Image, ImageDraw
 from .errors import UserError
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
-SPLIT_SIZES = {"train": 400, "valid": 100}
-SPLIT_SEEDS = {"train": 1, "valid": 2}
+SPLIT_SIZES = {"train": 400, "valid": 100, "test": 100}
+SPLIT_SEEDS = {"train": 1, "valid": 2, "test": 3}
 MARKER = ".synthetic-complete"
 
 
@@ -168,5 +168,5 @@ def ensure_folders(images: str | Path, annotations: str | Path, count: int, name
 
 
 def ensure_split(images: str | Path, annotations: str | Path, split: str, names: Sequence[str]) -> bool:
-    """The config's ``synthetic`` format: generate the ``train`` or ``valid`` split on first use."""
+    """The config's ``synthetic`` format: generate the ``train``, ``valid`` or ``test`` split on first use."""
     return ensure_folders(images, annotations, SPLIT_SIZES[split], names, SPLIT_SEEDS[split])
