@@ -243,6 +243,7 @@ class Compressor:
             "calibration": co.calibration_samples,
             "config": json.loads(to_json({k: v for k, v in config.raw.items() if k not in ("compress",)})),
             "measure": {"threads": self.threads, "sizes": self.sizes, "ratios": list(co.sensitivity_ratios), "round_to": co.round_to,
+                        "levels": list(co.latency_levels),
                         "clusters": config.clustering.clusters, "debug_images": co.debug_images},  # fmt: skip
             "plan": {"target": options.target.to_json() if options.target else None, "preset": options.preset, "from_config": options.from_config,
                      "candidate_epochs": options.epochs.get("candidate", co.candidate_epochs)},  # fmt: skip
@@ -251,6 +252,7 @@ class Compressor:
                       "pruning": config.pruning.values, "clustering": config.clustering.values, "quantization": config.quantization.values},
         }
         self.job = json.loads(to_json(job))
+        self._check_fixed_plan()  # before the run folder is made
         self.run = RunFolder(run_dir, stage_fingerprints(self.job), options.force)
         write_json(self.run.file("job.json"), self.job)
         self.results: dict[str, dict] = {}
@@ -258,6 +260,22 @@ class Compressor:
         self._test = None
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _check_fixed_plan(self) -> None:
+        """A preset or the config's ratios must fit the model: say so before any work is done."""
+        if not (self.options.preset or self.options.from_config):
+            return
+        from yolo3.models import spec_from_h5
+        from yolo3.zoo import resolve_spec
+
+        from .presets import preset_ratios
+        from .pruning import resolve_layer_ratios
+
+        spec = (spec_from_h5(self.source) if self.source.suffix.lower() == ".h5" else None) or resolve_spec(self.config.model.architecture)
+        if self.options.preset:
+            preset_ratios(self.options.preset, spec)
+        else:
+            resolve_layer_ratios(spec, self.config.pruning.similarity_layer_ratios, self.config.path)
 
     @property
     def scorer(self):
@@ -332,7 +350,8 @@ class Compressor:
         from .planner import measure_size_model
 
         loaded = load_model(self.run.file("baseline.h5"))
-        model = measure_latency_model(loaded.spec, self.sizes, self.base_size, self.threads, round_to=self.config.compress.round_to,
+        co = self.config.compress
+        model = measure_latency_model(loaded.spec, self.sizes, self.base_size, self.threads, tuple(co.latency_levels), co.round_to,
                                       progress=self.options.progress)  # fmt: skip
         write_json(self.run.file("latency-model.json"), model.to_json())
         size = measure_size_model(loaded.model, loaded.spec, self.config.clustering.clusters, self.results["baseline"]["int8"]["gzip_bytes"])

@@ -147,6 +147,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "sizes": Key(list, [416, 352, 320, 288], "`compress.py`: input sizes the planner may choose (multiples of 32); those above `model.input_size` are ignored, and `model.input_size` is always one."),
         "threads": Key(int, 2, "`compress.py`: LiteRT threads of the device the latency model is measured for (this machine)."),
         "sensitivity_ratios": Key(list, [0.25, 0.5, 0.75, 0.875], "`compress.py`: fractions of a unit's channels removed in the sensitivity analysis (each unit alone, no fine-tuning)."),
+        "latency_levels": Key(list, [1.0, 0.5, 0.25, 0.125], "`compress.py`: channel fractions at which every block is timed as int8 for the latency model (input x output grid at the model's size; full and half at the other sizes)."),
         "round_to": Key(int, 8, "`compress.py`: channel counts the planner keeps are multiples of this (int8 kernels run fastest on multiples of 8)."),
         "candidate_epochs": Key(int, 3, "`compress.py`: fine-tuning epochs (with distillation) of the plan found at each input size, to choose among them on the validation split; 0 = choose by predicted loss."),
         "finetune_epochs": Key(int, 60, "`compress.py`: fine-tuning epochs after pruning, distilling from the unpruned model."),
@@ -371,6 +372,8 @@ def parse_config(raw: Any, path: Path) -> Config:
     co = sections["compress"].values
     if not co["sizes"] or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % 32 == 0 for v in co["sizes"]):
         raise UserError("compress.sizes must be a non-empty list of positive multiples of 32", path)
+    if not co["latency_levels"] or 1.0 not in co["latency_levels"] or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in co["latency_levels"]):
+        raise UserError("compress.latency_levels must be a list of numbers in (0, 1] that includes 1", path)
     if not co["sensitivity_ratios"] or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in co["sensitivity_ratios"]):
         raise UserError("compress.sensitivity_ratios must be a non-empty list of numbers in (0, 1)", path)
     if co["threads"] < 1 or co["round_to"] < 1 or co["finetune_epochs"] < 0 or co["candidate_epochs"] < 0 or co["cluster_epochs"] < 0:

@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Benchmark: compress.py on a fine-tuned model, its report kept as bench results (JSON + markdown).
+
+    python bench/compress.py -c bench/configs/bccd-yolov3-tiny.json --model runs/bccd-yolov3-tiny/best.h5 \
+        --target-speedup 3 --run-dir runs/compress-bccd --out bench/results/compress-bccd
+
+The JSON is the run's report.json (top-level keys: target, speedup_vs_unpruned_int8,
+size_ratio_vs_float_weights, map50_float_unpruned, map50_final_int8, latency_ms_final_int8,
+latency_ms_unpruned_int8, predicted_latency_ms_final_int8, seconds) plus the command, the
+machine and the sensitivity analysis's own time. Run it on a quiet machine: the latency model
+and the final timing are measurements.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common import machine, write_results
+from yolo3.errors import run_cli
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--target-speedup", type=float)
+    parser.add_argument("--target-latency", type=float)
+    parser.add_argument("--target-size", type=float)
+    parser.add_argument("--target-macs", type=float)
+    parser.add_argument("--preset")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
+    args = parser.parse_args(argv)
+
+    from compression.compress_report import format_markdown
+    from compression.compress_run import CompressOptions, parse_target, run_compress
+    from yolo3.config import load_config
+
+    config = load_config(args.config)
+    target = parse_target(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
+    report = run_compress(config, args.model, CompressOptions(target=target, preset=args.preset, run_dir=Path(args.run_dir), progress=False))
+    stages = json.loads((Path(args.run_dir) / "stages" / "sensitivity.json").read_text()) if (Path(args.run_dir) / "stages" / "sensitivity.json").exists() else None
+    data = {"command": "python bench/compress.py " + " ".join(argv or sys.argv[1:]), "machine": machine(), **report,
+            "sensitivity_seconds": stages["seconds"] if stages else None}  # fmt: skip
+    md = [f"`compress.py` on `{Path(args.config).name}` ({args.model}); {data['machine']}", "", format_markdown(report)]
+    if stages:
+        md.append(f"\nSensitivity analysis alone: {stages['seconds'] / 60:.1f} min.")
+    write_results(Path(args.out), data, "\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

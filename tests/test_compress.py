@@ -1,0 +1,404 @@
+"""compress.py: targets, the planner, the latency model, the chain end to end with a kill and a resume, failures that keep earlier stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+# A toy YOLO with every kind of block the latency model times: convolutions, max-pools, a route of two layers, an upsample, two heads.
+TOY_CFG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=64
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=64
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=128
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=24
+activation=linear
+
+[yolo]
+mask=3,4,5
+anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
+classes=3
+num=6
+
+[route]
+layers=-4
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[upsample]
+stride=2
+
+[route]
+layers=-1,4
+
+[convolutional]
+batch_normalize=1
+filters=64
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=24
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
+classes=3
+num=6
+"""
+
+COMPRESS = {
+    "sizes": [64, 32], "sensitivity_ratios": [0.5], "latency_levels": [1.0, 0.5], "candidate_epochs": 1, "finetune_epochs": 2,
+    "cluster_epochs": 1, "qat": False, "calibration_samples": 4, "debug_images": 4,
+}  # fmt: skip
+
+
+def toy_config(folder: Path, data: Path, **compress) -> Path:
+    from test_darknet import random_weights
+
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.models import save_model
+    from yolo3.spec import parse_cfg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "toy.cfg").write_text(TOY_CFG)
+    if not (folder / "toy.h5").exists():
+        spec = parse_cfg(TOY_CFG, "toy.cfg")
+        model = build_model(spec)
+        set_darknet_weights(model, spec, random_weights(spec, seed=1))
+        save_model(model, spec, folder / "toy.h5")
+    cfg = {
+        "model": {"architecture": "toy.cfg", "input_size": 64, "labels": ["circle", "square", "triangle"], "weights": "toy.h5"},
+        "train": {"train_image_folder": str(data / "images"), "train_annot_folder": str(data / "annotations"), "batch_size": 4,
+                  "run_dir": str(folder / "run")},
+        "valid": {"valid_image_folder": str(data / "images"), "valid_annot_folder": str(data / "annotations")},
+        "clustering": {"clusters": 8},
+        "compress": {**COMPRESS, **compress},
+    }  # fmt: skip
+    path = folder / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def compress_cmd(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "compress.py", "-c", str(config), "--quiet", *args]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, synthetic_valid):
+    """One compress run on the toy model, killed after its prune stage and run again to the end."""
+    folder = tmp_path_factory.mktemp("compress")
+    config = toy_config(folder, synthetic_valid)
+    run_dir = folder / "out"
+    cmd = compress_cmd(config, "--target-speedup", "1.3", "--run-dir", str(run_dir))
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    marker = run_dir / "stages" / "prune.json"
+    deadline = time.time() + 900
+    while time.time() < deadline and not marker.exists() and proc.poll() is None:
+        time.sleep(0.5)
+    assert marker.exists(), proc.stdout.read().decode()[-3000:] if proc.poll() is not None else "prune stage not reached in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return config, run_dir, second
+
+
+def test_chain_resumes_after_kill_and_reports(finished_run):
+    _, run_dir, second = finished_run
+    assert second.returncode == 0, second.stderr[-3000:]
+    for stage in ("baseline", "cost-models", "sensitivity", "plan", "candidates", "prune"):
+        assert f"{stage}: done before, skipped" in second.stderr
+    report = json.loads((run_dir / "report.json").read_text())
+    for key in ("target", "speedup_vs_unpruned_int8", "size_ratio_vs_float_weights", "map50_float_unpruned", "map50_final_int8",
+                "latency_ms_final_int8", "latency_ms_unpruned_int8", "predicted_latency_ms_final_int8", "seconds"):  # fmt: skip
+        assert key in report, key
+    assert (run_dir / "final-int8.tflite").stat().st_size > 0
+    assert (run_dir / "report.png").exists() and (run_dir / "sensitivity.png").exists()
+    assert "faster than the unpruned int8 model" in second.stdout
+    # the final model keeps the planned channels, and the planner's latency check timed it at the target
+    plan = json.loads((run_dir / "plan.json").read_text())
+    chosen = plan["candidates"][str(report["input_size"])]
+    assert report["kept_channels"] == chosen["kept"]
+    assert chosen["check"]["met"] and chosen["check"]["measured_ms"] <= chosen["check"]["wanted_ms"] * 1.02
+    # predicted and measured latency of the final model side by side, in the same range
+    assert 0.33 < report["predicted_latency_ms_final_int8"] / report["latency_ms_final_int8"] < 3
+
+
+def test_plan_config_is_an_ordinary_config(finished_run, tmp_path):
+    """The plan runs again: evaluate.py -p 3 prunes to the same channels; --from-config plans exactly them."""
+    from compression.compress_run import CompressOptions, Compressor
+    from compression.planner import ChannelMap
+    from yolo3.config import load_config
+    from yolo3.models import spec_from_h5
+
+    _, run_dir, _ = finished_run
+    plan_config = load_config(run_dir / "plan-config.json")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert plan_config.model.input_size == report["input_size"]
+    assert plan_config.model.weights.resolve() == (run_dir / "baseline.h5").resolve()
+    r = subprocess.run([sys.executable, "evaluate.py", "-c", str(run_dir / "plan-config.json"), "-p", "3", "--finetune-epochs", "0",
+                        "--quiet", "--out", str(tmp_path / "again.h5")], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    spec = spec_from_h5(tmp_path / "again.h5")
+    assert {k: spec.layers[int(k[5:])].get_int("filters") for k in report["kept_channels"]} == report["kept_channels"]
+    c = Compressor(plan_config, None, CompressOptions(from_config=True, run_dir=tmp_path / "fixed", progress=False))
+    for name in ("baseline.h5", "latency-model.json"):
+        shutil.copyfile(run_dir / name, c.run.file(name))
+    assert c.base_size == 64  # the unpruned reference stays at the model's own size
+    fixed = c._fixed_plan(ChannelMap(c._spec()))
+    assert fixed["sizes"] == [report["input_size"]] and fixed["kept"][str(report["input_size"])] == report["kept_channels"]
+
+
+def test_sensitivity_covers_every_unit_size_layer(finished_run):
+    _, run_dir, _ = finished_run
+    sens = json.loads((run_dir / "sensitivity.json").read_text())
+    assert set(sens["pruning"]["units"]) == {"conv_0", "conv_2", "conv_4", "conv_6", "conv_7", "conv_11", "conv_14"}
+    for unit in sens["pruning"]["units"].values():
+        assert all(p["kept"] < unit["channels"] and p["kept"] % 8 == 0 for p in unit["points"])
+    assert set(sens["sizes"]) == {"64", "32"}
+    assert set(sens["clustering"]["layers"]) == {f"conv_{i}" for i in (0, 2, 4, 6, 7, 8, 11, 14, 15)}
+    assert "conv_0" in sens["int8"]["layers"] and all(v["rmse_over_scale"] >= 0 for v in sens["int8"]["layers"].values())
+
+
+def test_unreachable_target_names_the_best_reach(finished_run, tmp_path):
+    config, run_dir, _ = finished_run
+    fresh = tmp_path / "run"
+    (fresh / "stages").mkdir(parents=True)
+    for name in ("baseline.h5", "baseline-int8.tflite", "latency-model.json", "size-model.json", "stages/baseline.json", "stages/cost-models.json"):
+        shutil.copyfile(run_dir / name, fresh / name)
+    r = subprocess.run(compress_cmd(config, "--target-speedup", "1000", "--run-dir", str(fresh)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "1000x faster than the unpruned int8 model cannot be reached: the most the planner can reach is" in last and "Traceback" not in r.stderr
+    assert "done before, skipped" in r.stderr  # the cost models were reused, not measured again
+    assert (fresh / "baseline.h5").exists() and (fresh / "stages" / "cost-models.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--target-speedup", "0"], "must be a positive number"),
+        (["--target-speedup", "-2"], "must be a positive number"),
+        (["--target-speedup", "0.5"], "is below 1"),
+        (["--target-macs", "1.5"], "fraction of the original MACs"),
+        (["--target-size", "nan"], "must be a positive number"),
+        (["--target-speedup", "2", "--target-size", "1"], "one target at a time"),
+        ([], "give a target"),
+        (["--preset", "late-heavy", "--target-speedup", "2"], "one of a target"),
+        (["--target-speedup", "2", "--sizes", "100"], "not a positive multiple of 32"),
+        (["--preset", "late-heavy"], "is made for an unpruned yolov3-tiny"),
+    ],
+)
+def test_invalid_targets_end_in_one_line(tmp_path, synthetic_valid, capsys, args, message):
+    import compress
+
+    config = toy_config(tmp_path, synthetic_valid)
+    code = compress.run_cli(compress.main, ["-c", str(config), "--quiet", "--run-dir", str(tmp_path / "out"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1], err
+
+
+def test_failing_stage_keeps_earlier_outputs_and_resumes(finished_run, tmp_path, monkeypatch):
+    from compression.compress_run import CompressOptions, Compressor, Target
+    from yolo3.config import load_config
+    from yolo3.errors import UserError
+
+    config, run_dir, _ = finished_run
+    fresh = tmp_path / "run"
+    shutil.copytree(run_dir, fresh)
+    for stage in ("prune", "finetune", "cluster", "cluster-finetune", "int8", "report"):
+        (fresh / "stages" / f"{stage}.json").unlink()
+    for name in ("pruned.h5", "finetuned.h5", "final-int8.tflite", "report.json"):
+        (fresh / name).unlink()
+    options = CompressOptions(target=Target("speedup", 1.3), run_dir=fresh, progress=False)
+
+    def broken(self):
+        raise UserError("the fine-tuning broke (planted)")
+
+    monkeypatch.setattr(Compressor, "finetune", broken)
+    with pytest.raises(UserError, match="planted"):
+        Compressor(load_config(config), None, options).run_all()
+    for name in ("baseline.h5", "latency-model.json", "sensitivity.json", "plan.json", "pruned.h5", "stages/prune.json"):
+        assert (fresh / name).exists(), name
+    assert not (fresh / "stages" / "finetune.json").exists()
+
+
+def test_changed_target_needs_force(finished_run, tmp_path):
+    config, run_dir, _ = finished_run
+    fresh = tmp_path / "run"
+    shutil.copytree(run_dir / "stages", fresh / "stages")
+    r = subprocess.run(compress_cmd(config, "--target-speedup", "1.2", "--run-dir", str(fresh)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "made from other inputs" in r.stderr and "--force" in r.stderr
+
+
+def test_planner_meets_a_macs_target_exactly_as_predicted():
+    from test_darknet import random_weights
+
+    from compression.planner import ChannelMap, MacsCost, plan_budget, ratios_for
+    from compression.pruning import resolve_layer_ratios
+    from compression.sensitivity import prune_to_ratios
+    from yolo3.config import Section
+    from yolo3.spec import analyse, parse_cfg, totals
+
+    spec = parse_cfg(TOY_CFG, "toy.cfg")
+    cmap = ChannelMap(spec)
+    cost = MacsCost(cmap)
+    full = cost(cmap.full(), 64)
+    assert full == totals(analyse(spec)).macs
+    pruning = Section({"min_channels": 8, "round_to": 8, "similarity_w1": 0.5, "similarity_w2": 0.5})
+    # every unit loses little but the first, which loses a lot: the planner meets the target without touching it
+    points = {u: [{"kept": c // 2, "loss": 0.5 if u == 0 else 0.01}] for u, c in cmap.units.items()}
+    plan = plan_budget(cmap, points, {64: 0.0}, cost, 0.5 * full, [64], pruning)
+    best = plan.best
+    assert best.cost <= 0.5 * full and best.kept[0] == 16 and best.loss < 0.1
+    ratios = resolve_layer_ratios(spec, ratios_for(best.kept, cmap))
+    pruned, _ = prune_to_ratios(spec, random_weights(spec, seed=2), ratios, pruning)
+    assert totals(analyse(pruned)).macs == best.cost
+    # a target below what the smallest channel counts reach is reported as out of reach
+    assert plan_budget(cmap, points, {64: 0.0}, cost, 0.001 * full, [64], pruning).best is None
+
+
+def test_loss_curve_is_monotone_and_interpolates():
+    from compression.planner import loss_curve
+
+    curve = loss_curve(64, [{"kept": 48, "loss": 0.1}, {"kept": 32, "loss": 0.05}, {"kept": 16, "loss": 0.4}])
+    assert curve(64) == 0 and curve(56) == pytest.approx(0.05)
+    assert curve(32) == pytest.approx(0.1)  # noise (less loss for fewer channels) does not make pruning look free
+    assert curve(8) > curve(16) == pytest.approx(0.4)
+
+
+def test_shortcut_groups_prune_as_one_unit():
+    from test_darknet import random_weights
+
+    from compression.pruning import resolve_layer_ratios
+    from compression.sensitivity import prune_to_ratios, pruning_units
+    from yolo3.config import Section
+    from yolo3.zoo import build_spec
+
+    spec = build_spec("yolov3", 3, 128)
+    units = {u.name: u for u in pruning_units(spec)}
+    tied = next(u for u in units.values() if len(u.members) > 2)
+    ratios = resolve_layer_ratios(spec, {f"conv_{tied.members[-1]}": 0.5})
+    assert ratios == {tied.id: 0.5}
+    pruning = Section({"min_channels": 8, "round_to": 8, "similarity_w1": 0.5, "similarity_w2": 0.5})
+    new, _ = prune_to_ratios(spec, random_weights(spec, seed=0), ratios, pruning)
+    counts = {new.layers[m].get_int("filters") for m in tied.members}
+    assert len(counts) == 1 and counts.pop() in (tied.channels // 2, tied.channels // 2 + 1)  # + a carrier channel
+    from yolo3.errors import UserError
+
+    with pytest.raises(UserError, match="tied by a shortcut"):
+        resolve_layer_ratios(spec, {f"conv_{tied.members[0]}": 0.5, f"conv_{tied.members[1]}": 0.25})
+
+
+def test_holdout_and_test_splits(tmp_path, synthetic_valid):
+    from yolo3.config import load_config
+    from yolo3.datasets import read_dataset
+    from yolo3.errors import UserError
+
+    path = toy_config(tmp_path, synthetic_valid)
+    raw = json.loads(path.read_text())
+    raw["train"]["holdout_fraction"] = 0.25
+    path.write_text(json.dumps(raw))
+    config = load_config(path)
+    sets = {s: [r.image.name for r in read_dataset(config.dataset(s), config.labels).records] for s in ("train", "valid", "test")}
+    assert len(sets["valid"]) == 6 and len(sets["train"]) == 18 and not set(sets["valid"]) & set(sets["train"])
+    assert sorted(sets["test"]) == sorted(sets["train"] + sets["valid"])  # the valid section (here the same folder) is the test split
+    again = load_config(path)
+    assert [r.image.name for r in read_dataset(again.dataset("valid"), again.labels).records] == sets["valid"]
+    raw["test"] = dict(annot_format="voc", test_image_folder=raw["valid"]["valid_image_folder"], test_annot_folder=raw["valid"]["valid_annot_folder"])
+    path.write_text(json.dumps(raw))
+    with pytest.raises(UserError, match="either a test section or train.holdout_fraction"):
+        load_config(path)
+
+
+def test_latency_model_fits_blocks(finished_run):
+    """Every costly block has a fit; the network mapping lands near the whole networks timed in the same run."""
+    from compression.latency_model import LatencyModel, block_shapes
+    from yolo3.spec import parse_cfg
+
+    _, run_dir, _ = finished_run
+    model = LatencyModel.from_json(json.loads((run_dir / "latency-model.json").read_text()))
+    spec = parse_cfg(TOY_CFG, "toy.cfg")
+    assert set(model.coefficients) == {b.layer for b in block_shapes(spec, 64)}
+    assert {n["size"] for n in model.networks} == {64, 32} and len(model.networks) >= 4
+    errors = [abs(n["predicted_ms"] - n["ms"]) / n["ms"] for n in model.networks]
+    assert np.median(errors) < 0.5, model.networks
