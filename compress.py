@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true", help="redo the stages a changed input invalidates instead of refusing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument("--bundle", help="also write a folder for the device: final-int8.tflite, labels and a runner needing only numpy, Pillow and LiteRT")
     args = parser.parse_args(argv)
 
     from compression.compress_run import CompressOptions, parse_target
@@ -65,6 +66,10 @@ def main(argv=None) -> int:
     from yolo3.reporting import write_json
 
     config = load_config(args.config)
+    if args.bundle:
+        from yolo3.bundle import check_bundle_folder
+
+        check_bundle_folder(args.bundle, args.force)
     options = CompressOptions(
         target=target, preset=args.preset, from_config=args.from_config, sensitivity_only=args.sensitivity_only,
         run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, sizes=sizes, force=args.force,
@@ -75,7 +80,13 @@ def main(argv=None) -> int:
         print(f"sensitivity analysis: {report['sensitivity']} and {report['plot']}")
     else:
         print(format_markdown(report))
-        print(f"wrote {Path(report['plan_config']).parent / 'final-int8.tflite'}, report.json/.md/.png and plan-config.json there")
+        final = Path(report["plan_config"]).parent / "final-int8.tflite"
+        print(f"wrote {final}, report.json/.md/.png and plan-config.json there")
+        if args.bundle:
+            from yolo3.bundle import write_bundle
+
+            bundle = write_bundle(final, args.bundle, args.force)
+            print(f"wrote the device bundle {bundle['folder']} ({len(bundle['files'])} files, {bundle['bytes']:,} bytes)")
     if args.json:
         write_json(args.json, report)
     return 0

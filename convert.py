@@ -3,6 +3,7 @@
 
     python convert.py -c config.json [--model IN(.h5|.weights)] [--format int8] [--samples 200] [--out OUT.tflite] [--json OUT.json]
     python convert.py -c config.json --model IN.h5 --qat [--qat-epochs N]     # quantization-aware training first
+    python convert.py -c config.json --model IN.h5 --bundle DIR               # also a folder to copy to the device
 
 int8 is calibrated on --samples training images (fixed seed), preprocessed exactly as at inference.
 --qat fine-tunes with TFMOT quantization-aware training (quantization.qat_epochs, in a run folder
@@ -32,6 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--qat", action="store_true", help="quantization-aware training before the int8 conversion")
     parser.add_argument("--qat-epochs", type=int, help="override quantization.qat_epochs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar during --qat")
+    parser.add_argument("--bundle", help="also write a folder for the device: the .tflite, labels, a runner needing only numpy, Pillow and LiteRT")
     args = parser.parse_args(argv)
 
     from compression.convert import convert_config, format_report
@@ -39,11 +41,22 @@ def main(argv=None) -> int:
     from yolo3.reporting import write_json
 
     config = load_config(args.config)
+    if args.bundle:
+        from yolo3.bundle import check_bundle_folder
+
+        check_bundle_folder(args.bundle, args.force)
     if args.qat_epochs is not None and args.qat_epochs < 1:
         raise UserError("--qat-epochs must be at least 1")
     report = convert_config(config, args.model, args.format, args.samples, args.out, args.force, args.seed,
                             qat=args.qat, qat_epochs=args.qat_epochs, progress=not args.quiet)  # fmt: skip
     print(format_report(report))
+    if args.bundle:
+        from yolo3.bundle import write_bundle
+
+        bundle = write_bundle(report["path"], args.bundle, args.force)
+        report["bundle"] = bundle
+        print(f"wrote the device bundle {bundle['folder']} ({len(bundle['files'])} files, {bundle['bytes']:,} bytes): "
+              f"pip install -r requirements.txt, then python -m yolo3.lite model.tflite IMAGE there")  # fmt: skip
     if args.json:
         write_json(args.json, report)
     return 0

@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from common import machine, write_results
+from compression.presets import PRESETS
 from yolo3.errors import run_cli
 
-# Fraction of each yolov3-tiny layer's filters to remove, by layer index: the early high-resolution layers
-# lightly, the wide 13x13 and 26x26 layers hard (71 % of the MACs; uniform 50 % removes 74 %).
-LATE_HEAVY = {"0": 0.0, "2": 0.25, "4": 0.25, "6": 0.25, "8": 0.5, "10": 0.5, "12": 0.875, "13": 0.5, "14": 0.625, "18": 0.5, "21": 0.625}
+# The product's preset (compress.py --preset late-heavy): early layers lightly, the wide late layers hard.
+LATE_HEAVY = PRESETS["late-heavy"].layer_ratios
 
 SETTINGS = [
     # (label, mode, pruning overrides, use the sparse-trained model)

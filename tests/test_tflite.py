@@ -83,7 +83,7 @@ def test_edge_runner_needs_no_tensorflow(exported, synthetic_valid, tmp_path):
     draw = tmp_path / "drawn"
     draw.mkdir()
     out = subprocess.run(
-        [sys.executable, "-c", block, str(folder / "model-int8.tflite"), str(image), "--score", "0.01", "--draw", str(draw)],
+        [sys.executable, "-c", block, str(folder / "model-int8.tflite"), str(image), "--score", "0.01", "--draw", str(draw), "--json"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]

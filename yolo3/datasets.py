@@ -28,8 +28,8 @@ from defusedxml import ElementTree
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .preprocess import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FORMATS = ("voc", "yolo", "coco")
 CLIP_TOLERANCE = 1.0  # pixels a box may stick out (rounding of normalised labels) before clipping is reported
 

@@ -1,8 +1,9 @@
 """The edge runner: detect with a ``.tflite`` file using only numpy, Pillow and LiteRT.
 
-    python -m yolo3.lite MODEL.tflite IMAGE [IMAGE ...] [--threads 2] [--score 0.25] [--draw OUT_DIR]
+    python -m yolo3.lite MODEL.tflite IMAGE|FOLDER|VIDEO|CAMERA ... [--threads 2] [--score 0.25] [--json] [--draw OUT_DIR]
 
-Prints one JSON object per image (boxes in image pixels, scores, class names).
+Prints one line per image or frame (boxes in image pixels, scores, class names, latency), or
+one JSON object with ``--json``.
 Everything the decoder needs (anchors, class count and names, the cfg) is
 embedded in the ``.tflite`` by ``convert.py`` as metadata named ``yolo3``, read
 here with a few lines of flatbuffer parsing, so the runner needs no other file.
@@ -201,27 +202,67 @@ def measure_latency(invoke, tensor: np.ndarray, runs: int = 20, warmup: int = 3)
     return {"median_ms": float(np.median(times)), "min_ms": times[0], "max_ms": times[-1], "runs": runs}
 
 
+def _describe(name: str, dets: Detections, names, model_ms: float, total_ms: float) -> str:
+    found = ", ".join(f"{names[c] if names and 0 <= c < len(names) else c} {sc:.2f} [{', '.join(f'{v:.0f}' for v in box)}]"
+                      for box, sc, c in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.classes.tolist()))  # fmt: skip
+    return f"{name}: {len(dets)} detection{'' if len(dets) == 1 else 's'} ({model_ms:.1f} ms model, {total_ms:.1f} ms total)" + (f": {found}" if found else "")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m yolo3.lite", description="Detect objects with a .tflite YOLOv3 (numpy, Pillow, LiteRT only)")
-    parser.add_argument("model", help="a .tflite written by convert.py")
-    parser.add_argument("images", nargs="+", help="image files")
+    parser = argparse.ArgumentParser(
+        prog="python -m yolo3.lite",
+        description="Detect objects with a .tflite YOLOv3 written by this tool (numpy, Pillow and LiteRT only; OpenCV for video).",
+    )
+    parser.add_argument("model", help="a .tflite written by convert.py (labels, anchors and input size travel inside it)")
+    parser.add_argument("inputs", nargs="+", help="image files, folders of images, video files, or a camera index (0)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--score", type=float, default=0.25, help="score threshold")
     parser.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold")
-    parser.add_argument("--draw", help="folder to write the images with boxes drawn")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image or frame instead of a line of text")
+    parser.add_argument("--draw", help="folder to write the images (and frames) with their boxes drawn; made if missing")
+    parser.add_argument("--max-frames", type=int, help="stop a video or camera after this many frames")
     args = parser.parse_args(argv)
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if not 0 <= args.score < 1 or not 0 < args.nms <= 1:
+        raise UserError("--score must be in [0, 1) and --nms in (0, 1]")
+    draw_dir = Path(args.draw) if args.draw else None
+    if draw_dir is not None:
+        if draw_dir.exists() and not draw_dir.is_dir():
+            raise UserError("--draw: exists and is not a folder", draw_dir)
+        draw_dir.mkdir(parents=True, exist_ok=True)
     predictor = TFLitePredictor(args.model, args.threads)
-    for image in args.images:
+    from .detection import iter_inputs
+
+    failed = 0
+    model_times = []
+    for name, image in iter_inputs(args.inputs, args.max_frames):
+        if isinstance(image, UserError):
+            failed += 1
+            print(f"error: {image.message}", file=sys.stderr)
+            continue
         t0 = time.perf_counter()
-        dets = predictor.detect_file(image, args.score, args.nms)
-        result = {"image": image, "seconds": round(time.perf_counter() - t0, 4), "detections": dets.to_json(predictor.names)}
-        print(json.dumps(result))
-        if args.draw:
+        tensor, box = letterbox(image, predictor.input_hw)
+        t1 = time.perf_counter()
+        outputs = predictor.invoke(tensor[None])
+        t2 = time.perf_counter()
+        dets = detect([o[0] for o in outputs], predictor.heads, predictor.input_hw, box, args.score, args.nms)
+        total_ms, model_ms = (time.perf_counter() - t0) * 1000, (t2 - t1) * 1000
+        model_times.append(model_ms)
+        if args.json:
+            print(json.dumps({"image": name, "seconds": round(total_ms / 1000, 4), "model_ms": round(model_ms, 3),
+                              "detections": dets.to_json(predictor.names)}))  # fmt: skip
+        else:
+            print(_describe(name, dets, predictor.names, model_ms, total_ms))
+        if draw_dir is not None:
             from .draw import draw_detections
 
-            out = Path(args.draw) / Path(image).name
-            draw_detections(load_image(image), dets, predictor.names).save(out)
-    return 0
+            stem = Path(name.split("#")[0]).stem + (f"-{int(name.split('#')[1]):06d}" if "#" in name else "")
+            draw_detections(image, dets, predictor.names).save(draw_dir / f"{stem}.jpg", quality=92)
+    if model_times:
+        print(f"{len(model_times)} image{'' if len(model_times) == 1 else 's'}: model latency median {float(np.median(model_times)):.1f} ms "
+              f"({args.threads} thread{'' if args.threads == 1 else 's'})", file=sys.stderr)  # fmt: skip
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

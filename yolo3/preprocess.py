@@ -21,6 +21,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
 FILL = 0.5  # Darknet fills the letterbox border with grey 0.5
 
 
