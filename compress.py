@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, help="LiteRT threads the latency is measured and planned for (default: compress.threads)")
     parser.add_argument("--sizes", help="input sizes the planner may choose, e.g. 416,352,320 (default: compress.sizes)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs after pruning (default: compress.finetune_epochs)")
+    parser.add_argument("--measurements-from", metavar="RUN", help="reuse the baseline, cost models and sensitivity of another run folder "
+                        "made from the same model, config and settings (to try another target without measuring again)")
     parser.add_argument("--force", action="store_true", help="redo the stages a changed input invalidates instead of refusing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", help="also write the report to this file")
@@ -74,6 +76,7 @@ def main(argv=None) -> int:
         target=target, preset=args.preset, from_config=args.from_config, sensitivity_only=args.sensitivity_only,
         run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, sizes=sizes, force=args.force,
         progress=not args.quiet, epochs={} if args.epochs is None else {"finetune": args.epochs},
+        measurements_from=Path(args.measurements_from) if args.measurements_from else None,
     )  # fmt: skip
     report = run_compress(config, args.model, options)
     if args.sensitivity_only:

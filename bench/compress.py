@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target-macs", type=float)
     parser.add_argument("--preset")
     parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--measurements-from", help="reuse the measuring stages of another run folder (same model and config)")
     parser.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
 
@@ -41,7 +42,8 @@ def main(argv=None) -> int:
 
     config = load_config(args.config)
     target = parse_target(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
-    report = run_compress(config, args.model, CompressOptions(target=target, preset=args.preset, run_dir=Path(args.run_dir), progress=False))
+    report = run_compress(config, args.model, CompressOptions(target=target, preset=args.preset, run_dir=Path(args.run_dir), progress=False,
+                                                               measurements_from=args.measurements_from))
     stages = json.loads((Path(args.run_dir) / "stages" / "sensitivity.json").read_text()) if (Path(args.run_dir) / "stages" / "sensitivity.json").exists() else None
     data = {"command": "python bench/compress.py " + " ".join(argv or sys.argv[1:]), "machine": machine(), **report,
             "sensitivity_seconds": stages["seconds"] if stages else None}  # fmt: skip

@@ -111,6 +111,7 @@ class CompressOptions:
     force: bool = False
     progress: bool = True
     epochs: dict = field(default_factory=dict)  # overrides: finetune, candidate, cluster, qat
+    measurements_from: Path | None = None  # another run folder whose baseline, cost models and sensitivity this job may reuse
 
 
 def _log(message: str) -> None:
@@ -255,11 +256,29 @@ class Compressor:
         self._check_fixed_plan()  # before the run folder is made
         self.run = RunFolder(run_dir, stage_fingerprints(self.job), options.force)
         write_json(self.run.file("job.json"), self.job)
+        if options.measurements_from:
+            self._reuse_measurements(Path(options.measurements_from))
         self.results: dict[str, dict] = {}
         self._scorer = None
         self._test = None
 
     # -- helpers --------------------------------------------------------------------------------
+
+    def _reuse_measurements(self, other: Path) -> None:
+        """Copy the measuring stages of another run folder, where they were made from the same inputs as this job's."""
+        if not (other / "stages").is_dir():
+            raise UserError("--measurements-from: not a compress run folder (no stages/)", other)
+        for stage in ("baseline", "cost-models", "sensitivity"):
+            record = other / "stages" / f"{stage}.json"
+            if self.run.done(stage) is not None or not record.exists():
+                continue
+            if json.loads(record.read_text()).get("fingerprint") != self.run.fingerprints[stage]:
+                self.notes.append(f"--measurements-from: {stage} there was made from other inputs; measured again")
+                break
+            for name in OUTPUTS[stage]:
+                if (other / name).is_file():
+                    shutil.copyfile(other / name, self.run.file(name))
+            shutil.copyfile(record, self.run.path / "stages" / f"{stage}.json")
 
     def _check_fixed_plan(self) -> None:
         """A preset or the config's ratios must fit the model: say so before any work is done."""

@@ -71,6 +71,7 @@ def write_bundle(model: str | Path, folder: str | Path, force: bool = False) -> 
     from .lite import METADATA_NAME, read_metadata
 
     model, folder = Path(model), Path(folder)
+    check_bundle_folder(folder, force)  # the output first: nothing is read or written when it would be refused
     try:
         data = model.read_bytes()
     except FileNotFoundError:
@@ -84,7 +85,6 @@ def write_bundle(model: str | Path, folder: str | Path, force: bool = False) -> 
         meta = None
     if not meta or "names" not in meta or "heads" not in meta:
         raise UserError("this .tflite has no yolo3 metadata (labels, anchors): bundle a model that convert.py wrote", model)
-    check_bundle_folder(folder, force)
     folder.parent.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
