@@ -1,99 +1,11 @@
 #!/usr/bin/env python3
-"""Compress a trained YOLOv3 to an int8 .tflite that meets a speed or size budget; the tool finds the settings.
+"""`python compress.py ...` is `yolo3 compress ...` with the same flags (`python compress.py --help`)."""
 
-    python compress.py -c config.json --model IN(.h5|.weights) --target-speedup 3
-    python compress.py -c config.json --model IN.h5 --target-latency 12 | --target-size 1.0 | --target-macs 0.3
-    python compress.py -c config.json --model IN.h5 --sensitivity-only
-    python compress.py -c config.json --model IN.h5 --preset late-heavy
-    python compress.py -c RUN/plan-config.json --from-config            (a plan, edited or not, run again)
-
-The run folder (--run-dir; default: train.run_dir + "-compress") ends with final-int8.tflite,
-report.json / .md / .png and plan-config.json, the plan as an ordinary config. The same
-command after a crash or kill -9 skips the stages already done. Decisions use the validation
-split; the report's figures come from the test split.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-from yolo3.errors import UserError, run_cli
+from yolo3_cli.main import script, verb_main
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="config.json")
-    parser.add_argument("--model", help="the trained float model (.h5 written by this tool, or .weights); default: model.weights")
-    target = parser.add_argument_group("the budget (one)")
-    target.add_argument("--target-speedup", type=float, metavar="X", help="X times faster than the unpruned int8 model (int8 LiteRT, this machine)")
-    target.add_argument("--target-latency", type=float, metavar="MS", help="int8 latency of at most MS milliseconds on this machine")
-    target.add_argument("--target-size", type=float, metavar="MB", help="gzipped int8 .tflite of at most MB megabytes")
-    target.add_argument("--target-macs", type=float, metavar="FRACTION", help="at most this fraction of the original MACs (0.3 = 70 %% fewer)")
-    parser.add_argument("--preset", help="instead of a target: a named per-layer profile (late-heavy)")
-    parser.add_argument("--from-config", action="store_true", help="instead of a target: the config's pruning ratios, input size and clustering exclusions")
-    parser.add_argument("--sensitivity-only", action="store_true", help="only the sensitivity analysis (JSON and PNG in the run folder)")
-    parser.add_argument("--run-dir", help="the run folder (default: train.run_dir + '-compress')")
-    parser.add_argument("--threads", type=int, help="LiteRT threads the latency is measured and planned for (default: compress.threads)")
-    parser.add_argument("--sizes", help="input sizes the planner may choose, e.g. 416,352,320 (default: compress.sizes)")
-    parser.add_argument("--epochs", type=int, help="fine-tuning epochs after pruning (default: compress.finetune_epochs)")
-    parser.add_argument("--measurements-from", metavar="RUN", help="reuse the baseline, cost models and sensitivity of another run folder "
-                        "made from the same model, config and settings (to try another target without measuring again)")
-    parser.add_argument("--force", action="store_true", help="redo the stages a changed input invalidates instead of refusing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--json", help="also write the report to this file")
-    parser.add_argument("--bundle", help="also write a folder for the device: final-int8.tflite, labels and a runner needing only numpy, Pillow and LiteRT")
-    args = parser.parse_args(argv)
-
-    from compression.compress_run import CompressOptions, parse_target
-
-    target = parse_target(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
-    if args.epochs is not None and args.epochs < 0:
-        raise UserError(f"--epochs must not be negative, got {args.epochs}")
-    sizes = None
-    if args.sizes:
-        try:
-            sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-        except ValueError:
-            raise UserError(f"--sizes must be comma-separated multiples of 32, got {args.sizes!r}") from None
-        if not sizes:
-            raise UserError("--sizes: give at least one input size")
-
-    from compression.compress_report import format_markdown
-    from compression.compress_run import run_compress
-    from yolo3.config import load_config
-    from yolo3.reporting import write_json
-
-    config = load_config(args.config)
-    if args.bundle:
-        from yolo3.bundle import check_bundle_folder
-
-        check_bundle_folder(args.bundle, args.force)
-    options = CompressOptions(
-        target=target, preset=args.preset, from_config=args.from_config, sensitivity_only=args.sensitivity_only,
-        run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, sizes=sizes, force=args.force,
-        progress=not args.quiet, epochs={} if args.epochs is None else {"finetune": args.epochs},
-        measurements_from=Path(args.measurements_from) if args.measurements_from else None,
-    )  # fmt: skip
-    report = run_compress(config, args.model, options)
-    if args.sensitivity_only:
-        print(f"sensitivity analysis: {report['sensitivity']} and {report['plot']}")
-    else:
-        print(format_markdown(report))
-        final = Path(report["plan_config"]).parent / "final-int8.tflite"
-        print(f"wrote {final}, report.json/.md/.png and plan-config.json there")
-        if args.bundle:
-            from yolo3.bundle import write_bundle
-
-            bundle = write_bundle(final, args.bundle, args.force)
-            print(f"wrote the device bundle {bundle['folder']} ({len(bundle['files'])} files, {bundle['bytes']:,} bytes)")
-    if args.json:
-        write_json(args.json, report)
-    return 0
-
+main = verb_main("compress", "compress.py")
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(script("compress"))

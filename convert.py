@@ -1,66 +1,11 @@
 #!/usr/bin/env python3
-"""Convert a model to TFLite: full-integer int8 (default), float16, dynamic range or float32.
+"""`python convert.py ...` is `yolo3 convert ...` with the same flags (`python convert.py --help`)."""
 
-    python convert.py -c config.json [--model IN(.h5|.weights)] [--format int8] [--samples 200] [--out OUT.tflite] [--json OUT.json]
-    python convert.py -c config.json --model IN.h5 --qat [--qat-epochs N]     # quantization-aware training first
-    python convert.py -c config.json --model IN.h5 --bundle DIR               # also a folder to copy to the device
-
-int8 is calibrated on --samples training images (fixed seed), preprocessed exactly as at inference.
---qat fine-tunes with TFMOT quantization-aware training (quantization.qat_epochs, in a run folder
-beside the output) using the scheme that keeps the model's zeros and clusters, then converts the
-QAT model; the report shows the zeros and distinct values per channel left in the int8 kernels.
-The .tflite is loaded back with LiteRT before the command reports success.
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 
-from yolo3.errors import UserError, run_cli
+from yolo3_cli.main import script, verb_main
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("--model", help="model file instead of the config's model.weights")
-    parser.add_argument("--format", default="int8", help="int8 (default), float16, dynamic or float32")
-    parser.add_argument("--samples", type=int, default=200, help="calibration images for int8 (default 200)")
-    parser.add_argument("--seed", type=int, default=0, help="seed choosing the calibration images")
-    parser.add_argument("--out", help="output .tflite (default: beside the model, NAME-FORMAT.tflite)")
-    parser.add_argument("--force", action="store_true", help="overwrite the output if it exists")
-    parser.add_argument("--json", help="also write the report as JSON")
-    parser.add_argument("--qat", action="store_true", help="quantization-aware training before the int8 conversion")
-    parser.add_argument("--qat-epochs", type=int, help="override quantization.qat_epochs")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar during --qat")
-    parser.add_argument("--bundle", help="also write a folder for the device: the .tflite, labels, a runner needing only numpy, Pillow and LiteRT")
-    args = parser.parse_args(argv)
-
-    from compression.convert import convert_config, format_report
-    from yolo3.config import load_config
-    from yolo3.reporting import write_json
-
-    config = load_config(args.config)
-    if args.bundle:
-        from yolo3.bundle import check_bundle_folder
-
-        check_bundle_folder(args.bundle, args.force)
-    if args.qat_epochs is not None and args.qat_epochs < 1:
-        raise UserError("--qat-epochs must be at least 1")
-    report = convert_config(config, args.model, args.format, args.samples, args.out, args.force, args.seed,
-                            qat=args.qat, qat_epochs=args.qat_epochs, progress=not args.quiet)  # fmt: skip
-    print(format_report(report))
-    if args.bundle:
-        from yolo3.bundle import write_bundle
-
-        bundle = write_bundle(report["path"], args.bundle, args.force)
-        report["bundle"] = bundle
-        print(f"wrote the device bundle {bundle['folder']} ({len(bundle['files'])} files, {bundle['bytes']:,} bytes): "
-              f"pip install -r requirements.txt, then python -m yolo3.lite model.tflite IMAGE there")  # fmt: skip
-    if args.json:
-        write_json(args.json, report)
-    return 0
-
+main = verb_main("convert", "convert.py")
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(script("convert"))

@@ -1,42 +1,11 @@
 #!/usr/bin/env python3
-"""Detect objects with a Keras or TFLite model and draw labelled boxes.
+"""`python detect.py ...` is `yolo3 detect ...` with the same flags (`python detect.py --help`)."""
 
-    python detect.py -c config.json --model MODEL(.h5|.weights|.tflite) -i IMAGE|FOLDER|VIDEO [-o OUT_DIR] [--score 0.25]
-"""
-
-from __future__ import annotations
-
-import argparse
 import sys
 
-from yolo3.errors import run_cli
+from yolo3_cli.main import script, verb_main
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True)
-    parser.add_argument("--model", help="model file instead of the config's model.weights")
-    parser.add_argument("-i", "--input", required=True, help="an image, a folder of images, or a video")
-    parser.add_argument("-o", "--output", default="runs/detect", help="folder for the drawn images / video (default runs/detect)")
-    parser.add_argument("--score", type=float, default=0.25, help="score threshold (default 0.25)")
-    parser.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold (default 0.45)")
-    parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for a .tflite model")
-    args = parser.parse_args(argv)
-
-    from yolo3.config import load_config
-    from yolo3.detection import run_detect
-    from yolo3.evaluation import make_predictor
-
-    config = load_config(args.config)
-    predictor, _ = make_predictor(config, args.model, threads=args.threads)
-    results = run_detect(predictor, args.input, args.output, config.labels, args.score, args.nms)
-    for r in results:
-        where = r.get("image", f"frame {r.get('frame')}")
-        found = ", ".join(f"{d.get('class', d['class_id'])} {d['score']:.2f}" for d in r["detections"]) or "nothing"
-        print(f"{where}: {found}")
-    print(f"wrote {len(results)} result(s) to {args.output}")
-    return 0
-
+main = verb_main("detect", "detect.py")
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(script("detect"))

@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Compress YOLOv3 detectors for edge devices: Darknet I/O, evaluation, pruning, clustering, int8 TFLite",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["yolo3", "yolo3.*", "compression", "compression.*"]),
+    packages=find_packages(include=["yolo3", "yolo3.*", "compression", "compression.*", "yolo3_cli", "yolo3_cli.*"]),
     install_requires=[
         "tensorflow==2.21.0",
         "tf-keras==2.21.0",
@@ -25,5 +25,5 @@ setup(
         "tensorboard>=2.20,<2.22",
     ],
     extras_require={"dev": ["pytest>=8,<10", "ruff>=0.6"]},
-    entry_points={"console_scripts": ["yolo3=yolo3.cli:entry"]},
+    entry_points={"console_scripts": ["yolo3=yolo3_cli.main:entry"]},
 )

@@ -236,7 +236,7 @@ def fit_blocks(spec: Spec, measured: list[tuple[Item, float]]) -> dict[int, list
 
 def time_models(paths: list[Path], threads: int, rounds: int = 5, runs: int = 5, progress: bool = True) -> list[float]:
     """Median milliseconds of one invoke of every model, timed in interleaved rounds (this machine's load drifts)."""
-    from yolo3.lite import _interpreter_class
+    from yolo3.lite import _interpreter_class, interleaved_latency
 
     Interpreter = _interpreter_class()
     interpreters = []
@@ -245,26 +245,17 @@ def time_models(paths: list[Path], threads: int, rounds: int = 5, runs: int = 5,
         it.allocate_tensors()
         for d in it.get_input_details():
             it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        it.invoke()
         interpreters.append(it)
-    times: list[list[float]] = [[] for _ in paths]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=rounds * len(paths), desc="timing int8 blocks", unit="model", leave=False)
-    for _ in range(rounds):
-        for k, it in enumerate(interpreters):
-            it.invoke()  # warm the caches for this model
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                it.invoke()
-                times[k].append((time.perf_counter() - t0) * 1000)
-            if bar is not None:
-                bar.update(1)
+        bar = tqdm(total=rounds * len(paths), desc="timing int8 models", unit="model", leave=False)
+    timed = interleaved_latency([lambda _, it=it: it.invoke() for it in interpreters], [None] * len(paths), rounds, runs,
+                                bar.update if bar is not None else None)  # fmt: skip
     if bar is not None:
         bar.close()
-    return [float(np.median(t)) for t in times]
+    return [t["median_ms"] for t in timed]
 
 
 def convert_items(spec: Spec, items: list[Item], folder: Path, progress: bool = True, workers: int = 2, chunk: int = 25) -> list[Path]:

@@ -29,7 +29,8 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def worker_env() -> dict:
-    return dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    quiet = os.environ.get("YOLO3_VERBOSE") != "1"
+    return dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3" if quiet else "0")
 
 
 def run_module(module: str, *args: str, stdout=None) -> subprocess.CompletedProcess | subprocess.Popen:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +44,167 @@ def synthetic_valid(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, 24, ["circle", "square", "triangle"], seed=5)
     return root
+
+
+def random_weights(spec, seed=0, header=None):
+    """Plausible Darknet weights for ``spec`` (positive BN variances, small kernels)."""
+    from yolo3.darknet import ConvWeights, DarknetWeights, Header, conv_shapes
+
+    rng = np.random.RandomState(seed)
+    convs = {}
+    for i, (shape, bn) in conv_shapes(spec).items():
+        fan_in = shape[0] * shape[1] * shape[2]
+        kernel = (rng.randn(*shape) / np.sqrt(fan_in)).astype(np.float32)
+        cout = shape[-1]
+        if bn:
+            stats = (
+                rng.uniform(0.5, 1.5, cout).astype(np.float32),
+                rng.uniform(-0.2, 0.2, cout).astype(np.float32),
+                rng.uniform(-0.2, 0.2, cout).astype(np.float32),
+                rng.uniform(0.5, 2.0, cout).astype(np.float32),
+            )
+            convs[i] = ConvWeights(kernel, None, stats)
+        else:
+            convs[i] = ConvWeights(kernel, rng.uniform(-0.1, 0.1, cout).astype(np.float32), None)
+    return DarknetWeights(convs, header or Header())
+
+
+# A toy YOLO with every kind of block the latency model times: convolutions, max-pools, a route of two layers, an upsample, two heads.
+TOY_CFG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=64
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=2
+stride=2
+
+[convolutional]
+batch_normalize=1
+filters=64
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=128
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=24
+activation=linear
+
+[yolo]
+mask=3,4,5
+anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
+classes=3
+num=6
+
+[route]
+layers=-4
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[upsample]
+stride=2
+
+[route]
+layers=-1,4
+
+[convolutional]
+batch_normalize=1
+filters=64
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=24
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
+classes=3
+num=6
+"""
+
+COMPRESS = {
+    "sizes": [64, 32], "sensitivity_ratios": [0.5], "latency_levels": [1.0, 0.5], "candidate_epochs": 1, "finetune_epochs": 2,
+    "cluster_epochs": 1, "qat": False, "calibration_samples": 4, "debug_images": 4,
+}  # fmt: skip
+
+
+def toy_config(folder: Path, data: Path, **compress) -> Path:
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.models import save_model
+    from yolo3.spec import parse_cfg
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "toy.cfg").write_text(TOY_CFG)
+    if not (folder / "toy.h5").exists():
+        spec = parse_cfg(TOY_CFG, "toy.cfg")
+        model = build_model(spec)
+        set_darknet_weights(model, spec, random_weights(spec, seed=1))
+        save_model(model, spec, folder / "toy.h5")
+    cfg = {
+        "model": {"architecture": "toy.cfg", "input_size": 64, "labels": ["circle", "square", "triangle"], "weights": "toy.h5"},
+        "train": {"train_image_folder": str(data / "images"), "train_annot_folder": str(data / "annotations"), "batch_size": 4,
+                  "run_dir": str(folder / "run")},
+        "valid": {"valid_image_folder": str(data / "images"), "valid_annot_folder": str(data / "annotations")},
+        "clustering": {"clusters": 8},
+        "compress": {**COMPRESS, **compress},
+    }  # fmt: skip
+    path = folder / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path

@@ -37,8 +37,7 @@ def test_kmeans_1d_edge_cases():
 
 @pytest.fixture
 def tiny_model():
-    from test_darknet import random_weights
-
+    from conftest import random_weights
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.zoo import build_spec
 

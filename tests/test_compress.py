@@ -14,149 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT
-
-# A toy YOLO with every kind of block the latency model times: convolutions, max-pools, a route of two layers, an upsample, two heads.
-TOY_CFG = """[net]
-width=64
-height=64
-channels=3
-
-[convolutional]
-batch_normalize=1
-filters=16
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=64
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-batch_normalize=1
-filters=64
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-batch_normalize=1
-filters=128
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=24
-activation=linear
-
-[yolo]
-mask=3,4,5
-anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
-classes=3
-num=6
-
-[route]
-layers=-4
-
-[convolutional]
-batch_normalize=1
-filters=32
-size=1
-stride=1
-pad=1
-activation=leaky
-
-[upsample]
-stride=2
-
-[route]
-layers=-1,4
-
-[convolutional]
-batch_normalize=1
-filters=64
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=24
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
-classes=3
-num=6
-"""
-
-COMPRESS = {
-    "sizes": [64, 32], "sensitivity_ratios": [0.5], "latency_levels": [1.0, 0.5], "candidate_epochs": 1, "finetune_epochs": 2,
-    "cluster_epochs": 1, "qat": False, "calibration_samples": 4, "debug_images": 4,
-}  # fmt: skip
-
-
-def toy_config(folder: Path, data: Path, **compress) -> Path:
-    from test_darknet import random_weights
-
-    from yolo3.keras_model import build_model, set_darknet_weights
-    from yolo3.models import save_model
-    from yolo3.spec import parse_cfg
-
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "toy.cfg").write_text(TOY_CFG)
-    if not (folder / "toy.h5").exists():
-        spec = parse_cfg(TOY_CFG, "toy.cfg")
-        model = build_model(spec)
-        set_darknet_weights(model, spec, random_weights(spec, seed=1))
-        save_model(model, spec, folder / "toy.h5")
-    cfg = {
-        "model": {"architecture": "toy.cfg", "input_size": 64, "labels": ["circle", "square", "triangle"], "weights": "toy.h5"},
-        "train": {"train_image_folder": str(data / "images"), "train_annot_folder": str(data / "annotations"), "batch_size": 4,
-                  "run_dir": str(folder / "run")},
-        "valid": {"valid_image_folder": str(data / "images"), "valid_annot_folder": str(data / "annotations")},
-        "clustering": {"clusters": 8},
-        "compress": {**COMPRESS, **compress},
-    }  # fmt: skip
-    path = folder / "config.json"
-    path.write_text(json.dumps(cfg))
-    return path
+from conftest import ROOT, TOY_CFG, toy_config
 
 
 def compress_cmd(config: Path, *args: str) -> list[str]:
@@ -269,10 +127,11 @@ def test_unreachable_target_names_the_best_reach(finished_run, tmp_path):
     ],
 )
 def test_invalid_targets_end_in_one_line(tmp_path, synthetic_valid, capsys, args, message):
-    import compress
+    from yolo3.errors import run_cli
+    from yolo3_cli.main import main
 
     config = toy_config(tmp_path, synthetic_valid)
-    code = compress.run_cli(compress.main, ["-c", str(config), "--quiet", "--run-dir", str(tmp_path / "out"), *args])
+    code = run_cli(main, ["compress", "-c", str(config), "--quiet", "--run-dir", str(tmp_path / "out"), *args])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and message in err[-1], err
 
@@ -311,11 +170,10 @@ def test_changed_target_needs_force(finished_run, tmp_path):
 
 
 def test_planner_meets_a_macs_target_exactly_as_predicted():
-    from test_darknet import random_weights
-
     from compression.planner import ChannelMap, MacsCost, plan_budget, ratios_for
     from compression.pruning import resolve_layer_ratios
     from compression.sensitivity import prune_to_ratios
+    from conftest import random_weights
     from yolo3.config import Section
     from yolo3.spec import analyse, parse_cfg, totals
 
@@ -347,10 +205,9 @@ def test_loss_curve_is_monotone_and_interpolates():
 
 
 def test_shortcut_groups_prune_as_one_unit():
-    from test_darknet import random_weights
-
     from compression.pruning import resolve_layer_ratios
     from compression.sensitivity import prune_to_ratios, pruning_units
+    from conftest import random_weights
     from yolo3.config import Section
     from yolo3.zoo import build_spec
 

@@ -4,33 +4,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_CFG, TINY_WEIGHTS, require_shared
-from yolo3.darknet import DarknetWeights, Header, expected_floats, read_weights, weights_to_bytes, write_weights
+from conftest import ROOT, TINY_CFG, TINY_WEIGHTS, random_weights, require_shared
+from yolo3.darknet import Header, expected_floats, read_weights, weights_to_bytes, write_weights
 from yolo3.errors import UserError
 from yolo3.zoo import build_spec, resolve_spec
-
-
-def random_weights(spec, seed=0, header=None):
-    """Plausible Darknet weights for ``spec`` (positive BN variances, small kernels)."""
-    from yolo3.darknet import ConvWeights, conv_shapes
-
-    rng = np.random.RandomState(seed)
-    convs = {}
-    for i, (shape, bn) in conv_shapes(spec).items():
-        fan_in = shape[0] * shape[1] * shape[2]
-        kernel = (rng.randn(*shape) / np.sqrt(fan_in)).astype(np.float32)
-        cout = shape[-1]
-        if bn:
-            stats = (
-                rng.uniform(0.5, 1.5, cout).astype(np.float32),
-                rng.uniform(-0.2, 0.2, cout).astype(np.float32),
-                rng.uniform(-0.2, 0.2, cout).astype(np.float32),
-                rng.uniform(0.5, 2.0, cout).astype(np.float32),
-            )
-            convs[i] = ConvWeights(kernel, None, stats)
-        else:
-            convs[i] = ConvWeights(kernel, rng.uniform(-0.1, 0.1, cout).astype(np.float32), None)
-    return DarknetWeights(convs, header or Header())
 
 
 def test_official_tiny_round_trip_through_keras_is_byte_identical():

@@ -3,9 +3,8 @@
 import cv2
 import numpy as np
 import pytest
-from test_darknet import random_weights
 
-from conftest import SHARED, require_shared
+from conftest import SHARED, random_weights, require_shared
 from yolo3.darknet import write_weights
 from yolo3.preprocess import letterbox, load_image
 from yolo3.spec import parse_cfg, write_cfg

@@ -7,11 +7,10 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from test_darknet import random_weights
 
 from compression.pruning import layer_prune, residual_blocks, similarity_masks, slimming_masks
 from compression.surgery import channel_groups, prune_channels
-from conftest import ROOT
+from conftest import ROOT, random_weights
 from yolo3.spec import analyse, totals
 from yolo3.zoo import build_spec
 

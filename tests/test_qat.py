@@ -34,10 +34,9 @@ MINI_TINY = (
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory, synthetic_valid):
     """A small YOLOv3-tiny-like model, half of every kernel zero, the rest on 8 centroids per kernel, saved with its record."""
-    from test_darknet import random_weights
-
     from compression.clustering import cluster_model, conv_layer_names
     from compression.magnitude import oneshot_prune
+    from conftest import random_weights
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.models import save_model
     from yolo3.spec import parse_cfg

@@ -16,8 +16,7 @@ NAMES = ["circle", "square", "triangle"]
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory, synthetic_valid):
     """A 96-px YOLOv3-tiny with plausible (random, BN-stable) weights, saved as .h5."""
-    from test_darknet import random_weights
-
+    from conftest import random_weights
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.models import save_model
     from yolo3.zoo import build_spec

@@ -241,8 +241,7 @@ def test_finetune_keeps_a_pruned_architecture(tmp_path, synthetic_valid):
 
 
 def test_transfer_from_darknet_weights_recreates_heads(tmp_path, synthetic_valid):
-    from test_darknet import random_weights
-
+    from conftest import random_weights
     from yolo3.config import load_config
     from yolo3.darknet import write_weights
     from yolo3.models import load_model

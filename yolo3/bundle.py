@@ -100,6 +100,9 @@ def write_bundle(model: str | Path, folder: str | Path, force: bool = False) -> 
         hw = "x".join(str(v) for v in meta.get("input_size", []))
         labels = ", ".join(meta["names"][:8]) + (", ..." if len(meta["names"]) > 8 else "")
         (tmp / "README.md").write_text(README.format(name=folder.name, source=model.name, size=len(data), hw=hw, classes=len(meta["names"]), labels=labels))
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700: the folder is meant to be copied and shared
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)

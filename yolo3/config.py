@@ -431,18 +431,69 @@ def _builtin_names() -> tuple:
     return tuple(BUILTIN)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a config file; every mistake ends in one :class:`UserError` naming the key."""
+def parse_overrides(items: list[str] | None, cwd: str | Path = ".") -> dict[str, Any]:
+    """Command-line ``--set section.key=value`` items as a dict of dotted keys, checked against :data:`SCHEMA`.
+
+    The value is read as JSON where it parses (``5``, ``true``, ``null``,
+    ``[1, 3]``, ``{"conv_12": 0.5}``) and as a plain string otherwise. Paths
+    given on the command line are relative to the current folder, as a user
+    expects there (in the file they are relative to the file).
+
+    Example::
+
+        parse_overrides(["train.nb_epochs=5", "model.labels=[\"cat\", \"dog\"]"])
+        # {"train.nb_epochs": 5, "model.labels": ["cat", "dog"]}
+    """
+    import difflib
+
+    out: dict[str, Any] = {}
+    every = [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys]
+    for item in items or []:
+        dotted, eq, text = item.partition("=")
+        dotted = dotted.strip()
+        if not eq or not dotted:
+            raise UserError(f"--set {item!r}: write section.key=value, e.g. --set train.nb_epochs=5")
+        section, _, key = dotted.partition(".")
+        if section not in SCHEMA or key not in SCHEMA[section]:
+            close = difflib.get_close_matches(dotted, every, n=1)
+            raise UserError(f"--set {dotted}: unknown key" + (f" (did you mean {close[0]}?)" if close else "; every key: docs/configuration.md"))
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if SCHEMA[section][key].type in (PATH, OPT_PATH) and isinstance(value, str):
+            value = str((Path(cwd) / Path(value).expanduser()).resolve())
+        out[dotted] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read and validate a config file, with ``overrides`` (dotted keys) set; every mistake ends in one :class:`UserError` naming the key."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError("is a folder; give the config .json file", path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UserError("config file does not exist", path) from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text (byte {err.start}): a config is a JSON file", path) from None
+    except OSError as err:
+        raise UserError(f"cannot read: {err.strerror}", path) from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as err:
         raise UserError(f"invalid JSON: {err.msg} (column {err.colno})", path, err.lineno) from None
-    return parse_config(raw, path)
+    config = parse_config(raw, path)
+    if not overrides:
+        return config
+    try:
+        return with_overrides(config, overrides)
+    except UserError as err:
+        named = [k for k in overrides if k in err.reason]
+        if named:
+            raise UserError(f"{err.reason} (set by --set {named[0]})", err.file, err.place) from None
+        raise
 
 
 def schema_markdown() -> str:

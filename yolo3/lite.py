@@ -202,6 +202,29 @@ def measure_latency(invoke, tensor: np.ndarray, runs: int = 20, warmup: int = 3)
     return {"median_ms": float(np.median(times)), "min_ms": times[0], "max_ms": times[-1], "runs": runs}
 
 
+def interleaved_latency(invokes: list, tensors: list[np.ndarray], rounds: int = 10, runs: int = 5, progress=None) -> list[dict]:
+    """Median wall time of every ``invokes[k](tensors[k])``, timed in alternation (round after round, each a few runs).
+
+    A shared machine's load drifts from one minute to the next; timing the
+    models in turn puts the same minutes into every median, so their ratios
+    hold even when the absolute times do not. ``progress`` is called after
+    every model of every round (e.g. a tqdm bar's ``update``).
+    """
+    times: list[list[float]] = [[] for _ in invokes]
+    for invoke, tensor in zip(invokes, tensors):
+        invoke(tensor)  # the first call allocates and compiles
+    for _ in range(rounds):
+        for k, (invoke, tensor) in enumerate(zip(invokes, tensors)):
+            invoke(tensor)  # warm the caches for this model
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                invoke(tensor)
+                times[k].append((time.perf_counter() - t0) * 1000)
+            if progress is not None:
+                progress(1)
+    return [{"median_ms": float(np.median(t)), "min_ms": float(min(t)), "max_ms": float(max(t)), "runs": len(t)} for t in times]
+
+
 def _describe(name: str, dets: Detections, names, model_ms: float, total_ms: float) -> str:
     found = ", ".join(f"{names[c] if names and 0 <= c < len(names) else c} {sc:.2f} [{', '.join(f'{v:.0f}' for v in box)}]"
                       for box, sc, c in zip(dets.boxes.tolist(), dets.scores.tolist(), dets.classes.tolist()))  # fmt: skip

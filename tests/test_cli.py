@@ -1,0 +1,149 @@
+"""The one command line: every verb, the shims with the same flags, --set overrides, the benchmark table."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, toy_config
+from yolo3.errors import UserError, run_cli
+
+SHIMS = {"train": "train", "finetune": "finetune", "evaluate": "evaluate", "clustering": "cluster", "convert": "convert",
+         "detect": "detect", "compress": "compress", "gen_anchors": "anchors"}  # fmt: skip
+
+
+def test_every_verb_is_listed_and_has_help(capsys):
+    from yolo3_cli.main import VERBS, build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    listed = capsys.readouterr().out
+    for verb in VERBS:
+        assert f"    {verb}" in listed
+        with pytest.raises(SystemExit) as done:
+            parser.parse_args([verb, "--help"])
+        assert done.value.code == 0
+        assert "usage: yolo3 " + verb in capsys.readouterr().out
+
+
+def _flags(parser) -> set[str]:
+    return {s for a in parser._actions for s in a.option_strings}
+
+
+@pytest.mark.parametrize("script, verb", sorted(SHIMS.items()))
+def test_scripts_are_shims_with_the_verbs_flags(script, verb):
+    import argparse
+
+    from yolo3_cli.main import build_parser
+
+    module = importlib.import_module(f"yolo3_cli.{verb}")
+    shim = argparse.ArgumentParser()
+    module.configure(shim)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[verb]
+    assert _flags(shim) | {"--verbose"} == _flags(sub)
+    source = (ROOT / f"{script}.py").read_text()
+    tree = ast.parse(source)
+    assert not any(isinstance(n, (ast.FunctionDef, ast.ClassDef)) for n in tree.body), f"{script}.py holds code: it must be a shim"
+    assert f'verb_main("{verb}"' in source
+
+
+def test_set_overrides_are_json_checked_and_paths_relative_to_the_current_folder(tmp_path):
+    from yolo3.config import parse_overrides
+
+    got = parse_overrides(["train.nb_epochs=5", 'model.labels=["a", "b"]', "train.lr_schedule=steps", "train.run_dir=runs/x",
+                           "pruning.similarity_ratio=null"], cwd=tmp_path)  # fmt: skip
+    assert got == {"train.nb_epochs": 5, "model.labels": ["a", "b"], "train.lr_schedule": "steps",
+                   "train.run_dir": str((tmp_path / "runs/x").resolve()), "pruning.similarity_ratio": None}  # fmt: skip
+    with pytest.raises(UserError, match="did you mean train.nb_epochs"):
+        parse_overrides(["train.nb_epoch=5"])
+    with pytest.raises(UserError, match="section.key=value"):
+        parse_overrides(["train.nb_epochs"])
+
+
+def test_set_goes_through_the_same_validation_as_the_file(tmp_path, synthetic_valid):
+    from yolo3.config import load_config, parse_overrides
+
+    path = toy_config(tmp_path, synthetic_valid)
+    config = load_config(path, parse_overrides(["train.nb_epochs=7", "compress.sizes=[64]"]))
+    assert config.train.nb_epochs == 7 and config.compress.sizes == [64]
+    for bad, message in (("train.nb_epochs=0", "at least 1"), ("train.nb_epochs=abc", "must be of type int"),
+                         ("compress.sizes=[50]", "multiples of 32"), ("valid.score_threshold=2", "score_threshold")):  # fmt: skip
+        with pytest.raises(UserError, match=message) as err:
+            load_config(path, parse_overrides([bad]))
+        assert str(path) in err.value.message
+
+
+def test_verbs_end_in_one_line_with_status_2(tmp_path, synthetic_valid, capsys):
+    from yolo3_cli.main import main
+
+    path = toy_config(tmp_path, synthetic_valid)
+    for argv, message in (
+        (["evaluate", "-c", str(tmp_path / "missing.json")], "config file does not exist"),
+        (["evaluate", "-c", str(tmp_path)], "is a folder"),
+        (["train", "-c", str(path), "--set", "train.nb_epoch=3"], "did you mean train.nb_epochs"),
+        (["train", "-c", str(path), "--epochs", "0"], "--epochs must be at least 1"),
+        (["benchmark", "-c", str(path), "--formats", "keras,int4"], "int4 is not a format"),
+        (["benchmark", "-c", str(path), "--min-map", "1.5"], "--min-map"),
+        (["anchors", "-c", str(path), "-k", "0"], "-k must be at least 1"),
+        (["evaluate", "-c", str(path), "-p", "7"], "unknown mode"),
+    ):
+        assert run_cli(main, argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], (argv, err)
+
+
+def test_info_json_in_process(capsys):
+    from yolo3_cli.main import main
+
+    assert main(["info", "yolov3-tiny", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["params"] == 8_858_734
+
+
+def test_yolo3_console_script_runs_without_importing_tensorflow_for_help():
+    r = subprocess.run([sys.executable, "-c", "import sys; from yolo3_cli.main import build_parser; build_parser();"
+                        "print('tensorflow' in sys.modules)"], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
+
+
+def test_console_stays_quiet_unless_verbose(tmp_path):
+    code = "from yolo3.kerasenv import tf; print('ready')"
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert quiet.returncode == 0 and quiet.stdout.strip() == "ready"
+    assert "oneDNN" not in quiet.stderr and "absl::InitializeLog" not in quiet.stderr, quiet.stderr
+
+
+def test_benchmark_every_format_in_one_table(tmp_path, synthetic_valid):
+    from yolo3_cli.main import main
+
+    path = toy_config(tmp_path, synthetic_valid)
+    out = tmp_path / "bench"
+    argv = ["benchmark", "-c", str(path), "--formats", "keras,float32,int8", "--out-dir", str(out), "--samples", "4", "--rounds", "2",
+            "--runs", "2", "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads((out / "benchmark.json").read_text())
+    assert [r["format"] for r in report["rows"]] == ["keras", "float32", "int8"]
+    assert report["rows"][0]["speedup"] == pytest.approx(1.0)
+    for row in report["rows"]:
+        assert row["latency_ms"] > 0 and 0 <= row["mAP50"] <= 1 and row["bytes"] > 0
+    assert (out / "model-int8.tflite").is_file()
+    # --min-map as a CI gate: an impossible floor fails with status 1 and names the formats
+    assert main([*argv, "--min-map", "1.0"]) == 1
+
+
+def test_the_detector_package_does_not_import_the_command_line():
+    for path in (ROOT / "yolo3").glob("*.py"):
+        if path.name == "__main__.py":  # `python -m yolo3` is the command line's door
+            continue
+        tree = ast.parse(path.read_text())
+        names = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not any(str(n).startswith("yolo3_cli") for n in names), path
+    assert Path(ROOT / "yolo3_cli" / "main.py").is_file()

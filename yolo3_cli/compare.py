@@ -1,0 +1,52 @@
+"""Evaluation reports (``yolo3 evaluate --json``) side by side, against the first.
+
+    yolo3 compare A.json B.json [...]
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from yolo3.errors import UserError
+
+HELP = "compare evaluation reports (evaluate --json) side by side"
+
+
+def configure(parser) -> None:
+    parser.add_argument("reports", nargs="+", help="JSON reports; the first is the baseline")
+
+
+def run(args) -> int:
+    rows = []
+    for path in args.reports:
+        try:
+            r = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise UserError("no such report", path) from None
+        except json.JSONDecodeError as err:
+            raise UserError(f"not a JSON report: {err.msg}", path, err.lineno) from None
+        if "mAP50" not in r:
+            raise UserError("not an evaluation report (no mAP50)", path)
+        rows.append((Path(r.get("model", path)).name, r))
+    header = f"{'model':<28s} {'mAP@0.5':>8s} {'COCO AP':>8s} {'params':>11s} {'MACs':>8s} {'size':>10s} {'gzip':>10s} {'latency':>9s}"
+    print(header)
+    base = rows[0][1]
+    for name, r in rows:
+        lat = r.get("latency", {}).get("median_ms")
+        size = r.get("model_bytes")
+        gz = r.get("model_gzip_bytes")
+        print(
+            f"{name[:28]:<28s} {r['mAP50']:8.4f} {r['coco']['AP']:8.4f} {r.get('params', 0):11,d} "
+            f"{r.get('macs', 0) / 1e9:7.2f}G {size or 0:10,d} {gz or 0:10,d} "
+            + (f"{lat:7.1f}ms" if lat else "      -")
+        )
+    if len(rows) > 1:
+        for name, r in rows[1:]:
+            parts = [f"mAP@0.5 {100 * (r['mAP50'] - base['mAP50']):+.2f} points"]
+            if r.get("latency") and base.get("latency"):
+                parts.append(f"{base['latency']['median_ms'] / r['latency']['median_ms']:.2f}x faster")
+            if r.get("model_bytes") and base.get("model_bytes"):
+                parts.append(f"{base['model_bytes'] / r['model_bytes']:.2f}x smaller")
+            print(f"{name} vs {rows[0][0]}: " + ", ".join(parts))
+    return 0

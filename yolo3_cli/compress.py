@@ -1,0 +1,90 @@
+"""Compress a trained YOLOv3 to an int8 .tflite that meets a speed or size budget; the tool finds the settings.
+
+    yolo3 compress -c config.json --model IN(.h5|.weights) --target-speedup 3
+    yolo3 compress -c config.json --model IN.h5 --target-latency 12 | --target-size 1.0 | --target-macs 0.3
+    yolo3 compress -c config.json --model IN.h5 --sensitivity-only
+    yolo3 compress -c config.json --model IN.h5 --preset late-heavy
+    yolo3 compress -c RUN/plan-config.json --from-config            (a plan, edited or not, run again)
+
+The run folder (--run-dir; default: train.run_dir + "-compress") ends with final-int8.tflite,
+report.json / .md / .png and plan-config.json, the plan as an ordinary config. The same
+command after a crash or kill -9 skips the stages already done. Decisions use the validation
+split; the report's figures come from the test split.
+"""
+
+from __future__ import annotations
+
+from .common import add_config, load, positive, write_report
+
+HELP = "meet a budget (--target-speedup/-latency/-size/-macs): the tool plans pruning and input size, then runs the chain"
+
+
+def configure(parser) -> None:
+    add_config(parser)
+    parser.add_argument("--model", help="the trained float model (.h5 written by this tool, or .weights); default: model.weights")
+    target = parser.add_argument_group("the budget (one)")
+    target.add_argument("--target-speedup", type=float, metavar="X", help="X times faster than the unpruned int8 model (int8 LiteRT, this machine)")
+    target.add_argument("--target-latency", type=float, metavar="MS", help="int8 latency of at most MS milliseconds on this machine")
+    target.add_argument("--target-size", type=float, metavar="MB", help="gzipped int8 .tflite of at most MB megabytes")
+    target.add_argument("--target-macs", type=float, metavar="FRACTION", help="at most this fraction of the original MACs (0.3 = 70 %% fewer)")
+    parser.add_argument("--preset", help="instead of a target: a named per-layer profile (late-heavy)")
+    parser.add_argument("--from-config", action="store_true", help="instead of a target: the config's pruning ratios, input size and clustering exclusions")
+    parser.add_argument("--sensitivity-only", action="store_true", help="only the sensitivity analysis (JSON and PNG in the run folder)")
+    parser.add_argument("--run-dir", help="the run folder (default: train.run_dir + '-compress')")
+    parser.add_argument("--threads", type=int, help="LiteRT threads the latency is measured and planned for (default: compress.threads)")
+    parser.add_argument("--sizes", help="input sizes the planner may choose, e.g. 416,352,320 (default: compress.sizes)")
+    parser.add_argument("--epochs", type=int, help="fine-tuning epochs after pruning (default: compress.finetune_epochs)")
+    parser.add_argument("--measurements-from", metavar="RUN", help="reuse the baseline, cost models and sensitivity of another run folder "
+                        "made from the same model, config and settings (to try another target without measuring again)")  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="redo the stages a changed input invalidates instead of refusing")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument("--bundle", help="also write a folder for the device: final-int8.tflite, labels and a runner needing only numpy, Pillow and LiteRT")
+
+
+def parse_sizes(text: str | None) -> list[int] | None:
+    from yolo3.errors import UserError
+
+    if not text:
+        return None
+    try:
+        sizes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"--sizes must be comma-separated multiples of 32, got {text!r}") from None
+    if not sizes:
+        raise UserError("--sizes: give at least one input size")
+    return sizes
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from compression.compress_report import format_markdown
+    from compression.compress_run import CompressOptions, parse_target, run_compress
+    from yolo3.bundle import check_bundle_folder, write_bundle
+
+    target = parse_target(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
+    positive("--threads", args.threads)
+    positive("--epochs", args.epochs, 0)
+    sizes = parse_sizes(args.sizes)
+    config = load(args)
+    if args.bundle:
+        check_bundle_folder(args.bundle, args.force)
+    options = CompressOptions(
+        target=target, preset=args.preset, from_config=args.from_config, sensitivity_only=args.sensitivity_only,
+        run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, sizes=sizes, force=args.force,
+        progress=not args.quiet, epochs={} if args.epochs is None else {"finetune": args.epochs},
+        measurements_from=Path(args.measurements_from) if args.measurements_from else None,
+    )  # fmt: skip
+    report = run_compress(config, args.model, options)
+    if args.sensitivity_only:
+        print(f"sensitivity analysis: {report['sensitivity']} and {report['plot']}")
+    else:
+        print(format_markdown(report))
+        final = Path(report["plan_config"]).parent / "final-int8.tflite"
+        print(f"wrote {final}, report.json/.md/.png and plan-config.json there")
+        if args.bundle:
+            bundle = write_bundle(final, args.bundle, args.force)
+            print(f"wrote the device bundle {bundle['folder']} ({len(bundle['files'])} files, {bundle['bytes']:,} bytes)")
+    write_report(args.json, report)
+    return 0
