@@ -8,7 +8,8 @@ from pathlib import Path
 
 from yolo3.errors import UserError
 
-from .clustering import ClusterConstraint, cluster_model, conv_layer_names, distinct_values
+from .clustering import cluster_model, conv_layer_names, distinct_values
+from .constraints import KeepClusters
 from .outputs import check_output, file_sizes, fresh_run_dir
 
 
@@ -63,7 +64,7 @@ def run_clustering(
             config,
             RunOptions(
                 str(out_path), True, epochs, str(run_dir), progress,
-                constraint_factory=lambda model: ClusterConstraint(model, names, per_channel),
+                hooks=(KeepClusters(names, per_channel),),
                 learning_rate=c.finetune_learning_rate,
                 freeze_backbone_epochs=0,
             ),

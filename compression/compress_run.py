@@ -636,17 +636,19 @@ class Compressor:
         t = totals(analyse(spec, size, size))
         return {"params": t.params, "macs": t.macs, "size": size, "filters": {f"conv_{i}": spec.layers[i].get_int("filters") for i in spec.conv_indices()}}
 
-    def _finetune(self, start: Path, run_dir: Path, epochs: int, size: int, learning_rate: float, constraint=None) -> dict:
+    def _finetune(self, start: Path, run_dir: Path, epochs: int, size: int, learning_rate: float, hooks=()) -> dict:
         """Fine-tune ``start`` at input ``size`` in ``run_dir`` (resumes there), distilling from the baseline; best epoch on validation."""
         from yolo3.training import RunOptions, train
 
+        from .distillation import Distillation
+
         co = self.config.compress
         config = self.derived({"model.input_size": size, "train.eval_every": max(1, min(5, epochs // 6 or 1))})
-        options = dict(keep_architecture=True, epochs=epochs, run_dir=str(run_dir), progress=self.options.progress, learning_rate=learning_rate,
-                       freeze_backbone_epochs=0, constraint_factory=constraint)  # fmt: skip
         if co.distillation:
-            options.update(teacher_path=str(self.run.file("baseline.h5")), distill_weight=co.distillation)
-        result = train(config, RunOptions(str(start), **options))
+            hooks = (*hooks, Distillation(self.run.file("baseline.h5"), co.distillation))
+        options = RunOptions(str(start), True, epochs, str(run_dir), self.options.progress, learning_rate=learning_rate,
+                             freeze_backbone_epochs=0, hooks=tuple(hooks))  # fmt: skip
+        result = train(config, options)
         return {"best_model": result["best_model"], "best_mAP50": result["best_mAP50"], "history": result["history"], "seconds": result["seconds"]}
 
     def candidates(self) -> dict:
@@ -740,7 +742,7 @@ class Compressor:
         atomic_write_text(path, json.dumps(raw, indent=2) + "\n")
 
     def cluster_finetune(self) -> dict:
-        from .clustering import ClusterConstraint
+        from .constraints import KeepClusters
 
         if "skipped" in self.results["cluster"]:
             return {"skipped": self.results["cluster"]["skipped"], "kept": "finetuned.h5"}
@@ -753,7 +755,7 @@ class Compressor:
             return {"epochs": 0, "valid": before, "kept": "clustered, not fine-tuned"}
         names = self.results["cluster"]["clustered_layers"]
         tuned = self._finetune(self.run.file("clustered.h5"), self.run.file("cluster-finetune"), epochs, size,
-                               self.config.clustering.finetune_learning_rate, lambda model: ClusterConstraint(model, names, False))  # fmt: skip
+                               self.config.clustering.finetune_learning_rate, (KeepClusters(names),))  # fmt: skip
         better = tuned["best_mAP50"] >= before
         shutil.copyfile(tuned["best_model"] if better else self.run.file("clustered.h5"), out)
         return {"epochs": epochs, "valid_before": before, "valid_finetuned": tuned["best_mAP50"],

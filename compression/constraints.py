@@ -1,7 +1,12 @@
-"""What fine-tuning must keep of a compressed model, chosen from the record its ``.h5`` carries.
+"""What fine-tuning must keep of a compressed model, as trainer hooks chosen from the record its ``.h5`` carries.
 
-``finetune.py`` asks :func:`constraint_factory_for` and hands the result to the
-trainer, which applies it after every optimizer step.
+:func:`hooks_for` reads the record and returns the hooks that keep it:
+zeros stay zero (:class:`KeepZeros`), clustered kernels stay on their
+centroids (:class:`KeepClusters`). The trainer applies them after every step.
+
+Example::
+
+    train(config, RunOptions("clustered.h5", True, hooks=hooks_for("clustered.h5")))
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from yolo3.hooks import TrainingContext, TrainingHook
 from yolo3.models import compression_info
 
 from .clustering import ClusterConstraint
@@ -31,15 +37,43 @@ class MaskConstraint:
             var.assign(var * mask)
 
 
-def constraint_factory_for(path: str | Path | None):
-    """A ``callable(model) -> constraint`` for a clustered or sparse ``.h5``, or None for a plain model."""
+class KeepZeros(TrainingHook):
+    """The zero weights of the named kernels (as training begins) stay zero."""
+
+    def __init__(self, names: list[str]):
+        self.names = list(names)
+        self.constraint = None
+
+    def on_train_begin(self, context: TrainingContext) -> None:
+        self.constraint = MaskConstraint(context.model, self.names)
+
+    def after_step(self) -> None:
+        self.constraint.apply()
+
+
+class KeepClusters(TrainingHook):
+    """The named kernels stay on their shared values (which move with training); zeros stay zero."""
+
+    def __init__(self, names: list[str], per_channel: bool = False):
+        self.names = list(names)
+        self.per_channel = per_channel
+        self.constraint = None
+
+    def on_train_begin(self, context: TrainingContext) -> None:
+        self.constraint = ClusterConstraint(context.model, self.names, self.per_channel)
+
+    def after_step(self) -> None:
+        self.constraint.apply()
+
+
+def hooks_for(path: str | Path | None) -> tuple[TrainingHook, ...]:
+    """The hooks that keep what the record of the ``.h5`` at ``path`` says (clusters or zeros); none for a plain model."""
     if path is None:
-        return None
+        return ()
     info = compression_info(path)
     if "clustering" in info:
         c = info["clustering"]
-        return lambda model: ClusterConstraint(model, c["layers"], c.get("per_channel", False))
+        return (KeepClusters(c["layers"], c.get("per_channel", False)),)
     if "sparsity" in info:
-        layers = info["sparsity"]["layers"]
-        return lambda model: MaskConstraint(model, layers)
-    return None
+        return (KeepZeros(info["sparsity"]["layers"]),)
+    return ()

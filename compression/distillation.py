@@ -19,11 +19,16 @@ entropy minus the teacher's entropy) is 0 when the student agrees.
 Example::
 
     per_image = distillation_loss(student_outputs, teacher_outputs, anchors_per_head=[3, 3])
+    train(config, RunOptions("pruned.h5", True, hooks=(Distillation("best.h5", weight=1.0),)))
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 from yolo3.errors import UserError
+from yolo3.hooks import TrainingContext, TrainingHook
 from yolo3.kerasenv import tf
 from yolo3.spec import Spec, heads
 
@@ -57,3 +62,35 @@ def check_teacher(student: Spec, teacher: Spec, source) -> None:
     same = len(sh) == len(th) and all(a.anchors == b.anchors and a.classes == b.classes for a, b in zip(sh, th))
     if not same:
         raise UserError("the teacher's detection heads (anchors, classes) differ from the student's; distil from the model it was pruned from", source)
+
+
+class Distillation(TrainingHook):
+    """The student also learns the raw heads of a frozen teacher (the model before pruning), weighted by ``weight``."""
+
+    def __init__(self, teacher_path: str | Path, weight: float = 1.0):
+        self.path = Path(teacher_path)
+        self.weight = float(weight)
+        self.teacher = None
+        self.anchors_per_head: list[int] = []
+
+    def on_train_begin(self, context: TrainingContext) -> None:
+        """Load the teacher, check it predicts what the student does, freeze it at the training input size."""
+        from yolo3.keras_model import build_model
+        from yolo3.models import load_model
+        from yolo3.training import copy_weights
+
+        if not self.path.exists():
+            raise UserError("the distillation teacher does not exist", self.path)
+        architecture = context.config.model.architecture if self.path.suffix.lower() == ".weights" else None
+        loaded = load_model(self.path, architecture=architecture)
+        check_teacher(context.spec, loaded.spec, self.path)
+        self.teacher = build_model(loaded.spec, size=context.input_size)
+        copy_weights(loaded.model, self.teacher)
+        self.teacher.trainable = False
+        self.anchors_per_head = [len(h.anchors) for h in heads(context.spec)]
+        print(f"distilling from {self.path}", file=sys.stderr, flush=True)
+
+    def loss(self, images, outputs):
+        taught = self.teacher(images, training=False)
+        taught = taught if isinstance(taught, (list, tuple)) else [taught]
+        return self.weight * distillation_loss(outputs, taught, self.anchors_per_head)

@@ -23,18 +23,21 @@ def finetune_options(config, model_path: str, *, epochs: int | None = None, run_
     """
     from yolo3.training import RunOptions
 
-    from .constraints import constraint_factory_for
+    from .constraints import hooks_for
 
-    extra = {}
+    hooks = list(hooks_for(model_path))
     strength = config.pruning.sparsity_l1 if sparsity_l1 is None else sparsity_l1
     if strength:
         from yolo3.models import spec_from_h5
 
-        from .sparse_training import sparse_training_options
+        from .sparse_training import SparseTraining
 
         spec = spec_from_h5(model_path)
         if spec is None:
             raise UserError("this .h5 carries no cfg; fine-tune a model written by this tool", model_path)
-        extra = sparse_training_options(spec, strength)
-    return RunOptions(model_path, True, epochs, run_dir, progress, constraint_factory=constraint_factory_for(model_path),
-                      learning_rate=learning_rate, teacher_path=teacher, distill_weight=distill_weight, **extra)  # fmt: skip
+        hooks.append(SparseTraining(spec, strength))
+    if teacher:
+        from .distillation import Distillation
+
+        hooks.append(Distillation(teacher, distill_weight))
+    return RunOptions(model_path, True, epochs, run_dir, progress, learning_rate=learning_rate, hooks=tuple(hooks))

@@ -13,21 +13,26 @@ TFLite model faster on a CPU; removing whole filters does (``-p 3..5``).
 
 Example::
 
-    wrapper = TfmotPruning(target=0.5, end_step=1000)
-    result = train(config, RunOptions(..., wrapper=wrapper))
+    hook = TfmotPruning(target=0.5, end_step=1000)
+    result = train(config, RunOptions(..., hooks=(hook,)))
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from yolo3.hooks import TrainingContext, TrainingHook
 from yolo3.spec import Spec
 
 
-class TfmotPruning:
-    """Trainer hooks that wrap the model with ``prune_low_magnitude`` and strip it for saving."""
+class TfmotPruning(TrainingHook):
+    """Wrap the model with ``prune_low_magnitude``, advance the schedule every step (``UpdatePruningStep``), strip it for saving.
 
-    def __init__(self, target: float, end_step: int, frequency: int = 10, layers: list[str] | None = None):
+    ``best_from_epoch``: a model saved before the schedule reaches its target
+    is not the pruned model asked for, so it cannot become ``best.h5``.
+    """
+
+    def __init__(self, target: float, end_step: int, frequency: int = 10, layers: list[str] | None = None, best_from_epoch: int = 1):
         import tensorflow_model_optimization as tfmot
 
         self.tfmot = tfmot
@@ -36,6 +41,8 @@ class TfmotPruning:
         )
         self.layers = layers
         self.compression = {"sparsity": {"target": target, "layers": layers or []}}
+        self.best_from_epoch = best_from_epoch
+        self.step_callback = None
 
     def wrap(self, model):
         tfmot = self.tfmot
@@ -56,8 +63,16 @@ class TfmotPruning:
     def unwrap(self, model):
         return self.tfmot.sparsity.keras.strip_pruning(model)
 
-    def callbacks(self, model):
-        return [self.tfmot.sparsity.keras.UpdatePruningStep()]
+    def on_train_begin(self, context: TrainingContext) -> None:
+        self.step_callback = self.tfmot.sparsity.keras.UpdatePruningStep()
+        self.step_callback.set_model(context.model)
+        self.step_callback.on_train_begin()
+
+    def on_batch_begin(self, step: int) -> None:
+        self.step_callback.on_train_batch_begin(step)
+
+    def on_epoch_end(self, model, epoch: int, run_dir) -> None:
+        self.step_callback.on_epoch_end(epoch)
 
 
 def oneshot_prune(model, names: list[str], sparsity: float) -> None:

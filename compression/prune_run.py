@@ -89,18 +89,19 @@ class _Session:
         t = totals(analyse(spec))
         return {"params": t.params, "macs": t.macs}
 
-    def finetune(self, model_file: Path, n_epochs: int, folder: Path, **extra) -> tuple:
-        """Fine-tune ``model_file`` for ``n_epochs`` in ``folder``; (the best model loaded, the run options)."""
+    def finetune(self, model_file: Path, n_epochs: int, folder: Path, hooks=()):
+        """Fine-tune ``model_file`` for ``n_epochs`` in ``folder`` (with distillation when configured); the best model, loaded."""
         from yolo3.evaluation import load_for_config
         from yolo3.training import RunOptions, train
 
-        options = dict(keep_architecture=True, epochs=n_epochs, run_dir=str(folder), progress=self.progress,
-                       learning_rate=self.p.finetune_learning_rate, freeze_backbone_epochs=0)  # fmt: skip
+        from .distillation import Distillation
+
         if self.p.distillation:  # the unpruned model teaches the pruned one
-            options.update(teacher_path=str(self.source), distill_weight=self.p.distillation)
-        options.update(extra)
-        result = train(self.config, RunOptions(str(model_file), **options))
-        return load_for_config(self.config, result["best_model"]), options
+            hooks = (*hooks, Distillation(self.source, self.p.distillation))
+        options = RunOptions(str(model_file), True, n_epochs, str(folder), self.progress, learning_rate=self.p.finetune_learning_rate,
+                             freeze_backbone_epochs=0, hooks=tuple(hooks))  # fmt: skip
+        result = train(self.config, options)
+        return load_for_config(self.config, result["best_model"])
 
 
 def _prune_in_rounds(session: _Session, mode: int, loaded, rounds: int, layer_ratios: dict, run_dir: Path | None, report: dict) -> tuple:
@@ -142,7 +143,7 @@ def _prune_in_rounds(session: _Session, mode: int, loaded, rounds: int, layer_ra
         entry = {"round": r + 1, "removed_params": 1 - size["params"] / report["before"]["params"],
                  "pruned": {"mAP50": session.score(current), **size}}  # fmt: skip
         if p.round_epochs:
-            current, _ = session.finetune(folder / "pruned.h5", p.round_epochs, folder)
+            current = session.finetune(folder / "pruned.h5", p.round_epochs, folder)
             entry["finetuned"] = {"mAP50": session.score(current), "epochs": p.round_epochs}
         report["rounds"].append(entry)
     return current, details, seconds
@@ -156,7 +157,7 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
     from yolo3.models import save_model
     from yolo3.spec import analyse, layer_table, write_cfg
 
-    from .constraints import MaskConstraint
+    from .constraints import KeepZeros
     from .magnitude import TfmotPruning, oneshot_prune, sparsity_report
     from .pruning import resolve_layer_ratios
 
@@ -205,18 +206,20 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
         write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(pruned.model, spec))
         report["darknet"] = [str(out_path.with_suffix(".cfg")), str(out_path.with_suffix(".weights"))]
     if epochs:
-        extra = {}
+        hooks = ()
         if mode == 2 and p.magnitude_mode == "tfmot":
             steps = max(1, len(read_dataset(config.dataset("train"), config.labels).records) // config.train.batch_size)
             end = int(p.magnitude_end_fraction * epochs * steps)
-            extra["wrapper"] = TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names)
-            extra["best_from_epoch"] = min(epochs, math.ceil(end / steps) + 1)
+            tfmot_hook = TfmotPruning(p.magnitude_sparsity, end, frequency=max(1, steps // 4), layers=names,
+                                      best_from_epoch=min(epochs, math.ceil(end / steps) + 1))  # fmt: skip
+            hooks = (tfmot_hook,)
+            compression = tfmot_hook.compression
         elif compression:
-            extra["constraint_factory"] = lambda model: MaskConstraint(model, names)
-        tuned, options = session.finetune(out_path, epochs, run_dir, **extra)
+            hooks = (KeepZeros(names),)
+        tuned = session.finetune(out_path, epochs, run_dir, hooks)
         report["finetuned"] = {"mAP50": session.score(tuned), **session.stats(tuned.spec), "epochs": epochs, "run": str(run_dir)}
         pruned = tuned
-        save_model(tuned.model, tuned.spec, out_path, compression or (options["wrapper"].compression if "wrapper" in options else None))
+        save_model(tuned.model, tuned.spec, out_path, compression)
         if mode != 2:
             write_weights(out_path.with_suffix(".weights"), spec, get_darknet_weights(tuned.model, tuned.spec))
     if mode == 2:

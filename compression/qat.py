@@ -27,9 +27,9 @@ refuses such a model with a message instead.
 
 Example::
 
-    wrapper = QatWrapper(scheme_for(compression_info("clustered.h5"), model))
-    train(config, RunOptions("clustered.h5", True, epochs=2, wrapper=wrapper, best_from_epoch=2))
-    wrapper.qat_model.save_weights("qat-weights.h5")   # convert with export_tflite(..., qat=...)
+    hook = QatWrapper(scheme_for(compression_info("clustered.h5"), model), best_from_epoch=2)
+    train(config, RunOptions("clustered.h5", True, epochs=2, hooks=(hook,)))
+    hook.qat_model.save_weights("qat-weights.h5")   # convert with export_tflite(..., qat=...)
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo3.errors import UserError
+from yolo3.hooks import TrainingHook
 
 SCHEMES = ("qat", "pqat", "cqat", "pcqat")
 
@@ -159,20 +160,21 @@ def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8)
     return len(names) + len(inputs)
 
 
-class QatWrapper:
-    """Trainer hooks: wrap the model for QAT; ``unwrap`` gives a float model with the trained weights.
+class QatWrapper(TrainingHook):
+    """Trainer hook: wrap the model for QAT; ``unwrap`` gives a float model with the trained weights.
 
     ``qat_model`` is the trained QAT model (its fake-quantization ranges are
     what the int8 conversion needs); ``compression`` keeps the starting
     model's record so that a later fine-tune still keeps clusters and zeros.
     """
 
-    def __init__(self, scheme: str, compression: dict | None = None, calibration: np.ndarray | None = None):
+    def __init__(self, scheme: str, compression: dict | None = None, calibration: np.ndarray | None = None, best_from_epoch: int = 1):
         if scheme not in SCHEMES:
             raise ValueError(f"unknown QAT scheme {scheme!r}")
         self.scheme = scheme
         self.calibration = calibration  # preprocessed images (N, H, W, 3) that set the starting activation ranges
         self.compression = dict(compression or {})
+        self.best_from_epoch = best_from_epoch  # only the last epoch's QAT model is converted
         self.plain = None
         self.qat_model = None
 
@@ -187,8 +189,6 @@ class QatWrapper:
         copy_float_weights(model, self.plain)
         return self.plain
 
-    def callbacks(self, model) -> list:
-        return []
 
 
 def qat_finetune(
@@ -217,9 +217,9 @@ def qat_finetune(
 
         size = config.model.input_size
         images = np.stack([letterbox(load_image(path), size)[0] for path in calibration]).astype(np.float32)
-    wrapper = QatWrapper(scheme, info, images)
-    options = RunOptions(str(start_h5), True, epochs, str(run_dir), progress, learning_rate=lr,
-                         wrapper=wrapper, best_from_epoch=epochs, freeze_backbone_epochs=0)  # fmt: skip
+    wrapper = QatWrapper(scheme, info, images, best_from_epoch=epochs)
+    options = RunOptions(str(start_h5), True, epochs, str(run_dir), progress, learning_rate=lr, freeze_backbone_epochs=0,
+                         hooks=(wrapper,))  # fmt: skip
     result = train(config, options)
     weights = Path(run_dir) / "qat-weights.h5"
     atomic_write(weights, lambda tmp: wrapper.qat_model.save_weights(str(tmp)))

@@ -12,8 +12,7 @@ scales that cross zero to zero, which is what sparse training is for. With
 
 Example::
 
-    options = sparse_training_options(spec, strength=3.0)
-    train(config, RunOptions(model_path, True, **options))   # run_dir/bn_scales/epoch_001.png, ...
+    train(config, RunOptions(model_path, True, hooks=(SparseTraining(spec, strength=3.0),)))   # run_dir/bn_scales/epoch_001.png, ...
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from yolo3.hooks import TrainingContext, TrainingHook
 from yolo3.spec import Spec
 
 from .pruning import prunable_bn_layers
@@ -67,14 +67,19 @@ def plot_bn_scales(model, names: list[str], epoch: int, out: Path) -> Path:
     return out
 
 
-def sparse_training_options(spec: Spec, strength: float) -> dict:
-    """RunOptions fields for sparse training: the proximal L1 step (a post-step hook) and the per-epoch plot."""
-    names = prunable_bn_layers(spec)
+class SparseTraining(TrainingHook):
+    """Network slimming's sparse training: the proximal L1 step on the prunable BN scales after every step, a plot per epoch."""
 
-    def plot(model, epoch: int, run_dir: Path) -> None:
-        plot_bn_scales(model, names, epoch + 1, Path(run_dir) / "bn_scales" / f"epoch_{epoch + 1:03d}.png")
+    def __init__(self, spec: Spec, strength: float):
+        self.names = prunable_bn_layers(spec)
+        self.strength = strength
+        self.shrink = None
 
-    def shrink(model, optimizer) -> BnShrink:
-        return BnShrink(model, names, strength, optimizer.learning_rate)
+    def on_train_begin(self, context: TrainingContext) -> None:
+        self.shrink = BnShrink(context.model, self.names, self.strength, context.optimizer.learning_rate)
 
-    return {"post_step_factory": shrink, "epoch_callback": plot}
+    def after_step(self) -> None:
+        self.shrink.apply()
+
+    def on_epoch_end(self, model, epoch: int, run_dir: Path) -> None:
+        plot_bn_scales(model, self.names, epoch + 1, Path(run_dir) / "bn_scales" / f"epoch_{epoch + 1:03d}.png")

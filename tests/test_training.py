@@ -206,20 +206,69 @@ def test_nan_loss_stops_with_checkpoint_intact(tmp_path, synthetic_valid):
     from yolo3.training import RunOptions, TrainingStopped, train
 
     config = load_config(small_config(tmp_path, synthetic_valid, nb_epochs=2))
-    calls = {"n": 0}
+    from yolo3.hooks import TrainingHook
 
-    def poison(model):
-        calls["n"] += 1
-        return tf.constant(0.0)
+    class Poison(TrainingHook):  # a loss term that turns the loss into NaN, through the hooks' loss point
+        def loss(self, images, outputs):
+            return tf.fill(tf.shape(images)[:1], float("nan"))
 
     train(config, RunOptions(epochs=1, progress=False, max_steps_per_epoch=2))
     ckpt = sorted((tmp_path / "run" / "checkpoints").glob("ckpt-1*"))
     assert ckpt
     with pytest.raises(TrainingStopped) as err:
-        train(config, RunOptions(progress=False, extra_loss=lambda m: tf.constant(float("nan")), max_steps_per_epoch=2))
+        train(config, RunOptions(progress=False, hooks=(Poison(),), max_steps_per_epoch=2))
     assert "nan" in err.value.message and "ckpt-1" in err.value.message
     assert sorted((tmp_path / "run" / "checkpoints").glob("ckpt-1*")) == ckpt
     assert not list((tmp_path / "run" / "checkpoints").glob("ckpt-2*"))
+
+
+def test_hooks_are_called_in_order_and_their_loss_and_step_count(tmp_path, synthetic_valid):
+    from yolo3.config import load_config
+    from yolo3.hooks import TrainingHook
+    from yolo3.kerasenv import tf
+    from yolo3.training import RunOptions, train
+
+    class Recorder(TrainingHook):
+        compression = {"recorded": True}
+
+        def __init__(self):
+            self.calls = []
+            self.steps = None
+
+        def wrap(self, model):
+            self.calls.append("wrap")
+            return model
+
+        def on_train_begin(self, context):
+            self.calls.append("begin")
+            self.steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+            assert context.model is not None and context.optimizer is not None and context.input_size == 64
+
+        def loss(self, images, outputs):
+            return tf.zeros(tf.shape(images)[:1])
+
+        def after_step(self):
+            self.steps.assign_add(1)
+
+        def on_batch_begin(self, step):
+            self.calls.append(f"batch {step}")
+
+        def on_epoch_end(self, model, epoch, run_dir):
+            self.calls.append(f"epoch {epoch}")
+
+        def unwrap(self, model):
+            self.calls.append("unwrap")
+            return model
+
+    hook = Recorder()
+    config = load_config(small_config(tmp_path, synthetic_valid, nb_epochs=2))
+    result = train(config, RunOptions(progress=False, max_steps_per_epoch=2, hooks=(hook,)))
+    assert hook.calls[:2] == ["wrap", "begin"]
+    assert [c for c in hook.calls if c.startswith(("batch", "epoch"))] == ["batch 0", "batch 1", "epoch 0", "batch 0", "batch 1", "epoch 1"]
+    assert int(hook.steps.numpy()) == 4 and "unwrap" in hook.calls
+    from yolo3.models import compression_info
+
+    assert compression_info(result["best_model"]) == {"recorded": True}
 
 
 def test_finetune_keeps_a_pruned_architecture(tmp_path, synthetic_valid):

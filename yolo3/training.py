@@ -34,6 +34,7 @@ import numpy as np
 
 from .augment import AugmentSettings
 from .errors import UserError
+from .hooks import TrainingContext, TrainingHook
 from .kerasenv import keras, tf
 from .loss import LossSettings, yolo_loss
 from .pipeline import PipelineSettings, make_dataset
@@ -205,16 +206,13 @@ def learning_rate(step: int, steps_per_epoch: int, epochs: int, peak: float, war
 class Stepper:
     """Builds the (distributed) loss, gradient and training step for a model."""
 
-    def __init__(self, model, layout, loss_settings, strategy, global_batch: int, extra_loss=None, constraint=None, teacher=None, distill_weight=0.0):
+    def __init__(self, model, layout, loss_settings, strategy, global_batch: int, hooks=()):
         self.model = model
-        self.teacher = teacher  # a frozen model whose raw heads the student also learns (knowledge distillation)
-        self.distill_weight = distill_weight
         self.layout = layout
         self.loss_settings = loss_settings
         self.strategy = strategy
         self.global_batch = global_batch
-        self.extra_loss = extra_loss  # callable(model) -> scalar tensor, e.g. an L1 penalty on BN scales
-        self.constraint = constraint  # object with apply(), run after every step (keeps clusters / pruning masks)
+        self.hooks = tuple(hooks)  # TrainingHook: extra loss terms, and what runs after every step
 
     def _loss(self, images, targets, gt, training=True):
         outputs = self.model(images, training=training)
@@ -223,16 +221,10 @@ class Stepper:
         loss = tf.reduce_sum(per_image) / self.global_batch
         replicas = self.strategy.num_replicas_in_sync
         reg = tf.add_n(self.model.losses) / replicas if self.model.losses else 0.0
-        if self.extra_loss is not None:
-            reg += self.extra_loss(self.model) / replicas
-        if self.teacher is not None:
-            from compression.distillation import distillation_loss
-
-            taught = self.teacher(images, training=False)
-            taught = taught if isinstance(taught, (list, tuple)) else [taught]
-            per_image = distillation_loss(outputs, taught, [len(a) for a in self.layout.anchors])
-            parts["distillation"] = per_image
-            reg += self.distill_weight * tf.cast(tf.reduce_sum(per_image), loss.dtype) / self.global_batch
+        for hook in self.hooks:
+            extra = hook.loss(images, outputs)
+            if extra is not None:  # per image, summed like the detection loss
+                reg += tf.reduce_sum(tf.cast(extra, loss.dtype)) / self.global_batch
         parts = {k: tf.reduce_sum(v) / self.global_batch for k, v in parts.items()}
         return loss + reg, loss, parts
 
@@ -253,8 +245,8 @@ class Stepper:
         def step(batch):
             images, targets, gt = batch
             per_replica = self.strategy.run(replica_step, args=(images, targets, gt))
-            if self.constraint is not None:
-                self.constraint.apply()  # cross-replica context: updates every replica's copy
+            for hook in self.hooks:
+                hook.after_step()  # cross-replica context: updates every replica's copy
             return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
         return step
@@ -267,24 +259,17 @@ class Stepper:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """What the command line may override."""
+    """What the command line and the compression methods may set for one run."""
 
     model_path: str | None = None
-    keep_architecture: bool = False  # finetune.py: the model's own architecture
+    keep_architecture: bool = False  # fine-tuning: the model's own architecture
     epochs: int | None = None
     run_dir: str | None = None
     progress: bool = True
-    extra_loss: object = None  # callable(model) -> scalar, e.g. sparse training of BN scales
-    epoch_callback: object = None  # callable(model, epoch, run_dir)
-    constraint_factory: object = None  # callable(model) -> object with apply(), or None
     learning_rate: float | None = None  # override train.learning_rate (fine-tuning after compression)
-    post_step_factory: object = None  # callable(model, optimizer) -> object with apply(), run after every step
-    wrapper: object = None  # wrap(model) -> model, unwrap(model) -> model, callbacks(model) -> keras callbacks (TFMOT)
-    best_from_epoch: int = 1  # epochs before this one cannot become best.h5 (e.g. before a pruning schedule ends)
     freeze_backbone_epochs: int | None = None  # override train.freeze_backbone_epochs (0 for fine-tuning after compression)
     max_steps_per_epoch: int | None = None  # for tests and benchmarks
-    teacher_path: str | None = None  # knowledge distillation from this model (same heads), e.g. the model before pruning
-    distill_weight: float = 1.0  # weight of the distillation loss against the detection loss
+    hooks: tuple[TrainingHook, ...] = ()  # training-time compression (yolo3.hooks): masks, clusters, QAT, sparse training, distillation
 
 
 class _Predictor:
@@ -323,213 +308,225 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def train(config, options: RunOptions | None = None) -> dict:
-    """Train or fine-tune the config's model; returns a summary (best mAP, paths, timings)."""
-    from .datasets import read_dataset
-    from .evaluation import evaluate
-    from .keras_model import build_model
-    from .models import save_model
-    from .reporting import write_json
+class Trainer:
+    """One training run, in named steps: :meth:`set_up`, :meth:`restore`, :meth:`run_epoch`, :meth:`evaluate_and_save`.
 
-    options = options or RunOptions()
-    t = config.train
-    run_dir = Path(options.run_dir) if options.run_dir else Path(t.run_dir)
-    epochs = options.epochs or t.nb_epochs
-    train_set = read_dataset(config.dataset("train"), config.labels)
-    valid_set = read_dataset(config.dataset("valid"), config.labels)
-    for ds, name in ((train_set, "training"), (valid_set, "validation")):
-        if ds.problems:
-            _log(f"{name} set: {len(ds.problems)} problem(s) found while reading, e.g. {ds.problems[0]}")
-    pipe, loss_settings = _settings(config)
-    start = starting_point(config, options.model_path, options.keep_architecture)
-    spec = start.spec
-    layout = head_layout(spec)
+    :func:`train` runs them in order; the hooks of ``options.hooks`` are called
+    at the points :mod:`yolo3.hooks` describes.
+    """
 
-    strategy = make_strategy(t.strategy, t.devices)
-    replicas = strategy.num_replicas_in_sync
-    if t.batch_size % replicas:
-        raise UserError(f"train.batch_size {t.batch_size} must be divisible by the {replicas} devices of the strategy")
-    size = 0 if pipe.multi_scale else config.model.input_size
-    with strategy.scope():
-        keras.utils.set_random_seed(t.seed)
-        model = build_model(spec, size=size, sync_bn=replicas > 1)
-        if start.model is not None:
-            skipped = copy_weights(start.model, model)
-            if start.new_heads:
+    def __init__(self, config, options: RunOptions | None = None):
+        self.config = config
+        self.options = options or RunOptions()
+        self.hooks = tuple(self.options.hooks)
+        t = config.train
+        self.run_dir = Path(self.options.run_dir) if self.options.run_dir else Path(t.run_dir)
+        self.epochs = self.options.epochs or t.nb_epochs
+        self.best_path = self.run_dir / "best.h5"
+        self.history_path = self.run_dir / "history.json"
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    def set_up(self) -> None:
+        """Read the data, build the model (from the starting point), wrap it, build the optimizer, call the hooks."""
+        from .datasets import read_dataset
+        from .keras_model import build_model
+
+        config, t = self.config, self.config.train
+        self.train_set = read_dataset(config.dataset("train"), config.labels)
+        self.valid_set = read_dataset(config.dataset("valid"), config.labels)
+        for ds, name in ((self.train_set, "training"), (self.valid_set, "validation")):
+            if ds.problems:
+                _log(f"{name} set: {len(ds.problems)} problem(s) found while reading, e.g. {ds.problems[0]}")
+        self.pipe, loss_settings = _settings(config)
+        self.start = starting_point(config, self.options.model_path, self.options.keep_architecture)
+        spec = self.spec = self.start.spec
+        self.layout = head_layout(spec)
+        strategy = self.strategy = make_strategy(t.strategy, t.devices)
+        replicas = strategy.num_replicas_in_sync
+        if t.batch_size % replicas:
+            raise UserError(f"train.batch_size {t.batch_size} must be divisible by the {replicas} devices of the strategy")
+        size = 0 if self.pipe.multi_scale else config.model.input_size
+        with strategy.scope():
+            keras.utils.set_random_seed(t.seed)
+            model = build_model(spec, size=size, sync_bn=replicas > 1)
+            if self.start.model is not None:
+                skipped = copy_weights(self.start.model, model)
+                if self.start.new_heads:
+                    init_heads(model, spec, t.seed)
+                elif skipped:
+                    raise UserError(f"layers {skipped[:5]} of the starting model do not fit the architecture")
+            else:
                 init_heads(model, spec, t.seed)
-            elif skipped:
-                raise UserError(f"layers {skipped[:5]} of the starting model do not fit the architecture")
-        else:
-            init_heads(model, spec, t.seed)
-        if options.wrapper is not None:
-            model = options.wrapper.wrap(model)
-        optimizer = (
-            keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay)
-            if t.weight_decay
-            else keras.optimizers.Adam(learning_rate=t.learning_rate)
-        )
-        optimizer.build(model.trainable_variables)  # every variable, also those frozen at first
-        epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        best_var = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_map")
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var, best=best_var)
-    manager = tf.train.CheckpointManager(ckpt, str(run_dir / "checkpoints"), max_to_keep=2)
-    if manager.latest_checkpoint:
-        try:
-            ckpt.restore(manager.latest_checkpoint).expect_partial()
-        except (ValueError, tf.errors.InvalidArgumentError) as err:
-            raise UserError(
-                f"the checkpoint in this run folder belongs to another model ({str(err).splitlines()[0][:160]}); "
-                "delete the folder or choose another run_dir",
-                run_dir,
-            ) from None
-        _log(f"resuming {run_dir} after epoch {int(epoch_var.numpy())} (best mAP@0.5 so far {best_var.numpy():.4f})")
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _log(f"training from {start.note}")
-    write_json(run_dir / "config.json", config.raw)
-    first_epoch = int(epoch_var.numpy())
-    if first_epoch >= epochs:
-        _log(f"{run_dir} has finished all {epochs} epochs; nothing to do (delete the folder or raise nb_epochs to train more)")
+            for hook in self.hooks:
+                model = hook.wrap(model)
+            self.model = model
+            self.optimizer = (
+                keras.optimizers.AdamW(learning_rate=t.learning_rate, weight_decay=t.weight_decay)
+                if t.weight_decay
+                else keras.optimizers.Adam(learning_rate=t.learning_rate)
+            )
+            self.optimizer.build(model.trainable_variables)  # every variable, also those frozen at first
+            self.epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+            self.best_var = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_map")
+            self.ckpt = tf.train.Checkpoint(model=model, optimizer=self.optimizer, epoch=self.epoch_var, best=self.best_var)
+        self.manager = tf.train.CheckpointManager(self.ckpt, str(self.run_dir / "checkpoints"), max_to_keep=2)
+        self.context = TrainingContext(model, self.optimizer, spec, strategy, config, size, self.run_dir)
+        self.stepper = Stepper(model, self.layout, loss_settings, strategy, t.batch_size, self.hooks)
+        self.best_from = max((h.best_from_epoch for h in self.hooks), default=1)
+        self.compression = next((h.compression for h in reversed(self.hooks) if h.compression is not None), self.start.compression)
+        self.steps_per_epoch = len(self.train_set.records) // t.batch_size
+        if self.options.max_steps_per_epoch:
+            self.steps_per_epoch = min(self.steps_per_epoch, self.options.max_steps_per_epoch)
+        self.frozen = shared_layers(spec)
+        self.phase = None
+        self.step_fn = None
 
-    peak_lr = options.learning_rate or t.learning_rate
-    steps_per_epoch = len(train_set.records) // t.batch_size
-    if options.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, options.max_steps_per_epoch)
-    frozen = shared_layers(spec)
-    hooks = []
-    with strategy.scope():
-        if options.constraint_factory is not None:
-            hooks.append(options.constraint_factory(model))
-        if options.post_step_factory is not None:
-            hooks.append(options.post_step_factory(model, optimizer))
-    constraint = _AllOf(hooks) if hooks else None
-    teacher = _teacher(config, options.teacher_path, spec, size, strategy) if options.teacher_path else None
-    stepper = Stepper(model, layout, loss_settings, strategy, t.batch_size, options.extra_loss, constraint, teacher, options.distill_weight)
-    callbacks = options.wrapper.callbacks(model) if options.wrapper is not None else []
-    for cb in callbacks:
-        cb.set_model(model)
-        cb.on_train_begin()
-    writer = tf.summary.create_file_writer(str(run_dir / "logs"))
-    history_path = run_dir / "history.json"
-    history = json.loads(history_path.read_text()) if history_path.exists() and first_epoch else []
-    # a kill between writing the history and the checkpoint leaves one epoch too many in the history
-    history = [h for h in history if h["epoch"] <= first_epoch]
-    best_path = run_dir / "best.h5"
-    phase = None
-    step_fn = None
-    started = time.perf_counter()
-    for epoch in range(first_epoch, epochs):
-        freeze_epochs = t.freeze_backbone_epochs if options.freeze_backbone_epochs is None else options.freeze_backbone_epochs
+    # -- restore ----------------------------------------------------------------------------------
+
+    def restore(self) -> int:
+        """Resume from the run folder's last checkpoint, if any; the first epoch still to run."""
+        from .reporting import write_json
+
+        run_dir = self.run_dir
+        if self.manager.latest_checkpoint:
+            try:
+                self.ckpt.restore(self.manager.latest_checkpoint).expect_partial()
+            except (ValueError, tf.errors.InvalidArgumentError) as err:
+                raise UserError(
+                    f"the checkpoint in this run folder belongs to another model ({str(err).splitlines()[0][:160]}); "
+                    "delete the folder or choose another run_dir",
+                    run_dir,
+                ) from None
+            _log(f"resuming {run_dir} after epoch {int(self.epoch_var.numpy())} (best mAP@0.5 so far {self.best_var.numpy():.4f})")
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _log(f"training from {self.start.note}")
+        write_json(run_dir / "config.json", self.config.raw)
+        first = int(self.epoch_var.numpy())
+        if first >= self.epochs:
+            _log(f"{run_dir} has finished all {self.epochs} epochs; nothing to do (delete the folder or raise nb_epochs to train more)")
+        history = json.loads(self.history_path.read_text()) if self.history_path.exists() and first else []
+        # a kill between writing the history and the checkpoint leaves one epoch too many in the history
+        self.history = [h for h in history if h["epoch"] <= first]
+        self.writer = tf.summary.create_file_writer(str(run_dir / "logs"))
+        with self.strategy.scope():  # after the restore: hooks read the weights as the run resumes them (masks, centroids)
+            for hook in self.hooks:
+                hook.on_train_begin(self.context)
+        return first
+
+    # -- one epoch --------------------------------------------------------------------------------
+
+    def _set_phase(self, epoch: int) -> None:
+        """Freeze or unfreeze the shared layers for this epoch; a new compiled step when that changes."""
+        t = self.config.train
+        freeze_epochs = t.freeze_backbone_epochs if self.options.freeze_backbone_epochs is None else self.options.freeze_backbone_epochs
         freeze = epoch < freeze_epochs
-        if phase != freeze:
-            for layer in model.layers:
-                idx = layer_index(layer.name)
-                if idx is not None and idx in frozen:
-                    layer.trainable = not freeze
-            variables = model.trainable_variables
-            step_fn = stepper.make_train_step(optimizer, variables)
-            phase = freeze
-            if freeze:
-                _log(f"epochs {epoch + 1}-{freeze_epochs}: the {len(frozen)} shared layers are frozen")
-        dataset = make_dataset(train_set.records, layout, len(config.labels), pipe, epoch)
-        if options.max_steps_per_epoch:
-            dataset = dataset.take(steps_per_epoch)
-        dist = strategy.experimental_distribute_dataset(dataset)
-        bar = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["lr"], verbose=1 if options.progress else 0)
-        losses = []
-        epoch_start = time.perf_counter()
+        if self.phase == freeze:
+            return
+        for layer in self.model.layers:
+            idx = layer_index(layer.name)
+            if idx is not None and idx in self.frozen:
+                layer.trainable = not freeze
+        self.step_fn = self.stepper.make_train_step(self.optimizer, self.model.trainable_variables)
+        self.phase = freeze
+        if freeze:
+            _log(f"epochs {epoch + 1}-{freeze_epochs}: the {len(self.frozen)} shared layers are frozen")
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch; its record (mean loss, seconds, last learning rate). A NaN loss stops the run."""
+        config, t = self.config, self.config.train
+        self._set_phase(epoch)
+        steps = self.steps_per_epoch
+        dataset = make_dataset(self.train_set.records, self.layout, len(config.labels), self.pipe, epoch)
+        if self.options.max_steps_per_epoch:
+            dataset = dataset.take(steps)
+        dist = self.strategy.experimental_distribute_dataset(dataset)
+        bar = keras.utils.Progbar(steps, stateful_metrics=["lr"], verbose=1 if self.options.progress else 0)
+        peak = self.options.learning_rate or t.learning_rate
+        losses, lr = [], peak
+        started = time.perf_counter()
         for k, batch in enumerate(dist):
-            global_step = epoch * steps_per_epoch + k
-            lr = learning_rate(global_step, steps_per_epoch, epochs, peak_lr, t.warmup_epochs, t.lr_schedule)
-            optimizer.learning_rate.assign(lr)
-            for cb in callbacks:
-                cb.on_train_batch_begin(k)
-            loss = float(step_fn(batch))
+            lr = learning_rate(epoch * steps + k, steps, self.epochs, peak, t.warmup_epochs, t.lr_schedule)
+            self.optimizer.learning_rate.assign(lr)
+            for hook in self.hooks:
+                hook.on_batch_begin(k)
+            loss = float(self.step_fn(batch))
             if not math.isfinite(loss):
-                last = manager.latest_checkpoint or "none (no epoch finished)"
+                last = self.manager.latest_checkpoint or "none (no epoch finished)"
                 raise TrainingStopped(
                     f"the loss became {loss} at epoch {epoch + 1}, step {k + 1}; stopped. The last good checkpoint is "
                     f"intact: {last}. Lower train.learning_rate or check the data."
                 )
             losses.append(loss)
             bar.update(k + 1, [("loss", loss), ("lr", lr)])
-        for cb in callbacks:
-            cb.on_epoch_end(epoch)
-        epoch_seconds = time.perf_counter() - epoch_start
-        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": epoch_seconds, "lr": lr}
-        with writer.as_default(step=epoch + 1):
+        record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started, "lr": lr}
+        with self.writer.as_default(step=epoch + 1):
             tf.summary.scalar("loss", record["loss"])
             tf.summary.scalar("learning_rate", lr)
-        if (epoch + 1) % t.eval_every == 0 or epoch + 1 == epochs:
-            report = evaluate(
-                _Predictor(model, spec, config.model.input_size), valid_set, config.labels,
-                config.valid.score_threshold, config.valid.nms_iou, config.valid.max_detections,
-                config.valid.batch_size, progress=False,
-            )  # fmt: skip
+        return record
+
+    # -- evaluate and save ------------------------------------------------------------------------
+
+    def plain_model(self):
+        """The model without wrappers, at the config's fixed input size: what is saved."""
+        plain = self.model
+        for hook in reversed(self.hooks):
+            plain = hook.unwrap(plain)
+        return _fixed_size(plain, self.spec, self.config.model.input_size)
+
+    def evaluate_and_save(self, epoch: int, record: dict) -> None:
+        """Validation mAP@0.5 when due (best.h5 when better), last.h5, the history and the checkpoint."""
+        from .evaluation import evaluate
+        from .models import save_model
+        from .reporting import write_json
+
+        config = self.config
+        if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == self.epochs:
+            v = config.valid
+            report = evaluate(_Predictor(self.model, self.spec, config.model.input_size), self.valid_set, config.labels,
+                              v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress=False)  # fmt: skip
             record["mAP50"] = report["mAP50"]
-            with writer.as_default(step=epoch + 1):
+            with self.writer.as_default(step=epoch + 1):
                 tf.summary.scalar("val_mAP50", report["mAP50"])
-            if report["mAP50"] > best_var.numpy() and epoch + 1 >= options.best_from_epoch:
-                best_var.assign(report["mAP50"])
-                plain = options.wrapper.unwrap(model) if options.wrapper is not None else model
-                compression = options.wrapper.compression if options.wrapper is not None else start.compression
-                save_model(_fixed_size(plain, spec, config.model.input_size), spec, best_path, compression)
+            if report["mAP50"] > self.best_var.numpy() and epoch + 1 >= self.best_from:
+                self.best_var.assign(report["mAP50"])
+                save_model(self.plain_model(), self.spec, self.best_path, self.compression)
                 record["best"] = True
         _log(
-            f"epoch {epoch + 1}/{epochs}: loss {record['loss']:.3f}"
+            f"epoch {epoch + 1}/{self.epochs}: loss {record['loss']:.3f}"
             + (f", val mAP@0.5 {record['mAP50']:.4f}" if "mAP50" in record else "")
-            + f" ({epoch_seconds:.0f} s)"
+            + f" ({record['seconds']:.0f} s)"
         )
-        if options.epoch_callback is not None:
-            options.epoch_callback(model, epoch, run_dir)
-        plain = options.wrapper.unwrap(model) if options.wrapper is not None else model
-        compression = options.wrapper.compression if options.wrapper is not None else start.compression
-        save_model(_fixed_size(plain, spec, config.model.input_size), spec, run_dir / "last.h5", compression)
-        epoch_var.assign(epoch + 1)
-        history.append(record)
-        write_json(history_path, history)
-        manager.save(checkpoint_number=epoch + 1)
-    writer.flush()
-    if t.saved_weights_name and best_path.exists():
-        shutil.copyfile(best_path, t.saved_weights_name)
+        for hook in self.hooks:
+            hook.on_epoch_end(self.model, epoch, self.run_dir)
+        save_model(self.plain_model(), self.spec, self.run_dir / "last.h5", self.compression)
+        self.epoch_var.assign(epoch + 1)
+        self.history.append(record)
+        write_json(self.history_path, self.history)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+def train(config, options: RunOptions | None = None) -> dict:
+    """Train or fine-tune the config's model; returns a summary (best mAP, paths, timings)."""
+    trainer = Trainer(config, options)
+    trainer.set_up()
+    first = trainer.restore()
+    started = time.perf_counter()
+    for epoch in range(first, trainer.epochs):
+        trainer.evaluate_and_save(epoch, trainer.run_epoch(epoch))
+    trainer.writer.flush()
+    t = config.train
+    if t.saved_weights_name and trainer.best_path.exists():
+        shutil.copyfile(trainer.best_path, t.saved_weights_name)
     return {
-        "run_dir": str(run_dir),
-        "best_model": str(best_path) if best_path.exists() else None,
-        "best_mAP50": float(best_var.numpy()),
-        "epochs": epochs,
-        "history": history,
+        "run_dir": str(trainer.run_dir),
+        "best_model": str(trainer.best_path) if trainer.best_path.exists() else None,
+        "best_mAP50": float(trainer.best_var.numpy()),
+        "epochs": trainer.epochs,
+        "history": trainer.history,
         "seconds": time.perf_counter() - started,
     }
-
-
-class _AllOf:
-    """Several post-step hooks as one."""
-
-    def __init__(self, hooks):
-        self.hooks = hooks
-
-    def apply(self) -> None:
-        for hook in self.hooks:
-            hook.apply()
-
-
-def _teacher(config, path: str, student: Spec, size: int, strategy):
-    """The distillation teacher: loaded, checked against the student's heads, frozen, at the training input size."""
-    from compression.distillation import check_teacher
-
-    from .keras_model import build_model
-    from .models import load_model
-
-    if not Path(path).exists():
-        raise UserError("the distillation teacher does not exist", path)
-    loaded = load_model(path, architecture=config.model.architecture if Path(path).suffix.lower() == ".weights" else None)
-    check_teacher(student, loaded.spec, path)
-    with strategy.scope():
-        teacher = build_model(loaded.spec, size=size)
-        copy_weights(loaded.model, teacher)
-    teacher.trainable = False
-    _log(f"distilling from {path}")
-    return teacher
 
 
 def _fixed_size(model, spec: Spec, size: int):
