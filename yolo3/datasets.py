@@ -157,6 +157,9 @@ def _apply_split(records: list[Record], split: str | Path | None, collector: _Co
     if split is None:
         return records
     wanted = read_split(split)
+    # problems met in files of other splits are not this split's: keep those of the files it lists
+    per_file = {*IMAGE_SUFFIXES, ".xml", ".txt"}
+    collector.problems = [p for p in collector.problems if Path(p.file).stem in wanted or Path(p.file).suffix.lower() not in per_file]
     kept = [r for r in records if r.image.stem in wanted]
     found = {r.image.stem for r in kept}
     for stem in sorted(wanted - found):
