@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from yolo3.names import bn_name, conv_name, is_conv
 from yolo3.spec import Spec
 
 from .kmeans1d import kmeans_1d
@@ -38,7 +39,7 @@ def conv_layer_names(spec: Spec, exclude: list | None = None) -> list[str]:
     excluded = {str(e) for e in (exclude or [])}
     names = []
     for i in spec.conv_indices():
-        name = f"conv_{i}"
+        name = conv_name(i)
         if str(i) not in excluded and name not in excluded:
             names.append(name)
     return names
@@ -66,7 +67,7 @@ def output_scales(model, spec: Spec, name: str) -> np.ndarray | None:
     """How strongly each output channel of a convolution reaches the next layer: |gamma| / sqrt(var + eps) of its BN."""
     index = int(name.rsplit("_", 1)[1])
     try:
-        bn = model.get_layer(f"bn_{index}")
+        bn = model.get_layer(bn_name(index))
     except ValueError:
         return None
     gamma, _, _, var = bn.get_weights()
@@ -126,7 +127,7 @@ def cluster_model(
     total_bits = 0
     names = conv_layer_names(spec, exclude)
     for layer in model.layers:
-        if layer.name.startswith("conv_") and layer.name not in names:
+        if is_conv(layer.name) and layer.name not in names:
             values = layer.get_weights()
             total_bits += sum(v.size for v in values) * 32  # left as float32
     for name in names:

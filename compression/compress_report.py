@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from yolo3.fileio import atomic_write, atomic_write_text
+from yolo3.names import conv_index, conv_name
 from yolo3.reporting import write_json
 
 ROUNDS, RUNS = 10, 10  # interleaved timing of the final model against the unpruned int8 model
@@ -95,7 +96,7 @@ def build_report(c) -> dict:
         "gzip_bytes_final_int8": final["gzip_bytes"],
         "float_weights_bytes": base["float_weights_bytes"],
         "input_size": size,
-        "kept_channels": {f"conv_{k}": v for k, v in kept.items()},
+        "kept_channels": {conv_name(k): v for k, v in kept.items()},
         "threads": c.threads,
         "split": {"test_images": final["images"], "decisions": "validation split", "figures": "test split"},
         "stages": stages,
@@ -151,13 +152,13 @@ def plot_report(r: dict, plan: dict, path: Path, c) -> None:
     size_model = c._size_model()
     cmap = ChannelMap(c._spec())
     base_map = c.results.get("sensitivity", {}).get("base_mAP50")
-    clustered = {i for i in cmap.spec.conv_indices() if f"conv_{i}" not in set(c.results["cluster"].get("excluded", []))}
+    clustered = {i for i in cmap.spec.conv_indices() if conv_name(i) not in set(c.results["cluster"].get("excluded", []))}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     trace = plan.get("trace", [])
     if trace and base_map is not None:
         xs = [t["predicted_ms"] for t in trace]
         ys = [max(0.0, base_map - t["loss"]) for t in trace]
-        sizes = [size_model.bytes(cmap, {int(k.removeprefix("conv_")): v for k, v in t["kept"].items()}, clustered) / 1e6 for t in trace]
+        sizes = [size_model.bytes(cmap, {conv_index(k): v for k, v in t["kept"].items()}, clustered) / 1e6 for t in trace]
         axes[0].scatter(xs, ys, s=6, c="0.7", label="planner states (predicted, before fine-tuning)")
         axes[1].scatter(sizes, ys, s=6, c="0.7", label="planner states (predicted, before fine-tuning)")
     for e in r["stages"]:

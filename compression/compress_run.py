@@ -36,6 +36,7 @@ from pathlib import Path
 
 from yolo3.errors import UserError
 from yolo3.fileio import atomic_write_text
+from yolo3.names import conv_index, conv_name
 from yolo3.reporting import to_json, write_json
 
 STAGES = ("baseline", "cost-models", "sensitivity", "plan", "candidates", "prune", "finetune", "cluster", "cluster-finetune", "int8", "report")
@@ -421,10 +422,11 @@ class Compressor:
         spec = self._spec()
         layers = sensitivity["clustering"]["layers"]
         budget = self.config.compress.cluster_budget
-        chosen = {i for i in spec.conv_indices() if f"conv_{i}" not in self.config.clustering.exclude and str(i) not in map(str, self.config.clustering.exclude)}
+        excluded = {conv_index(e) for e in self.config.clustering.exclude}
+        chosen = {i for i in spec.conv_indices() if i not in excluded}
         if not self.config.compress.cluster_first_layer:
             chosen.discard(spec.conv_indices()[0])
-        return {i for i in chosen if layers.get(f"conv_{i}", {"loss": 0})["loss"] <= budget}
+        return {i for i in chosen if layers.get(conv_name(i), {"loss": 0})["loss"] <= budget}
 
     def plan(self) -> dict:
         from .planner import ChannelMap, LatencyCost, MacsCost, SizeCost, plan_budget, ratios_for
@@ -565,7 +567,7 @@ class Compressor:
         if self.options.preset:
             given = preset_ratios(self.options.preset, cmap.spec)
             size = self.base_size
-            exclude = [f"conv_{cmap.spec.conv_indices()[0]}"] if not self.config.compress.cluster_first_layer else []
+            exclude = [conv_name(cmap.spec.conv_indices()[0])] if not self.config.compress.cluster_first_layer else []
             origin = f"preset {self.options.preset}"
         else:
             given = self.config.pruning.similarity_layer_ratios
@@ -574,7 +576,7 @@ class Compressor:
             origin = f"the config's pruning.similarity_layer_ratios, model.input_size and clustering.exclude ({self.config.path})"
         ratios = resolve_layer_ratios(cmap.spec, given, self.config.path)
         kept = {u: kept_count(c, ratios.get(u, 0.0), self._pruning()) for u, c in cmap.units.items()}
-        data = {"origin": origin, "candidates": {str(size): {"size": size, "kept": {f"conv_{k}": v for k, v in kept.items()},
+        data = {"origin": origin, "candidates": {str(size): {"size": size, "kept": {conv_name(k): v for k, v in kept.items()},
                                                              "predicted_ms": self.predicted_ms(kept, size)}},  # fmt: skip
                 "best_by_prediction": size, "target": self.options.target.to_json() if self.options.target else None}
         write_json(self.run.file("plan.json"), data)
@@ -586,7 +588,7 @@ class Compressor:
         if sensitivity is None:
             return list(self.config.clustering.exclude)
         chosen = self.cluster_candidates(sensitivity)
-        return [f"conv_{i}" for i in spec.conv_indices() if i not in chosen]
+        return [conv_name(i) for i in spec.conv_indices() if i not in chosen]
 
     def _write_plan_config(self, size: int, ratios: dict[str, float], exclude: list[str]) -> None:
         """The plan as an ordinary config: edit it and run ``compress.py --from-config`` (or evaluate.py -p 3, clustering.py) again."""
@@ -634,7 +636,7 @@ class Compressor:
         write_cfg(spec, out.with_suffix(".cfg"))
         write_weights(out.with_suffix(".weights"), spec, new_weights)
         t = totals(analyse(spec, size, size))
-        return {"params": t.params, "macs": t.macs, "size": size, "filters": {f"conv_{i}": spec.layers[i].get_int("filters") for i in spec.conv_indices()}}
+        return {"params": t.params, "macs": t.macs, "size": size, "filters": {conv_name(i): spec.layers[i].get_int("filters") for i in spec.conv_indices()}}
 
     def _finetune(self, start: Path, run_dir: Path, epochs: int, size: int, learning_rate: float, hooks=()) -> dict:
         """Fine-tune ``start`` at input ``size`` in ``run_dir`` (resumes there), distilling from the baseline; best epoch on validation."""
@@ -663,7 +665,7 @@ class Compressor:
         for size in sizes:
             folder = self.run.file("candidates") / str(size)
             folder.mkdir(parents=True, exist_ok=True)
-            kept = {int(k.removeprefix("conv_")): v for k, v in plan["kept"][str(size)].items()}
+            kept = {conv_index(k): v for k, v in plan["kept"][str(size)].items()}
             if not (folder / "pruned.h5").exists():
                 self._prune_to(kept, size, folder / "pruned.h5")
             _log(f"   candidate at {size}: {epochs} epochs")
@@ -674,7 +676,7 @@ class Compressor:
 
     def _chosen(self) -> tuple[int, dict[int, int]]:
         size = self.results["candidates"]["chosen"]
-        kept = {int(k.removeprefix("conv_")): v for k, v in self.results["plan"]["kept"][str(size)].items()}
+        kept = {conv_index(k): v for k, v in self.results["plan"]["kept"][str(size)].items()}
         return size, kept
 
     def prune(self) -> dict:
@@ -708,8 +710,8 @@ class Compressor:
             return {"skipped": "compress.cluster is false"}
         loaded = load_model(self.run.file("finetuned.h5"))
         base = self.scorer.score(loaded.model, loaded.spec)
-        first = f"conv_{loaded.spec.conv_indices()[0]}"
-        exclude = {str(e) if str(e).startswith("conv_") else f"conv_{e}" for e in self.config.clustering.exclude}
+        first = conv_name(loaded.spec.conv_indices()[0])
+        exclude = {conv_name(conv_index(e)) for e in self.config.clustering.exclude}
         if self.options.from_config:
             order: list[str] = []
         else:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from yolo3.hooks import TrainingContext, TrainingHook
+from yolo3.names import conv_name, is_conv
 from yolo3.spec import Spec
 
 
@@ -47,7 +48,7 @@ class TfmotPruning(TrainingHook):
     def wrap(self, model):
         tfmot = self.tfmot
         if self.layers is None:
-            self.layers = [layer.name for layer in model.layers if layer.name.startswith("conv_")]
+            self.layers = [layer.name for layer in model.layers if is_conv(layer.name)]
             self.compression["sparsity"]["layers"] = self.layers
         names = set(self.layers)
 
@@ -90,9 +91,9 @@ def sparsity_report(model, spec: Spec) -> dict:
     """Achieved fraction of zero weights per convolution kernel, and overall."""
     layers, zeros, total = {}, 0, 0
     for i in spec.conv_indices():
-        kernel = model.get_layer(f"conv_{i}").get_weights()[0]
+        kernel = model.get_layer(conv_name(i)).get_weights()[0]
         z = int((kernel == 0).sum())
-        layers[f"conv_{i}"] = z / kernel.size
+        layers[conv_name(i)] = z / kernel.size
         zeros += z
         total += kernel.size
     return {"per_layer": layers, "overall": zeros / total if total else 0.0, "zero_weights": zeros, "kernel_weights": total}

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from yolo3.names import conv_name
 from yolo3.spec import Spec, analyse, conv_params, route_inputs, shortcut_input
 
 from .surgery import IMAGE, _layout, channel_groups
@@ -216,8 +217,8 @@ def measure_size_model(model, spec: Spec, clusters: int, baseline_gzip_bytes: in
 
     rates, clustered = {}, {}
     for i in spec.conv_indices():
-        kernel = model.get_layer(f"conv_{i}").get_weights()[0]
-        scale = output_scales(model, spec, f"conv_{i}")
+        kernel = model.get_layer(conv_name(i)).get_weights()[0]
+        scale = output_scales(model, spec, conv_name(i))
         rates[i] = _int8_gzip_rate(kernel, scale)
         clustered[i] = _int8_gzip_rate(cluster_kernel(kernel, clusters, False, seed)[0], scale)
     size = SizeModel(rates, clustered)
@@ -280,7 +281,7 @@ class Candidate:
     step: int
 
     def to_json(self) -> dict:
-        return {"size": self.size, "kept": {f"conv_{k}": v for k, v in self.kept.items()}, "cost": self.cost, "loss": self.loss, "step": self.step}
+        return {"size": self.size, "kept": {conv_name(k): v for k, v in self.kept.items()}, "cost": self.cost, "loss": self.loss, "step": self.step}
 
 
 @dataclass
@@ -371,5 +372,5 @@ def ratios_for(kept: dict[int, int], cmap: ChannelMap) -> dict[str, float]:
     out = {}
     for u, channels in cmap.units.items():
         removed = channels - kept.get(u, channels)
-        out[f"conv_{u}"] = math.ceil(removed / channels * 1e6) / 1e6
+        out[conv_name(u)] = math.ceil(removed / channels * 1e6) / 1e6
     return out

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from yolo3.errors import UserError
+from yolo3.names import conv_name
 
 from .outputs import check_output, file_sizes, fresh_run_dir
 
@@ -49,8 +50,8 @@ def structured_prune(mode: int, spec, weights, p, share: float | None = None, ke
             masks.update(group_masks(spec, weights, layer_ratios, p.min_channels, p.round_to, keep))
         result = prune_channels(spec, weights, masks, plan.merges)
         details = {
-            "layers": {f"conv_{g}": len(v) for g, v in plan.removed.items()},
-            "closest_pairs": {f"conv_{g}": [round(d, 6) for _, _, d in v[:3]] for g, v in plan.removed.items()},
+            "layers": {conv_name(g): len(v) for g, v in plan.removed.items()},
+            "closest_pairs": {conv_name(g): [round(d, 6) for _, _, d in v[:3]] for g, v in plan.removed.items()},
         }
         return result.spec, result.weights, details
     if mode == 4:
@@ -181,7 +182,7 @@ def run_pruning(config, mode: int, model_path: str | None, out: str | None, fine
     with tempfile.TemporaryDirectory() as tmp:
         save_model(loaded.model, loaded.spec, Path(tmp) / "before.h5")
         report["before"]["size"] = file_sizes(Path(tmp) / "before.h5")
-    names = [f"conv_{i}" for i in loaded.spec.conv_indices()]
+    names = [conv_name(i) for i in loaded.spec.conv_indices()]
     rounds = p.rounds if mode in (3, 4) else 1
     run_dir = fresh_run_dir(out_path, force) if (epochs or rounds > 1) else None
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from yolo3.darknet import DarknetWeights
 from yolo3.errors import UserError
+from yolo3.names import bn_name, conv_index, conv_name
 from yolo3.spec import Spec, conv_params, route_inputs, shortcut_input
 
 from .surgery import Group, channel_groups
@@ -113,11 +114,11 @@ def resolve_layer_ratios(spec: Spec, given: dict | None, source=None) -> dict[in
     group_of = {m: g.id for g in groups for m in g.members}
     named: dict[int, str] = {}
     for key, ratio in given.items():
-        index = int(str(key).removeprefix("conv_"))
+        index = conv_index(key)
         if index not in group_of:
             why = "is not a convolution of this model" if index >= len(spec.layers) or spec.layers[index].type != "convolutional" else (
                 "is a head (its channels are the predictions)")  # fmt: skip
-            raise UserError(f"pruning.similarity_layer_ratios: layer {key} {why}; prunable: {', '.join(f'conv_{i}' for i in sorted(group_of))}", source)
+            raise UserError(f"pruning.similarity_layer_ratios: layer {key} {why}; prunable: {', '.join(conv_name(i) for i in sorted(group_of))}", source)
         gid = group_of[index]
         if gid in out and out[gid] != float(ratio):
             raise UserError(f"pruning.similarity_layer_ratios: layers {named[gid]} and {key} are tied by a shortcut (one channel group); give them one ratio", source)
@@ -347,7 +348,7 @@ def prunable_bn_layers(spec: Spec) -> list[str]:
     names = []
     for g in channel_groups(spec):
         if g.prunable:
-            names += [f"bn_{i}" for i in g.members if spec.layers[i].get_int("batch_normalize", 0)]
+            names += [bn_name(i) for i in g.members if spec.layers[i].get_int("batch_normalize", 0)]
     return names
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo3.errors import UserError
+from yolo3.names import conv_name, layer_name
 from yolo3.spec import Spec
 
 from .surgery import channel_groups
@@ -55,7 +56,7 @@ class Unit:
 
 def pruning_units(spec: Spec) -> list[Unit]:
     """Every prunable channel group of ``spec`` (heads and the input are not)."""
-    return [Unit(g.id, f"conv_{g.id}", tuple(g.members), g.channels) for g in channel_groups(spec) if g.prunable]
+    return [Unit(g.id, conv_name(g.id), tuple(g.members), g.channels) for g in channel_groups(spec) if g.prunable]
 
 
 def prune_to_ratios(spec: Spec, weights, ratios: dict[int, float], pruning) -> tuple[Spec, object]:
@@ -174,7 +175,7 @@ def clustering_sensitivity(loaded, scorer: Scorer, clusters: int = 32, progress:
     from .clustering import cluster_kernel
 
     base = scorer.score(loaded.model, loaded.spec) if base_map is None else base_map
-    names = [f"conv_{i}" for i in loaded.spec.conv_indices()]
+    names = [conv_name(i) for i in loaded.spec.conv_indices()]
     out = {}
     bar = _bar(len(names), "clustering sensitivity", progress)
     for name in names:
@@ -216,7 +217,7 @@ def int8_sensitivity(h5: Path, images: list[str], input_size: int) -> dict:
         m = LAYER_IN_TENSOR.search(row["tensor_name"])
         if not m or not row.get("scale"):
             continue
-        name = f"conv_{m.group(1)}" if row["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "LEAKY_RELU") else f"{row['op_name'].lower()}_{m.group(1)}"
+        name = conv_name(m.group(1)) if row["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "LEAKY_RELU") else layer_name(row["op_name"].lower(), m.group(1))
         value = float(np.sqrt(max(row["mean_squared_error"], 0.0)) / row["scale"])
         entry = layers.setdefault(name, {"rmse_over_scale": 0.0, "ops": []})
         entry["ops"].append(row["op_name"])

@@ -31,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from .darknet import ConvWeights, DarknetWeights, Header
 from .errors import UserError
 from .kerasenv import keras
+from .names import bn_name, conv_name, layer_name
 from .spec import Spec, conv_params, maxpool_params, route_inputs, shortcut_input
 
 BN_EPSILON = 1e-6
@@ -83,17 +84,17 @@ def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool =
     if block.type == "convolutional":
         p = conv_params(block)
         if p.padding and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2):
-            x = layers.ZeroPadding2D(p.padding, name=f"pad_{i}")(x)
+            x = layers.ZeroPadding2D(p.padding, name=layer_name("pad", i))(x)
             mode = "valid"
         else:
             mode = "same" if p.padding else "valid"
         x = layers.Conv2D(
-            p.filters, p.size, strides=p.stride, padding=mode, groups=p.groups, use_bias=not p.batch_normalize, name=f"conv_{i}"
+            p.filters, p.size, strides=p.stride, padding=mode, groups=p.groups, use_bias=not p.batch_normalize, name=conv_name(i)
         )(x)
         if p.batch_normalize:
-            x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, synchronized=sync_bn, name=f"bn_{i}")(x)
+            x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, synchronized=sync_bn, name=bn_name(i))(x)
         if p.activation == "leaky":
-            x = layers.LeakyReLU(alpha=LEAKY_SLOPE, name=f"leaky_{i}")(x)
+            x = layers.LeakyReLU(alpha=LEAKY_SLOPE, name=layer_name("leaky", i))(x)
         return x
     if block.type == "maxpool":
         size_, stride, padding = maxpool_params(block)
@@ -103,14 +104,14 @@ def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool =
             mode = "valid"
         else:
             raise spec.error(i, f"[maxpool] padding={padding} is not supported (use the default or 0)")
-        return layers.MaxPooling2D(size_, stride, padding=mode, name=f"maxpool_{i}")(x)
+        return layers.MaxPooling2D(size_, stride, padding=mode, name=layer_name("maxpool", i))(x)
     if block.type == "upsample":
-        return layers.UpSampling2D(block.get_int("stride", 2), interpolation="nearest", name=f"upsample_{i}")(x)
+        return layers.UpSampling2D(block.get_int("stride", 2), interpolation="nearest", name=layer_name("upsample", i))(x)
     if block.type == "route":
         sources = [outs[j] for j in route_inputs(spec, i)]
-        return sources[0] if len(sources) == 1 else layers.Concatenate(axis=-1, name=f"route_{i}")(sources)
+        return sources[0] if len(sources) == 1 else layers.Concatenate(axis=-1, name=layer_name("route", i))(sources)
     if block.type == "shortcut":
-        return layers.Add(name=f"shortcut_{i}")([x, outs[shortcut_input(spec, i)]])
+        return layers.Add(name=layer_name("shortcut", i))([x, outs[shortcut_input(spec, i)]])
     if block.type == "yolo":
         return x  # decoding happens outside the model
     raise spec.error(i, f"unsupported layer type [{block.type}]")  # pragma: no cover - the Spec parser rejects other types
@@ -122,13 +123,13 @@ def set_darknet_weights(model: keras.Model, spec: Spec, weights: DarknetWeights)
         cw = weights.convs.get(i)
         if cw is None:
             raise UserError(f"no weights for convolution {i}", spec.source)
-        conv = model.get_layer(f"conv_{i}")
+        conv = model.get_layer(conv_name(i))
         expected = tuple(conv.kernel.shape)
         if tuple(cw.kernel.shape) != expected:
             raise UserError(f"convolution {i}: weights {cw.kernel.shape} do not fit the model's {expected}", spec.source)
         if cw.bn is not None:
             conv.set_weights([cw.kernel])
-            model.get_layer(f"bn_{i}").set_weights(list(cw.bn))
+            model.get_layer(bn_name(i)).set_weights(list(cw.bn))
         else:
             conv.set_weights([cw.kernel, cw.bias])
 
@@ -137,11 +138,11 @@ def get_darknet_weights(model: keras.Model, spec: Spec, header: Header | None = 
     """Read the convolution weights of a model built from ``spec``."""
     convs = {}
     for i in spec.conv_indices():
-        conv = model.get_layer(f"conv_{i}")
+        conv = model.get_layer(conv_name(i))
         values = conv.get_weights()
         if conv.use_bias:
             convs[i] = ConvWeights(values[0], values[1], None)
         else:
-            bn = model.get_layer(f"bn_{i}").get_weights()
+            bn = model.get_layer(bn_name(i)).get_weights()
             convs[i] = ConvWeights(values[0], None, tuple(bn))
     return DarknetWeights(convs, header or Header())

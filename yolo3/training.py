@@ -37,6 +37,7 @@ from .errors import UserError
 from .hooks import TrainingContext, TrainingHook
 from .kerasenv import keras, tf
 from .loss import LossSettings, yolo_loss
+from .names import conv_name, layer_index
 from .pipeline import PipelineSettings, make_dataset
 from .spec import Spec, heads, route_inputs, shortcut_input
 from .targets import head_layout
@@ -86,18 +87,11 @@ def shared_layers(spec: Spec) -> set[int]:
     return {i for i in common if spec.layers[i].type != "yolo"}
 
 
-def layer_index(name: str) -> int | None:
-    try:
-        return int(name.rsplit("_", 1)[1])
-    except (IndexError, ValueError):
-        return None
-
-
 def init_heads(model: keras.Model, spec: Spec, seed: int = 0) -> None:
     """Fresh detection heads: small kernels, objectness biased towards 'no object' (p = 0.01)."""
     rng = np.random.default_rng(seed)
     for h in heads(spec):
-        conv = model.get_layer(f"conv_{h.conv}")
+        conv = model.get_layer(conv_name(h.conv))
         kernel, bias = conv.get_weights()
         kernel = rng.normal(0, 0.01, kernel.shape).astype(np.float32)
         bias = np.zeros_like(bias).reshape(len(h.anchors), 5 + h.classes)
