@@ -15,7 +15,6 @@ the post-training int8 result.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pruning import with_pruning
 
 from common import machine, write_results
 from yolo3.errors import run_cli
+from yolo3.fileio import gzip_size
 
 
 def main(argv=None) -> int:
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         convert_config(config, args.model, "int8", args.samples, str(int8), True)
         r = evaluate_config(config, str(int8), progress=False, latency_runs=50)
         data["unpruned_int8"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": int8.stat().st_size,
-                                 "gzip_bytes": len(gzip.compress(int8.read_bytes(), 9))}  # fmt: skip
+                                 "gzip_bytes": gzip_size(int8.read_bytes())}  # fmt: skip
         if args.pruned:
             pruned = Path(args.pruned)
             r = evaluate_config(config, str(pruned), progress=False, latency_runs=0)
@@ -91,13 +91,13 @@ def main(argv=None) -> int:
         convert_config(config, str(clustered), "int8", args.samples, str(final), True)
         r = evaluate_config(config, str(final), progress=False, latency_runs=50)
         blob = final.read_bytes()
-        data["final"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)), "path": str(final)}
+        data["final"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": len(blob), "gzip_bytes": gzip_size(blob), "path": str(final)}
         if args.qat:
             qat = runs / "pruned-clustered-qat-int8.tflite"
             q = convert_config(config, str(clustered), "int8", args.samples, str(qat), True, qat=True, qat_epochs=args.qat_epochs, progress=False)
             r = evaluate_config(config, str(qat), progress=False, latency_runs=50)
             blob = qat.read_bytes()
-            data["final_qat"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": len(blob), "gzip_bytes": len(gzip.compress(blob, 9)),
+            data["final_qat"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": len(blob), "gzip_bytes": gzip_size(blob),
                                  "path": str(qat), "scheme": q["qat"]["scheme"], "kernels": q["kernels"], "qat_seconds": q["qat"]["seconds"]}  # fmt: skip
     f, u = data["float"], data["unpruned_int8"]
     z = max([data["final"]] + ([data["final_qat"]] if "final_qat" in data else []), key=lambda v: v["mAP50"])

@@ -63,7 +63,7 @@ def tflite_latency(config, model_path: Path, folder: Path) -> dict:
     out = folder / f"{model_path.stem}-float32.tflite"
     report = convert_config(config, str(model_path), "float32", 1, str(out), True)
     latency = measure_model_latency(TFLitePredictor(out, threads=2), runs=30)
-    return {"median_ms": latency["median_ms"], "size_bytes": report["size_bytes"]}
+    return {"median_ms": latency["median_ms"], "bytes": report["bytes"]}
 
 
 def time_full_yolov3() -> dict:

@@ -38,14 +38,14 @@ def main(argv=None) -> int:
     rows = []
     keras = evaluate_config(config, args.model, progress=False, threads=args.threads, latency_runs=args.runs)
     rows.append({"format": "Keras float32", "mAP50": keras["mAP50"], "coco": keras["coco"], "latency_ms": keras["latency"]["median_ms"],
-                 "size_bytes": keras.get("model_bytes"), "gzip_bytes": keras.get("model_gzip_bytes")})  # fmt: skip
+                 "bytes": keras.get("bytes"), "gzip_bytes": keras.get("gzip_bytes")})  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in args.formats.split(","):
             out = Path(tmp) / f"model-{fmt}.tflite"
             conv = convert_config(config, args.model, fmt, args.samples, str(out), True)
             r = evaluate_config(config, str(out), progress=False, threads=args.threads, latency_runs=args.runs)
             rows.append({"format": f"TFLite {fmt}", "mAP50": r["mAP50"], "coco": r["coco"], "latency_ms": r["latency"]["median_ms"],
-                         "size_bytes": conv["size_bytes"], "gzip_bytes": conv["gzip_bytes"], "operators": conv["operators"]})  # fmt: skip
+                         "bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"], "operators": conv["operators"]})  # fmt: skip
             print(rows[-1], flush=True)
     data = {"command": "python bench/tflite_formats.py " + " ".join(argv or sys.argv[1:]), "machine": machine(),
             "images": keras["images"], "input_size": keras["input_size"], "threads": args.threads, "rows": rows}  # fmt: skip
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        size = f"{r['size_bytes'] / 1e6:.1f} MB" if r["size_bytes"] else "-"
+        size = f"{r['bytes'] / 1e6:.1f} MB" if r["bytes"] else "-"
         gz = f"{r['gzip_bytes'] / 1e6:.1f} MB" if r["gzip_bytes"] else "-"
         md.append(
             f"| {r['format']} | {r['mAP50']:.4f} | {r['coco']['AP']:.4f} | {r['coco']['AP50']:.4f} | {size} | {gz} | "

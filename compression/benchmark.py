@@ -12,10 +12,10 @@ Example::
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 from yolo3.errors import UserError
+from yolo3.fileio import file_sizes
 
 from .tflite_export import FORMATS as TFLITE_FORMATS
 
@@ -56,11 +56,11 @@ def run_benchmark(config, model_path: str | None, formats: list[str], folder: Pa
     for fmt in formats:
         if fmt == "keras":
             file = source
-            sizes = {"bytes": source.stat().st_size, "gzip_bytes": len(gzip.compress(source.read_bytes(), 9))}
+            sizes = file_sizes(source)
         else:
             file = folder / f"model-{fmt}.tflite"
             conv = convert_config(config, model_path, fmt, samples, str(file), True, progress=False)
-            sizes = {"bytes": conv["size_bytes"], "gzip_bytes": conv["gzip_bytes"]}
+            sizes = {"bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"]}
         predictor, _ = make_predictor(config, str(file) if fmt != "keras" else model_path, threads=threads)
         v = config.valid
         scored = evaluate(predictor, dataset, config.labels, v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress)

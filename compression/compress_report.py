@@ -10,19 +10,14 @@ gzipped size: every stage, and every state the planner looked at).
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
-from yolo3.fileio import atomic_write, atomic_write_text
+from yolo3.fileio import atomic_write, atomic_write_text, file_sizes
 from yolo3.names import conv_index, conv_name
 from yolo3.reporting import write_json
 
 ROUNDS, RUNS = 10, 10  # interleaved timing of the final model against the unpruned int8 model
-
-
-def gzip_bytes(path: Path) -> int:
-    return len(gzip.compress(Path(path).read_bytes(), 9))
 
 
 def _stage_seconds(c) -> dict[str, float]:
@@ -53,7 +48,7 @@ def build_report(c) -> dict:
         entry = {"stage": name, "file": path.name, "mAP50": scored["mAP50"], "coco_AP": scored["coco_AP"], "images": scored["images"],
                  "note": note, "arch_latency": arch_latency}  # fmt: skip
         if path.suffix == ".tflite":
-            entry.update(bytes=path.stat().st_size, gzip_bytes=gzip_bytes(path))
+            entry.update(file_sizes(path))
         else:
             loaded = load_model(path)
             t = totals(analyse(loaded.spec, *loaded.input_hw))

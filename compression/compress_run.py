@@ -358,7 +358,7 @@ class Compressor:
         report = export_tflite(h5, int8, "int8", calibration, self.config.labels, self.base_size, loaded.spec)
         return {
             "source": str(self.source), "input_size": self.base_size, "float_weights_bytes": weights_bytes, **loaded.summary(),
-            "float": {"valid": self.evaluate(h5, "valid")}, "int8": {"valid": self.evaluate(int8, "valid"), "bytes": report["size_bytes"],
+            "float": {"valid": self.evaluate(h5, "valid")}, "int8": {"valid": self.evaluate(int8, "valid"), "bytes": report["bytes"],
                                                                      "gzip_bytes": report["gzip_bytes"]},
             "calibration_images": len(calibration),
         }  # fmt: skip

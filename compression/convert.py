@@ -71,7 +71,7 @@ def format_report(report: dict) -> str:
         return f"{d['dtype']} {d['shape']}{q}"
 
     lines = [
-        f"wrote {report['path']} ({report['format']}): {report['size_bytes']:,} bytes, {report['gzip_bytes']:,} gzipped"
+        f"wrote {report['path']} ({report['format']}): {report['bytes']:,} bytes, {report['gzip_bytes']:,} gzipped"
         + (f"; calibrated on {report['calibration_images']} training images" if report["calibration_images"] else ""),
         "input:  " + "; ".join(io(d) for d in report["inputs"]),
         "output: " + "; ".join(io(d) for d in report["outputs"]),

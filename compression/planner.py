@@ -32,12 +32,12 @@ Example::
 
 from __future__ import annotations
 
-import gzip
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from yolo3.fileio import gzip_size
 from yolo3.names import conv_name
 from yolo3.spec import Spec, analyse, conv_params, route_inputs, shortcut_input
 
@@ -208,7 +208,7 @@ def _int8_gzip_rate(kernel: np.ndarray, scale: np.ndarray | None) -> float:
     per_out = np.moveaxis(folded, -1, 0).reshape(folded.shape[-1], -1)  # TFLite's (out, h, w, in)
     step = np.maximum(np.abs(per_out).max(axis=1, keepdims=True), 1e-12) / 127.0
     q = np.clip(np.round(per_out / step), -127, 127).astype(np.int8)
-    return len(gzip.compress(q.tobytes(), 9)) / q.size
+    return gzip_size(q.tobytes()) / q.size
 
 
 def measure_size_model(model, spec: Spec, clusters: int, baseline_gzip_bytes: int | None = None, seed: int = 0) -> SizeModel:

@@ -15,12 +15,11 @@ Example::
 
     from compression.tflite_export import export_tflite
     report = export_tflite("best.h5", "best-int8.tflite", "int8", calibration_images, names)
-    report["size_bytes"], report["gzip_bytes"], report["operators"]
+    report["bytes"], report["gzip_bytes"], report["operators"]
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import tempfile
 from collections import Counter
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo3.errors import UserError
-from yolo3.fileio import atomic_write
+from yolo3.fileio import atomic_write, gzip_size
 from yolo3.spec import Spec, analyse, format_cfg, heads
 
 from .subprocesses import failure_reason, run_module
@@ -101,8 +100,8 @@ def describe_tflite(path: str | Path, threads: int = 2) -> dict:
     ops = Counter(op["op_name"] for op in ops_details)
     return {
         "kernels": kernel_stats(interpreter, ops_details),
-        "size_bytes": len(data),
-        "gzip_bytes": len(gzip.compress(data, 9)),
+        "bytes": len(data),
+        "gzip_bytes": gzip_size(data),
         "inputs": [io(d) for d in interpreter.get_input_details()],
         "outputs": [io(d) for d in interpreter.get_output_details()],
         "operators": dict(sorted(ops.items())),

@@ -47,7 +47,7 @@ def test_int8_is_full_integer_with_embedded_metadata(exported):
     assert r["inputs"][0]["dtype"] == "int8" and all(o["dtype"] == "int8" for o in r["outputs"])
     assert r["inputs"][0]["scale"] == pytest.approx(1 / 255, rel=1e-3)
     assert "CONV_2D" in r["operators"] and "DELEGATE" not in r["operators"]
-    assert r["gzip_bytes"] < r["size_bytes"] < reports["float32"]["size_bytes"] / 3
+    assert r["gzip_bytes"] < r["bytes"] < reports["float32"]["bytes"] / 3
     meta = json.loads(read_metadata((folder / "model-int8.tflite").read_bytes()))
     assert meta["names"] == NAMES and len(meta["heads"]) == 2 and "[yolo]" in meta["cfg"]
 

@@ -257,15 +257,15 @@ def make_predictor(config, model_path=None, architecture=None, threads: int = 2)
     return KerasPredictor(loaded), loaded.summary()
 
 
-def file_sizes(path) -> dict:
-    """Raw and gzip size of a model file (nothing for a model built in memory)."""
-    import gzip
+def model_file_sizes(path) -> dict:
+    """``bytes`` and ``gzip_bytes`` of a model file (nothing for a model built in memory)."""
     from pathlib import Path
+
+    from .fileio import file_sizes
 
     if path is None or not Path(path).is_file():
         return {}
-    data = Path(path).read_bytes()
-    return {"model_bytes": len(data), "model_gzip_bytes": len(gzip.compress(data, 6))}
+    return file_sizes(path)
 
 
 def measure_model_latency(predictor, runs: int = 20) -> dict:
@@ -303,7 +303,7 @@ def evaluate_config(
     report["model"] = predictor.name
     report["split"] = split
     report["split_images_seen_by_decisions"] = split == "valid" or not config.has_test_split
-    report.update(file_sizes(model_path if model_path is not None else config.model.weights))
+    report.update(model_file_sizes(model_path if model_path is not None else config.model.weights))
     report["runtime"] = predictor.runtime
     if latency_runs:
         report["latency"] = measure_model_latency(predictor, latency_runs)

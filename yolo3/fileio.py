@@ -36,6 +36,21 @@ def _umask() -> int:
     return mask
 
 
+GZIP_LEVEL = 9  # every "gzip_bytes" in every report: the size a model takes compressed, at one level
+
+
+def gzip_size(data: bytes) -> int:
+    import gzip
+
+    return len(gzip.compress(data, GZIP_LEVEL))
+
+
+def file_sizes(path: str | Path) -> dict:
+    """``{"bytes", "gzip_bytes"}`` of a file: the one size schema of every report."""
+    data = Path(path).read_bytes()
+    return {"bytes": len(data), "gzip_bytes": gzip_size(data)}
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 

@@ -34,8 +34,8 @@ def run(args) -> int:
     base = rows[0][1]
     for name, r in rows:
         lat = r.get("latency", {}).get("median_ms")
-        size = r.get("model_bytes")
-        gz = r.get("model_gzip_bytes")
+        size = r.get("bytes")
+        gz = r.get("gzip_bytes")
         print(
             f"{name[:28]:<28s} {r['mAP50']:8.4f} {r['coco']['AP']:8.4f} {r.get('params', 0):11,d} "
             f"{r.get('macs', 0) / 1e9:7.2f}G {size or 0:10,d} {gz or 0:10,d} "
@@ -46,7 +46,7 @@ def run(args) -> int:
             parts = [f"mAP@0.5 {100 * (r['mAP50'] - base['mAP50']):+.2f} points"]
             if r.get("latency") and base.get("latency"):
                 parts.append(f"{base['latency']['median_ms'] / r['latency']['median_ms']:.2f}x faster")
-            if r.get("model_bytes") and base.get("model_bytes"):
-                parts.append(f"{base['model_bytes'] / r['model_bytes']:.2f}x smaller")
+            if r.get("bytes") and base.get("bytes"):
+                parts.append(f"{base['bytes'] / r['bytes']:.2f}x smaller")
             print(f"{name} vs {rows[0][0]}: " + ", ".join(parts))
     return 0
