@@ -45,12 +45,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    import dataclasses
 
     from compression.cluster_run import run_clustering
     from compression.convert import convert_config
     from compression.prune_run import run_pruning
-    from yolo3.config import Section, load_config
+    from yolo3.config import load_config, with_overrides
     from yolo3.darknet import write_weights
     from yolo3.evaluation import evaluate_config, load_for_config
     from yolo3.keras_model import get_darknet_weights
@@ -80,13 +79,13 @@ def main(argv=None) -> int:
             cfg = with_pruning(config, **{"finetune_epochs": args.epochs, **prune})
             pruned = runs / "pruned.h5"
             p = run_pruning(cfg, args.mode, args.sparse or args.model, str(pruned), None, True, progress=False)
-            data["pruned"] = {"mAP50": p["finetuned"]["mAP50"] if "finetuned" in p else p["pruned"]["mAP50"],
-                              "params": p.get("finetuned", p["pruned"])["params"], "macs": p.get("finetuned", p["pruned"])["macs"]}  # fmt: skip
+            final = p.get("finetuned", p["after"])
+            data["pruned"] = {"mAP50": final["mAP50"], "params": final["params"], "macs": final["macs"]}
         cluster_epochs = args.epochs if args.cluster_epochs is None else args.cluster_epochs
-        ccfg = dataclasses.replace(config, clustering=Section({**config.clustering.values, "finetune_epochs": cluster_epochs}))
+        ccfg = with_overrides(config, {"clustering.finetune_epochs": cluster_epochs})
         clustered = runs / "pruned-clustered.h5"
         c = run_clustering(ccfg, str(pruned), str(clustered), args.clusters, args.per_channel, None, True, progress=False)
-        data["clustered"] = {"mAP50_after": c["mAP50_after"], "mAP50_finetuned": c.get("mAP50_finetuned")}
+        data["clustered"] = {"mAP50_after": c["after"]["mAP50"], "mAP50_finetuned": c["finetuned"]["mAP50"] if "finetuned" in c else None}
         final = runs / "pruned-clustered-int8.tflite"
         convert_config(config, str(clustered), "int8", args.samples, str(final), True)
         r = evaluate_config(config, str(final), progress=False, latency_runs=50)

@@ -9,7 +9,6 @@ per channel, before and after cluster-preserving fine-tuning, in one run.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -28,21 +27,24 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from compression.cluster_run import run_clustering
-    from yolo3.config import Section, load_config
+    from yolo3.config import load_config, with_overrides
 
     config = load_config(args.config)
     overrides = {"finetune_epochs": args.epochs}
     if args.lr:
         overrides["finetune_learning_rate"] = args.lr
-    config = dataclasses.replace(config, clustering=Section({**config.clustering.values, **overrides}))
+    config = with_overrides(config, {f"clustering.{k}": v for k, v in overrides.items()})
     folder = Path(config.train.run_dir).parent
     rows = []
     for per_channel in (False, True):
         out = folder / f"clustered{args.clusters}{'-per-channel' if per_channel else ''}.h5"
         r = run_clustering(config, args.model, str(out), args.clusters, per_channel, None, True, progress=False)
-        rows.append({"per_channel": per_channel, **{k: r[k] for k in ("mAP50_before", "mAP50_after", "mAP50_finetuned", "size_before", "size_after")},
-                     "codebook_bytes": r["clustering"]["codebook_bytes"], "seconds": r["clustering"]["seconds"],
-                     "max_distinct": max(r["finetuned_distinct_values"].values()), "kept": r.get("kept")})  # fmt: skip
+        tuned = r.get("finetuned", {})
+        rows.append({"per_channel": per_channel, "mAP50_before": r["before"]["mAP50"], "mAP50_after": r["after"]["mAP50"],
+                     "mAP50_finetuned": tuned.get("mAP50"), "size_before": r["before"]["size"], "size_after": r["size_after"],
+                     "codebook_bytes": r["details"]["clustering"]["codebook_bytes"], "seconds": r["details"]["clustering"]["seconds"],
+                     "max_distinct": max(r["details"]["distinct_values"].values()),
+                     "kept": ("fine-tuned" if tuned.get("kept") else "clustered, not fine-tuned") if tuned else None})  # fmt: skip
         print(rows[-1], flush=True)
     data = {"command": "python bench/clustering_quality.py " + " ".join(argv or sys.argv[1:]), "machine": machine(), "rows": rows}
     md = [

@@ -13,7 +13,6 @@ slimming prunes; without it slimming prunes the plain model.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -48,11 +47,10 @@ SETTINGS = [
 
 
 def with_pruning(config, **overrides):
-    from yolo3.config import Section
+    """``config`` with pruning keys set, validated like the file (yolo3.config.with_overrides)."""
+    from yolo3.config import with_overrides
 
-    values = dict(config.pruning.values)
-    values.update(overrides)
-    return dataclasses.replace(config, pruning=Section(values))
+    return with_overrides(config, {f"pruning.{k}": v for k, v in overrides.items()})
 
 
 def tflite_latency(config, model_path: Path, folder: Path) -> dict:
@@ -138,12 +136,12 @@ def main(argv=None) -> int:
             report = run_pruning(cfg, mode, source, str(out), None, True, progress=False)
             seconds = time.perf_counter() - t0
             lat = tflite_latency(config, out, tmp)
-            final = report.get("finetuned", report.get("pruned"))
+            final = report.get("finetuned", report.get("after"))
             rows.append({
-                "setting": label, "mode": mode, "epochs": cfg.pruning.finetune_epochs, "source": source, "pruned_mAP50": report.get("pruned", {}).get("mAP50"),
+                "setting": label, "mode": mode, "epochs": cfg.pruning.finetune_epochs, "source": source, "pruned_mAP50": report.get("after", {}).get("mAP50"),
                 "finetuned_mAP50": final["mAP50"], "params": final["params"], "macs": final["macs"],
-                "tflite": lat, "seconds": seconds, "sparsity": report.get("sparsity", {}).get("overall"),
-                "gzip_bytes": report["after_size"]["gzip_bytes"], "rounds": report.get("rounds", []),
+                "tflite": lat, "seconds": seconds, "sparsity": report["details"].get("sparsity", {}).get("overall"),
+                "gzip_bytes": report["size_after"]["gzip_bytes"], "rounds": report["details"].get("rounds", []),
             })  # fmt: skip
             print(rows[-1], flush=True)
         if args.merge:

@@ -478,9 +478,7 @@ class Compressor:
                 "kept": {str(s): c["kept"] for s, c in candidates.items()}}  # fmt: skip
 
     def _pruning(self):
-        from yolo3.config import Section
-
-        return Section({**self.config.pruning.values, "round_to": self.config.compress.round_to})
+        return self.derived({"pruning.round_to": self.config.compress.round_to}).pruning
 
     def _check_latency(self, plan, cmap, points, size_loss, cost, target_value):
         """Time each size's plan as int8 (random weights) against the unpruned network; re-plan a size whose speed falls short."""

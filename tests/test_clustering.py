@@ -113,10 +113,10 @@ def test_clustering_cli_with_finetuning(tmp_path, synthetic_valid):
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "r.json").read_text())
-    for key in ("mAP50_before", "mAP50_after", "mAP50_finetuned", "size_before", "size_after"):
+    for key in ("before", "after", "finetuned", "size_after"):
         assert key in report
-    assert report["size_after"]["gzip_bytes"] < report["size_before"]["gzip_bytes"] / 2
-    assert max(report["finetuned_distinct_values"].values()) <= 8
+    assert report["size_after"]["gzip_bytes"] < report["before"]["size"]["gzip_bytes"] / 2
+    assert max(report["details"]["distinct_values"].values()) <= 8
     loaded = load_model(out)
     kernel = loaded.model.get_layer("conv_12").get_weights()[0]
     # an exact 0.0 can occur in a random 4.7 M-weight kernel; zeros stay zero and take no centroid

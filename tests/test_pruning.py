@@ -154,9 +154,9 @@ def test_slimming_cli_with_finetuning(tmp_path, synthetic_valid, tiny_h5):
     r = run_evaluate(config, "-p", "4", "--out", str(tmp_path / "s.h5"), "--json", str(tmp_path / "s.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "s.json").read_text())
-    assert report["pruned"]["params"] < report["before"]["params"] * 0.6
-    assert "finetuned" in report and report["finetuned"]["params"] == report["pruned"]["params"]
-    assert "after pruning" in r.stdout and "removed:" in r.stdout
+    assert report["after"]["params"] < report["before"]["params"] * 0.6
+    assert "finetuned" in report and report["finetuned"]["params"] == report["after"]["params"]
+    assert "after network slimming" in r.stdout and "removed:" in r.stdout
     assert (tmp_path / "s.cfg").exists() and (tmp_path / "s.weights").exists()
 
 
@@ -165,13 +165,13 @@ def test_magnitude_pruning_tfmot_and_oneshot(tmp_path, synthetic_valid, tiny_h5)
     r = run_evaluate(config, "-p", "2", "--out", str(tmp_path / "t.h5"), "--json", str(tmp_path / "t.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "t.json").read_text())
-    assert report["sparsity"]["overall"] == pytest.approx(0.5, abs=0.02)
-    assert report["after_size"]["gzip_bytes"] < report["before"]["size"]["gzip_bytes"]
+    assert report["details"]["sparsity"]["overall"] == pytest.approx(0.5, abs=0.02)
+    assert report["size_after"]["gzip_bytes"] < report["before"]["size"]["gzip_bytes"]
     config = _config(tmp_path, synthetic_valid, tiny_h5, magnitude_sparsity=0.3, magnitude_mode="oneshot", finetune_epochs=1)
     r = run_evaluate(config, "-p", "2", "--out", str(tmp_path / "o.h5"), "--json", str(tmp_path / "o.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     report = json.loads((tmp_path / "o.json").read_text())
-    assert min(report["sparsity"]["per_layer"].values()) >= 0.29  # masks kept through fine-tuning
+    assert min(report["details"]["sparsity"]["per_layer"].values()) >= 0.29  # masks kept through fine-tuning
     no_epochs = _config(tmp_path, synthetic_valid, tiny_h5, finetune_epochs=0)
     r = run_evaluate(no_epochs, "-p", "2", "--out", str(tmp_path / "x.h5"))
     assert r.returncode == 2 and "finetune_epochs" in r.stderr
@@ -250,9 +250,9 @@ def test_similarity_in_rounds_with_distillation(tmp_path, synthetic_valid, tiny_
     report = json.loads((tmp_path / "r.json").read_text())
     removed_last_round = report["details"]["layers"]
     assert removed_last_round["conv_12"] == 384 and removed_last_round["conv_13"] == 64 and "conv_0" not in removed_last_round
-    (step,) = report["rounds"]
-    assert 0 < step["removed_params"] < 1 - report["pruned"]["params"] / report["before"]["params"] and "finetuned" in step
-    assert report["before"]["macs"] > step["pruned"]["macs"] > report["pruned"]["macs"]
+    (step,) = report["details"]["rounds"]
+    assert 0 < step["removed_params"] < 1 - report["after"]["params"] / report["before"]["params"] and "finetuned" in step
+    assert report["before"]["macs"] > step["pruned"]["macs"] > report["after"]["macs"]
     assert "round 1: " in r.stdout and "of the parameters removed" in r.stdout
     assert "distilling from" in r.stderr
     bad = _config(tmp_path, synthetic_valid, tiny_h5, rounds=2, finetune_epochs=1)

@@ -23,7 +23,8 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from compression.cluster_run import format_report, run_clustering
+    from compression.cluster_run import run_clustering
+    from compression.job import format_report
 
     positive("--clusters", args.clusters, 2)
     positive("--finetune-epochs", args.finetune_epochs, 0)

@@ -38,7 +38,8 @@ def add_pruning_flags(parser) -> None:
 
 
 def prune(args, mode: int) -> int:
-    from compression.prune_run import format_report, run_pruning
+    from compression.job import format_report
+    from compression.prune_run import run_pruning
 
     positive("--finetune-epochs", args.finetune_epochs, 0)
     config = load(args)
