@@ -10,7 +10,6 @@
   distance threshold; the removed filter's consumers read its twin instead.
 - :func:`layer_prune` — remove whole residual blocks (1x1 conv, 3x3 conv,
   shortcut) ranked by the mean |BN scale| of the block.
-- :func:`bn_l1_penalty` — the sparse-training penalty ``s * sum |gamma|`` as a loss term
   (see :mod:`compression.sparse_training` for the proximal form the tool uses).
 
 Example::
@@ -350,14 +349,3 @@ def prunable_bn_layers(spec: Spec) -> list[str]:
         if g.prunable:
             names += [bn_name(i) for i in g.members if spec.layers[i].get_int("batch_normalize", 0)]
     return names
-
-
-def bn_l1_penalty(names: list[str], strength: float):
-    """``callable(model) -> s * sum |gamma|`` over the named BN layers (network slimming's sparse training)."""
-
-    def penalty(model):
-        from yolo3.kerasenv import tf
-
-        return strength * tf.add_n([tf.reduce_sum(tf.abs(model.get_layer(n).gamma)) for n in names])
-
-    return penalty

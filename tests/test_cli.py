@@ -93,6 +93,7 @@ def test_verbs_end_in_one_line_with_status_2(tmp_path, synthetic_valid, capsys):
         (["benchmark", "-c", str(path), "--min-map", "1.5"], "--min-map"),
         (["anchors", "-c", str(path), "-k", "0"], "-k must be at least 1"),
         (["evaluate", "-c", str(path), "-p", "7"], "unknown mode"),
+        (["evaluate", "-c", str(path), "--set", "model.anchors=[10, 14, 23, 27]"], "model.anchors: 2 anchors are too few for mask"),
     ):
         assert run_cli(main, argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()

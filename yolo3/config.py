@@ -225,6 +225,17 @@ class Config:
         """True when the test split holds images no decision sees (a ``test`` section, or a training hold-out)."""
         return self.test is not None or self.train.holdout_fraction > 0
 
+    def with_anchors(self, spec):
+        """``spec`` with ``model.anchors`` (when given); anchors that do not fit its heads end in one message naming the key."""
+        from .spec import anchor_pairs, with_anchors
+
+        if not self.model.anchors:
+            return spec
+        try:
+            return with_anchors(spec, anchor_pairs(self.model.anchors))
+        except UserError as err:
+            raise UserError(f"model.anchors: {err.reason}", self.path) from None
+
     def dataset(self, split: str) -> DatasetSource:
         """The ``train``, ``valid`` or ``test`` dataset source (see the class docstring), generating synthetic data on first use."""
         if split not in SPLITS:

@@ -222,13 +222,13 @@ def load_for_config(config, model_path=None, architecture=None):
     from .models import load_model
 
     path = model_path if model_path is not None else config.model.weights
-    return load_model(
-        path,
-        architecture=architecture or config.model.architecture,
-        classes=len(config.labels),
-        size=config.model.input_size,
-        anchors=config.model.anchors,
-    )
+    try:
+        return load_model(path, architecture=architecture or config.model.architecture, classes=len(config.labels),
+                          size=config.model.input_size, anchors=config.model.anchors)  # fmt: skip
+    except UserError as err:
+        if "anchors are too few" in err.reason:
+            raise UserError(f"model.anchors: {err.reason}", config.path) from None
+        raise
 
 
 def make_predictor(config, model_path=None, architecture=None, threads: int = 2):

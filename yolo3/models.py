@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
-from .spec import Spec, analyse, parse_cfg, totals, with_anchors, with_classes, with_size
+from .spec import Spec, analyse, anchor_pairs, parse_cfg, totals, with_anchors, with_classes, with_size
 from .zoo import resolve_spec
 
 CFG_ATTRIBUTE = "darknet_cfg"
@@ -86,7 +86,7 @@ def _adjust(spec: Spec, classes: int | None, size: int | None, anchors: list[flo
     if size is not None:
         spec = with_size(spec, size)
     if anchors:
-        spec = with_anchors(spec, [(anchors[i], anchors[i + 1]) for i in range(0, len(anchors), 2)])
+        spec = with_anchors(spec, anchor_pairs(anchors))
     return spec
 
 

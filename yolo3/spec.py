@@ -469,6 +469,11 @@ def with_size(spec: Spec, size: int) -> Spec:
     return spec
 
 
+def anchor_pairs(flat: list[float]) -> list[tuple[float, float]]:
+    """``[w1, h1, w2, h2, ...]`` (the config's ``model.anchors``) as ``[(w1, h1), (w2, h2), ...]``."""
+    return [(flat[i], flat[i + 1]) for i in range(0, len(flat) - 1, 2)]
+
+
 def with_anchors(spec: Spec, anchors: list[tuple[float, float]]) -> Spec:
     """A copy with new anchors (pixels at the input size) in every [yolo] layer."""
     spec = spec.copy()
@@ -479,7 +484,8 @@ def with_anchors(spec: Spec, anchors: list[tuple[float, float]]) -> Spec:
         block = spec.layers[i]
         _, mask = yolo_anchors(block)
         if max(mask) >= len(anchors):
-            raise UserError(f"{len(anchors)} anchors are too few for mask {mask} of [yolo] layer {i}")
+            raise UserError(f"{len(anchors)} anchors are too few for mask {mask} of [yolo] layer {i}: give at least {max(mask) + 1} "
+                            "(w, h pairs), or null for the architecture's own")
         block.options["anchors"] = flat
         block.set("num", len(anchors))
     return spec

@@ -137,16 +137,14 @@ def starting_point(config, model_path: str | Path | None, keep_architecture: boo
     takes the Spec from the ``.h5`` as it is, pruned layers included.
     """
     from .models import load_model, spec_from_h5
-    from .spec import with_anchors, with_classes
+    from .spec import with_classes
     from .zoo import resolve_spec
 
     labels = config.labels
-    anchors = config.model.anchors
     path = Path(model_path) if model_path is not None else config.model.weights
     if path is None:
         spec = resolve_spec(config.model.architecture, classes=len(labels), size=config.model.input_size)
-        if anchors:
-            spec = with_anchors(spec, [(anchors[i], anchors[i + 1]) for i in range(0, len(anchors), 2)])
+        spec = config.with_anchors(spec)
         return StartingPoint(None, spec, f"{config.model.architecture}, random initialisation", True)
     if not Path(path).exists():
         raise UserError("model file does not exist", path)
@@ -161,8 +159,7 @@ def starting_point(config, model_path: str | Path | None, keep_architecture: boo
     new_heads = spec.num_classes != len(labels)
     if new_heads:
         spec = with_classes(spec, len(labels))
-    if anchors:
-        spec = with_anchors(spec, [(anchors[i], anchors[i + 1]) for i in range(0, len(anchors), 2)])
+    spec = config.with_anchors(spec)
     from .spec import with_size
 
     spec = with_size(spec, config.model.input_size)
