@@ -39,12 +39,13 @@ from yolo3.fileio import atomic_write_text
 from yolo3.names import conv_index, conv_name
 from yolo3.reporting import to_json, write_json
 
+SLACK = 0.07  # a plan timed this much faster than its speed target is searched again to prune less
 STAGES = ("baseline", "cost-models", "sensitivity", "plan", "candidates", "prune", "finetune", "cluster", "cluster-finetune", "int8", "report")
 # what each stage depends on, besides the stages before it
 STAGE_INPUTS = {
     "baseline": ("model", "config", "calibration"),
     "cost-models": ("model", "config", "measure"),
-    "sensitivity": ("model", "config", "measure"),
+    "sensitivity": ("model", "config", "measure", "sensitivity"),
     "plan": ("model", "config", "measure", "plan"),
 }
 OUTPUTS = {  # files and folders a stage writes, removed when it is redone
@@ -246,7 +247,8 @@ class Compressor:
             "config": json.loads(to_json({k: v for k, v in config.raw.items() if k not in ("compress",)})),
             "measure": {"threads": self.threads, "sizes": self.sizes, "ratios": list(co.sensitivity_ratios), "round_to": co.round_to,
                         "levels": list(co.latency_levels),
-                        "clusters": config.clustering.clusters, "debug_images": co.debug_images},  # fmt: skip
+                        "clusters": config.clustering.clusters, "debug_images": co.debug_images},
+            "sensitivity": {"bn_images": co.bn_images},  # fmt: skip
             "plan": {"target": options.target.to_json() if options.target else None, "preset": options.preset, "from_config": options.from_config,
                      "candidate_epochs": options.epochs.get("candidate", co.candidate_epochs)},  # fmt: skip
             "chain": {k: co.values[k] for k in ("finetune_epochs", "distillation", "cluster", "cluster_budget", "cluster_first_layer",
@@ -299,10 +301,13 @@ class Compressor:
 
     @property
     def scorer(self):
-        from .sensitivity import Scorer
+        """Scores on the validation split; BN re-estimation for pruned variants on training images (compress.bn_images)."""
+        from .sensitivity import BnRecalibration, Scorer
 
         if self._scorer is None:
-            self._scorer = Scorer(self.config, "valid")
+            n = self.config.compress.bn_images
+            recalibration = BnRecalibration(self.calibration(n)) if n else None
+            self._scorer = Scorer(self.config, "valid", recalibration=recalibration)
         return self._scorer
 
     def derived(self, overrides: dict):
@@ -317,12 +322,14 @@ class Compressor:
         report = evaluate_config(config or self.config, str(path), progress=False, threads=self.threads, latency_runs=0, split=split)
         return {"mAP50": report["mAP50"], "coco_AP": report["coco"]["AP"], "images": report["images"]}
 
-    def calibration(self) -> list[str]:
+    def calibration(self, count: int | None = None) -> list[str]:
+        """``count`` training images (default compress.calibration_samples), chosen with a fixed seed."""
         from yolo3.datasets import read_dataset
 
         from .tflite_export import calibration_images
 
-        return calibration_images(read_dataset(self.config.dataset("train"), self.config.labels).records, self.config.compress.calibration_samples)
+        count = self.config.compress.calibration_samples if count is None else count
+        return calibration_images(read_dataset(self.config.dataset("train"), self.config.labels).records, count)
 
     def stage(self, name: str, func, index: int) -> dict:
         done = self.run.done(name)
@@ -481,12 +488,21 @@ class Compressor:
         return self.derived({"pruning.round_to": self.config.compress.round_to}).pruning
 
     def _check_latency(self, plan, cmap, points, size_loss, cost, target_value):
-        """Time each size's plan as int8 (random weights) against the unpruned network; re-plan a size whose speed falls short."""
+        """Time each size's plan as int8 (random weights) against the unpruned network, and correct the plan by what was measured.
+
+        A plan measured short of the target is searched again aiming lower by
+        the model's error there; a plan measured well inside the target
+        (more than ``SLACK``) is searched again aiming higher, so that it
+        prunes no more than the target needs, and kept only if it still meets
+        the target when timed. At most three timings per size.
+        """
         from .latency_model import measure_networks
         from .planner import plan_budget
 
         full = cmap.full()
         checks: dict[int, dict] = {}
+        met_before: dict[int, tuple] = {}  # the last plan of each size that met the target when timed, with its timing
+        history: dict[int, list] = {s: [] for s in plan.per_size}
         targets = {s: target_value for s in plan.per_size}
         for attempt in range(3):
             pending = [s for s, c in plan.per_size.items() if c is not None and s not in checks]
@@ -500,15 +516,28 @@ class Compressor:
                 wanted = measured[0] * target_value / cost(full, self.base_size) if self.options.target.kind == "speedup" else target_value
                 entry = {"attempt": attempt + 1, "measured_ms": ms, "unpruned_measured_ms": measured[0], "predicted_ms": cand.cost,
                          "wanted_ms": wanted, "met": ms <= wanted * 1.02}  # fmt: skip
-                if entry["met"] or attempt == 2:
-                    checks[s] = entry
+                history[s].append(entry)
+                if entry["met"]:
+                    met_before[s] = (cand, entry)
+                    if ms >= wanted * (1 - SLACK) or attempt == 2:
+                        checks[s] = entry
+                        continue
+                elif s in met_before or attempt == 2:  # a relaxed plan fell short: back to the one that met (or none met)
+                    if s in met_before:
+                        plan.per_size[s], checks[s] = met_before[s]
+                    else:
+                        checks[s] = entry
                     continue
-                targets[s] *= wanted / ms * 0.99  # the model was optimistic here by ms / predicted: aim lower by as much
+                # the model was off here by ms / predicted: aim by as much lower (too slow) or higher (faster than needed)
+                targets[s] *= wanted / ms * 0.99
                 again = plan_budget(cmap, points, size_loss, cost, targets[s], [s], self._pruning())
                 plan.per_size[s] = again.per_size[s]
                 plan.reach[s] = again.reach[s]
                 plan.trace += again.trace
+                if plan.per_size[s] is None and s in met_before:
+                    plan.per_size[s], checks[s] = met_before[s]
         for s, entry in checks.items():
+            entry["timings"] = history[s]
             if not entry["met"]:
                 plan.per_size[s] = None  # measured too slow after three tries: not a candidate
         return plan, checks

@@ -159,6 +159,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "qat": Key(bool, True, "`compress.py`: also try quantization-aware training (the scheme that keeps zeros and clusters) and keep the better int8 model on the validation split."),
         "holdout_fraction": Key(float, 0.2, "`compress.py` with a config that has no test split: the share of the training images held out as the validation split (`train.holdout_fraction`), the `valid` section becoming the test split."),
         "calibration_samples": Key(int, 200, "`compress.py`: training images that calibrate int8 quantization."),
+        "bn_images": Key(int, 64, "`compress.py`: training images on which the sensitivity analysis re-estimates the BN statistics of every pruned variant and input size before scoring it (adaptive BN, EagleEye): the untrained score then ranks what fine-tuning will make of it; 0 = off."),
         "debug_images": Key(int, 16, "`compress.py`: validation images the int8 quantization debugger compares float and int8 on."),
     },
     "valid": {
@@ -391,6 +392,8 @@ def parse_config(raw: Any, path: Path) -> Config:
         raise UserError("compress.threads and compress.round_to must be at least 1; the epochs not negative", path)
     if co["distillation"] < 0 or not 0 <= co["cluster_budget"] < 1 or not 0 < co["holdout_fraction"] < 1:
         raise UserError("compress.distillation must not be negative, compress.cluster_budget in [0, 1), compress.holdout_fraction in (0, 1)", path)
+    if co["bn_images"] < 0:
+        raise UserError("compress.bn_images must not be negative", path)
     if co["calibration_samples"] < 1 or co["debug_images"] < 1:
         raise UserError("compress.calibration_samples and compress.debug_images must be at least 1", path)
     return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"],
