@@ -536,8 +536,8 @@ class Compressor:
                 plan.trace += again.trace
                 if plan.per_size[s] is None and s in met_before:
                     plan.per_size[s], checks[s] = met_before[s]
+        checks = {s: {**entry, "timings": [dict(t) for t in history[s]]} for s, entry in checks.items()}
         for s, entry in checks.items():
-            entry["timings"] = history[s]
             if not entry["met"]:
                 plan.per_size[s] = None  # measured too slow after three tries: not a candidate
         return plan, checks
