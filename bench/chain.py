@@ -47,7 +47,7 @@ def main(argv=None) -> int:
 
 
     from compression.cluster_run import run_clustering
-    from compression.convert import convert_config
+    from compression.convert import QatOptions, convert_config
     from compression.prune_run import run_pruning
     from yolo3.config import load_config, with_overrides
     from yolo3.darknet import write_weights
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
         float_eval = evaluate_config(config, args.model, progress=False, latency_runs=30)
         data["float"] = {"mAP50": float_eval["mAP50"], "weights_bytes": weights_file.stat().st_size, "latency_ms": float_eval["latency"]["median_ms"]}
         int8 = tmp / "unpruned-int8.tflite"
-        convert_config(config, args.model, "int8", args.samples, str(int8), True)
+        convert_config(config, args.model, "int8", samples=args.samples, out=str(int8), force=True)
         r = evaluate_config(config, str(int8), progress=False, latency_runs=50)
         data["unpruned_int8"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": int8.stat().st_size,
                                  "gzip_bytes": gzip_size(int8.read_bytes())}  # fmt: skip
@@ -87,13 +87,13 @@ def main(argv=None) -> int:
         c = run_clustering(ccfg, str(pruned), str(clustered), args.clusters, args.per_channel, None, True, progress=False)
         data["clustered"] = {"mAP50_after": c["after"]["mAP50"], "mAP50_finetuned": c["finetuned"]["mAP50"] if "finetuned" in c else None}
         final = runs / "pruned-clustered-int8.tflite"
-        convert_config(config, str(clustered), "int8", args.samples, str(final), True)
+        convert_config(config, str(clustered), "int8", samples=args.samples, out=str(final), force=True)
         r = evaluate_config(config, str(final), progress=False, latency_runs=50)
         blob = final.read_bytes()
         data["final"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": len(blob), "gzip_bytes": gzip_size(blob), "path": str(final)}
         if args.qat:
             qat = runs / "pruned-clustered-qat-int8.tflite"
-            q = convert_config(config, str(clustered), "int8", args.samples, str(qat), True, qat=True, qat_epochs=args.qat_epochs, progress=False)
+            q = convert_config(config, str(clustered), "int8", samples=args.samples, out=str(qat), force=True, qat=QatOptions(args.qat_epochs), progress=False)
             r = evaluate_config(config, str(qat), progress=False, latency_runs=50)
             blob = qat.read_bytes()
             data["final_qat"] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "bytes": len(blob), "gzip_bytes": gzip_size(blob),

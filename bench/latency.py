@@ -32,7 +32,7 @@ def as_tflite(config, model: Path, folder: Path, index: int) -> Path:
     if model.suffix == ".tflite":
         return model
     out = folder / f"{index}-{model.stem}-float32.tflite"
-    convert_config(config, str(model), "float32", 1, str(out), True, progress=False)
+    convert_config(config, str(model), "float32", out=str(out), force=True, progress=False)
     return out
 
 

@@ -59,7 +59,7 @@ def tflite_latency(config, model_path: Path, folder: Path) -> dict:
     from yolo3.lite import TFLitePredictor
 
     out = folder / f"{model_path.stem}-float32.tflite"
-    report = convert_config(config, str(model_path), "float32", 1, str(out), True)
+    report = convert_config(config, str(model_path), "float32", out=str(out), force=True)
     latency = measure_model_latency(TFLitePredictor(out, threads=2), runs=30)
     return {"median_ms": latency["median_ms"], "bytes": report["bytes"]}
 

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from compression.convert import convert_config
+    from compression.convert import QatOptions, convert_config
     from yolo3.config import load_config
     from yolo3.evaluation import evaluate_config
 
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
             for label, qat in (("ptq", False), ("qat", True)):
                 out = Path(tmp) / f"{Path(model).stem}-{label}.tflite"
                 t0 = time.perf_counter()
-                conv = convert_config(config, model, "int8", args.samples, str(out), True, qat=qat, qat_epochs=args.qat_epochs, progress=False)
+                conv = convert_config(config, model, "int8", samples=args.samples, out=str(out), force=True,
+                                      qat=QatOptions(args.qat_epochs) if qat else None, progress=False)
                 seconds = time.perf_counter() - t0
                 r = evaluate_config(config, str(out), progress=False, threads=args.threads, latency_runs=args.runs)
                 row[label] = {"mAP50": r["mAP50"], "latency_ms": r["latency"]["median_ms"], "gzip_bytes": conv["gzip_bytes"],

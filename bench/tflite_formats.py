@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in args.formats.split(","):
             out = Path(tmp) / f"model-{fmt}.tflite"
-            conv = convert_config(config, args.model, fmt, args.samples, str(out), True)
+            conv = convert_config(config, args.model, fmt, samples=args.samples, out=str(out), force=True)
             r = evaluate_config(config, str(out), progress=False, threads=args.threads, latency_runs=args.runs)
             rows.append({"format": f"TFLite {fmt}", "mAP50": r["mAP50"], "coco": r["coco"], "latency_ms": r["latency"]["median_ms"],
                          "bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"], "operators": conv["operators"]})  # fmt: skip

@@ -59,7 +59,7 @@ def run_benchmark(config, model_path: str | None, formats: list[str], folder: Pa
             sizes = file_sizes(source)
         else:
             file = folder / f"model-{fmt}.tflite"
-            conv = convert_config(config, model_path, fmt, samples, str(file), True, progress=False)
+            conv = convert_config(config, model_path, fmt, samples=samples, out=str(file), force=True, progress=False)
             sizes = {"bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"]}
         predictor, _ = make_predictor(config, str(file) if fmt != "keras" else model_path, threads=threads)
         v = config.valid

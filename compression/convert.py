@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from yolo3.errors import UserError
@@ -17,22 +18,33 @@ def default_output(model_path: Path | None, fmt: str, config_folder: Path) -> Pa
     return folder / f"{stem}-{fmt}.tflite"
 
 
-def convert_config(
-    config, model_path: str | None, fmt: str, samples: int, out: str | None, force: bool, seed: int = 0,
-    qat: bool = False, qat_epochs: int | None = None, qat_run_dir: str | Path | None = None, progress: bool = True,
-    qat_learning_rate: float | None = None,
-) -> dict:
-    """Load the config's model (or ``model_path``), convert it, verify it loads, and report.
+@dataclass(frozen=True)
+class QatOptions:
+    """Quantization-aware training before an int8 conversion: epochs (default ``quantization.qat_epochs``),
+    the run folder (default: beside the output), the learning rate (default ``quantization.qat_learning_rate``)."""
 
-    With ``qat`` the model is first fine-tuned with quantization-aware training
-    (:mod:`compression.qat`, ``quantization.qat_epochs`` epochs, in ``qat_run_dir``
-    or a folder beside the output) and the int8 file is converted from the QAT model.
+    epochs: int | None = None
+    run_dir: str | Path | None = None
+    learning_rate: float | None = None
+
+
+def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, samples: int = 200, out: str | None = None,
+                   force: bool = False, seed: int = 0, qat: QatOptions | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """Load the config's model (or ``model_path``), convert it to ``fmt``, verify it loads, and report.
+
+    int8 is calibrated on ``samples`` training images chosen with ``seed``. With
+    ``qat`` the model is first fine-tuned with quantization-aware training
+    (:mod:`compression.qat`) and the int8 file is converted from the QAT model.
+
+    Example::
+
+        report = convert_config(config, "best.h5", "int8", out="best-int8.tflite", qat=QatOptions(epochs=2))
     """
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import load_for_config
     from yolo3.models import compression_info, save_model
 
-    if qat and fmt != "int8":
+    if qat is not None and fmt != "int8":
         raise UserError(f"--qat makes an int8 model; --format {fmt} does not go with it")
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -51,14 +63,14 @@ def convert_config(
         h5 = Path(tmp) / "model.h5"
         save_model(loaded.model, loaded.spec, h5, info or None)
         qat_job = None
-        if qat:
+        if qat is not None:
             from .qat import qat_finetune
 
-            run_dir = Path(qat_run_dir) if qat_run_dir else fresh_run_dir(out_path, force)
-            trained = qat_finetune(config, h5, loaded.model, run_dir, qat_epochs, progress, qat_learning_rate, images[:64])
+            run_dir = Path(qat.run_dir) if qat.run_dir else fresh_run_dir(out_path, force)
+            trained = qat_finetune(config, h5, loaded.model, run_dir, qat.epochs, progress, qat.learning_rate, images[:64])
             qat_job = {"scheme": trained["scheme"], "weights": trained["weights"]}
         report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job)
-    if qat:
+    if qat is not None:
         report["qat"] = {k: v for k, v in trained.items() if k != "weights"}
     report["source"] = loaded.source
     report.update(loaded.summary())

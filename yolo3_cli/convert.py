@@ -34,7 +34,7 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from compression.convert import convert_config, format_report
+    from compression.convert import QatOptions, convert_config, format_report
     from yolo3.bundle import check_bundle_folder, write_bundle
 
     positive("--qat-epochs", args.qat_epochs)
@@ -42,8 +42,8 @@ def run(args) -> int:
     config = load(args)
     if args.bundle:
         check_bundle_folder(args.bundle, args.force)
-    report = convert_config(config, args.model, args.format, args.samples, args.out, args.force, args.seed,
-                            qat=args.qat, qat_epochs=args.qat_epochs, progress=not args.quiet)  # fmt: skip
+    report = convert_config(config, args.model, args.format, samples=args.samples, out=args.out, force=args.force, seed=args.seed,
+                            qat=QatOptions(args.qat_epochs) if args.qat else None, progress=not args.quiet)  # fmt: skip
     print(format_report(report))
     if args.bundle:
         bundle = write_bundle(report["path"], args.bundle, args.force)

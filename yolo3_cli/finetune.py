@@ -45,14 +45,13 @@ def run(args) -> int:
         raise UserError("--distill-weight and --sparsity-l1 must not be negative")
     config = load(args)
     if args.qat:
-        from compression.convert import convert_config, format_report
+        from compression.convert import QatOptions, convert_config, format_report
 
         if args.sparsity_l1:
             raise UserError("--qat and --sparsity-l1 do not go together: sparse-train first, prune, then fine-tune with --qat")
         run_dir = Path(args.run_dir or config.train.run_dir)
-        report = convert_config(config, args.model, "int8", args.samples, str(run_dir / "qat-int8.tflite"), True,
-                                qat=True, qat_epochs=args.epochs, qat_run_dir=run_dir, progress=not args.quiet,
-                                qat_learning_rate=args.learning_rate)  # fmt: skip
+        report = convert_config(config, args.model, "int8", samples=args.samples, out=str(run_dir / "qat-int8.tflite"), force=True,
+                                qat=QatOptions(args.epochs, run_dir, args.learning_rate), progress=not args.quiet)
         print(format_report(report))
         return 0
 
