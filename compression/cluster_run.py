@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from yolo3.config import SCHEMA
 from yolo3.errors import UserError
 
 from .job import Job, Method, Transformed, register, run_job
@@ -30,8 +31,9 @@ class Cluster(Method):
         c = config.clustering
         self.clusters = clusters or c.clusters
         self.per_channel = c.per_channel if per_channel is None else per_channel
-        if self.clusters < 2:
-            raise UserError(f"clusters must be at least 2, got {self.clusters}")
+        allowed = SCHEMA["clustering"]["clusters"].range
+        if self.clusters not in allowed:
+            raise UserError(f"--clusters must be in {allowed} (clustering.clusters), got {self.clusters}")
 
     def default_epochs(self) -> int:
         return self.config.clustering.finetune_epochs

@@ -57,6 +57,9 @@ def cluster_array(
     out = np.zeros_like(flat)
     if not nonzero.any():
         return out.reshape(weights.shape), 0, 0.0
+    distinct = np.unique(flat[nonzero])
+    if len(distinct) <= clusters:  # already at most k values: nothing to cluster (and k-means++ seeding costs O(k^2))
+        return weights.copy(), int(len(distinct)), 0.0
     sample_weight = None if importance is None else importance.reshape(-1)[nonzero]
     result = kmeans_1d(flat[nonzero], clusters, seed=seed, sample_weight=sample_weight)
     out[nonzero] = result.centroids[result.labels]

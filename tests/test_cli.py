@@ -73,7 +73,7 @@ def test_set_goes_through_the_same_validation_as_the_file(tmp_path, synthetic_va
     path = toy_config(tmp_path, synthetic_valid)
     config = load_config(path, parse_overrides(["train.nb_epochs=7", "compress.sizes=[64]"]))
     assert config.train.nb_epochs == 7 and config.compress.sizes == [64]
-    for bad, message in (("train.nb_epochs=0", "at least 1"), ("train.nb_epochs=abc", "must be of type int"),
+    for bad, message in (("train.nb_epochs=0", r"must be in \[1, 100000\]"), ("train.nb_epochs=abc", "must be of type int"),
                          ("compress.sizes=[50]", "multiples of 32"), ("valid.score_threshold=2", "score_threshold")):  # fmt: skip
         with pytest.raises(UserError, match=message) as err:
             load_config(path, parse_overrides([bad]))

@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +30,38 @@ OPT_PATH = "optional path"
 
 
 @dataclass(frozen=True)
+class Range:
+    """The values a numeric key accepts: ``lo``..``hi``, each end closed unless ``*_open``; NaN never."""
+
+    lo: float
+    hi: float
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if value != value:  # NaN
+            return False
+        above = value > self.lo if self.lo_open else value >= self.lo
+        below = value < self.hi if self.hi_open else value <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        def num(v):
+            return "∞" if v == math.inf else f"{v:g}"
+
+        return f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
+
+
+EPOCHS = Range(0, 100_000)
+AT_LEAST_ONE_EPOCH = Range(1, 100_000)
+FRACTION = Range(0, 1, hi_open=True)  # [0, 1)
+RATE = Range(0, 1, lo_open=True)  # learning rates: (0, 1]
+WEIGHT = Range(0, 1000)  # loss weights
+COUNT = Range(1, 100_000)
+SEED = Range(0, 2**31 - 1)
+
+
+@dataclass(frozen=True)
 class Key:
     type: Any  # a Python type, a tuple of types, PATH or OPT_PATH
     default: Any
@@ -36,6 +69,7 @@ class Key:
     required: bool = False
     choices: tuple | None = None
     must_exist: bool = True
+    range: Range | None = None  # numbers: the values accepted (shown in the configuration reference)
 
 
 DATASET_FORMATS = (*FORMATS, "synthetic")
@@ -53,7 +87,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
             "Model file to start from: Darknet `.weights` (read with `architecture`) or a Keras `.h5` written by this tool; `null` = random initialisation.",
             must_exist=False,
         ),
-        "input_size": Key(int, 416, "Network input size in pixels (square, a multiple of 32)."),
+        "input_size": Key(int, 416, "Network input size in pixels (square, a multiple of 32).", range=Range(32, 4096)),
         "labels": Key(list, None, "Class names in class-id order. Give this or `labels_file`."),
         "labels_file": Key(OPT_PATH, None, "A Darknet `.names` file (one class per line), instead of `labels`."),
         "anchors": Key(list, None, "Anchors as a flat list `w1, h1, w2, h2, ...` in input pixels; `null` = the architecture's."),
@@ -72,70 +106,70 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "train_list": Key(
             OPT_PATH, None, "Optional split file: image ids or file names, one per line, or a CSV with a `filename` column."
         ),
-        "batch_size": Key(int, 8, "Images per training step (the global batch, split across devices)."),
-        "learning_rate": Key(float, 1e-3, "Peak learning rate (Adam)."),
-        "nb_epochs": Key(int, 30, "Epochs to train."),
-        "warmup_epochs": Key(float, 1.0, "Epochs of linear learning-rate warm-up from 0."),
+        "batch_size": Key(int, 8, "Images per training step (the global batch, split across devices).", range=Range(1, 1024)),
+        "learning_rate": Key(float, 1e-3, "Peak learning rate (Adam).", range=RATE),
+        "nb_epochs": Key(int, 30, "Epochs to train.", range=AT_LEAST_ONE_EPOCH),
+        "warmup_epochs": Key(float, 1.0, "Epochs of linear learning-rate warm-up from 0.", range=Range(0, 1000)),
         "lr_schedule": Key(str, "cosine", "After warm-up: `cosine` decay to 1 % of the peak, `steps` (x0.1 at 80 % and 90 % of the epochs) or `constant`.", choices=("cosine", "steps", "constant")),
-        "weight_decay": Key(float, 0.0, "Decoupled weight decay (AdamW); 0 = plain Adam."),
-        "ignore_thresh": Key(float, 0.5, "Predictions whose best IoU with a ground-truth box exceeds this are not punished as background."),
+        "weight_decay": Key(float, 0.0, "Decoupled weight decay (AdamW); 0 = plain Adam.", range=Range(0, 1)),
+        "ignore_thresh": Key(float, 0.5, "Predictions whose best IoU with a ground-truth box exceeds this are not punished as background.", range=Range(0, 1)),
         "grid_scales": Key(list, [1, 1, 1], "Loss weight of each head, in [yolo] order."),
-        "obj_scale": Key(float, 5.0, "Loss weight of objectness where an object is."),
-        "noobj_scale": Key(float, 1.0, "Loss weight of objectness where no object is."),
-        "xywh_scale": Key(float, 1.0, "Loss weight of the box coordinates."),
-        "class_scale": Key(float, 1.0, "Loss weight of the class probabilities."),
+        "obj_scale": Key(float, 5.0, "Loss weight of objectness where an object is.", range=WEIGHT),
+        "noobj_scale": Key(float, 1.0, "Loss weight of objectness where no object is.", range=WEIGHT),
+        "xywh_scale": Key(float, 1.0, "Loss weight of the box coordinates.", range=WEIGHT),
+        "class_scale": Key(float, 1.0, "Loss weight of the class probabilities.", range=WEIGHT),
         "augment": Key(bool, True, "Augment training images (the keys below); false = plain letterbox."),
-        "jitter": Key(float, 0.3, "Random aspect-ratio change (keras-yolo3's jitter)."),
+        "jitter": Key(float, 0.3, "Random aspect-ratio change (keras-yolo3's jitter).", range=Range(0, 1)),
         "scale_range": Key(list, [0.5, 1.5], "Random image size relative to the input, [min, max]."),
         "flip": Key(bool, True, "Random horizontal flip."),
-        "hue": Key(float, 0.1, "Random hue shift, fraction of the colour circle."),
-        "saturation": Key(float, 1.5, "Random saturation factor in [1/s, s]."),
-        "exposure": Key(float, 1.5, "Random brightness factor in [1/e, e]."),
+        "hue": Key(float, 0.1, "Random hue shift, fraction of the colour circle.", range=Range(0, 1)),
+        "saturation": Key(float, 1.5, "Random saturation factor in [1/s, s].", range=Range(1, 10)),
+        "exposure": Key(float, 1.5, "Random brightness factor in [1/e, e].", range=Range(1, 10)),
         "multi_scale": Key(list, None, "Multi-scale training: [smallest, largest] input size (multiples of 32), a new size per batch; `null` = off."),
-        "freeze_backbone_epochs": Key(int, 0, "Epochs at the start during which the layers all heads share (backbone and neck) are frozen."),
+        "freeze_backbone_epochs": Key(int, 0, "Epochs at the start during which the layers all heads share (backbone and neck) are frozen.", range=EPOCHS),
         "run_dir": Key(PATH, "runs/train", "Run folder: checkpoints (resume), best model, TensorBoard logs, the config used.", must_exist=False),
         "saved_weights_name": Key(OPT_PATH, None, "Also copy the best model (by validation mAP@0.5) here (`.h5`); `null` = only `run_dir/best.h5`.", must_exist=False),
-        "eval_every": Key(int, 1, "Evaluate on the validation set every this many epochs (and after the last)."),
+        "eval_every": Key(int, 1, "Evaluate on the validation set every this many epochs (and after the last).", range=COUNT),
         "strategy": Key(str, "default", "`default` (one device), `mirrored` (all local GPUs, or `devices`), `multi_worker` (machines in `TF_CONFIG`).", choices=("default", "mirrored", "multi_worker")),
         "devices": Key(list, None, "Devices for `mirrored`, e.g. `[\"/gpu:0\", \"/gpu:1\"]`; `null` = all GPUs."),
-        "seed": Key(int, 0, "Seed of shuffling, augmentation and new layers."),
-        "holdout_fraction": Key(float, 0.0, "For a dataset with only two splits: this fraction of the training images (chosen by file name, the same every run) is held out as the validation split that picks the best epoch and every compression decision, and the `valid` section becomes the test split that only reports; 0 = off (then the `valid` section serves both, unless a `test` section is given)."),
+        "seed": Key(int, 0, "Seed of shuffling, augmentation and new layers.", range=SEED),
+        "holdout_fraction": Key(float, 0.0, "For a dataset with only two splits: this fraction of the training images (chosen by file name, the same every run) is held out as the validation split that picks the best epoch and every compression decision, and the `valid` section becomes the test split that only reports; 0 = off (then the `valid` section serves both, unless a `test` section is given).", range=FRACTION),
     },
     "pruning": {
         "output": Key(OPT_PATH, None, "Where `evaluate.py -p 2..5` writes the pruned model (`.h5`; a Darknet `.cfg` + `.weights` beside it for -p 3..5); `null` = beside the input, NAME-pN.h5.", must_exist=False),
-        "finetune_epochs": Key(int, 0, "Fine-tuning epochs after pruning (masks and removed channels stay removed); 0 = none."),
-        "finetune_learning_rate": Key(float, 1e-3, "Peak learning rate of that fine-tuning (removing channels needs re-training, not a nudge)."),
-        "distillation": Key(float, 0.0, "-p 2..5: weight of knowledge distillation from the unpruned model during every fine-tuning (the student matches the teacher's raw heads in every cell; 1 = the detection loss's scale); 0 = off."),
-        "rounds": Key(int, 1, "-p 3/4: prune in this many steps, each removing an equal share (compounding to the ratio / percent), with `round_epochs` of fine-tuning between steps; the fine-tuning of `finetune_epochs` follows the last."),
-        "round_epochs": Key(int, 5, "-p 3/4 with `rounds` > 1: fine-tuning epochs after each step but the last."),
-        "magnitude_sparsity": Key(float, 0.5, "-p 2: target fraction of zero weights in every convolution kernel."),
+        "finetune_epochs": Key(int, 0, "Fine-tuning epochs after pruning (masks and removed channels stay removed); 0 = none.", range=EPOCHS),
+        "finetune_learning_rate": Key(float, 1e-3, "Peak learning rate of that fine-tuning (removing channels needs re-training, not a nudge).", range=RATE),
+        "distillation": Key(float, 0.0, "-p 2..5: weight of knowledge distillation from the unpruned model during every fine-tuning (the student matches the teacher's raw heads in every cell; 1 = the detection loss's scale); 0 = off.", range=WEIGHT),
+        "rounds": Key(int, 1, "-p 3/4: prune in this many steps, each removing an equal share (compounding to the ratio / percent), with `round_epochs` of fine-tuning between steps; the fine-tuning of `finetune_epochs` follows the last.", range=Range(1, 100)),
+        "round_epochs": Key(int, 5, "-p 3/4 with `rounds` > 1: fine-tuning epochs after each step but the last.", range=EPOCHS),
+        "magnitude_sparsity": Key(float, 0.5, "-p 2: target fraction of zero weights in every convolution kernel.", range=FRACTION),
         "magnitude_mode": Key(str, "tfmot", "-p 2: `tfmot` (prune_low_magnitude, polynomial schedule during fine-tuning) or `oneshot` (per-layer percentile, no training).", choices=("tfmot", "oneshot")),
-        "magnitude_end_fraction": Key(float, 0.7, "-p 2 tfmot: the schedule reaches the target after this fraction of the fine-tuning steps."),
-        "similarity_w1": Key(float, 0.5, "-p 3: weight of the normalised Euclidean distance ||a-b|| / (||a|| + ||b||)."),
-        "similarity_w2": Key(float, 0.5, "-p 3: weight of the cosine distance 1 - cos(a, b)."),
-        "similarity_ratio": Key(float, 0.3, "-p 3: fraction of each layer's filters to remove (`null` = only the threshold)."),
+        "magnitude_end_fraction": Key(float, 0.7, "-p 2 tfmot: the schedule reaches the target after this fraction of the fine-tuning steps.", range=RATE),
+        "similarity_w1": Key(float, 0.5, "-p 3: weight of the normalised Euclidean distance ||a-b|| / (||a|| + ||b||).", range=WEIGHT),
+        "similarity_w2": Key(float, 0.5, "-p 3: weight of the cosine distance 1 - cos(a, b).", range=WEIGHT),
+        "similarity_ratio": Key(float, 0.3, "-p 3: fraction of each layer's filters to remove (`null` = only the threshold).", range=FRACTION),
         "similarity_layer_ratios": Key(dict, {}, "-p 3: a ratio per layer, overriding `similarity_ratio` for the layers named, by index (`\"12\"`) or name (`\"conv_12\"`); 0 spares a layer; a named layer is pruned whatever its kernel size. Prune wide, late layers harder than early ones: on raccoon the same MACs cut trained to a higher mAP (README)."),
-        "similarity_threshold": Key(float, None, "-p 3: stop when the most similar pair is farther apart than this (`null` = only the ratio)."),
+        "similarity_threshold": Key(float, None, "-p 3: stop when the most similar pair is farther apart than this (`null` = only the ratio).", range=Range(0, math.inf)),
         "similarity_kernels": Key(list, [1], "-p 3: kernel sizes considered: [1] (default) or [1, 3] (3x3 filters flattened)."),
-        "slimming_percent": Key(float, 0.5, "-p 4: fraction of all prunable channels to remove, by global |BN scale| rank (ignored if `slimming_threshold` is set)."),
-        "slimming_threshold": Key(float, None, "-p 4: remove channels whose |BN scale| is at most this."),
-        "min_channels": Key(int, 8, "-p 3/4: channels every layer keeps at least."),
-        "min_channel_fraction": Key(float, 0.05, "-p 4: fraction of its channels every layer keeps at least."),
-        "round_to": Key(int, 1, "-p 3/4: round the kept channels of a layer up to a multiple of this (8 suits int8 kernels)."),
-        "layer_blocks": Key(int, 4, "-p 5: residual blocks to remove (lowest mean |BN scale| first)."),
-        "sparsity_l1": Key(float, 0.0, "Sparse training for network slimming in `finetune.py`: L1 strength s on BN scales, applied as a proximal step that shrinks every prunable scale by lr x s per step (s ~ 1 .. 10 for a few hundred steps at lr 1e-3); 0 = off."),
+        "slimming_percent": Key(float, 0.5, "-p 4: fraction of all prunable channels to remove, by global |BN scale| rank (ignored if `slimming_threshold` is set).", range=FRACTION),
+        "slimming_threshold": Key(float, None, "-p 4: remove channels whose |BN scale| is at most this.", range=Range(0, math.inf)),
+        "min_channels": Key(int, 8, "-p 3/4: channels every layer keeps at least.", range=COUNT),
+        "min_channel_fraction": Key(float, 0.05, "-p 4: fraction of its channels every layer keeps at least.", range=Range(0, 1)),
+        "round_to": Key(int, 1, "-p 3/4: round the kept channels of a layer up to a multiple of this (8 suits int8 kernels).", range=Range(1, 1024)),
+        "layer_blocks": Key(int, 4, "-p 5: residual blocks to remove (lowest mean |BN scale| first).", range=Range(0, 1000)),
+        "sparsity_l1": Key(float, 0.0, "Sparse training for network slimming in `finetune.py`: L1 strength s on BN scales, applied as a proximal step that shrinks every prunable scale by lr x s per step (s ~ 1 .. 10 for a few hundred steps at lr 1e-3); 0 = off.", range=Range(0, 1e6)),
     },
     "clustering": {
-        "clusters": Key(int, 32, "Centroids per kernel (or per output channel with `per_channel`)."),
+        "clusters": Key(int, 32, "Centroids per kernel (or per output channel with `per_channel`).", range=Range(2, 65536)),
         "per_channel": Key(bool, False, "Cluster every output channel of a kernel separately."),
         "exclude": Key(list, [], "Convolutions not to cluster, by index (`0`) or name (`\"conv_0\"`); the first layer and the heads are clustered unless listed."),
-        "finetune_epochs": Key(int, 0, "Cluster-preserving fine-tuning epochs after clustering (0 = none)."),
-        "finetune_learning_rate": Key(float, 1e-5, "Peak learning rate of that fine-tuning (1e-5 kept mAP, 1e-4 lost a point, measured on raccoon)."),
-        "seed": Key(int, 0, "Seed of the k-means++ initialisation."),
+        "finetune_epochs": Key(int, 0, "Cluster-preserving fine-tuning epochs after clustering (0 = none).", range=EPOCHS),
+        "finetune_learning_rate": Key(float, 1e-5, "Peak learning rate of that fine-tuning (1e-5 kept mAP, 1e-4 lost a point, measured on raccoon).", range=RATE),
+        "seed": Key(int, 0, "Seed of the k-means++ initialisation.", range=SEED),
     },
     "quantization": {
-        "qat_epochs": Key(int, 2, "Quantization-aware training epochs of `convert.py --qat` / `finetune.py --qat` (TFMOT; keeps zeros and clusters)."),
-        "qat_learning_rate": Key(float, 1e-5, "Peak learning rate of quantization-aware training (a nudge around the rounding, not re-training)."),
+        "qat_epochs": Key(int, 2, "Quantization-aware training epochs of `convert.py --qat` / `finetune.py --qat` (TFMOT; keeps zeros and clusters).", range=AT_LEAST_ONE_EPOCH),
+        "qat_learning_rate": Key(float, 1e-5, "Peak learning rate of quantization-aware training (a nudge around the rounding, not re-training).", range=RATE),
     },
     "test": {
         "annot_format": Key(str, "voc", "As `train.annot_format`. The whole section is optional: a test split that no decision sees (best epoch, compression plan); `evaluate.py` reports on it by default.", choices=DATASET_FORMATS),
@@ -145,22 +179,22 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "compress": {
         "sizes": Key(list, [416, 352, 320, 288], "`compress.py`: input sizes the planner may choose (multiples of 32); those above `model.input_size` are ignored, and `model.input_size` is always one."),
-        "threads": Key(int, 2, "`compress.py`: LiteRT threads of the device the latency model is measured for (this machine)."),
+        "threads": Key(int, 2, "`compress.py`: LiteRT threads of the device the latency model is measured for (this machine).", range=Range(1, 256)),
         "sensitivity_ratios": Key(list, [0.25, 0.5, 0.75, 0.875], "`compress.py`: fractions of a unit's channels removed in the sensitivity analysis (each unit alone, no fine-tuning)."),
         "latency_levels": Key(list, [1.0, 0.5, 0.25, 0.125], "`compress.py`: channel fractions at which every block is timed as int8 for the latency model (input x output grid at the model's size; full and half at the other sizes)."),
-        "round_to": Key(int, 8, "`compress.py`: channel counts the planner keeps are multiples of this (int8 kernels run fastest on multiples of 8)."),
-        "candidate_epochs": Key(int, 3, "`compress.py`: fine-tuning epochs (with distillation) of the plan found at each input size, to choose among them on the validation split; 0 = choose by predicted loss."),
-        "finetune_epochs": Key(int, 60, "`compress.py`: fine-tuning epochs after pruning, distilling from the unpruned model."),
-        "distillation": Key(float, 1.0, "`compress.py`: weight of knowledge distillation from the unpruned model in every fine-tuning (0 = off)."),
+        "round_to": Key(int, 8, "`compress.py`: channel counts the planner keeps are multiples of this (int8 kernels run fastest on multiples of 8).", range=Range(1, 1024)),
+        "candidate_epochs": Key(int, 3, "`compress.py`: fine-tuning epochs (with distillation) of the plan found at each input size, to choose among them on the validation split; 0 = choose by predicted loss.", range=EPOCHS),
+        "finetune_epochs": Key(int, 60, "`compress.py`: fine-tuning epochs after pruning, distilling from the unpruned model.", range=EPOCHS),
+        "distillation": Key(float, 1.0, "`compress.py`: weight of knowledge distillation from the unpruned model in every fine-tuning (0 = off).", range=WEIGHT),
         "cluster": Key(bool, True, "`compress.py`: cluster the pruned model's kernels (`clustering.clusters` values) where the validation split allows; false = skip the step."),
-        "cluster_budget": Key(float, 0.005, "`compress.py`: mAP@0.5 that clustering may cost on the validation split before fine-tuning (0.005 = half a point); the most sensitive layers stay unclustered until it holds."),
+        "cluster_budget": Key(float, 0.005, "`compress.py`: mAP@0.5 that clustering may cost on the validation split before fine-tuning (0.005 = half a point); the most sensitive layers stay unclustered until it holds.", range=FRACTION),
         "cluster_first_layer": Key(bool, False, "`compress.py`: also cluster the first convolution (few weights, channels of very different scales: clustering it costs the most and saves the least)."),
-        "cluster_epochs": Key(int, 5, "`compress.py`: cluster-preserving fine-tuning epochs."),
+        "cluster_epochs": Key(int, 5, "`compress.py`: cluster-preserving fine-tuning epochs.", range=EPOCHS),
         "qat": Key(bool, True, "`compress.py`: also try quantization-aware training (the scheme that keeps zeros and clusters) and keep the better int8 model on the validation split."),
-        "holdout_fraction": Key(float, 0.2, "`compress.py` with a config that has no test split: the share of the training images held out as the validation split (`train.holdout_fraction`), the `valid` section becoming the test split."),
-        "calibration_samples": Key(int, 200, "`compress.py`: training images that calibrate int8 quantization."),
-        "bn_images": Key(int, 64, "`compress.py`: training images on which the sensitivity analysis re-estimates the BN statistics of every pruned variant and input size before scoring it (adaptive BN, EagleEye): the untrained score then ranks what fine-tuning will make of it; 0 = off."),
-        "debug_images": Key(int, 16, "`compress.py`: validation images the int8 quantization debugger compares float and int8 on."),
+        "holdout_fraction": Key(float, 0.2, "`compress.py` with a config that has no test split: the share of the training images held out as the validation split (`train.holdout_fraction`), the `valid` section becoming the test split.", range=Range(0, 1, lo_open=True, hi_open=True)),
+        "calibration_samples": Key(int, 200, "`compress.py`: training images that calibrate int8 quantization.", range=COUNT),
+        "bn_images": Key(int, 64, "`compress.py`: training images on which the sensitivity analysis re-estimates the BN statistics of every pruned variant and input size before scoring it (adaptive BN, EagleEye): the untrained score then ranks what fine-tuning will make of it; 0 = off.", range=Range(0, 100_000)),
+        "debug_images": Key(int, 16, "`compress.py`: validation images the int8 quantization debugger compares float and int8 on.", range=COUNT),
     },
     "valid": {
         "annot_format": Key(str, "voc", "As `train.annot_format`.", choices=DATASET_FORMATS),
@@ -169,10 +203,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
             PATH, None, "Folder of xml / txt annotations, or the COCO json file.", required=True, must_exist=False
         ),
         "valid_list": Key(OPT_PATH, None, "Optional split file, as `train.train_list`."),
-        "score_threshold": Key(float, 0.005, "Lowest detection score kept for evaluation (objectness x class probability)."),
-        "nms_iou": Key(float, 0.45, "IoU above which non-maximum suppression removes the lower-scored box of the same class."),
-        "max_detections": Key(int, 100, "Detections kept per image after NMS (COCO AP counts at most 100)."),
-        "batch_size": Key(int, 8, "Images per forward pass during evaluation."),
+        "score_threshold": Key(float, 0.005, "Lowest detection score kept for evaluation (objectness x class probability).", range=FRACTION),
+        "nms_iou": Key(float, 0.45, "IoU above which non-maximum suppression removes the lower-scored box of the same class.", range=RATE),
+        "max_detections": Key(int, 100, "Detections kept per image after NMS (COCO AP counts at most 100).", range=COUNT),
+        "batch_size": Key(int, 8, "Images per forward pass during evaluation.", range=Range(1, 1024)),
     },
 }
 
@@ -287,6 +321,8 @@ def _check_type(section: str, key: str, spec: Key, value: Any, folder: Path, sou
         raise UserError(f"{name} must be of type {tname}, got {json.dumps(value)}", source)
     if spec.choices and value not in spec.choices:
         raise UserError(f"{name} must be one of {', '.join(map(str, spec.choices))}, got {json.dumps(value)}", source)
+    if spec.range is not None and value not in spec.range:
+        raise UserError(f"{name} must be in {spec.range}, got {value!r}", source)
     return value
 
 
@@ -315,13 +351,12 @@ def parse_config(raw: Any, path: Path) -> Config:
     if (model["labels"] is None) == (model["labels_file"] is None):
         raise UserError("give exactly one of model.labels and model.labels_file", path)
     if model["labels"] is not None:
-        if not model["labels"] or not all(isinstance(v, str) and v for v in model["labels"]):
+        if not model["labels"] or not all(isinstance(v, str) and v.strip() for v in model["labels"]):
             raise UserError("model.labels must be a non-empty list of class names", path)
+        twice = sorted({v for v in model["labels"] if model["labels"].count(v) > 1})
+        if twice:
+            raise UserError(f"model.labels names {', '.join(map(repr, twice))} more than once: each class once", path)
     train = sections["train"].values
-    if train["batch_size"] < 1 or train["nb_epochs"] < 1 or train["eval_every"] < 1:
-        raise UserError("train.batch_size, train.nb_epochs and train.eval_every must be at least 1", path)
-    if train["learning_rate"] <= 0:
-        raise UserError("train.learning_rate must be positive", path)
     sr = train["scale_range"]
     if len(sr) != 2 or not all(isinstance(v, (int, float)) and v > 0 for v in sr) or sr[0] > sr[1]:
         raise UserError("train.scale_range must be [min, max] with 0 < min <= max", path)
@@ -330,8 +365,9 @@ def parse_config(raw: Any, path: Path) -> Config:
         raise UserError("train.multi_scale must be [smallest, largest], multiples of 32", path)
     if not all(isinstance(v, (int, float)) for v in train["grid_scales"]):
         raise UserError("train.grid_scales must be a list of numbers", path)
-    if model["input_size"] <= 0 or model["input_size"] % 32:
-        raise UserError(f"model.input_size must be a positive multiple of 32, got {model['input_size']}", path)
+
+    if model["input_size"] % 32:
+        raise UserError(f"model.input_size must be a multiple of 32, got {model['input_size']}", path)
     anchors = model["anchors"]
     if anchors is not None and (len(anchors) % 2 or not all(isinstance(v, (int, float)) and v > 0 for v in anchors)):
         raise UserError("model.anchors must be a flat list of positive numbers w1, h1, w2, h2, ...", path)
@@ -348,28 +384,7 @@ def parse_config(raw: Any, path: Path) -> Config:
                 path,
             )
         model["architecture"] = str(resolved)
-    valid = sections["valid"].values
-    if not 0 <= valid["score_threshold"] < 1:
-        raise UserError("valid.score_threshold must be in [0, 1)", path)
-    if not 0 < valid["nms_iou"] <= 1:
-        raise UserError("valid.nms_iou must be in (0, 1]", path)
-    if valid["max_detections"] < 1 or valid["batch_size"] < 1:
-        raise UserError("valid.max_detections and valid.batch_size must be at least 1", path)
-    cl = sections["clustering"].values
-    if cl["clusters"] < 2 or cl["finetune_epochs"] < 0:
-        raise UserError("clustering.clusters must be at least 2 and clustering.finetune_epochs not negative", path)
-    qu = sections["quantization"].values
-    if qu["qat_epochs"] < 1 or qu["qat_learning_rate"] <= 0:
-        raise UserError("quantization.qat_epochs must be at least 1 and quantization.qat_learning_rate positive", path)
     pr = sections["pruning"].values
-    if not 0 <= pr["magnitude_sparsity"] < 1 or not 0 <= pr["slimming_percent"] < 1:
-        raise UserError("pruning.magnitude_sparsity and pruning.slimming_percent must be in [0, 1)", path)
-    if pr["distillation"] < 0:
-        raise UserError("pruning.distillation must not be negative", path)
-    if pr["similarity_ratio"] is not None and not 0 <= pr["similarity_ratio"] < 1:
-        raise UserError("pruning.similarity_ratio must be in [0, 1)", path)
-    if pr["min_channels"] < 1 or pr["round_to"] < 1 or pr["rounds"] < 1 or pr["layer_blocks"] < 0 or pr["finetune_epochs"] < 0 or pr["round_epochs"] < 0:
-        raise UserError("pruning.min_channels, round_to and rounds must be at least 1; layer_blocks, finetune_epochs and round_epochs not negative", path)
     for layer, ratio in pr["similarity_layer_ratios"].items():
         if not re.fullmatch(r"(conv_)?\d+", layer):
             raise UserError(f"pruning.similarity_layer_ratios: {layer!r} is not a layer index (\"12\") or name (\"conv_12\")", path)
@@ -377,8 +392,6 @@ def parse_config(raw: Any, path: Path) -> Config:
             raise UserError(f"pruning.similarity_layer_ratios.{layer} must be a number in [0, 1), got {json.dumps(ratio)}", path)
     if not set(pr["similarity_kernels"]) <= {1, 3} or not pr["similarity_kernels"]:
         raise UserError("pruning.similarity_kernels must be [1], [3] or [1, 3]", path)
-    if not 0 <= train["holdout_fraction"] < 1:
-        raise UserError("train.holdout_fraction must be in [0, 1)", path)
     if train["holdout_fraction"] and sections["test"] is not None:
         raise UserError("give either a test section or train.holdout_fraction, not both (with a test section the valid section is the validation split)", path)
     co = sections["compress"].values
@@ -388,14 +401,6 @@ def parse_config(raw: Any, path: Path) -> Config:
         raise UserError("compress.latency_levels must be a list of numbers in (0, 1] that includes 1", path)
     if not co["sensitivity_ratios"] or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in co["sensitivity_ratios"]):
         raise UserError("compress.sensitivity_ratios must be a non-empty list of numbers in (0, 1)", path)
-    if co["threads"] < 1 or co["round_to"] < 1 or co["finetune_epochs"] < 0 or co["candidate_epochs"] < 0 or co["cluster_epochs"] < 0:
-        raise UserError("compress.threads and compress.round_to must be at least 1; the epochs not negative", path)
-    if co["distillation"] < 0 or not 0 <= co["cluster_budget"] < 1 or not 0 < co["holdout_fraction"] < 1:
-        raise UserError("compress.distillation must not be negative, compress.cluster_budget in [0, 1), compress.holdout_fraction in (0, 1)", path)
-    if co["bn_images"] < 0:
-        raise UserError("compress.bn_images must not be negative", path)
-    if co["calibration_samples"] < 1 or co["debug_images"] < 1:
-        raise UserError("compress.calibration_samples and compress.debug_images must be at least 1", path)
     return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"],
                   sections["quantization"], raw, sections["test"], sections["compress"])  # fmt: skip
 
@@ -512,10 +517,10 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
 
 def schema_markdown() -> str:
     """The README's table of config keys, from :data:`SCHEMA`."""
-    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    rows = ["| key | type | default | range | meaning |", "|---|---|---|---|---|"]
     for section, keys in SCHEMA.items():
         for key, spec in keys.items():
             t = spec.type if isinstance(spec.type, str) else spec.type.__name__
             default = ("required" + (" in the section" if section in OPTIONAL_SECTIONS else "")) if spec.required else json.dumps(spec.default)
-            rows.append(f"| `{section}.{key}` | {t} | {default} | {spec.help} |")
+            rows.append(f"| `{section}.{key}` | {t} | {default} | {spec.range or ''} | {spec.help} |")
     return "\n".join(rows)

@@ -26,7 +26,6 @@ def run(args) -> int:
     from compression.cluster_run import run_clustering
     from compression.job import format_report
 
-    positive("--clusters", args.clusters, 2)
     positive("--finetune-epochs", args.finetune_epochs, 0)
     config = load(args)
     report = run_clustering(config, args.model, args.out, args.clusters, args.per_channel, args.finetune_epochs, args.force, not args.quiet)
