@@ -193,7 +193,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "qat": Key(bool, True, "`compress.py`: also try quantization-aware training (the scheme that keeps zeros and clusters) and keep the better int8 model on the validation split."),
         "holdout_fraction": Key(float, 0.2, "`compress.py` with a config that has no test split: the share of the training images held out as the validation split (`train.holdout_fraction`), the `valid` section becoming the test split.", range=Range(0, 1, lo_open=True, hi_open=True)),
         "calibration_samples": Key(int, 200, "`compress.py`: training images that calibrate int8 quantization.", range=COUNT),
-        "bn_images": Key(int, 64, "`compress.py`: training images on which the sensitivity analysis re-estimates the BN statistics of every pruned variant and input size before scoring it (adaptive BN, EagleEye): the untrained score then ranks what fine-tuning will make of it; 0 = off.", range=Range(0, 100_000)),
+        "bn_images": Key(int, 0, "`compress.py`: training images on which the sensitivity analysis re-estimates the BN statistics of every pruned variant before scoring it (adaptive BN, EagleEye); 0 = off, the default: on BCCD it made halving the first layer look cheap, and the plans that did it did not recover in fine-tuning (docs/compress.md).", range=Range(0, 100_000)),
         "debug_images": Key(int, 16, "`compress.py`: validation images the int8 quantization debugger compares float and int8 on.", range=COUNT),
     },
     "valid": {
