@@ -136,9 +136,9 @@ class RunFolder:
     """The stages done so far: ``stages/NAME.json`` with the fingerprint of what the stage was made from."""
 
     def __init__(self, path: Path, fingerprints: dict[str, str], force: bool):
-        self.path = Path(path)
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError("exists and is not a folder; choose another --run-dir", self.path)
+        from yolo3.fileio import check_output_folder
+
+        self.path = check_output_folder(path, "run folder (--run-dir)")
         self.fingerprints = fingerprints
         (self.path / "stages").mkdir(parents=True, exist_ok=True)
         stale = [s for s in STAGES if self._record(s) is not None and self._record(s).get("fingerprint") != fingerprints[s]]

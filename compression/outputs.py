@@ -11,9 +11,12 @@ from yolo3.fileio import file_sizes  # noqa: F401  (the runners import it from h
 
 def check_output(path: Path, suffix: str, force: bool) -> Path:
     """The output path, refused (one message) when its suffix is wrong or it exists and ``force`` is not given."""
+    from yolo3.fileio import check_output_path
+
     path = Path(path)
     if path.suffix.lower() != suffix:
         raise UserError(f"the output must end in {suffix}", path)
+    check_output_path(path)
     if path.exists() and not force:
         raise UserError("exists; pass --force to overwrite it", path)
     return path

@@ -58,9 +58,9 @@ other programs.
 
 def check_bundle_folder(folder: str | Path, force: bool) -> None:
     """Refuse a bundle folder that is a file, or holds something already (unless ``force``): before any work is done."""
-    folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise UserError("--bundle: exists and is not a folder", folder)
+    from .fileio import check_output_folder
+
+    folder = check_output_folder(folder, "--bundle folder")
     if folder.exists() and any(folder.iterdir()) and not force:
         raise UserError("--bundle: the folder exists and is not empty; pass --force to replace it", folder)
 

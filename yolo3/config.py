@@ -350,6 +350,8 @@ def parse_config(raw: Any, path: Path) -> Config:
     model = sections["model"].values
     if (model["labels"] is None) == (model["labels_file"] is None):
         raise UserError("give exactly one of model.labels and model.labels_file", path)
+    if model["labels_file"] is not None:
+        read_names(model["labels_file"])  # a names file that cannot be used is reported now, not at first use
     if model["labels"] is not None:
         if not model["labels"] or not all(isinstance(v, str) and v.strip() for v in model["labels"]):
             raise UserError("model.labels must be a non-empty list of class names", path)
@@ -488,17 +490,10 @@ def parse_overrides(items: list[str] | None, cwd: str | Path = ".") -> dict[str,
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
     """Read and validate a config file, with ``overrides`` (dotted keys) set; every mistake ends in one :class:`UserError` naming the key."""
+    from .fileio import read_user_text
+
     path = Path(path)
-    if path.is_dir():
-        raise UserError("is a folder; give the config .json file", path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("config file does not exist", path) from None
-    except UnicodeDecodeError as err:
-        raise UserError(f"not UTF-8 text (byte {err.start}): a config is a JSON file", path) from None
-    except OSError as err:
-        raise UserError(f"cannot read: {err.strerror}", path) from None
+    text = read_user_text(path, "config file")
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as err:

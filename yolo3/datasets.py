@@ -28,6 +28,7 @@ from defusedxml import ElementTree
 from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
+from .fileio import read_user_text
 from .preprocess import IMAGE_SUFFIXES
 
 FORMATS = ("voc", "yolo", "coco")
@@ -121,10 +122,25 @@ class _Collector:
         return arr[keep].astype(np.float32), keep
 
 
+def inside(folder: Path, name: str) -> Path | None:
+    """``folder / name`` when it stays inside ``folder`` (an annotation may not point at ``../../etc/passwd``), else None."""
+    path = folder / name
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return None
+    return path
+
+
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels."""
+    """(width, height) from the image header, without decoding the pixels; an image above the pixel limit is an OSError."""
+    from .preprocess import MAX_IMAGE_PIXELS
+
     with Image.open(path) as img:
-        return img.size
+        width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise OSError(f"{width} x {height} pixels is more than the {MAX_IMAGE_PIXELS:,} accepted (YOLO3_MAX_IMAGE_PIXELS)")
+    return width, height
 
 
 def _require_dir(path: Path, what: str) -> Path:
@@ -140,10 +156,7 @@ def _images_in(folder: Path) -> list[Path]:
 def read_split(path: str | Path) -> set[str]:
     """Image stems listed in a split file: one id or file name per line, or a CSV with a ``filename`` column."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError("split file does not exist", path) from None
+    text = read_user_text(path, "split file")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if lines and "," in lines[0]:
         reader = csv.DictReader(lines)
@@ -207,12 +220,9 @@ def read_voc(
             col.add(xml_path, "unreadable annotation", str(err))
             continue
         filename = (root.findtext("filename") or "").strip()
+        named = inside(images_dir, filename) if filename else None
         stem = Path(filename).stem if filename else xml_path.stem
-        image = (
-            images_dir / filename
-            if filename and (images_dir / filename).is_file()
-            else images.get(stem) or images.get(xml_path.stem)
-        )
+        image = named if named is not None and named.is_file() else images.get(stem) or images.get(xml_path.stem)
         if image is None:
             col.add(xml_path, "annotation without image", filename or xml_path.stem)
             continue
@@ -268,12 +278,12 @@ def read_voc(
 def read_names(path: str | Path) -> list[str]:
     """Class names, one per line (a Darknet ``.names`` file)."""
     path = Path(path)
-    try:
-        names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except FileNotFoundError:
-        raise UserError("names file does not exist", path) from None
+    names = [ln.strip() for ln in read_user_text(path, "names file").splitlines() if ln.strip()]
     if not names:
         raise UserError("names file lists no class", path)
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"names {', '.join(map(repr, twice))} more than once: each class once", path)
     return names
 
 
@@ -302,10 +312,17 @@ def read_yolo(
             continue
         label = labels.pop(image.stem, None)
         boxes, classes = [], []
+        text = None
+        if label is not None:
+            try:
+                text = label.read_text(encoding="utf-8", errors="replace")
+            except OSError as err:
+                col.add(label, "unreadable label file", f"{err.strerror}: the image is skipped")
+                continue
         if label is None:
             col.add(image, "image without label file", "kept as an image with no objects")
         else:
-            for lineno, line in enumerate(label.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            for lineno, line in enumerate(text.splitlines(), 1):
                 parts = line.split()
                 if not parts:
                     continue
@@ -347,15 +364,18 @@ def read_coco(
     images_dir = _require_dir(Path(image_folder), "image")
     json_path = Path(json_path)
     try:
-        data = json.loads(json_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("COCO json does not exist", json_path) from None
+        data = json.loads(read_user_text(json_path, "COCO json"))
     except json.JSONDecodeError as err:
         raise UserError(f"invalid JSON: {err.msg}", json_path, err.lineno) from None
     if not isinstance(data, dict) or not all(k in data for k in ("images", "annotations", "categories")):
         raise UserError("a COCO json needs 'images', 'annotations' and 'categories'", json_path)
     col = _Collector()
-    cats = sorted(data["categories"], key=lambda c: c["id"])
+    cats = data["categories"]
+    if not isinstance(cats, list) or not all(isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str) for c in cats):
+        raise UserError("'categories' must be a list of objects with an integer 'id' and a 'name'", json_path)
+    if not isinstance(data["images"], list) or not isinstance(data["annotations"], list):
+        raise UserError("'images' and 'annotations' must be lists", json_path)
+    cats = sorted(cats, key=lambda c: c["id"])
     if names is None:
         class_names = [c["name"] for c in cats]
         cat_index = {c["id"]: i for i, c in enumerate(cats)}
@@ -364,17 +384,29 @@ def read_coco(
         cat_index = {c["id"]: class_names.index(c["name"]) for c in cats if c["name"] in class_names}
     by_image: dict[int, list[dict]] = {}
     for ann in data["annotations"]:
-        by_image.setdefault(ann.get("image_id"), []).append(ann)
+        if isinstance(ann, dict):
+            by_image.setdefault(ann.get("image_id"), []).append(ann)
+        else:
+            col.add(json_path, "invalid annotation", f"{str(ann)[:60]!r} is not an object: skipped")
     records = []
     listed = set()
     for info in data["images"]:
-        image = images_dir / info["file_name"]
+        if not isinstance(info, dict) or "id" not in info or not isinstance(info.get("file_name"), str):
+            col.add(json_path, "invalid image entry", f"{str(info)[:80]} needs an 'id' and a 'file_name': skipped")
+            continue
+        image = inside(images_dir, info["file_name"])
+        if image is None:
+            col.add(json_path, "image outside the image folder", f"{info['file_name']!r}: skipped")
+            continue
         listed.add(image.name)
         if not image.is_file():
             col.add(json_path, "annotation without image", info["file_name"])
             continue
-        width, height = int(info.get("width", 0)), int(info.get("height", 0))
-        if not width or not height:
+        try:
+            width, height = int(info.get("width", 0)), int(info.get("height", 0))
+        except (TypeError, ValueError):
+            width = height = 0
+        if width <= 0 or height <= 0:
             try:
                 width, height = image_size(image)
             except (OSError, UnidentifiedImageError) as err:
@@ -385,7 +417,11 @@ def read_coco(
             if ann.get("category_id") not in cat_index:
                 col.add(json_path, "unknown class", f"category {ann.get('category_id')} of annotation {ann.get('id')}: skipped")
                 continue
-            x, y, w, h = (float(v) for v in ann["bbox"])
+            bbox = ann.get("bbox")
+            if not isinstance(bbox, list) or len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+                col.add(json_path, "invalid box", f"annotation {ann.get('id')}: bbox {str(bbox)[:40]} is not [x, y, w, h]: skipped")
+                continue
+            x, y, w, h = (float(v) for v in bbox)
             boxes.append([x, y, x + w, y + h])
             classes.append(cat_index[ann["category_id"]])
             crowd.append(bool(ann.get("iscrowd", 0)))

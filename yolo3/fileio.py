@@ -36,6 +36,69 @@ def _umask() -> int:
     return mask
 
 
+def read_user_text(path: str | Path, what: str) -> str:
+    """The text of a file the user gave (a config, a split list, a names file, a cfg, a json), or one clear message.
+
+    ``what`` names the file in the message ("split file", "names file", ...):
+    missing, a folder, unreadable, or not UTF-8 text.
+    """
+    from .errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"is a folder, not a {what}", path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{what} does not exist", path) from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text (byte {err.start}): a {what} is a text file", path) from None
+    except OSError as err:
+        raise UserError(f"cannot read the {what}: {err.strerror}", path) from None
+
+
+def check_output_path(path: str | Path, what: str = "output") -> Path:
+    """An output file path that can be written: not a folder, under folders (not files), writable. Checked before the work."""
+    import os
+
+    from .errors import UserError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"is a folder; the {what} is a file", path)
+    parent = _existing_parent(path)
+    if not parent.is_dir():
+        raise UserError(f"{parent} is a file, not a folder: the {what} cannot be written under it", path)
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{parent} is not writable: the {what} cannot be written there", path)
+    return path
+
+
+def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
+    """An output folder that can be made or used: not a file, under folders, writable. Checked before the work."""
+    import os
+
+    from .errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"exists and is not a folder: the {what} must be a folder", path)
+    parent = _existing_parent(path)
+    if not parent.is_dir():
+        raise UserError(f"{parent} is a file, not a folder: the {what} cannot be made under it", path)
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"{parent} is not writable: the {what} cannot be made there", path)
+    return path
+
+
+def _existing_parent(path: Path) -> Path:
+    """The nearest ancestor of ``path`` that exists (a file there means the path cannot be made)."""
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return parent
+
+
 GZIP_LEVEL = 9  # every "gzip_bytes" in every report: the size a model takes compressed, at one level
 
 

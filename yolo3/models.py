@@ -49,11 +49,13 @@ class LoadedModel:
 def spec_from_h5(path: Path) -> Spec | None:
     import h5py
 
+    if Path(path).is_dir():
+        raise UserError("is a folder, not a model file", path)
     try:
         with h5py.File(path, "r") as f:
             text = f.attrs.get(CFG_ATTRIBUTE)
-    except OSError as err:
-        raise UserError(f"not a readable HDF5 file: {err}", path) from None
+    except OSError:
+        raise UserError("not a readable HDF5 file: a Keras .h5 written by this tool was expected", path) from None
     if text is None:
         return None
     if isinstance(text, bytes):
@@ -77,7 +79,13 @@ def compression_info(path: str | Path) -> dict:
         return {}
     if text is None:
         return {}
-    return json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+    try:
+        record = json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UserError("the compression record in this .h5 is not JSON: the file was not written by this tool, or was changed", path) from None
+    if not isinstance(record, dict):
+        raise UserError("the compression record in this .h5 is not a JSON object", path)
+    return record
 
 
 def _adjust(spec: Spec, classes: int | None, size: int | None, anchors: list[float] | None) -> Spec:
@@ -115,6 +123,8 @@ def load_model(
     path = Path(path)
     if not path.exists():
         raise UserError("model file does not exist", path)
+    if path.is_dir():
+        raise UserError("is a folder, not a model file", path)
     suffix = path.suffix.lower()
     if suffix == ".weights":
         if architecture is None:
@@ -135,14 +145,17 @@ def load_model(
         from .kerasenv import keras
 
         spec = spec_from_h5(path) if suffix == ".h5" else None
-        if spec is None:
+        foreign = spec is None
+        if foreign:
             if architecture is None:
-                raise UserError("this .h5 carries no cfg; give the architecture it was built from", path)
+                raise UserError("this .h5 carries no Darknet cfg (it was not written by this tool); give the architecture it was built from", path)
             spec = resolve_spec(architecture)
         try:
             model = keras.models.load_model(path, compile=False)
-        except (OSError, ValueError) as err:
-            raise UserError(f"cannot load the Keras model: {err}", path) from None
+        except (OSError, ValueError, TypeError) as err:
+            raise UserError(f"cannot load the Keras model: {str(err).splitlines()[0][:200]}", path) from None
+        if foreign:
+            _check_foreign(model, spec, architecture, path)
         if size is not None and (model.input_shape[1] or size) != size:
             rebuilt = build_model(with_size(spec, size))
             rebuilt.set_weights(model.get_weights())
@@ -154,6 +167,18 @@ def load_model(
     if suffix == ".tflite":
         raise UserError("a .tflite model cannot be loaded as a Keras model; use the TFLite predictor", path)
     raise UserError(f"unknown model file type {suffix!r} (expected one of {', '.join(MODEL_SUFFIXES)})", path)
+
+
+def _check_foreign(model, spec: Spec, architecture, path: Path) -> None:
+    """An .h5 without an embedded cfg must hold exactly the layers and weight shapes ``architecture`` builds."""
+    from .keras_model import build_model
+
+    reference = build_model(spec)
+    mine = [(w.name.split("/")[0], tuple(w.shape)) for w in reference.weights]
+    theirs = [(w.name.split("/")[0], tuple(w.shape)) for w in model.weights]
+    if mine != theirs:
+        raise UserError(f"this .h5 carries no Darknet cfg (it was not written by this tool) and its layers are not those of "
+                        f"{architecture}: give a .h5 this tool wrote, or the .weights with its cfg", path)  # fmt: skip
 
 
 def save_model(model, spec: Spec, path: str | Path, compression: dict | None = None) -> None:

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,23 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import UserError
 
+Image.MAX_IMAGE_PIXELS = None  # the limit below is ours (Pillow's warns at 89 M pixels and fails only at twice that)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 FILL = 0.5  # Darknet fills the letterbox border with grey 0.5
+
+# The largest image accepted, in pixels (width x height): a bigger one is refused before it is decoded, so a file
+# whose header claims 20000 x 20000 (a "decompression bomb") costs nothing. Change it with YOLO3_MAX_IMAGE_PIXELS.
+MAX_IMAGE_PIXELS = int(os.environ.get("YOLO3_MAX_IMAGE_PIXELS", 100_000_000))
+
+
+def check_pixels(width: int, height: int, path) -> None:
+    """Refuse an image larger than :data:`MAX_IMAGE_PIXELS` (one message naming the file and the limit)."""
+    if width * height > MAX_IMAGE_PIXELS:
+        raise UserError(f"{width} x {height} pixels is more than the {MAX_IMAGE_PIXELS:,} accepted "
+                        "(raise YOLO3_MAX_IMAGE_PIXELS if it is a real image)", path)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,7 @@ def load_image(path: str | Path) -> np.ndarray:
 def _decode(path: Path, min_side: int | None) -> tuple[np.ndarray, float]:
     try:
         with Image.open(path) as img:
+            check_pixels(img.width, img.height, path)
             width = img.width
             if min_side is not None and img.format == "JPEG":
                 scale = min_side / max(img.width, img.height)
@@ -77,6 +92,8 @@ def _decode(path: Path, min_side: int | None) -> tuple[np.ndarray, float]:
         raise UserError("no such image", path) from None
     except UnidentifiedImageError:
         raise UserError("not an image Pillow can read", path) from None
+    except Image.DecompressionBombError:
+        raise UserError(f"more than the {MAX_IMAGE_PIXELS:,} pixels accepted (raise YOLO3_MAX_IMAGE_PIXELS if it is a real image)", path) from None
     except (OSError, SyntaxError, ValueError) as err:
         raise UserError(f"cannot decode image: {err}", path) from None
     return image, image.shape[1] / width

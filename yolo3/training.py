@@ -34,6 +34,7 @@ import numpy as np
 
 from .augment import AugmentSettings
 from .errors import UserError
+from .fileio import check_output_folder
 from .hooks import TrainingContext, TrainingHook
 from .kerasenv import keras, tf
 from .loss import LossSettings, yolo_loss
@@ -311,7 +312,7 @@ class Trainer:
         self.options = options or RunOptions()
         self.hooks = tuple(self.options.hooks)
         t = config.train
-        self.run_dir = Path(self.options.run_dir) if self.options.run_dir else Path(t.run_dir)
+        self.run_dir = check_output_folder(Path(self.options.run_dir) if self.options.run_dir else Path(t.run_dir), "run folder")
         self.epochs = self.options.epochs or t.nb_epochs
         self.best_path = self.run_dir / "best.h5"
         self.history_path = self.run_dir / "history.json"

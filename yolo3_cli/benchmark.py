@@ -33,19 +33,17 @@ def configure(parser) -> None:
 
 def run(args) -> int:
     import sys
-    from pathlib import Path
 
     from compression.benchmark import below_floor, format_table, parse_formats, run_benchmark
     from yolo3.errors import UserError
+    from yolo3.fileio import check_output_folder
 
     formats = parse_formats(args.formats)
     if args.min_map is not None and not 0 <= args.min_map <= 1:
         raise UserError(f"--min-map is an mAP@0.5 in [0, 1], got {args.min_map}")
     for flag in ("samples", "threads", "rounds", "runs"):
         positive(f"--{flag}", getattr(args, flag))
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise UserError("--out-dir exists and is not a folder", out)
+    out = check_output_folder(args.out_dir, "--out-dir")
     config = load(args)
     report = run_benchmark(config, args.model, formats, out, args.samples, args.threads, args.rounds, args.runs, args.split, not args.quiet)
     print(format_table(report))

@@ -24,10 +24,12 @@ def run(args) -> int:
     from yolo3.detection import run_detect
     from yolo3.errors import UserError
     from yolo3.evaluation import make_predictor
+    from yolo3.fileio import check_output_folder
 
     if not 0 <= args.score < 1 or not 0 < args.nms <= 1:
         raise UserError("--score must be in [0, 1) and --nms in (0, 1]")
     positive("--threads", args.threads)
+    check_output_folder(args.output, "-o output folder")
     config = load(args)
     predictor, _ = make_predictor(config, args.model, threads=args.threads)
     results = run_detect(predictor, args.input, args.output, config.labels, args.score, args.nms)

@@ -20,11 +20,13 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    from yolo3.fileio import check_output_path
     from yolo3.models import load_model, save_model
 
     out = Path(args.out)
     if out.suffix.lower() not in (".weights", ".h5"):
         raise UserError("the output must end in .weights or .h5", out)
+    check_output_path(out)
     _check_out(out, args.force)
     loaded = load_model(args.weights, architecture=args.cfg)
     if out.suffix.lower() == ".weights":

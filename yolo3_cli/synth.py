@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .common import positive
+
 HELP = "generate the synthetic shapes dataset (VOC xml + JPEG)"
 
 
@@ -21,7 +23,17 @@ def run(args) -> int:
     from yolo3.synthetic import ensure_folders
 
     out = Path(args.out)
+    from yolo3.errors import UserError
+    from yolo3.fileio import check_output_folder
+
     names = [n.strip() for n in args.labels.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--labels: give class names separated by commas, got {args.labels!r}")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UserError(f"--labels names {', '.join(map(repr, twice))} more than once")
+    positive("--count", args.count)
+    check_output_folder(args.out, "output folder")
     made = ensure_folders(out / "images", out / "annotations", args.count, names, args.seed)
     print(("wrote" if made else "up to date:") + f" {args.count} images in {out}/images, VOC xml in {out}/annotations")
     return 0
