@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from collections.abc import Callable
@@ -18,7 +19,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -28,6 +30,35 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the temporaries a killed writer of ``path`` left (``.STEM.PID.XXXX.SUFFIX`` whose process is gone).
+
+    A ``kill -9`` between creating the temporary and renaming it leaves the
+    temporary behind; the next write of the same file removes it. A temporary
+    of a writer still running is left alone.
+    """
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"):
+        parts = tmp.name[len(path.stem) + 2 :].split(".")
+        if len(parts) >= 2 and parts[0].isdigit() and not _alive(int(parts[0])):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:
