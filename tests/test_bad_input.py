@@ -277,3 +277,34 @@ def test_bad_coco_json_as_a_whole(tmp_path, capsys):
         (tmp_path / "c.json").write_text(content)
         with pytest.raises(UserError, match=needle):
             read_coco(tmp_path / "images", tmp_path / "c.json")
+
+
+# --- Darknet cfg and weights -----------------------------------------------------------------------------------------
+
+
+def test_bad_cfg_files(tmp_path, capsys):
+    from conftest import TOY_CFG
+
+    edits = [
+        (lambda t: t.replace("channels=3", "channels=0"), "line 1: [net] channels=0 must be in [1, 64]"),
+        (lambda t: t.replace("width=64", "width=abc"), "[net] width='abc' is not an integer"),
+        (lambda t: t.replace("width=64", "width=100000"), "[net] width=100000 must be in [1, 8192]"),
+        (lambda t: t.replace("filters=16", "filters=2000000000", 1), "filters must be at most 65,536"),
+        (lambda t: t.replace("size=3", "size=0", 1), "must be positive"),
+        (lambda t: t.replace("activation=leaky", "activation=gelu", 1), "activation=gelu is not supported"),
+        (lambda t: t.replace("[maxpool]", "[dropout]", 1), "unsupported section [dropout]"),
+        (lambda t: t.replace("[maxpool]", "[maxpool", 1), "is not closed"),
+        (lambda t: t.replace("layers=-4", "layers=-40"), "not an earlier layer"),
+        (lambda t: t.replace("classes=3", "classes=0", 1), "classes must be at least 1"),
+        (lambda t: "width=64\n" + t, "appears before any [section]"),
+        (lambda t: t.replace("[net]", "[convolutional]", 1), "the first section must be [net]"),
+        (lambda t: "\n", "no [net] section"),
+    ]
+    for k, (edit, needle) in enumerate(edits):
+        path = tmp_path / f"bad{k}.cfg"
+        path.write_text(edit(TOY_CFG))
+        code, err = _run(["info", str(path)], capsys)
+        _check(code, err, needle, path.name)
+        assert str(path) in err[-1]
+    (tmp_path / "latin1.cfg").write_bytes(TOY_CFG.replace("[net]", "[net]\n# caf\xe9").encode("latin-1"))
+    assert _run(["info", str(tmp_path / "latin1.cfg")], capsys)[0] == 0  # a stray byte in a comment is harmless

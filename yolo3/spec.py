@@ -181,7 +181,14 @@ def parse_cfg(text: str, source: str = "<cfg>") -> Spec:
     if len(blocks) == 1:
         raise UserError("the cfg has a [net] section but no layers", source)
     spec = Spec(blocks[0], blocks[1:], source)
-    analyse(spec, spec.height, spec.width)  # validate now, while line numbers are fresh
+    try:
+        height, width, channels = spec.height, spec.width, spec.channels
+    except ValueError as err:
+        raise UserError(str(err), source, blocks[0].line) from None
+    for key, value, top in (("height", height, MAX_SIDE), ("width", width, MAX_SIDE), ("channels", channels, 64)):
+        if not 1 <= value <= top:
+            raise UserError(f"[net] {key}={value} must be in [1, {top}]", source, blocks[0].line)
+    analyse(spec, height, width)  # validate now, while line numbers are fresh
     return spec
 
 
@@ -248,6 +255,11 @@ class ConvParams:
     activation: str
 
 
+MAX_SIDE = 8192  # [net] width / height
+MAX_FILTERS = 65536  # a convolution's filters (YOLOv3's widest has 1024)
+MAX_KERNEL = 64  # size, stride and padding of a convolution
+
+
 def conv_params(block: Block) -> ConvParams:
     filters = block.get_int("filters", 1)
     size = block.get_int("size", 1)
@@ -259,6 +271,8 @@ def conv_params(block: Block) -> ConvParams:
     activation = block.get_str("activation", "logistic")
     if filters < 1 or size < 1 or stride < 1 or groups < 1 or padding < 0:
         raise ValueError("filters, size, stride and groups must be positive and padding not negative")
+    if filters > MAX_FILTERS or size > MAX_KERNEL or stride > MAX_KERNEL or padding > MAX_KERNEL:
+        raise ValueError(f"filters must be at most {MAX_FILTERS:,}, size, stride and padding at most {MAX_KERNEL}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation} is not supported (use {' or '.join(ACTIVATIONS)})")
     for key in ("stride_x", "stride_y", "binary", "xnor", "flipped", "antialiasing"):
