@@ -19,7 +19,7 @@ from yolo3.fileio import file_sizes
 
 from .tflite_export import FORMATS as TFLITE_FORMATS
 
-FORMATS = ("keras", "float32", "float16", "dynamic", "int8")
+FORMATS = ("keras", "float32", "float16", "dynamic", "int8", "int16x8")
 assert set(FORMATS) == {"keras", *TFLITE_FORMATS}
 
 

@@ -56,7 +56,7 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
     out_path = check_output(Path(out) if out else default_output(source, fmt, config.folder), ".tflite", force)
     loaded = load_for_config(config, model_path)
     images = []
-    if fmt == "int8":
+    if fmt in ("int8", "int16x8"):
         images = calibration_images(read_dataset(config.dataset("train"), config.labels).records, samples, seed)
     info = compression_info(source) if source is not None else {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -34,7 +34,7 @@ from yolo3.spec import Spec, analyse, format_cfg, heads
 
 from .subprocesses import failure_reason, run_module
 
-FORMATS = ("int8", "float16", "dynamic", "float32")
+FORMATS = ("int8", "int16x8", "float16", "dynamic", "float32")
 
 
 def calibration_images(records, samples: int, seed: int = 0) -> list[str]:
@@ -165,7 +165,7 @@ def export_tflite(
     if spec is None:
         raise UserError("this .h5 carries no cfg; convert a model written by this tool", model_path)
     metadata = metadata_for(spec, names, input_size)
-    if fmt != "int8":
+    if fmt not in ("int8", "int16x8"):
         images = []
 
     def write(tmp: Path) -> None:

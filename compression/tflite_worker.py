@@ -43,11 +43,11 @@ def convert(job: dict) -> bytes:
     size = job["input_size"]
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     fmt = job["format"]
-    if fmt in ("int8", "float16", "dynamic"):
+    if fmt in ("int8", "int16x8", "float16", "dynamic"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if fmt == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if fmt == "int8":
+    if fmt in ("int8", "int16x8"):
         images = job["images"]
 
         def representative():
@@ -56,9 +56,12 @@ def convert(job: dict) -> bytes:
                 yield [tensor[None].astype(np.float32)]
 
         converter.representative_dataset = representative
+    if fmt == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.int8
         converter.inference_output_type = tf.int8
+    if fmt == "int16x8":  # int16 activations, int8 weights: float input and output, integer inside
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     return converter.convert()
 
 

@@ -52,6 +52,23 @@ def test_int8_is_full_integer_with_embedded_metadata(exported):
     assert meta["names"] == NAMES and len(meta["heads"]) == 2 and "[yolo]" in meta["cfg"]
 
 
+def test_int16x8_keeps_float_io_and_int16_activations(small_model, synthetic_valid):
+    from compression.tflite_export import export_tflite
+    from yolo3.lite import _interpreter_class
+
+    folder, model, spec = small_model
+    images = sorted(str(p) for p in (synthetic_valid / "images").glob("*.jpg"))[:4]
+    out = folder / "model-int16x8.tflite"
+    r = export_tflite(folder / "model.h5", out, "int16x8", images, NAMES, 96, spec)
+    assert r["inputs"][0]["dtype"] == "float32" and all(o["dtype"] == "float32" for o in r["outputs"])
+    interpreter = _interpreter_class()(model_path=str(out))
+    kinds = {str(d["dtype"].__name__) for d in interpreter.get_tensor_details()}
+    assert "int16" in kinds and "int8" in kinds  # activations in int16, weights in int8
+    x = np.random.RandomState(1).rand(1, 96, 96, 3).astype(np.float32)
+    for a, b in zip([np.asarray(o) for o in model(x)], TFLitePredictor(out).invoke(x)):
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99  # int16 activations track float closer than int8
+
+
 def test_tflite_outputs_match_keras(exported, small_model):
     folder, _ = exported
     _, model, _ = small_model

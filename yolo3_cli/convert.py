@@ -1,4 +1,4 @@
-"""Convert a model to TFLite: full-integer int8 (default), float16, dynamic range or float32.
+"""Convert a model to TFLite: full-integer int8 (default), int16x8, float16, dynamic range or float32.
 
     yolo3 convert -c config.json [--model IN(.h5|.weights)] [--format int8] [--samples 200] [--out OUT.tflite] [--json OUT.json]
     yolo3 convert -c config.json --model IN.h5 --qat [--qat-epochs N]     # quantization-aware training first
@@ -21,7 +21,7 @@ HELP = "convert to int8 (full integer), float16, dynamic-range or float32 TFLite
 def configure(parser) -> None:
     add_config(parser)
     parser.add_argument("--model", help="model file instead of the config's model.weights")
-    parser.add_argument("--format", default="int8", help="int8 (default), float16, dynamic or float32")
+    parser.add_argument("--format", default="int8", help="int8 (default, full integer), int16x8 (int16 activations, int8 weights), float16, dynamic or float32")
     parser.add_argument("--samples", type=int, default=200, help="calibration images for int8 (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed choosing the calibration images")
     parser.add_argument("--out", help="output .tflite (default: beside the model, NAME-FORMAT.tflite)")
