@@ -63,14 +63,16 @@ def test_evaluate_script_end_to_end(tmp_path, synthetic_valid):
     path.write_text(json.dumps(config))
     out = tmp_path / "report.json"
     r = subprocess.run(
-        [sys.executable, "evaluate.py", "-c", str(path), "-p", "1", "--quiet", "--json", str(out)],
+        [sys.executable, "evaluate.py", "-c", str(path), "-p", "1", "--quiet", "--json", str(out), "--plots", str(tmp_path / "plots")],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     report = json.loads(out.read_text())
     for key in ("mAP50", "coco", "per_class", "params", "macs", "images", "seconds_per_image"):
         assert key in report
-    assert set(report["coco"]) == {"AP", "AP50", "AP75"}
+    assert set(report["coco"]) == {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"}
+    assert len(report["confusion"]["matrix"]) == 4 and (tmp_path / "plots" / "pr_curves.png").is_file()
+    assert (tmp_path / "plots" / "confusion_matrix.png").is_file()
     assert report["images"] == 24 and set(report["per_class"]) == {"circle", "square", "triangle"}
     assert "mAP@0.5" in r.stdout and "circle" in r.stdout
     bad = subprocess.run([sys.executable, "evaluate.py", "-c", str(path), "-p", "7"], capture_output=True, text=True, cwd=ROOT)

@@ -97,3 +97,19 @@ def test_coco_numbers_equal_pycocotools_on_the_same_detections():
         ev.summarize()
     assert [ours["AP"], ours["AP50"], ours["AP75"]] == pytest.approx(list(ev.stats[:3]))
     assert 0 < ours["AP"] < ours["AP50"] <= 1
+
+
+def test_confusion_matrix_counts_confusions_misses_and_false_alarms(tmp_path):
+    from yolo3.metrics import confusion_matrix
+    from yolo3.plots import write_plots
+
+    gt = [rec([[10, 10, 50, 50], [60, 60, 90, 90], [5, 60, 30, 90]], [0, 1, 1])]
+    # box 1 found as class 0 (a confusion), box 0 found right, box 2 missed, one false alarm, one detection below the score threshold
+    d = [dets([[10, 10, 50, 50], [60, 60, 90, 90], [70, 5, 95, 30], [5, 60, 30, 90]], [0.9, 0.8, 0.7, 0.1], [0, 0, 1, 1])]
+    m = confusion_matrix(gt, d, 2)
+    assert m.tolist() == [[1, 1, 0], [0, 0, 1], [0, 1, 0]]  # rows: predicted a, b, nothing; columns: true a, b, background
+    r = evaluate_detections(gt, d, ["a", "b"], curves=True)
+    assert r["confusion"]["matrix"] == m.tolist() and r["per_class"]["a"]["curve"]["recall"][-1] == 1.0
+    assert r["coco"]["APl"] is None and r["coco"]["APm"] is not None and r["coco"]["APs"] is not None  # no box above 96² pixels
+    written = write_plots({**r, "model": "m.h5", "images": 1, "split": "test"}, tmp_path)
+    assert [p.name for p in written] == ["pr_curves.png", "confusion_matrix.png"] and all(p.stat().st_size > 1000 for p in written)

@@ -162,11 +162,13 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     prepared: PreparedImages | None = None,
+    curves: bool = False,
 ) -> dict:
     """Metrics, counts and timing of ``predictor`` on ``dataset`` as one JSON-ready dict.
 
     ``prepared`` (the dataset's images already letterboxed for the predictor's
-    input size) skips decoding them again.
+    input size) skips decoding them again; ``curves`` adds the precision–recall
+    curves and the confusion matrix (for :func:`yolo3.plots.write_plots`).
     """
     names = list(names if names is not None else dataset.names)
     classes = predictor.heads[0].classes
@@ -177,7 +179,7 @@ def evaluate(
     run = run_detection(predictor, dataset.records, score_threshold, nms_iou, max_detections, batch_size, progress, prepared)
     if not run.records:
         raise UserError("no validation image could be read", dataset.source)
-    report = evaluate_detections(run.records, run.detections, names)
+    report = evaluate_detections(run.records, run.detections, names, curves=curves)
     n = len(run.records)
     report.update(
         images=n,
@@ -202,6 +204,9 @@ def format_report(report: dict) -> str:
         )
     coco = report["coco"]
     rows.append(f"mAP@0.5 {report['mAP50']:.4f}   COCO AP {coco['AP']:.4f}  AP50 {coco['AP50']:.4f}  AP75 {coco['AP75']:.4f}")
+    if coco.get("AR100") is not None:
+        sized = "  ".join(f"{k} {coco[k]:.4f}" if coco.get(k) is not None else f"{k} -" for k in ("APs", "APm", "APl"))
+        rows.append(f"COCO {sized}  AR@100 {coco['AR100']:.4f}  (small < 32², medium < 96² pixels, large above)")
     extra = []
     if "params" in report:
         extra.append(f"parameters {report['params']:,}")
@@ -279,7 +284,8 @@ def measure_model_latency(predictor, runs: int = 20) -> dict:
 
 
 def evaluate_config(
-    config, model_path=None, architecture=None, progress: bool = True, threads: int = 2, latency_runs: int = 20, split: str = "test"
+    config, model_path=None, architecture=None, progress: bool = True, threads: int = 2, latency_runs: int = 20, split: str = "test",
+    curves: bool = False,
 ) -> dict:
     """``evaluate.py -p 1``: evaluate the config's model (Keras or TFLite) on its test split (or ``split``).
 
@@ -298,6 +304,7 @@ def evaluate_config(
         config.valid.max_detections,
         config.valid.batch_size,
         progress,
+        curves=curves,
     )
     report.update(summary)
     report["model"] = predictor.name

@@ -49,9 +49,14 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
 
 
 def voc_evaluation(
-    records: Sequence[Record], detections: Sequence[Detections], num_classes: int, iou_threshold: float = 0.5
+    records: Sequence[Record], detections: Sequence[Detections], num_classes: int, iou_threshold: float = 0.5, curves: bool = False
 ) -> dict[int, dict]:
-    """Per class: AP, ground-truth count (without difficult), detections, true and false positives."""
+    """Per class: AP, ground-truth count (without difficult), detections, true and false positives.
+
+    With ``curves`` each class also gets its precision–recall curve (``recall``,
+    ``precision``, ``score`` at every detection in score order, at most
+    :data:`CURVE_POINTS` points) for plotting.
+    """
     if len(records) != len(detections):
         raise ValueError(f"{len(records)} images but {len(detections)} detection lists")
     result = {}
@@ -105,7 +110,51 @@ def voc_evaluation(
             "true_positives": int(tp.sum()),
             "false_positives": int(fp.sum()),
         }
+        if curves and n_gt and len(order):
+            keep = np.unique(np.linspace(0, len(order) - 1, min(len(order), CURVE_POINTS)).astype(int))
+            result[cls]["curve"] = {"recall": recall[keep].tolist(), "precision": precision[keep].tolist(),
+                                    "score": scores[order][keep].tolist()}  # fmt: skip
     return result
+
+
+CURVE_POINTS = 200
+
+
+def confusion_matrix(
+    records: Sequence[Record], detections: Sequence[Detections], num_classes: int, iou_threshold: float = 0.5, score_threshold: float = 0.25
+) -> np.ndarray:
+    """(C + 1) x (C + 1) counts: row = predicted class (last row: nothing predicted), column = true class (last: background).
+
+    Detections below ``score_threshold`` are ignored (as a deployed detector
+    would); each ground-truth box is matched to at most one detection, the
+    pairs taken by IoU (at least ``iou_threshold``) from the best down, as
+    ultralytics does. A ground-truth box no detection matches counts in the last
+    row (missed), a detection matching no box in the last column (false alarm).
+    Difficult boxes take no part.
+    """
+    m = np.zeros((num_classes + 1, num_classes + 1), np.int64)
+    for r, d in zip(records, detections):
+        keep_gt = ~r.difficult
+        gt_boxes, gt_classes = r.boxes[keep_gt], r.classes[keep_gt]
+        sel = d.scores >= score_threshold
+        boxes, classes = d.boxes[sel], d.classes[sel]
+        matched_gt, matched_det = set(), set()
+        if len(gt_boxes) and len(boxes):
+            ious = iou_matrix(boxes, gt_boxes)
+            pairs = np.argwhere(ious >= iou_threshold)
+            for j, g in sorted(pairs.tolist(), key=lambda p: -ious[p[0], p[1]]):
+                if j in matched_det or g in matched_gt:
+                    continue
+                matched_det.add(j)
+                matched_gt.add(g)
+                m[int(classes[j]), int(gt_classes[g])] += 1
+        for g in range(len(gt_boxes)):
+            if g not in matched_gt:
+                m[num_classes, int(gt_classes[g])] += 1
+        for j in range(len(boxes)):
+            if j not in matched_det:
+                m[int(classes[j]), num_classes] += 1
+    return m
 
 
 def coco_ground_truth(records: Sequence[Record], names: Sequence[str]) -> dict:
@@ -145,7 +194,7 @@ def coco_evaluation(records: Sequence[Record], detections: Sequence[Detections],
 
     dets = coco_detections(detections)
     if not dets or not any(len(r.classes) for r in records):
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, **dict.fromkeys(COCO_STATS[3:])}
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
         gt.dataset = coco_ground_truth(records, names)
@@ -155,19 +204,32 @@ def coco_evaluation(records: Sequence[Record], detections: Sequence[Detections],
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    stats = [max(float(v), 0.0) for v in ev.stats[:3]]  # -1 means "no ground truth"
-    return {"AP": stats[0], "AP50": stats[1], "AP75": stats[2]}
+    stats = [float(v) for v in ev.stats]  # -1 means "no ground truth" (of that size)
+    named = dict(zip(COCO_STATS, stats))
+    out = {k: max(named[k], 0.0) for k in ("AP", "AP50", "AP75")}
+    out.update({k: (None if named[k] < 0 else named[k]) for k in COCO_STATS[3:]})
+    return out
+
+
+# pycocotools' 12 summary numbers: AP at IoU .50:.95, .50, .75; AP for small / medium / large objects; AR with 1, 10, 100
+# detections per image; AR for small / medium / large objects
+COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
 def evaluate_detections(
-    records: Sequence[Record], detections: Sequence[Detections], names: Sequence[str], iou_threshold: float = 0.5
+    records: Sequence[Record], detections: Sequence[Detections], names: Sequence[str], iou_threshold: float = 0.5, curves: bool = False
 ) -> dict:
-    """VOC mAP@0.5 with a per-class table, and COCO AP/AP50/AP75, as one JSON-ready dict."""
-    per = voc_evaluation(records, detections, len(names), iou_threshold)
+    """VOC mAP@0.5 with a per-class table, and COCO AP (with small / medium / large and AR), as one JSON-ready dict.
+
+    With ``curves``: every class's precision–recall curve and the confusion matrix (``confusion``) too.
+    """
+    per = voc_evaluation(records, detections, len(names), iou_threshold, curves)
     with_gt = [v["ap"] for v in per.values() if v["ground_truth"] > 0]
     return {
         "mAP50": float(np.mean(with_gt)) if with_gt else 0.0,
         "classes_with_ground_truth": len(with_gt),
         "per_class": {names[c]: {**v, "ap": None if np.isnan(v["ap"]) else v["ap"]} for c, v in per.items()},
         "coco": coco_evaluation(records, detections, names),
+        **({"confusion": {"labels": [*names, "background"], "matrix": confusion_matrix(records, detections, len(names), iou_threshold).tolist(),
+                          "rows": "predicted", "columns": "true", "score_threshold": 0.25}} if curves else {}),
     }

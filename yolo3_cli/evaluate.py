@@ -26,6 +26,7 @@ def configure(parser) -> None:
                         help="-p 1: the split to evaluate on: test (default; the valid section when the config has no separate test split) or valid")
     parser.add_argument("--threads", type=int, default=2, help="LiteRT threads for a .tflite model (default 2)")
     parser.add_argument("--latency-runs", type=int, default=20, help="forward passes timed for the median latency (0 = skip)")
+    parser.add_argument("--plots", metavar="DIR", help="-p 1: also write precision-recall curves and the confusion matrix as PNGs into DIR")
 
 
 def add_pruning_flags(parser) -> None:
@@ -60,9 +61,18 @@ def run(args) -> int:
 
     positive("--threads", args.threads)
     positive("--latency-runs", args.latency_runs, 0)
+    if args.plots:
+        from yolo3.fileio import check_output_folder
+
+        check_output_folder(args.plots, "--plots folder")
     config = load(args)
-    report = evaluate_config(config, args.model, args.cfg, not args.quiet, args.threads, args.latency_runs, args.split)
+    report = evaluate_config(config, args.model, args.cfg, not args.quiet, args.threads, args.latency_runs, args.split, curves=bool(args.plots))
     report["mode"] = MODES[args.pruning]
     print(format_report(report))
+    if args.plots:
+        from yolo3.plots import write_plots
+
+        for path in write_plots(report, args.plots):
+            print(f"wrote {path}")
     write_report(args.json, report)
     return 0
