@@ -18,12 +18,12 @@ install: $(STAMP)
 # YOLOv3-tiny (resumes if interrupted), evaluate the best model, convert it to int8 TFLite,
 # evaluate the .tflite, compare.
 demo: $(STAMP)
-	$(PY) -m yolo3 data config.json --no-decode
-	$(PY) train.py -c config.json --quiet
-	$(PY) evaluate.py -c config.json -p 1 --model runs/demo/best.h5 --quiet --json runs/demo/evaluate.json
-	$(PY) convert.py -c config.json --model runs/demo/best.h5 --format int8 --out runs/demo/best-int8.tflite --force
-	$(PY) evaluate.py -c config.json -p 1 --model runs/demo/best-int8.tflite --quiet --json runs/demo/evaluate-int8.json
-	$(PY) -m yolo3 compare runs/demo/evaluate.json runs/demo/evaluate-int8.json
+	$(VENV)/bin/yolo3 data config.json --no-decode
+	$(VENV)/bin/yolo3 train -c config.json --quiet
+	$(VENV)/bin/yolo3 evaluate -c config.json --model runs/demo/best.h5 --quiet --json runs/demo/evaluate.json
+	$(VENV)/bin/yolo3 convert -c config.json --model runs/demo/best.h5 --format int8 --out runs/demo/best-int8.tflite --force
+	$(VENV)/bin/yolo3 evaluate -c config.json --model runs/demo/best-int8.tflite --quiet --json runs/demo/evaluate-int8.json
+	$(VENV)/bin/yolo3 compare runs/demo/evaluate.json runs/demo/evaluate-int8.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
