@@ -6,6 +6,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from yolo3.errors import UserError
 
 from .outputs import check_output, fresh_run_dir
@@ -29,12 +31,17 @@ class QatOptions:
 
 
 def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, samples: int = 200, out: str | None = None,
-                   force: bool = False, seed: int = 0, qat: QatOptions | None = None, progress: bool = True) -> dict:  # fmt: skip
+                   force: bool = False, seed: int = 0, qat: QatOptions | None = None, progress: bool = True,
+                   float_layers: str | None = None, debug: bool = False, calibration: str | None = None) -> dict:  # fmt: skip
     """Load the config's model (or ``model_path``), convert it to ``fmt``, verify it loads, and report.
 
-    int8 is calibrated on ``samples`` training images chosen with ``seed``. With
+    int8 is calibrated on ``samples`` images chosen with ``seed`` — from the
+    training split, or from the folder ``calibration`` (labelled or not). With
     ``qat`` the model is first fine-tuned with quantization-aware training
     (:mod:`compression.qat`) and the int8 file is converted from the QAT model.
+    ``float_layers`` ("conv_0,conv_15", or "auto:N" for the N layers with the
+    largest int8 error) stay float; ``debug`` adds the per-layer int8 error
+    report (:func:`~compression.quant_debug.int8_error_report`) under ``report["debug"]``.
 
     Example::
 
@@ -55,9 +62,14 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
         raise UserError("the model is already a .tflite; convert the .h5 or .weights it came from", source)
     out_path = check_output(Path(out) if out else default_output(source, fmt, config.folder), ".tflite", force)
     loaded = load_for_config(config, model_path)
+    if (float_layers or debug) and fmt != "int8":
+        raise UserError(f"--float-layers and --debug are for int8; --format {fmt} does not go with them")
     images = []
     if fmt in ("int8", "int16x8"):
-        images = calibration_images(read_dataset(config.dataset("train"), config.labels).records, samples, seed)
+        if calibration:
+            images = folder_images(calibration, samples, seed)
+        else:
+            images = calibration_images(read_dataset(config.dataset("train"), config.labels).records, samples, seed)
     info = compression_info(source) if source is not None else {}
     with tempfile.TemporaryDirectory() as tmp:
         h5 = Path(tmp) / "model.h5"
@@ -69,12 +81,68 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
             run_dir = Path(qat.run_dir) if qat.run_dir else fresh_run_dir(out_path, force)
             trained = qat_finetune(config, h5, loaded.model, run_dir, qat.epochs, progress, qat.learning_rate, images[:64])
             qat_job = {"scheme": trained["scheme"], "weights": trained["weights"]}
-        report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job)
+        debug_report = None
+        if debug or (float_layers and float_layers.startswith("auto:")):
+            from .quant_debug import int8_error_report
+
+            debug_report = int8_error_report(h5, images[:DEBUG_IMAGES], config.model.input_size)
+        chosen = resolve_float_layers(float_layers, loaded.spec, debug_report)
+        report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job, float_layers=chosen)
+        if debug_report is not None:
+            report["debug"] = debug_report
     if qat is not None:
         report["qat"] = {k: v for k, v in trained.items() if k != "weights"}
     report["source"] = loaded.source
     report.update(loaded.summary())
     return report
+
+
+DEBUG_IMAGES = 16  # calibration images the int8 debugger compares float and int8 on
+
+
+def folder_images(folder: str | Path, samples: int, seed: int = 0) -> list[str]:
+    """``samples`` images of a folder (any images: labels are not needed to calibrate), chosen with a fixed seed."""
+    from yolo3.preprocess import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError("--calibration: not a folder of images", folder)
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise UserError(f"--calibration: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder", folder)
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(paths), size=min(samples, len(paths)), replace=False)
+    return [str(paths[i]) for i in sorted(chosen)]
+
+
+def resolve_float_layers(given: str | None, spec, debug_report: dict | None) -> list[int]:
+    """``--float-layers`` as Spec indices: "conv_0,conv_15" (names or indices of convolutions) or "auto:N" (the N worst by int8 error)."""
+    from yolo3.names import conv_index
+
+    if not given:
+        return []
+    convs = set(spec.conv_indices())
+    if given.startswith("auto:"):
+        try:
+            n = int(given[5:])
+        except ValueError:
+            raise UserError(f"--float-layers {given}: auto: takes a number of layers, e.g. auto:2") from None
+        if not 1 <= n <= len(convs):
+            raise UserError(f"--float-layers {given}: between 1 and {len(convs)} layers")
+        worst = [name for name in debug_report["layers"] if name.startswith("conv_")][:n]
+        return sorted(conv_index(name) for name in worst)
+    chosen = []
+    for item in (s.strip() for s in given.split(",") if s.strip()):
+        try:
+            index = conv_index(item)
+        except ValueError:
+            index = None
+        if index not in convs:
+            raise UserError(f"--float-layers: {item!r} is not a convolution of this model (they are conv_{min(convs)} .. conv_{max(convs)})")
+        chosen.append(index)
+    if not chosen:
+        raise UserError("--float-layers: name at least one layer, e.g. conv_0,conv_15, or auto:N")
+    return sorted(set(chosen))
 
 
 def format_report(report: dict) -> str:
@@ -89,6 +157,8 @@ def format_report(report: dict) -> str:
         "output: " + "; ".join(io(d) for d in report["outputs"]),
         "operators: " + ", ".join(f"{k} x{v}" for k, v in report["operators"].items()),
     ]
+    if report.get("float_layers"):
+        lines.append(f"kept in float: {', '.join(report['float_layers'])} (every other operator int8)")
     if report.get("kernels"):
         k = report["kernels"]
         lines.append(f"convolution kernels: {k['layers']} x {k['dtype']}, {k['zero_fraction']:.1%} zeros, "

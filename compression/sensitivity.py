@@ -28,8 +28,6 @@ Example::
 
 from __future__ import annotations
 
-import json
-import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -38,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo3.errors import UserError
-from yolo3.names import conv_name, layer_name
+from yolo3.names import conv_name
 from yolo3.spec import Spec
 
 from .surgery import channel_groups
@@ -260,34 +258,11 @@ def clustering_sensitivity(loaded, scorer: Scorer, clusters: int = 32, progress:
     return {"base_mAP50": base, "clusters": clusters, "layers": out}
 
 
-LAYER_IN_TENSOR = re.compile(r"(?:conv|bn|leaky|pad|maxpool|upsample|route|shortcut)_(\d+)")
-
-
 def int8_sensitivity(h5: Path, images: list[str], input_size: int) -> dict:
-    """Per layer, the int8 model's error against float (``QuantizationDebugger``), in quantization steps; a worker process."""
-    from .subprocesses import failure_reason, run_module
+    """Per layer, the int8 model's error against float in quantization steps (:func:`compression.quant_debug.int8_error_report`)."""
+    from .quant_debug import int8_error_report
 
-    with tempfile.TemporaryDirectory() as tmp:
-        job = Path(tmp) / "job.json"
-        out = Path(tmp) / "stats.json"
-        job.write_text(json.dumps({"model": str(Path(h5).resolve()), "format": "debug", "out": str(out), "images": [str(Path(p).resolve()) for p in images],
-                                   "input_size": input_size,
-                                   "metadata": {}}))  # fmt: skip
-        proc = run_module("compression.tflite_worker", str(job))
-        if proc.returncode != 0:
-            raise UserError(f"the int8 quantization debugger failed: {failure_reason(proc)}", h5)
-        rows = json.loads(out.read_text())
-    layers: dict[str, dict] = {}
-    for row in rows:
-        m = LAYER_IN_TENSOR.search(row["tensor_name"])
-        if not m or not row.get("scale"):
-            continue
-        name = conv_name(m.group(1)) if row["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "LEAKY_RELU") else layer_name(row["op_name"].lower(), m.group(1))
-        value = float(np.sqrt(max(row["mean_squared_error"], 0.0)) / row["scale"])
-        entry = layers.setdefault(name, {"rmse_over_scale": 0.0, "ops": []})
-        entry["ops"].append(row["op_name"])
-        entry["rmse_over_scale"] = max(entry["rmse_over_scale"], value)
-    return {"images": len(images), "layers": dict(sorted(layers.items(), key=lambda kv: -kv[1]["rmse_over_scale"]))}
+    return int8_error_report(h5, images, input_size)
 
 
 def plot_sensitivity(result: dict, path: Path) -> None:

@@ -60,7 +60,8 @@ def metadata_for(spec: Spec, names: Sequence[str], input_size: int) -> dict:
     }
 
 
-def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int, metadata: dict, qat: dict | None = None) -> None:
+def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int, metadata: dict, qat: dict | None = None,
+               float_layers: list[int] | None = None) -> None:  # fmt: skip
     """Convert in a fresh Python process; raise UserError with the worker's last message on failure."""
     if qat:
         qat = {**qat, "weights": str(Path(qat["weights"]).resolve())}
@@ -68,7 +69,7 @@ def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps({  # absolute paths: the worker runs in the project's folder
             "model": str(Path(h5).resolve()), "format": fmt, "out": str(Path(out).resolve()), "images": [str(Path(p).resolve()) for p in images],
-            "input_size": input_size, "metadata": metadata, "qat": qat,
+            "input_size": input_size, "metadata": metadata, "qat": qat, "float_layers": list(float_layers or []),
         }))  # fmt: skip
         proc = run_module("compression.tflite_worker", str(job))
     if proc.returncode != 0:
@@ -149,11 +150,13 @@ def export_tflite(
     input_size: int,
     spec: Spec | None = None,
     qat: dict | None = None,
+    float_layers: list[int] | None = None,
 ) -> dict:
     """Convert ``model_path`` (an ``.h5`` this tool wrote) to ``out``; returns :func:`describe_tflite`'s report.
 
     ``qat`` ({"scheme", "weights"}) converts the quantization-aware-trained model
     instead: ``model_path`` wrapped by that scheme, with the trained weights.
+    ``float_layers`` (Spec indices; int8 only) stay float in an otherwise int8 model.
     """
     from yolo3.lite import TFLitePredictor
     from yolo3.models import spec_from_h5
@@ -169,11 +172,11 @@ def export_tflite(
         images = []
 
     def write(tmp: Path) -> None:
-        run_worker(model_path, fmt, tmp, images, input_size, metadata, qat)
+        run_worker(model_path, fmt, tmp, images, input_size, metadata, qat, float_layers)
         predictor = TFLitePredictor(tmp, threads=1)  # loads with LiteRT and runs once before we keep it
         predictor.invoke(np.full((1, *predictor.input_hw, 3), 0.5, np.float32))
 
     atomic_write(out, write)
     report = describe_tflite(out)
-    report.update(format=fmt, calibration_images=len(images), path=str(out))
+    report.update(format=fmt, calibration_images=len(images), path=str(out), float_layers=[f"conv_{i}" for i in float_layers or []])
     return report

@@ -62,7 +62,31 @@ def convert(job: dict) -> bytes:
         converter.inference_output_type = tf.int8
     if fmt == "int16x8":  # int16 activations, int8 weights: float input and output, integer inside
         converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+    if fmt == "int8" and job.get("float_layers"):
+        return selectively_quantized(converter, representative, set(job["float_layers"]))
     return converter.convert()
+
+
+def selectively_quantized(converter, dataset, float_layers: set[int]) -> bytes:
+    """int8 everywhere but the ops of the layers in ``float_layers`` (Spec indices), which stay float (TFLite's QuantizationDebugger).
+
+    The ops are found by their output tensors' names, which carry the Keras
+    layer names (``conv_12``, ``bn_12``, ``leaky_12``) of what was folded into them.
+    """
+    import re
+
+    from yolo3.kerasenv import tf
+
+    layer = re.compile(r"(?:conv|bn|leaky|pad|maxpool|upsample|route|shortcut)_(\d+)")
+    plain = tf.lite.Interpreter(model_content=converter.convert())
+    tensors = plain.get_tensor_details()
+    nodes = sorted({tensors[o]["name"] for op in plain._get_ops_details() for o in op["outputs"]
+                    if {int(i) for i in layer.findall(tensors[o]["name"])} & float_layers})  # fmt: skip
+    if not nodes:
+        raise ValueError(f"no operator of the layers {sorted(float_layers)} was found in the converted model")
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=nodes, fully_quantize=True)
+    debugger = tf.lite.experimental.QuantizationDebugger(converter=converter, debug_dataset=dataset, debug_options=options)
+    return debugger.get_nondebug_quantized_model()
 
 
 def debug_int8(job: dict) -> list[dict]:

@@ -155,3 +155,53 @@ def test_convert_cli_and_detect(exported, synthetic_valid, tmp_path):
     d = run("detect.py", "-c", str(config), "--model", str(out), "-i", str(image), "-o", str(tmp_path / "det"), "--score", "0.01")
     assert d.returncode == 0, d.stderr[-2000:]
     assert (tmp_path / "det" / f"{image.stem}.jpg").exists()
+
+
+def test_int8_debug_ranks_a_planted_error_first_and_float_layers_stay_float(tmp_path, synthetic_valid):
+    from compression.convert import convert_config
+    from conftest import toy_config
+    from yolo3.config import load_config
+    from yolo3.lite import _interpreter_class
+    from yolo3.models import load_model, save_model
+
+    config_path = toy_config(tmp_path, synthetic_valid)
+    loaded = load_model(tmp_path / "toy.h5")
+    layer = loaded.model.get_layer("conv_4")
+    kernel = layer.get_weights()[0]
+    kernel[0, 0, 0, :] = 40 * np.abs(kernel).max()  # one huge weight per output channel: the others round to a few int8 steps
+    layer.set_weights([kernel, *layer.get_weights()[1:]])
+    save_model(loaded.model, loaded.spec, tmp_path / "planted.h5")
+    config = load_config(config_path)
+    r = convert_config(config, str(tmp_path / "planted.h5"), "int8", samples=8, out=str(tmp_path / "d.tflite"), debug=True,
+                       float_layers="auto:1")  # fmt: skip
+    worst = next(iter(r["debug"]["layers"]))
+    assert worst == "conv_4", r["debug"]["layers"]
+    assert r["float_layers"] == ["conv_4"]
+    interpreter = _interpreter_class()(model_path=str(tmp_path / "d.tflite"))
+    tensors = interpreter.get_tensor_details()
+    ops = interpreter._get_ops_details()
+    float_convs = [tensors[op["outputs"][0]]["name"] for op in ops if op["op_name"] == "CONV_2D" and tensors[op["outputs"][0]]["dtype"] == np.float32]
+    assert len(float_convs) == 1 and "conv_4" in float_convs[0], float_convs
+    assert r["inputs"][0]["dtype"] == "int8"  # the rest stays full integer, input and output included
+    r2 = convert_config(config, str(tmp_path / "planted.h5"), "int8", samples=4, out=str(tmp_path / "n.tflite"), float_layers="conv_0,2")
+    assert r2["float_layers"] == ["conv_0", "conv_2"]
+
+
+def test_selective_quantization_and_calibration_flags_end_in_one_line(tmp_path, synthetic_valid):
+    from compression.convert import convert_config
+    from conftest import toy_config
+    from yolo3.config import load_config
+    from yolo3.errors import UserError
+
+    config = load_config(toy_config(tmp_path, synthetic_valid))
+    (tmp_path / "empty").mkdir()
+    for kwargs, message in (({"float_layers": "conv_99"}, "not a convolution of this model"), ({"float_layers": "maxpool_1"}, "not a convolution"),
+                            ({"float_layers": "auto:0"}, "between 1 and"), ({"float_layers": "auto:x"}, "takes a number"),
+                            ({"calibration": str(tmp_path / "empty")}, "no images"), ({"calibration": str(tmp_path / "nowhere")}, "not a folder"),
+                            ({"debug": True, "fmt": "float16"}, "are for int8")):  # fmt: skip
+        fmt = kwargs.pop("fmt", "int8")
+        with pytest.raises(UserError, match=message):
+            convert_config(config, None, fmt, samples=4, out=str(tmp_path / "x.tflite"), force=True, **kwargs)
+    assert not (tmp_path / "x.tflite").exists()
+    r = convert_config(config, None, "int8", samples=3, out=str(tmp_path / "c.tflite"), calibration=str(synthetic_valid / "images"))
+    assert r["calibration_images"] == 3

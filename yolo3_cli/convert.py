@@ -3,8 +3,11 @@
     yolo3 convert -c config.json [--model IN(.h5|.weights)] [--format int8] [--samples 200] [--out OUT.tflite] [--json OUT.json]
     yolo3 convert -c config.json --model IN.h5 --qat [--qat-epochs N]     # quantization-aware training first
     yolo3 convert -c config.json --model IN.h5 --bundle DIR               # also a folder to copy to the device
+    yolo3 convert -c config.json --model IN.h5 --debug --float-layers auto:2   # per-layer int8 error; the 2 worst kept float
 
-int8 is calibrated on --samples training images (fixed seed), preprocessed exactly as at inference.
+int8 is calibrated on --samples training images (fixed seed; or images of --calibration DIR),
+preprocessed exactly as at inference. --debug reports the int8 error of every layer (TFLite's
+QuantizationDebugger); --float-layers keeps named layers (or auto:N, the N worst) in float.
 --qat fine-tunes with TFMOT quantization-aware training (quantization.qat_epochs, in a run folder
 beside the output) using the scheme that keeps the model's zeros and clusters, then converts the
 QAT model; the report shows the zeros and distinct values per channel left in the int8 kernels.
@@ -31,6 +34,9 @@ def configure(parser) -> None:
     parser.add_argument("--qat-epochs", type=int, help="override quantization.qat_epochs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar during --qat")
     parser.add_argument("--bundle", help="also write a folder for the device: the .tflite, labels, a runner needing only numpy, Pillow and LiteRT")
+    parser.add_argument("--debug", action="store_true", help="int8: also write the per-layer int8 error report (NAME-debug.json/.md/.png beside the output)")
+    parser.add_argument("--float-layers", metavar="LAYERS", help="int8: keep these layers in float, e.g. conv_0,conv_15, or auto:N for the N worst by --debug's report")
+    parser.add_argument("--calibration", metavar="DIR", help="int8 / int16x8: calibrate on images of this folder (labelled or not) instead of the training split")
 
 
 def run(args) -> int:
@@ -43,8 +49,17 @@ def run(args) -> int:
     if args.bundle:
         check_bundle_folder(args.bundle, args.force)
     report = convert_config(config, args.model, args.format, samples=args.samples, out=args.out, force=args.force, seed=args.seed,
-                            qat=QatOptions(args.qat_epochs) if args.qat else None, progress=not args.quiet)  # fmt: skip
+                            qat=QatOptions(args.qat_epochs) if args.qat else None, progress=not args.quiet,
+                            float_layers=args.float_layers, debug=args.debug, calibration=args.calibration)  # fmt: skip
     print(format_report(report))
+    if report.get("debug") and args.debug:
+        from pathlib import Path
+
+        from compression.quant_debug import format_error_table, write_error_report
+
+        print(format_error_table(report["debug"]))
+        stem = Path(report["path"]).with_name(Path(report["path"]).stem + "-debug")
+        print("wrote " + ", ".join(str(p) for p in write_error_report(report["debug"], stem)))
     if args.bundle:
         bundle = write_bundle(report["path"], args.bundle, args.force)
         report["bundle"] = bundle
