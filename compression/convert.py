@@ -94,6 +94,10 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
         report["qat"] = {k: v for k, v in trained.items() if k != "weights"}
     report["source"] = loaded.source
     report.update(loaded.summary())
+    if fmt == "int8":
+        from .edgetpu import edge_tpu_report
+
+        report["edge_tpu"] = edge_tpu_report(out_path)
     return report
 
 
@@ -157,6 +161,10 @@ def format_report(report: dict) -> str:
         "output: " + "; ".join(io(d) for d in report["outputs"]),
         "operators: " + ", ".join(f"{k} x{v}" for k, v in report["operators"].items()),
     ]
+    if report.get("edge_tpu"):
+        from .edgetpu import format_edge_tpu
+
+        lines.append(format_edge_tpu(report["edge_tpu"]))
     if report.get("float_layers"):
         lines.append(f"kept in float: {', '.join(report['float_layers'])} (every other operator int8)")
     if report.get("kernels"):

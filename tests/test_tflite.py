@@ -205,3 +205,25 @@ def test_selective_quantization_and_calibration_flags_end_in_one_line(tmp_path, 
     assert not (tmp_path / "x.tflite").exists()
     r = convert_config(config, None, "int8", samples=3, out=str(tmp_path / "c.tflite"), calibration=str(synthetic_valid / "images"))
     assert r["calibration_images"] == 3
+
+
+def test_edge_tpu_report_finds_the_first_unsupported_operator(tmp_path, synthetic_valid):
+    from compression.edgetpu import edge_tpu_report
+    from compression.tflite_export import export_tflite
+    from conftest import TOY_CFG, random_weights
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.models import save_model
+    from yolo3.spec import parse_cfg
+
+    images = sorted(str(p) for p in (synthetic_valid / "images").glob("*.jpg"))[:4]
+    for name, cfg in (("leaky", TOY_CFG), ("linear", TOY_CFG.replace("activation=leaky", "activation=linear"))):
+        spec = parse_cfg(cfg, f"{name}.cfg")
+        model = build_model(spec)
+        set_darknet_weights(model, spec, random_weights(spec, seed=2))
+        save_model(model, spec, tmp_path / f"{name}.h5")
+        export_tflite(tmp_path / f"{name}.h5", tmp_path / f"{name}.tflite", "int8", images, NAMES, 64, spec)
+    leaky = edge_tpu_report(tmp_path / "leaky.tflite")
+    first = next(r for r in leaky["operators"] if r["index"] == leaky["first_unsupported"])
+    assert first["op"] == "LEAKY_RELU" and "relu" in first["why"] and leaky["mapped_operators"] < leaky["total_operators"]
+    linear = edge_tpu_report(tmp_path / "linear.tflite")
+    assert linear["first_unsupported"] is None and linear["unsupported"] == [], linear["unsupported"]
