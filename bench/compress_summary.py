@@ -1,0 +1,66 @@
+#!/usr/bin/env python3
+"""The headline table of several compress runs (bench/compress.py results), against the issue's targets.
+
+    python bench/compress_summary.py bench/results/compress-bccd.json bench/results/compress-raccoon.json \
+        bench/results/compress-bccd-size.json --out bench/results/compress-summary
+
+One row per run: the target, the speed-up against the unpruned int8 model (measured, interleaved),
+mAP@0.5 of the unpruned float model and of the final int8 model on the test split, how much
+smaller than the float .weights the gzipped final .tflite is, and the wall time — each with
+whether it meets 3x / 1 point / 40x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from common import write_results
+from yolo3.errors import UserError, run_cli
+
+
+def row(path: Path) -> tuple[dict, str]:
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"not a compress report: {err}", path) from None
+    name = path.stem.removeprefix("compress-")
+    points = r["map50_points_vs_float"]
+    cells = [
+        name, r["target"]["text"], f"{r['input_size']}",
+        f"{r['speedup_vs_unpruned_int8']:.2f}x {'✓' if r['speedup_vs_unpruned_int8'] >= 3 else '✗'}",
+        f"{r['map50_float_unpruned']:.3f} → {r['map50_final_int8']:.3f} ({points:+.1f}) {'✓' if points >= -1 else '✗'}",
+        f"{r['size_ratio_vs_float_weights']:.1f}x ({r['gzip_bytes_final_int8'] / 1e6:.2f} MB) {'✓' if r['size_ratio_vs_float_weights'] >= 40 else '✗'}",
+        f"{r['latency_ms_final_int8']:.2f} / {r['latency_ms_unpruned_int8']:.2f} ms (predicted {r['predicted_latency_ms_final_int8']:.2f})",
+        f"{r['seconds'] / 60:.0f} min",
+    ]  # fmt: skip
+    return {"run": name, "file": str(path), **{k: r[k] for k in ("target", "input_size", "speedup_vs_unpruned_int8", "map50_float_unpruned",
+            "map50_final_int8", "map50_points_vs_float", "size_ratio_vs_float_weights", "gzip_bytes_final_int8", "latency_ms_final_int8",
+            "latency_ms_unpruned_int8", "predicted_latency_ms_final_int8", "seconds")}, "machine": r.get("machine")}, "| " + " | ".join(cells) + " |"  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("reports", nargs="+", help="bench/results/compress-*.json")
+    parser.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
+    args = parser.parse_args(argv)
+    rows, lines = [], []
+    for path in args.reports:
+        data, line = row(Path(path))
+        rows.append(data)
+        lines.append(line)
+    md = [
+        "| run | target | input | speed-up vs unpruned int8 (≥ 3x) | mAP@0.5 float → final int8, test split (≥ −1 point) | smaller than float .weights (≥ 40x) | int8 latency final / unpruned | wall time |",
+        "|---|---|---|---|---|---|---|---|",
+        *lines,
+        "",
+        f"Machine: {rows[0]['machine']}; LiteRT, 2 threads.",
+    ]
+    write_results(Path(args.out), {"command": "python bench/compress_summary.py " + " ".join(argv or sys.argv[1:]), "rows": rows}, "\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
