@@ -555,7 +555,8 @@ class Compressor:
         else:
             best = f"{reach / unpruned:.1%} of the MACs"
         raise UserError(f"{target.describe()} cannot be reached: the most the planner can reach is {best}, with every unit at "
-                        f"its minimum of channels (pruning.min_channels) at input size {size}; nothing written so far was removed",
+                        f"the fewest channels it may keep (pruning.min_channels; after the sensitivity analysis, the fewest it was measured at) "
+                        f"at input size {size}; nothing written so far was removed",
                         self.run.path)  # fmt: skip
 
     def check_reachable(self) -> None:

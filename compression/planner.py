@@ -11,7 +11,7 @@ takes the one that loses the least predicted mAP per unit of cost saved:
 until the predicted cost meets the target. The loss of a unit at a channel
 count comes from the sensitivity analysis (the unit pruned alone, no
 fine-tuning; interpolated between the measured counts, never decreasing as
-channels go), the loss of an input size from the unpruned model scored at that
+channels go; no unit goes below the fewest channels it was measured at), the loss of an input size from the unpruned model scored at that
 size; losses add. The cost is the latency model's int8 milliseconds, the
 gzipped ``.tflite`` bytes (:class:`SizeModel`) or the MACs. Why greedy: the
 cost is far from additive over layers (a unit's input channels are its
@@ -323,13 +323,26 @@ def unit_floor(channels: int, pruning) -> int:
     return min(channels, _layer_budget(channels, 1.0, pruning.min_channels, pruning.round_to))
 
 
+def measured_floor(channels: int, points: list[dict], pruning) -> int:
+    """The fewest channels the search may give a unit: no fewer than the sensitivity analysis measured it at.
+
+    Below the smallest count measured the loss would be extrapolated, and an
+    extrapolated loss is a guess: on BCCD a size plan that took a 512-channel
+    layer to 8 (measured down to 64) looked cheap and was not. A unit never
+    measured keeps the floor of ``pruning.min_channels``.
+    """
+    floor = unit_floor(channels, pruning)
+    measured = [int(p["kept"]) for p in points]
+    return max(floor, min(measured)) if measured else floor
+
+
 def plan_budget(
     cmap: ChannelMap, unit_points: dict[int, list[dict]], size_loss: dict[int, float], cost, target: float, sizes: list[int], pruning,
     eps: float = 1e-4,
 ) -> Plan:
     """Greedy search at every input size (see the module docstring); ``unit_points`` maps a unit to its sensitivity points."""
     curves = {u: loss_curve(c, unit_points.get(u, [])) for u, c in cmap.units.items()}
-    ladders = {u: ladder(c, unit_floor(c, pruning), pruning.round_to) for u, c in cmap.units.items()}
+    ladders = {u: ladder(c, measured_floor(c, unit_points.get(u, []), pruning), pruning.round_to) for u, c in cmap.units.items()}
     plan = Plan(target, cost.name, cost.unit, {}, {})
     for size in sorted(sizes, reverse=True):
         position = {u: 0 for u in cmap.units}
