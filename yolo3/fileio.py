@@ -90,36 +90,36 @@ def read_user_text(path: str | Path, what: str) -> str:
 
 def check_output_path(path: str | Path, what: str = "output") -> Path:
     """An output file path that can be written: not a folder, under folders (not files), writable. Checked before the work."""
-    import os
-
     from .errors import UserError
 
     path = Path(path)
     if path.is_dir():
         raise UserError(f"is a folder; the {what} is a file", path)
-    parent = _existing_parent(path)
-    if not parent.is_dir():
-        raise UserError(f"{parent} is a file, not a folder: the {what} cannot be written under it", path)
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{parent} is not writable: the {what} cannot be written there", path)
+    _check_writable_parent(path, what)
     return path
 
 
 def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
     """An output folder that can be made or used: not a file, under folders, writable. Checked before the work."""
-    import os
-
     from .errors import UserError
 
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"exists and is not a folder: the {what} must be a folder", path)
+    _check_writable_parent(path, what)
+    return path
+
+
+def _check_writable_parent(path: Path, what: str) -> None:
+    import os
+
+    from .errors import UserError
+
     parent = _existing_parent(path)
     if not parent.is_dir():
         raise UserError(f"{parent} is a file, not a folder: the {what} cannot be made under it", path)
     if not os.access(parent, os.W_OK):
         raise UserError(f"{parent} is not writable: the {what} cannot be made there", path)
-    return path
 
 
 def _existing_parent(path: Path) -> Path:
