@@ -11,13 +11,13 @@ import numpy as np
 from yolo3.errors import UserError
 
 from .outputs import check_output, fresh_run_dir
-from .tflite_export import FORMATS, calibration_images, export_tflite
+from .tflite_export import FORMATS, INPUT_TYPES, ExportOptions, calibration_images, export_tflite
 
 
-def default_output(model_path: Path | None, fmt: str, config_folder: Path) -> Path:
+def default_output(model_path: Path | None, fmt: str, config_folder: Path, nms: bool = False) -> Path:
     stem = model_path.stem if model_path is not None else "model"
     folder = model_path.parent if model_path is not None else config_folder
-    return folder / f"{stem}-{fmt}.tflite"
+    return folder / f"{stem}-{fmt}{'-nms' if nms else ''}.tflite"
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class QatOptions:
 
 def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, samples: int = 200, out: str | None = None,
                    force: bool = False, seed: int = 0, qat: QatOptions | None = None, progress: bool = True,
-                   float_layers: str | None = None, debug: bool = False, calibration: str | None = None) -> dict:  # fmt: skip
+                   float_layers: str | None = None, debug: bool = False, calibration: str | None = None,
+                   nms: bool = False, input_type: str = "int8") -> dict:  # fmt: skip
     """Load the config's model (or ``model_path``), convert it to ``fmt``, verify it loads, and report.
 
     int8 is calibrated on ``samples`` images chosen with ``seed`` — from the
@@ -42,6 +43,9 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
     ``float_layers`` ("conv_0,conv_15", or "auto:N" for the N layers with the
     largest int8 error) stay float; ``debug`` adds the per-layer int8 error
     report (:func:`~compression.quant_debug.int8_error_report`) under ``report["debug"]``.
+    ``nms`` puts decode and NMS into the graph (:mod:`compression.tflite_nms`) with
+    the config's ``valid.score_threshold``, ``valid.nms_iou`` and ``valid.max_detections``;
+    ``input_type`` "uint8" makes an int8 model take a camera's bytes as they are.
 
     Example::
 
@@ -60,7 +64,13 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
     source = Path(model_path) if model_path else config.model.weights
     if source is not None and source.suffix.lower() == ".tflite":
         raise UserError("the model is already a .tflite; convert the .h5 or .weights it came from", source)
-    out_path = check_output(Path(out) if out else default_output(source, fmt, config.folder), ".tflite", force)
+    if input_type not in INPUT_TYPES:
+        raise UserError(f"--input-type must be {' or '.join(INPUT_TYPES)}, got {input_type!r}")
+    if input_type != "int8" and fmt != "int8":
+        raise UserError(f"--input-type {input_type} is for --format int8, not {fmt}")
+    if nms and fmt == "int16x8":
+        raise UserError("--nms does not go with --format int16x8 (LiteRT's detection post-processing takes 8-bit or float inputs)")
+    out_path = check_output(Path(out) if out else default_output(source, fmt, config.folder, nms), ".tflite", force)
     loaded = load_for_config(config, model_path)
     if (float_layers or debug) and fmt != "int8":
         raise UserError(f"--float-layers and --debug are for int8; --format {fmt} does not go with them")
@@ -87,7 +97,10 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
             debug_report = int8_error_report(h5, images[:DEBUG_IMAGES], config.model.input_size)
         chosen = resolve_float_layers(float_layers, loaded.spec, debug_report)
-        report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job, float_layers=chosen)
+        options = ExportOptions(input_type=input_type, nms=nms, score_threshold=config.valid.score_threshold,
+                                nms_iou=config.valid.nms_iou, max_detections=config.valid.max_detections)  # fmt: skip
+        report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job,
+                               float_layers=chosen, options=options)  # fmt: skip
         if debug_report is not None:
             report["debug"] = debug_report
     if qat is not None:
@@ -165,6 +178,10 @@ def format_report(report: dict) -> str:
         from .edgetpu import format_edge_tpu
 
         lines.append(format_edge_tpu(report["edge_tpu"]))
+    if report.get("in_model_nms"):
+        n = report["in_model_nms"]
+        lines.append(f"in-model NMS (TFLite_Detection_PostProcess): scores above {n['score_threshold']:g}, IoU {n['nms_iou']:g}, "
+                     f"at most {n['max_detections']} boxes; outputs {', '.join(n['outputs'])} (boxes ymin, xmin, ymax, xmax in [0, 1])")  # fmt: skip
     if report.get("float_layers"):
         lines.append(f"kept in float: {', '.join(report['float_layers'])} (every other operator int8)")
     if report.get("kernels"):

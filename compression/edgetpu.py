@@ -34,7 +34,9 @@ SUPPORTED = {
 WHY_NOT = {
     "LEAKY_RELU": "LeakyReLU is not supported by the Edge TPU: build the model with activation=relu",
     "DEQUANTIZE": "a float output: runs on the CPU (harmless at the very end)",
+    "TFLite_Detection_PostProcess": "the in-model decode and NMS: runs on the CPU after the graph, as in Coral's own SSD models",
 }
+AT_THE_END = ("DEQUANTIZE", "TFLite_Detection_PostProcess")  # on the CPU, but after everything the Edge TPU would run
 QUANTIZED = (np.int8, np.uint8)
 
 
@@ -56,7 +58,7 @@ def edge_tpu_report(path: str | Path) -> dict:
         else:
             why = None
         rows.append({"index": int(op["index"]), "op": name, "supported": why is None, "why": why})
-        if why is not None and first is None and name != "DEQUANTIZE":
+        if why is not None and first is None and name not in AT_THE_END:
             first = int(op["index"])
     mapped = sum(1 for r in rows if first is None or r["index"] < first)
     return {"operators": rows, "first_unsupported": first, "mapped_operators": mapped, "total_operators": len(rows),

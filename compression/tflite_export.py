@@ -8,7 +8,8 @@ with LiteRT and run once, and only then renamed into place.
 int8 is full-integer with int8 input and output, calibrated on training images
 preprocessed exactly as at inference (the shared letterbox). The YOLO decode
 (sigmoid, exp) stays outside the model: the outputs are the raw head tensors,
-so each gets its own quantization scale. The Darknet cfg, anchors and class
+so each gets its own quantization scale. The ``nms`` variant
+(:mod:`compression.tflite_nms`) moves decode and NMS into the graph instead. The Darknet cfg, anchors and class
 names travel inside the file as metadata ``yolo3``, which the edge runner reads.
 
 Example::
@@ -24,6 +25,7 @@ import json
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +37,31 @@ from yolo3.spec import Spec, analyse, format_cfg, heads
 from .subprocesses import failure_reason, run_module
 
 FORMATS = ("int8", "int16x8", "float16", "dynamic", "float32")
+
+
+INPUT_TYPES = ("int8", "uint8")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How the ``.tflite`` meets the app that runs it.
+
+    ``input_type`` (int8 only): ``uint8`` takes a camera's bytes as they are
+    (scale 1/255, zero point 0), ``int8`` the bytes minus 128. ``nms``: the
+    graph also decodes the boxes and runs NMS (:mod:`compression.tflite_nms`)
+    with these settings, baked in at conversion.
+    """
+
+    input_type: str = "int8"
+    nms: bool = False
+    score_threshold: float = 0.005
+    nms_iou: float = 0.45
+    max_detections: int = 100
+
+    def nms_job(self) -> dict | None:
+        if not self.nms:
+            return None
+        return {"score_threshold": self.score_threshold, "iou": self.nms_iou, "max_detections": self.max_detections}
 
 
 def calibration_images(records, samples: int, seed: int = 0) -> list[str]:
@@ -63,8 +90,9 @@ def metadata_for(spec: Spec, names: Sequence[str], input_size: int) -> dict:
 
 
 def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int, metadata: dict, qat: dict | None = None,
-               float_layers: list[int] | None = None) -> None:  # fmt: skip
+               float_layers: list[int] | None = None, options: ExportOptions | None = None) -> None:  # fmt: skip
     """Convert in a fresh Python process; raise UserError with the worker's last message on failure."""
+    options = options or ExportOptions()
     if qat:
         qat = {**qat, "weights": str(Path(qat["weights"]).resolve())}
     with tempfile.TemporaryDirectory() as tmp:
@@ -72,6 +100,7 @@ def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int
         job.write_text(json.dumps({  # absolute paths: the worker runs in the project's folder
             "model": str(Path(h5).resolve()), "format": fmt, "out": str(Path(out).resolve()), "images": [str(Path(p).resolve()) for p in images],
             "input_size": input_size, "metadata": metadata, "qat": qat, "float_layers": list(float_layers or []),
+            "input_type": options.input_type, "nms": options.nms_job(),
         }))  # fmt: skip
         proc = run_module("compression.tflite_worker", str(job))
     if proc.returncode != 0:
@@ -153,12 +182,14 @@ def export_tflite(
     spec: Spec | None = None,
     qat: dict | None = None,
     float_layers: list[int] | None = None,
+    options: ExportOptions | None = None,
 ) -> dict:
     """Convert ``model_path`` (an ``.h5`` this tool wrote) to ``out``; returns :func:`describe_tflite`'s report.
 
     ``qat`` ({"scheme", "weights"}) converts the quantization-aware-trained model
     instead: ``model_path`` wrapped by that scheme, with the trained weights.
     ``float_layers`` (Spec indices; int8 only) stay float in an otherwise int8 model.
+    ``options``: the input type and in-model NMS (:class:`ExportOptions`).
     """
     from yolo3.lite import TFLitePredictor
     from yolo3.models import spec_from_h5
@@ -169,16 +200,29 @@ def export_tflite(
     spec = spec or spec_from_h5(model_path)
     if spec is None:
         raise UserError("this .h5 carries no cfg; convert a model written by this tool", model_path)
+    options = options or ExportOptions()
+    if options.input_type not in INPUT_TYPES:
+        raise UserError(f"unknown input type {options.input_type!r} (use {' or '.join(INPUT_TYPES)})")
+    if options.input_type != "int8" and fmt != "int8":
+        raise UserError(f"a {options.input_type} input is for --format int8, not {fmt}")
+    if options.nms and fmt == "int16x8":
+        raise UserError("in-model NMS is not available with int16x8 (LiteRT's post-processing operator takes 8-bit or float inputs)")
     metadata = metadata_for(spec, names, input_size)
+    if options.nms:
+        from .tflite_nms import OUTPUT_NAMES
+
+        metadata["postprocess"] = {"nms": True, "outputs": list(OUTPUT_NAMES), "score_threshold": options.score_threshold,
+                                   "nms_iou": options.nms_iou, "max_detections": options.max_detections}  # fmt: skip
     if fmt not in ("int8", "int16x8"):
         images = []
 
     def write(tmp: Path) -> None:
-        run_worker(model_path, fmt, tmp, images, input_size, metadata, qat, float_layers)
+        run_worker(model_path, fmt, tmp, images, input_size, metadata, qat, float_layers, options)
         predictor = TFLitePredictor(tmp, threads=1)  # loads with LiteRT and runs once before we keep it
         predictor.invoke(np.full((1, *predictor.input_hw, 3), 0.5, np.float32))
 
     atomic_write(out, write)
     report = describe_tflite(out)
-    report.update(format=fmt, calibration_images=len(images), path=str(out), float_layers=[f"conv_{i}" for i in float_layers or []])
+    report.update(format=fmt, calibration_images=len(images), path=str(out), float_layers=[f"conv_{i}" for i in float_layers or []],
+                  in_model_nms=metadata.get("postprocess"))  # fmt: skip
     return report

@@ -3,7 +3,8 @@
     python -m compression.tflite_worker JOB.json
 
 The job names the ``.h5``, the format, the output path, the calibration images
-(int8) and the metadata to embed. Errors end the process with one line on stderr.
+(int8), the metadata to embed, and optionally the input type (int8 / uint8) and
+the in-model NMS settings. Errors end the process with one line on stderr.
 """
 
 from __future__ import annotations
@@ -41,7 +42,13 @@ def convert(job: dict) -> bytes:
         model = quantize_model(model, job["qat"]["scheme"])  # the same wrapping as in training, then its weights
         model.load_weights(job["qat"]["weights"])
     size = job["input_size"]
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if job.get("nms"):  # the graph also decodes and runs NMS (compression.tflite_nms)
+        from compression.tflite_nms import nms_function
+
+        serve = nms_function(model, job["metadata"], **job["nms"])
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)
+    else:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
     fmt = job["format"]
     if fmt in ("int8", "int16x8", "float16", "dynamic"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -51,15 +58,18 @@ def convert(job: dict) -> bytes:
         images = job["images"]
 
         def representative():
-            for path in images:
+            for k, path in enumerate(images):
                 tensor, _ = letterbox(load_image(path), size)
+                if k == 0:  # a black and a white pixel pin the input's range to [0, 1]: scale 1/255, so a uint8
+                    tensor[0, 0], tensor[0, 1] = 0.0, 1.0  # input takes a camera's bytes as they are (int8: bytes - 128)
                 yield [tensor[None].astype(np.float32)]
 
         converter.representative_dataset = representative
     if fmt == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        converter.inference_input_type = tf.uint8 if job.get("input_type") == "uint8" else tf.int8
+        if not job.get("nms"):  # the post-processing operator's outputs are float
+            converter.inference_output_type = tf.int8
     if fmt == "int16x8":  # int16 activations, int8 weights: float input and output, integer inside
         converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     if fmt == "int8" and job.get("float_layers"):

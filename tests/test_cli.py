@@ -90,6 +90,7 @@ def test_verbs_end_in_one_line_with_status_2(tmp_path, synthetic_valid, capsys):
         (["train", "-c", str(path), "--set", "train.nb_epoch=3"], "did you mean train.nb_epochs"),
         (["train", "-c", str(path), "--epochs", "0"], "--epochs must be at least 1"),
         (["benchmark", "-c", str(path), "--formats", "keras,int4"], "int4 is not a format"),
+        (["benchmark", "-c", str(path), "--formats", "keras-nms"], "keras-nms is not a format"),
         (["benchmark", "-c", str(path), "--min-map", "1.5"], "--min-map"),
         (["anchors", "-c", str(path), "-k", "0"], "-k must be at least 1"),
         (["evaluate", "-c", str(path), "-p", "7"], "unknown mode"),
@@ -126,15 +127,15 @@ def test_benchmark_every_format_in_one_table(tmp_path, synthetic_valid):
 
     path = toy_config(tmp_path, synthetic_valid)
     out = tmp_path / "bench"
-    argv = ["benchmark", "-c", str(path), "--formats", "keras,float32,int8", "--out-dir", str(out), "--samples", "4", "--rounds", "2",
+    argv = ["benchmark", "-c", str(path), "--formats", "keras,float32,int8,int8-nms", "--out-dir", str(out), "--samples", "4", "--rounds", "2",
             "--runs", "2", "--quiet"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads((out / "benchmark.json").read_text())
-    assert [r["format"] for r in report["rows"]] == ["keras", "float32", "int8"]
+    assert [r["format"] for r in report["rows"]] == ["keras", "float32", "int8", "int8-nms"]
     assert report["rows"][0]["speedup"] == pytest.approx(1.0)
     for row in report["rows"]:
-        assert row["latency_ms"] > 0 and 0 <= row["mAP50"] <= 1 and row["bytes"] > 0
-    assert (out / "model-int8.tflite").is_file()
+        assert row["latency_ms"] > 0 and row["latency_with_postprocess_ms"] > 0 and 0 <= row["mAP50"] <= 1 and row["bytes"] > 0
+    assert (out / "model-int8.tflite").is_file() and (out / "model-int8-nms.tflite").is_file()
     # --min-map as a CI gate: an impossible floor fails with status 1 and names the formats
     assert main([*argv, "--min-map", "1.0"]) == 1
 

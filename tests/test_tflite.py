@@ -227,3 +227,71 @@ def test_edge_tpu_report_finds_the_first_unsupported_operator(tmp_path, syntheti
     assert first["op"] == "LEAKY_RELU" and "relu" in first["why"] and leaky["mapped_operators"] < leaky["total_operators"]
     linear = edge_tpu_report(tmp_path / "linear.tflite")
     assert linear["first_unsupported"] is None and linear["unsupported"] == [], linear["unsupported"]
+    # in-model NMS: decode ops the Edge TPU runs, then the post-processing operator on the CPU at the end (as in Coral's SSD models)
+    from compression.tflite_export import ExportOptions
+
+    spec = parse_cfg(TOY_CFG.replace("activation=leaky", "activation=linear"), "linear.cfg")
+    export_tflite(tmp_path / "linear.h5", tmp_path / "nms.tflite", "int8", images, NAMES, 64, spec, options=ExportOptions(nms=True))
+    fused = edge_tpu_report(tmp_path / "nms.tflite")
+    assert fused["first_unsupported"] is None and fused["operators"][-1]["op"] == "TFLite_Detection_PostProcess", fused["unsupported"]
+
+
+def test_in_model_nms_gives_the_numpy_paths_detections(tmp_path, synthetic_valid):
+    """--nms: TFLite's post-processing operator decodes and suppresses as the numpy path does (float: exactly; int8: within
+    quantization), outputs boxes / classes / scores / count, and the int8 file stays integer up to that operator."""
+    from compression.convert import convert_config
+    from conftest import toy_config
+    from yolo3.config import load_config
+    from yolo3.lite import _interpreter_class
+    from yolo3.postprocess import predictor_detections
+    from yolo3.preprocess import letterbox, load_image
+
+    config = load_config(toy_config(tmp_path, synthetic_valid))
+    files = {}
+    for name, fmt, kwargs in (("f", "float32", {}), ("fn", "float32", {"nms": True}), ("q", "int8", {}),
+                              ("qn", "int8", {"nms": True, "input_type": "uint8"})):  # fmt: skip
+        r = convert_config(config, None, fmt, samples=8, out=str(tmp_path / f"{name}.tflite"), **kwargs)
+        files[name] = TFLitePredictor(tmp_path / f"{name}.tflite", threads=1)
+    r_in, r_out = r["inputs"][0], r["outputs"]
+    assert r["in_model_nms"]["outputs"] == ["boxes", "classes", "scores", "count"]
+    assert (r_in["dtype"], r_in["zero_point"]) == ("uint8", 0) and r_in["scale"] == pytest.approx(1 / 255, rel=1e-3)  # camera bytes as they are
+    assert sorted(o["shape"] for o in r_out) == [[1], [1, 100], [1, 100], [1, 100, 4]] and {o["dtype"] for o in r_out} == {"float32"}
+    assert files["qn"].in_model_nms and not files["q"].in_model_nms
+    interpreter = _interpreter_class()(model_path=str(tmp_path / "qn.tflite"))
+    tensors = interpreter.get_tensor_details()
+    for op in interpreter._get_ops_details():  # every operator before the post-processing one computes in 8 bits
+        if op["op_name"] not in ("TFLite_Detection_PostProcess", "DEQUANTIZE", "QUANTIZE"):
+            assert {np.dtype(tensors[i]["dtype"]).name for i in op["outputs"]} <= {"int8", "uint8"}, op["op_name"]
+    images = sorted((synthetic_valid / "images").glob("*.jpg"))[:6]
+    matched = total = 0
+    for path in images:
+        tensor, _ = letterbox(load_image(path), (64, 64))
+
+        def dets(name):
+            p = files[name]
+            return predictor_detections(p, [o[0] for o in p.invoke(tensor[None])], None, 0.005, 0.45, 100)
+
+        plain, fused = dets("f"), dets("fn")
+        assert len(fused) == len(plain) > 0
+        np.testing.assert_allclose(fused.boxes, plain.boxes, atol=0.02)
+        np.testing.assert_allclose(fused.scores, plain.scores, atol=1e-4)
+        np.testing.assert_array_equal(fused.classes, plain.classes)
+        q, qn = dets("q"), dets("qn")
+        for box, score, cls in zip(q.boxes[:5], q.scores[:5], q.classes[:5]):
+            same = qn.classes == cls
+            total += 1
+            if same.any():
+                from yolo3.postprocess import iou_one_to_many
+
+                best = np.argmax(iou_one_to_many(box, qn.boxes[same]))
+                matched += iou_one_to_many(box, qn.boxes[same])[best] > 0.8 and abs(qn.scores[same][best] - score) < 0.03
+    assert total >= 10 and matched >= 0.8 * total, (matched, total)
+    print("int8 detections matched", matched, "of", total)
+    # the same one-line refusals as every other flag
+    from yolo3.errors import UserError
+
+    for kwargs, message in (({"fmt": "int16x8", "nms": True}, "int16x8"), ({"fmt": "float16", "input_type": "uint8"}, "for --format int8"),
+                            ({"input_type": "int4"}, "--input-type")):  # fmt: skip
+        fmt = kwargs.pop("fmt", "int8")
+        with pytest.raises(UserError, match=message):
+            convert_config(config, None, fmt, samples=4, out=str(tmp_path / "x.tflite"), **kwargs)

@@ -14,14 +14,14 @@ import numpy as np
 
 from .draw import draw_detections
 from .errors import UserError
-from .postprocess import Detections, detect
+from .postprocess import Detections, predictor_detections
 from .preprocess import IMAGE_SUFFIXES, VIDEO_SUFFIXES, letterbox, load_image
 
 
 def detect_array(predictor, image: np.ndarray, score: float, nms_iou: float, max_detections: int = 100) -> Detections:
     tensor, box = letterbox(image, predictor.input_hw)
     outputs = predictor(tensor[None])
-    return detect([o[0] for o in outputs], predictor.heads, predictor.input_hw, box, score, nms_iou, max_detections)
+    return predictor_detections(predictor, [o[0] for o in outputs], box, score, nms_iou, max_detections)
 
 
 def _images(source: Path) -> list[Path]:

@@ -25,7 +25,7 @@ import numpy as np
 from .datasets import Dataset, Problem, Record
 from .errors import UserError
 from .metrics import evaluate_detections
-from .postprocess import Detections, HeadSpec, detect
+from .postprocess import Detections, HeadSpec, predictor_detections
 from .preprocess import Letterbox, letterbox, load_image
 from .spec import Spec, heads
 
@@ -138,10 +138,7 @@ def run_detection(
                 outputs = predictor(tensor)
                 run.model_seconds += time.perf_counter() - t0
                 for k, (record, (_, box)) in enumerate(good):
-                    dets = detect(
-                        [o[k] for o in outputs], predictor.heads, predictor.input_hw, box,
-                        score_threshold, nms_iou, max_detections,
-                    )  # fmt: skip
+                    dets = predictor_detections(predictor, [o[k] for o in outputs], box, score_threshold, nms_iou, max_detections)
                     run.detections.append(dets)
                     run.records.append(record)
             if bar is not None:

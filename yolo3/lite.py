@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError, run_cli
-from .postprocess import Detections, HeadSpec, detect
+from .postprocess import Detections, HeadSpec, predictor_detections
 from .preprocess import letterbox, load_image
 
 METADATA_NAME = "yolo3"
@@ -145,6 +145,10 @@ class TFLitePredictor:
         self.heads = heads
         self.names = self.metadata.get("names")
         self.input_hw = tuple(int(v) for v in self.input["shape"][1:3])
+        self.in_model_nms = bool(self.metadata.get("postprocess", {}).get("nms"))
+        if self.in_model_nms:
+            self.outputs = self._named_outputs(outputs, self.metadata["postprocess"].get("outputs", []))
+            return
         # Order the outputs as the heads: by their shapes (recorded in the metadata), else coarse grid first.
         shapes = [tuple(s) for s in self.metadata.get("output_shapes", [])]
         by_shape = {tuple(int(v) for v in d["shape"][1:]): d for d in outputs}
@@ -154,6 +158,15 @@ class TFLitePredictor:
             self.outputs = sorted(outputs, key=lambda d: int(d["shape"][1]))
         if len(self.outputs) != len(self.heads):
             raise UserError(f"{len(self.outputs)} outputs but {len(self.heads)} heads", path)
+
+    def _named_outputs(self, outputs: list[dict], names: list[str]) -> list[dict]:
+        """The outputs of a model with in-model NMS, in the order ``names`` (boxes, classes, scores, count), by signature name."""
+        signatures = self.interpreter._get_full_signature_list() or {}
+        named = next(iter(signatures.values()), {}).get("outputs", {})
+        by_index = {d["index"]: d for d in outputs}
+        if not names or any(n not in named or named[n] not in by_index for n in names):
+            raise UserError(f"the model's outputs are not the {', '.join(names) or 'named'} outputs its metadata promises", self.path)
+        return [by_index[named[n]] for n in names]
 
     @property
     def name(self) -> str:
@@ -186,7 +199,7 @@ class TFLitePredictor:
     def detect_file(self, path: str | Path, score_threshold: float = 0.25, nms_iou: float = 0.45, max_detections: int = 100) -> Detections:
         tensor, box = letterbox(load_image(path), self.input_hw)
         outputs = self.invoke(tensor[None])
-        return detect([o[0] for o in outputs], self.heads, self.input_hw, box, score_threshold, nms_iou, max_detections)
+        return predictor_detections(self, [o[0] for o in outputs], box, score_threshold, nms_iou, max_detections)
 
 
 def measure_latency(invoke, tensor: np.ndarray, runs: int = 20, warmup: int = 3) -> dict:
@@ -269,7 +282,7 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         outputs = predictor.invoke(tensor[None])
         t2 = time.perf_counter()
-        dets = detect([o[0] for o in outputs], predictor.heads, predictor.input_hw, box, args.score, args.nms)
+        dets = predictor_detections(predictor, [o[0] for o in outputs], box, args.score, args.nms)
         total_ms, model_ms = (time.perf_counter() - t0) * 1000, (t2 - t1) * 1000
         model_times.append(model_ms)
         if args.json:

@@ -152,3 +152,34 @@ def detect(
         boxes = box.to_image(boxes)
     keep = nms(boxes, scores, classes, nms_iou, max_detections)
     return Detections(boxes[keep], scores[keep], classes[keep])
+
+
+def from_model_nms(
+    outputs: Sequence[np.ndarray], input_hw: tuple[int, int], box: Letterbox | None = None, score_threshold: float = 0.25,
+    max_detections: int = 100,
+) -> Detections:
+    """Detections of one image from a model that ran NMS itself: boxes (n, 4) as ymin, xmin, ymax, xmax in [0, 1]
+    of the input, classes (n,), scores (n,) and the count, as TFLite's detection post-processing writes them."""
+    boxes, classes, scores, count = (np.asarray(o) for o in outputs)
+    n = min(int(np.reshape(count, -1)[0]), len(scores), max_detections)
+    in_h, in_w = input_hw
+    pixels = boxes[:n, [1, 0, 3, 2]].astype(np.float32) * np.asarray([in_w, in_h, in_w, in_h], np.float32)
+    keep = scores[:n] > score_threshold
+    pixels = pixels[keep]
+    if box is not None:
+        pixels = box.to_image(pixels)
+    return Detections(pixels, scores[:n][keep].astype(np.float32), classes[:n][keep].astype(np.int64))
+
+
+def predictor_detections(
+    predictor, outputs: Sequence[np.ndarray], box: Letterbox | None = None, score_threshold: float = 0.25, nms_iou: float = 0.45,
+    max_detections: int = 100,
+) -> Detections:
+    """Detections of one image from ``predictor``'s outputs for it (no batch axis): the one way every predictor ends.
+
+    A model with NMS in its graph (``predictor.in_model_nms``) already decoded
+    and suppressed with its own IoU threshold; only the score threshold applies here.
+    """
+    if getattr(predictor, "in_model_nms", False):
+        return from_model_nms(outputs, predictor.input_hw, box, score_threshold, max_detections)
+    return detect(outputs, predictor.heads, predictor.input_hw, box, score_threshold, nms_iou, max_detections)

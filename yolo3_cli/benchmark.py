@@ -1,10 +1,12 @@
 """One model in every format — Keras, float32, float16, dynamic range, int8 TFLite — in one table.
 
     yolo3 benchmark -c config.json --model M(.h5|.weights) [--formats keras,float32,float16,dynamic,int8] [--min-map 0.5]
+    yolo3 benchmark -c config.json --model M.h5 --formats int8,int8-nms   # NMS in numpy against NMS in the model
 
 Every format is converted from the model, evaluated on the test split by the same code
 (mAP@0.5, COCO AP), and all are timed together in one interleaved run (median latency,
-speed-up against the first format). The table is printed and written as JSON in --out-dir
+speed-up against the first format; and the latency with decode and NMS, which a
+NAME-nms format runs inside the model). The table is printed and written as JSON in --out-dir
 with the converted files. --min-map X exits with status 1 when a format scores below X (a
 check for your CI).
 """
@@ -19,7 +21,7 @@ HELP = "every format (Keras, float32, float16, dynamic, int8) converted, evaluat
 def configure(parser) -> None:
     add_config(parser)
     parser.add_argument("--model", help="the .h5 or .weights to benchmark (default: model.weights)")
-    parser.add_argument("--formats", default="keras,float32,float16,dynamic,int8", help="comma-separated, the first is the reference")
+    parser.add_argument("--formats", default="keras,float32,float16,dynamic,int8", help="comma-separated, the first is the reference; add -nms to a TFLite format for in-model NMS (int8-nms)")
     parser.add_argument("--out-dir", default="runs/benchmark", help="folder for the converted files and benchmark.json (default runs/benchmark)")
     parser.add_argument("--split", choices=("test", "valid"), default="test", help="the split to evaluate on (default test)")
     parser.add_argument("--samples", type=int, default=200, help="int8 calibration images (default 200)")

@@ -4,10 +4,15 @@
     yolo3 convert -c config.json --model IN.h5 --qat [--qat-epochs N]     # quantization-aware training first
     yolo3 convert -c config.json --model IN.h5 --bundle DIR               # also a folder to copy to the device
     yolo3 convert -c config.json --model IN.h5 --debug --float-layers auto:2   # per-layer int8 error; the 2 worst kept float
+    yolo3 convert -c config.json --model IN.h5 --nms [--input-type uint8]     # decode + NMS in the graph, for detection apps
 
 int8 is calibrated on --samples training images (fixed seed; or images of --calibration DIR),
 preprocessed exactly as at inference. --debug reports the int8 error of every layer (TFLite's
 QuantizationDebugger); --float-layers keeps named layers (or auto:N, the N worst) in float.
+--nms writes a variant whose graph also decodes the boxes and runs NMS (TFLite's detection
+post-processing operator: boxes normalised to [0, 1], classes, scores, count), with the
+config's valid.score_threshold / nms_iou / max_detections (e.g. --set valid.score_threshold=0.25
+for an app). --input-type uint8 takes a camera's bytes as they are (int8 only).
 --qat fine-tunes with TFMOT quantization-aware training (quantization.qat_epochs, in a run folder
 beside the output) using the scheme that keeps the model's zeros and clusters, then converts the
 QAT model; the report shows the zeros and distinct values per channel left in the int8 kernels.
@@ -36,6 +41,8 @@ def configure(parser) -> None:
     parser.add_argument("--bundle", help="also write a folder for the device: the .tflite, labels, a runner needing only numpy, Pillow and LiteRT")
     parser.add_argument("--debug", action="store_true", help="int8: also write the per-layer int8 error report (NAME-debug.json/.md/.png beside the output)")
     parser.add_argument("--float-layers", metavar="LAYERS", help="int8: keep these layers in float, e.g. conv_0,conv_15, or auto:N for the N worst by --debug's report")
+    parser.add_argument("--nms", action="store_true", help="the graph also decodes the boxes and runs NMS: outputs boxes (normalised), classes, scores, count")
+    parser.add_argument("--input-type", default="int8", choices=("int8", "uint8"), help="int8 model input: int8 (default) or uint8 (camera bytes as they are)")
     parser.add_argument("--calibration", metavar="DIR", help="int8 / int16x8: calibrate on images of this folder (labelled or not) instead of the training split")
 
 
@@ -50,7 +57,8 @@ def run(args) -> int:
         check_bundle_folder(args.bundle, args.force)
     report = convert_config(config, args.model, args.format, samples=args.samples, out=args.out, force=args.force, seed=args.seed,
                             qat=QatOptions(args.qat_epochs) if args.qat else None, progress=not args.quiet,
-                            float_layers=args.float_layers, debug=args.debug, calibration=args.calibration)  # fmt: skip
+                            float_layers=args.float_layers, debug=args.debug, calibration=args.calibration,
+                            nms=args.nms, input_type=args.input_type)  # fmt: skip
     print(format_report(report))
     if report.get("debug") and args.debug:
         from pathlib import Path

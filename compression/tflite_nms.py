@@ -1,0 +1,116 @@
+"""A ``.tflite`` whose graph also decodes the boxes and runs NMS, with the outputs detection apps expect.
+
+The decode is mapped onto TFLite's own post-processing operator,
+``TFLite_Detection_PostProcess`` (the one SSD models carry, run by every LiteRT
+build and by the usual Android / iOS detection apps). Its outputs are boxes
+(1, N, 4) as ymin, xmin, ymax, xmax normalised to [0, 1] of the model input,
+classes (1, N), scores (1, N) and the count (1,), in float, whatever the
+precision of the graph before it.
+
+That operator decodes SSD box encodings against anchors::
+
+    ycenter = y / y_scale * anchor_h + anchor_y      h = exp(h_enc / h_scale) * anchor_h
+
+A YOLO head decodes as ``ycenter = (sigmoid(ty) + cell_y) / grid_h`` and
+``h = exp(th) * prior_h / input_h``. With one "anchor" per cell and prior
+(centre of the cell, prior size / input size) and y_scale = x_scale = 1, the encodings
+are ``y = (sigmoid(ty) - 0.5) * stride / prior_h`` and ``h = th * h_scale``: no exp in the
+graph, and the values the int8 tensor must hold are offsets relative to the
+prior's size, so the quantization error of a box scales with the box (a
+centre in [0, 1] would carry an error of ~1 pixel in every box). Scores
+(objectness x class probability) travel in a tensor of their own: one scale
+shared by pixel boxes and scores would round every score to 0.
+
+Example::
+
+    serve = nms_function(keras_model, metadata, score_threshold=0.005, iou=0.45, max_detections=100)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], keras_model)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+OUTPUT_NAMES = ("boxes", "classes", "scores", "count")  # the operator's outputs, in its order
+# h_enc = th * SIZE_SCALE: a multiplication of its own gives the encodings a quantization scale of
+# their own (tied to the raw head output, the head's logits would be clipped to the encodings' range)
+SIZE_SCALE = 0.5
+
+
+def priors(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The operator's anchors (N, 4: y, x, h, w normalised) and the offset multipliers (N, 2: for y, x) of every head cell and prior.
+
+    N runs over heads in output order, then rows, columns and priors, as the
+    raw outputs are laid out (and as :func:`yolo3.postprocess.decode` reads them).
+    """
+    in_h, in_w = metadata["input_size"]
+    anchors, multipliers = [], []
+    for head, (gh, gw, _) in zip(metadata["heads"], metadata["output_shapes"]):
+        prior = np.asarray(head["anchors"], np.float64)  # (na, 2): w, h in input pixels
+        gy, gx, a = np.meshgrid(np.arange(gh), np.arange(gw), np.arange(len(prior)), indexing="ij")
+        gy, gx, a = gy.ravel(), gx.ravel(), a.ravel()
+        ph, pw = prior[a, 1], prior[a, 0]
+        anchors.append(np.stack([(gy + 0.5) / gh, (gx + 0.5) / gw, ph / in_h, pw / in_w], axis=1))
+        multipliers.append(np.stack([in_h / gh / ph, in_w / gw / pw], axis=1))
+    return np.concatenate(anchors).astype(np.float32), np.concatenate(multipliers).astype(np.float32)
+
+
+def implements_signature(classes: int, score_threshold: float, iou: float, max_detections: int) -> str:
+    """The ``experimental_implements`` text that makes the converter emit ``TFLite_Detection_PostProcess``.
+
+    Regular (per-class) NMS, as :func:`yolo3.postprocess.nms` does, so that the
+    in-model path and the numpy path keep the same boxes.
+    """
+    attrs = {
+        "max_detections": ("i", max_detections),
+        "max_classes_per_detection": ("i", 1),
+        "detections_per_class": ("i", max_detections),
+        "use_regular_nms": ("b", "true"),
+        "nms_score_threshold": ("f", score_threshold),
+        "nms_iou_threshold": ("f", iou),
+        "num_classes": ("i", classes),
+        "y_scale": ("f", 1.0),
+        "x_scale": ("f", 1.0),
+        "h_scale": ("f", SIZE_SCALE),
+        "w_scale": ("f", SIZE_SCALE),
+    }
+    parts = ['name: "TFLite_Detection_PostProcess"']
+    parts += [f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, (t, v) in attrs.items()]
+    return " ".join(parts)
+
+
+def nms_function(model, metadata: dict, score_threshold: float, iou: float, max_detections: int):
+    """A ``tf.function`` (image (1, h, w, 3) in [0, 1] -> boxes, classes, scores, count) around ``model``."""
+    from yolo3.kerasenv import tf
+
+    in_h, in_w = metadata["input_size"]
+    classes = int(metadata["heads"][0]["classes"])
+    anchor_table, multiplier_table = priors(metadata)
+    anchors = tf.constant(anchor_table)
+    shapes = [(gh * gw * len(h["anchors"]), 5 + int(h["classes"])) for h, (gh, gw, _) in zip(metadata["heads"], metadata["output_shapes"])]
+
+    @tf.function(experimental_implements=implements_signature(classes, score_threshold, iou, max_detections))
+    def postprocess(box_encodings, class_predictions, anchor_boxes):  # replaced by the operator in the converted model
+        del box_encodings, class_predictions, anchor_boxes
+        return (tf.zeros([1, max_detections, 4]), tf.zeros([1, max_detections]), tf.zeros([1, max_detections]), tf.zeros([1]))
+
+    @tf.function(input_signature=[tf.TensorSpec([1, in_h, in_w, 3], tf.float32, name="image")])
+    def serve(image):
+        outputs = model(image, training=False)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        encodings, scores, start = [], [], 0
+        for output, (n, depth) in zip(outputs, shapes):
+            # one slice per value, put in the operator's y, x, h, w order by the concatenation (which requantizes
+            # its inputs; a reversal would not: TFLite's int8 REVERSE_V2 copies bytes under a new scale)
+            t = tf.reshape(output, [1, n, depth])  # slices, not a split: the Edge TPU runs STRIDED_SLICE but not SPLIT_V
+            tx, ty, tw, th, objectness, class_logits = (t[:, :, a:b] for a, b in ((0, 1), (1, 2), (2, 3), (3, 4), (4, 5), (5, depth)))
+            multipliers = multiplier_table[None, start : start + n]
+            y = (tf.sigmoid(ty) - 0.5) * multipliers[..., 0:1]
+            x = (tf.sigmoid(tx) - 0.5) * multipliers[..., 1:2]
+            encodings.append(tf.concat([y, x, th * SIZE_SCALE, tw * SIZE_SCALE], axis=2))
+            scores.append(tf.sigmoid(objectness) * tf.sigmoid(class_logits))
+            start += n
+        boxes, labels, confidences, count = postprocess(tf.concat(encodings, axis=1), tf.concat(scores, axis=1), anchors)
+        return dict(zip(OUTPUT_NAMES, (boxes, labels, confidences, count)))
+
+    return serve
