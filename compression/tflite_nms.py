@@ -58,14 +58,17 @@ def priors(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
 def implements_signature(classes: int, score_threshold: float, iou: float, max_detections: int) -> str:
     """The ``experimental_implements`` text that makes the converter emit ``TFLite_Detection_PostProcess``.
 
-    Regular (per-class) NMS, as :func:`yolo3.postprocess.nms` does, so that the
-    in-model path and the numpy path keep the same boxes.
+    The operator's "fast" NMS: each box with its best class, suppressed across
+    classes (SSD models' default). Its per-class ("regular") NMS would match
+    :func:`yolo3.postprocess.nms`, but LiteRT 2.3 loses every detection of class
+    T when it runs with T threads (T < classes; tensorflow/tensorflow#56058,
+    reproduced in ``tests/test_tflite.py``), and an app chooses its threads.
     """
     attrs = {
         "max_detections": ("i", max_detections),
         "max_classes_per_detection": ("i", 1),
         "detections_per_class": ("i", max_detections),
-        "use_regular_nms": ("b", "true"),
+        "use_regular_nms": ("b", "false"),
         "nms_score_threshold": ("f", score_threshold),
         "nms_iou_threshold": ("f", iou),
         "num_classes": ("i", classes),
