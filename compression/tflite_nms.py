@@ -34,14 +34,19 @@ import numpy as np
 OUTPUT_NAMES = ("boxes", "classes", "scores", "count")  # the operator's outputs, in its order
 # h_enc = th * SIZE_SCALE: a multiplication of its own gives the encodings a quantization scale of
 # their own (tied to the raw head output, the head's logits would be clipped to the encodings' range)
-SIZE_SCALE = 0.5
+SIZE_SCALE = 0.25
+# The int8 encodings' range must hold every size a test image may ask for, not only those the
+# calibration images did: an extra prior with zero score carries these encodings, which pins the
+# range to th in [-4.5, 4] (a box from 1/90 to 55x its prior; 3 % steps in size).
+RANGE_PIN = (-4.5 * SIZE_SCALE, 4.0 * SIZE_SCALE)
 
 
 def priors(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The operator's anchors (N, 4: y, x, h, w normalised) and the offset multipliers (N, 2: for y, x) of every head cell and prior.
+    """The operator's anchors (N + 1, 4: y, x, h, w normalised) and the offset multipliers (N, 2: for y, x) of every head cell and prior.
 
     N runs over heads in output order, then rows, columns and priors, as the
-    raw outputs are laid out (and as :func:`yolo3.postprocess.decode` reads them).
+    raw outputs are laid out (and as :func:`yolo3.postprocess.decode` reads them);
+    the last anchor is the range pin's (never detected: its score is 0).
     """
     in_h, in_w = metadata["input_size"]
     anchors, multipliers = [], []
@@ -52,6 +57,7 @@ def priors(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
         ph, pw = prior[a, 1], prior[a, 0]
         anchors.append(np.stack([(gy + 0.5) / gh, (gx + 0.5) / gw, ph / in_h, pw / in_w], axis=1))
         multipliers.append(np.stack([in_h / gh / ph, in_w / gw / pw], axis=1))
+    anchors.append(np.asarray([[0.5, 0.5, 1.0, 1.0]]))
     return np.concatenate(anchors).astype(np.float32), np.concatenate(multipliers).astype(np.float32)
 
 
@@ -113,6 +119,9 @@ def nms_function(model, metadata: dict, score_threshold: float, iou: float, max_
             encodings.append(tf.concat([y, x, th * SIZE_SCALE, tw * SIZE_SCALE], axis=2))
             scores.append(tf.sigmoid(objectness) * tf.sigmoid(class_logits))
             start += n
+        low, high = RANGE_PIN
+        encodings.append(tf.constant([[[low, high, low, high]]], tf.float32))
+        scores.append(tf.zeros([1, 1, classes]))
         boxes, labels, confidences, count = postprocess(tf.concat(encodings, axis=1), tf.concat(scores, axis=1), anchors)
         return dict(zip(OUTPUT_NAMES, (boxes, labels, confidences, count)))
 

@@ -130,7 +130,9 @@ def detect(
 
     A box gets one candidate per class whose score ``objectness * p(class)``
     exceeds ``score_threshold`` (as Darknet does); at most ``max_candidates``
-    best candidates enter NMS. Boxes map back to image pixels through ``box``.
+    best candidates enter NMS. Boxes map back to image pixels through ``box``
+    (and are clipped to the image) after NMS: suppression sees the boxes the
+    model predicted, as in Darknet and in a model with NMS in its graph.
     """
     if len(outputs) != len(heads):
         raise ValueError(f"{len(outputs)} outputs for {len(heads)} heads")
@@ -148,10 +150,9 @@ def detect(
     if len(scores) > max_candidates:
         top = np.argpartition(-scores, max_candidates)[:max_candidates]
         boxes, scores, classes = boxes[top], scores[top], classes[top]
-    if box is not None:
-        boxes = box.to_image(boxes)
-    keep = nms(boxes, scores, classes, nms_iou, max_detections)
-    return Detections(boxes[keep], scores[keep], classes[keep])
+    keep = nms(boxes, scores, classes, nms_iou, max_detections)  # on the unclipped boxes, as Darknet (and in-model NMS) do
+    boxes = boxes[keep] if box is None else box.to_image(boxes[keep])
+    return Detections(boxes, scores[keep], classes[keep])
 
 
 def from_model_nms(
