@@ -11,7 +11,7 @@ import numpy as np
 from yolo3.errors import UserError
 
 from .outputs import check_output, fresh_run_dir
-from .tflite_export import FORMATS, INPUT_TYPES, ExportOptions, calibration_images, export_tflite
+from .tflite_export import FORMATS, ExportOptions, calibration_images, export_tflite
 
 
 def default_output(model_path: Path | None, fmt: str, config_folder: Path, nms: bool = False) -> Path:
@@ -64,12 +64,9 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
     source = Path(model_path) if model_path else config.model.weights
     if source is not None and source.suffix.lower() == ".tflite":
         raise UserError("the model is already a .tflite; convert the .h5 or .weights it came from", source)
-    if input_type not in INPUT_TYPES:
-        raise UserError(f"--input-type must be {' or '.join(INPUT_TYPES)}, got {input_type!r}")
-    if input_type != "int8" and fmt != "int8":
-        raise UserError(f"--input-type {input_type} is for --format int8, not {fmt}")
-    if nms and fmt == "int16x8":
-        raise UserError("--nms does not go with --format int16x8 (LiteRT's detection post-processing takes 8-bit or float inputs)")
+    options = ExportOptions(input_type=input_type, nms=nms, score_threshold=config.valid.score_threshold,
+                            nms_iou=config.valid.nms_iou, max_detections=config.valid.max_detections)  # fmt: skip
+    options.check(fmt)
     out_path = check_output(Path(out) if out else default_output(source, fmt, config.folder, nms), ".tflite", force)
     loaded = load_for_config(config, model_path)
     if (float_layers or debug) and fmt != "int8":
@@ -97,8 +94,6 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
             debug_report = int8_error_report(h5, images[:DEBUG_IMAGES], config.model.input_size)
         chosen = resolve_float_layers(float_layers, loaded.spec, debug_report)
-        options = ExportOptions(input_type=input_type, nms=nms, score_threshold=config.valid.score_threshold,
-                                nms_iou=config.valid.nms_iou, max_detections=config.valid.max_detections)  # fmt: skip
         report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job,
                                float_layers=chosen, options=options)  # fmt: skip
         if debug_report is not None:

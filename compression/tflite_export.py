@@ -58,6 +58,15 @@ class ExportOptions:
     nms_iou: float = 0.45
     max_detections: int = 100
 
+    def check(self, fmt: str) -> None:
+        """One line for a combination that cannot be made, before any work is done."""
+        if self.input_type not in INPUT_TYPES:
+            raise UserError(f"--input-type must be {' or '.join(INPUT_TYPES)}, got {self.input_type!r}")
+        if self.input_type != "int8" and fmt != "int8":
+            raise UserError(f"--input-type {self.input_type} is for --format int8, not {fmt}")
+        if self.nms and fmt == "int16x8":
+            raise UserError("--nms does not go with --format int16x8 (LiteRT's detection post-processing takes 8-bit or float inputs)")
+
     def nms_job(self) -> dict | None:
         if not self.nms:
             return None
@@ -201,12 +210,7 @@ def export_tflite(
     if spec is None:
         raise UserError("this .h5 carries no cfg; convert a model written by this tool", model_path)
     options = options or ExportOptions()
-    if options.input_type not in INPUT_TYPES:
-        raise UserError(f"unknown input type {options.input_type!r} (use {' or '.join(INPUT_TYPES)})")
-    if options.input_type != "int8" and fmt != "int8":
-        raise UserError(f"a {options.input_type} input is for --format int8, not {fmt}")
-    if options.nms and fmt == "int16x8":
-        raise UserError("in-model NMS is not available with int16x8 (LiteRT's post-processing operator takes 8-bit or float inputs)")
+    options.check(fmt)
     metadata = metadata_for(spec, names, input_size)
     if options.nms:
         from .tflite_nms import OUTPUT_NAMES
