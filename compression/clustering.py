@@ -123,6 +123,8 @@ def cluster_model(
     squared (see :func:`cluster_kernel`); measured on the raccoon YOLOv3-tiny it
     did not help, so it is off by default.
     """
+    from yolo3.keras_model import conv_kernel, set_conv_kernel
+
     if clusters < 2:
         raise ValueError("clusters must be at least 2")
     layers = []
@@ -136,11 +138,11 @@ def cluster_model(
     for name in names:
         layer = model.get_layer(name)
         values = layer.get_weights()
-        kernel = values[0]
+        kernel = conv_kernel(layer)  # the filters on the last axis, depthwise too
         t0 = time.perf_counter()
         scale = output_scales(model, spec, name) if weighted else None
         clustered, stats = cluster_kernel(kernel, clusters, per_channel, seed, scale)
-        layer.set_weights([clustered, *values[1:]])
+        set_conv_kernel(layer, clustered)
         bits = codebook_bits(kernel.size, clusters, kernel.shape[-1], per_channel) + sum(v.size for v in values[1:]) * 32
         total_bits += bits
         layers.append({
@@ -169,9 +171,11 @@ def cluster_model(
 
 def distinct_values(model, names: list[str], per_channel: bool = False) -> dict[str, int]:
     """The largest number of distinct non-zero kernel values per layer (per channel if asked)."""
+    from yolo3.keras_model import conv_kernel
+
     out = {}
     for name in names:
-        kernel = model.get_layer(name).get_weights()[0]
+        kernel = conv_kernel(model.get_layer(name))
         if per_channel:
             out[name] = max(len(np.unique(kernel[..., o][kernel[..., o] != 0])) for o in range(kernel.shape[-1]))
         else:
@@ -187,13 +191,14 @@ class ClusterConstraint:
     """
 
     def __init__(self, model, names: list[str], per_channel: bool = False):
+        from yolo3.keras_model import darknet_kernel, kernel_variable
         from yolo3.kerasenv import tf
 
         self.tf = tf
         self.items = []
         for name in names:
-            var = model.get_layer(name).kernel
-            kernel = var.numpy()
+            var = kernel_variable(model.get_layer(name))
+            kernel = darknet_kernel(model.get_layer(name), var.numpy())  # filters last; labels reshape back to var
             if per_channel:
                 labels = np.empty(kernel.shape, np.int32)
                 offset = 0
@@ -206,7 +211,8 @@ class ClusterConstraint:
                 values, inv = np.unique(kernel, return_inverse=True)
                 labels = inv.reshape(kernel.shape).astype(np.int32)
                 segments = len(values)
-            zero = (kernel == 0).astype(np.float32)
+            labels = labels.reshape(var.shape)
+            zero = (kernel == 0).astype(np.float32).reshape(var.shape)
             self.items.append((var, tf.constant(labels), segments, tf.constant(1.0 - zero)))
 
     def apply(self) -> None:

@@ -25,11 +25,12 @@ class MaskConstraint:
     """Keeps pruned (zero) kernel weights at zero: ``kernel *= mask`` after every step."""
 
     def __init__(self, model, names: list[str]):
+        from yolo3.keras_model import kernel_variable
         from yolo3.kerasenv import tf
 
         self.items = []
         for name in names:
-            var = model.get_layer(name).kernel
+            var = kernel_variable(model.get_layer(name))
             self.items.append((var, tf.constant((var.numpy() != 0).astype(np.float32))))
 
     def apply(self) -> None:

@@ -41,10 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from yolo3.errors import UserError
-from yolo3.spec import Spec, analyse, format_cfg, route_inputs
+from yolo3.spec import Spec, analyse, format_cfg, route_inputs, set_filters
 
 from .subprocesses import failure_reason, run_module
-from .surgery import channel_groups
+from .surgery import channel_groups, tied_depthwise
 
 COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut")
 LEVELS = (1.0, 0.5, 0.25, 0.125)
@@ -129,6 +129,8 @@ def block_items(spec: Spec, sizes: list[int], base_size: int, levels=LEVELS, rou
             if b.type == "convolutional":
                 out_levels = in_levels_all if b.layer in prunable else (1.0,)
                 pairs = [(li, lo) for li in in_levels for lo in out_levels] if full else [(lv, lv if b.layer in prunable else 1.0) for lv in in_levels]
+                if tied_depthwise(spec, b.layer, sum(s[2] for s in b.in_shapes)):  # one filter per input channel
+                    pairs = [(lv, lv) for lv in in_levels]
                 for li, lo in dict.fromkeys(pairs):
                     shapes = tuple(_scaled(s, li, round_to) for s in b.in_shapes)
                     items.append(Item("block", size, b.layer, shapes, _round_up(b.out_shape[2] * lo, round_to, b.out_shape[2])))
@@ -152,7 +154,7 @@ def with_filters(spec: Spec, filters: dict[int, int]) -> Spec:
     """A copy of ``spec`` with the given convolutions' filter counts (the architecture a pruning would leave)."""
     new = spec.copy()
     for index, count in filters.items():
-        new.layers[int(index)].set("filters", int(count))
+        set_filters(new.layers[int(index)], int(count))
     return new
 
 

@@ -23,12 +23,12 @@ def block_model(spec, layer: int, in_shapes: list[list[int]], filters: int | Non
     """A Keras model of block ``layer`` alone: one input per tensor it reads, its output."""
     from yolo3.keras_model import apply_block
     from yolo3.kerasenv import keras
-    from yolo3.spec import route_inputs, shortcut_input
+    from yolo3.spec import route_inputs, set_filters, shortcut_input
 
     spec = spec.copy()
     block = spec.layers[layer]
     if filters is not None:
-        block.set("filters", int(filters))
+        set_filters(block, int(filters))
     # named so that the converter's (sorted) input order is the order given here
     inputs = [keras.layers.Input(shape=tuple(s), name=f"x{k}") for k, s in enumerate(in_shapes)]
     if block.type == "route":
@@ -45,10 +45,11 @@ def block_model(spec, layer: int, in_shapes: list[list[int]], filters: int | Non
 def network_model(spec, filters: dict[str, int], size: int):
     """The whole network with some convolutions' filter counts changed (a pruned architecture), at ``size``."""
     from yolo3.keras_model import build_model
+    from yolo3.spec import set_filters
 
     spec = spec.copy()
     for index, count in filters.items():
-        spec.layers[int(index)].set("filters", int(count))
+        set_filters(spec.layers[int(index)], int(count))
     return build_model(spec, size=size)
 
 

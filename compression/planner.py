@@ -39,9 +39,9 @@ import numpy as np
 
 from yolo3.fileio import gzip_size
 from yolo3.names import conv_name
-from yolo3.spec import Spec, analyse, conv_params, route_inputs, shortcut_input
+from yolo3.spec import Spec, analyse, conv_params, route_group, route_inputs, set_filters, shortcut_input
 
-from .surgery import IMAGE, _layout, channel_groups
+from .surgery import IMAGE, _layout, channel_groups, tied_depthwise
 
 STEPS_PER_UNIT = 16
 
@@ -58,8 +58,13 @@ class BlockChannels:
     inputs: tuple[tuple[int | None, int], ...]  # (unit id or None if fixed, channels) per input segment
     out_unit: int | None  # a convolution's unit (None: a head, or not a convolution)
     out_channels: int
-    kernel: int = 1  # k * k / groups of a convolution
+    kernel: int = 1  # k * k of a convolution
     bn: bool = False
+    groups: int = 1  # a convolution's groups; 0 for a depthwise one tied to its input (one input channel per filter)
+
+    def weights_per_filter(self, cin: int) -> int:
+        """Kernel weights of one output channel when the convolution reads ``cin`` channels."""
+        return self.kernel * (1 if self.groups == 0 else cin // self.groups)
 
 
 class ChannelMap:
@@ -67,7 +72,7 @@ class ChannelMap:
 
     def __init__(self, spec: Spec):
         self.spec = spec
-        segments, uf = _layout(spec)
+        segments, uf, _ = _layout(spec)
         groups = channel_groups(spec)
         self.units = {g.id: g.channels for g in groups if g.prunable}
         root = {uf.find(g.members[0]): g.id for g in groups if g.prunable}
@@ -83,11 +88,14 @@ class ChannelMap:
         for i, block in enumerate(spec.layers):
             if block.type == "convolutional":
                 p = conv_params(block)
-                self.blocks.append(BlockChannels(i, block.type, segs(i - 1), unit_of(i), p.filters, p.size * p.size, p.batch_normalize))
+                inputs = segs(i - 1)
+                groups = 0 if tied_depthwise(spec, i, sum(n for _, n in inputs)) else p.groups
+                self.blocks.append(BlockChannels(i, block.type, inputs, unit_of(i), p.filters, p.size * p.size, p.batch_normalize, groups))
             elif block.type in ("maxpool", "upsample"):
                 self.blocks.append(BlockChannels(i, block.type, segs(i - 1), None, 0))
             elif block.type == "route" and len(route_inputs(spec, i)) > 1:
-                self.blocks.append(BlockChannels(i, block.type, tuple(s for j in route_inputs(spec, i) for s in segs(j)), None, 0))
+                self.blocks.append(BlockChannels(i, block.type, tuple(s for j in route_inputs(spec, i) for s in segs(j)), None, 0,
+                                                 groups=route_group(block)[0]))  # fmt: skip
             elif block.type == "shortcut":
                 self.blocks.append(BlockChannels(i, block.type, segs(i - 1) + segs(shortcut_input(spec, i)), None, 0))
         self._pixels: dict[int, dict[int, int]] = {}
@@ -109,6 +117,8 @@ class ChannelMap:
             cout = kept.get(block.out_unit, block.out_channels) if block.out_unit is not None else block.out_channels
         elif block.type == "shortcut":
             cout = cin // 2
+        elif block.type == "route":
+            cout = cin // block.groups
         else:
             cout = cin
         return cin, cout
@@ -119,7 +129,7 @@ class ChannelMap:
         for g in channel_groups(self.spec):
             if g.id in kept:
                 for m in g.members:
-                    new.layers[m].set("filters", int(kept[g.id]))
+                    set_filters(new.layers[m], int(kept[g.id]))
         return new
 
 
@@ -142,7 +152,7 @@ class MacsCost:
         for b in self.cmap.blocks:
             if b.type == "convolutional":
                 cin, cout = self.cmap.channels(b, kept)
-                total += px[b.layer] * b.kernel * cin * cout
+                total += px[b.layer] * b.weights_per_filter(cin) * cout
         return float(total)
 
 
@@ -190,7 +200,7 @@ class SizeModel:
                 continue
             cin, cout = cmap.channels(b, kept)
             rate = self.clustered_rates[b.layer] if b.layer in clustered else self.rates[b.layer]
-            total += rate * b.kernel * cin * cout + self.per_channel * cout
+            total += rate * b.weights_per_filter(cin) * cout + self.per_channel * cout
         return total
 
     def to_json(self) -> dict:
@@ -213,11 +223,13 @@ def _int8_gzip_rate(kernel: np.ndarray, scale: np.ndarray | None) -> float:
 
 def measure_size_model(model, spec: Spec, clusters: int, baseline_gzip_bytes: int | None = None, seed: int = 0) -> SizeModel:
     """Rates of every convolution of ``model`` (clustered into ``clusters`` and not), and the overhead of the int8 file."""
+    from yolo3.keras_model import conv_kernel
+
     from .clustering import cluster_kernel, output_scales
 
     rates, clustered = {}, {}
     for i in spec.conv_indices():
-        kernel = model.get_layer(conv_name(i)).get_weights()[0]
+        kernel = conv_kernel(model.get_layer(conv_name(i)))
         scale = output_scales(model, spec, conv_name(i))
         rates[i] = _int8_gzip_rate(kernel, scale)
         clustered[i] = _int8_gzip_rate(cluster_kernel(kernel, clusters, False, seed)[0], scale)

@@ -58,7 +58,9 @@ def make_scheme(name: str):
 
 
 def _conv_kernels(model, names: list[str]) -> dict[str, np.ndarray]:
-    return {n: model.get_layer(n).get_weights()[0] for n in names}
+    from yolo3.keras_model import conv_kernel
+
+    return {n: conv_kernel(model.get_layer(n)) for n in names}
 
 
 def check_clusters_preservable(kernels: dict[str, np.ndarray], per_channel: bool) -> None:

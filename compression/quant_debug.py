@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from yolo3 import names
 from yolo3.errors import UserError
 from yolo3.fileio import atomic_write, atomic_write_text
 from yolo3.names import conv_name, layer_name
 from yolo3.reporting import write_json
 
-LAYER_IN_TENSOR = re.compile(r"(?:conv|bn|leaky|pad|maxpool|upsample|route|shortcut)_(\d+)")
+LAYER_IN_TENSOR = re.compile(names.LAYER_IN_TENSOR)
 
 
 def int8_error_report(h5: Path, images: list[str], input_size: int) -> dict:

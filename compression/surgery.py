@@ -22,6 +22,12 @@ Spec and weights:
   its consumers' weights are added to the twin's, as if its output were the
   twin's.
 - at least one real channel of every group stays.
+- **depthwise**: a depthwise convolution (``groups`` = input channels, one
+  filter per channel) keeps its channels tied to its input's: it joins its
+  input's group, loses the same channels, and its ``groups`` follows.
+- **fixed**: channels read by a grouped (not depthwise) convolution, a
+  depthwise one with a depth multiplier, or a ``[route]`` with ``groups``
+  (YOLOv4-tiny's channel split) keep every channel, so the slices stay equal.
 
 Example::
 
@@ -40,9 +46,20 @@ import numpy as np
 
 from yolo3.darknet import ConvWeights, DarknetWeights
 from yolo3.errors import UserError
-from yolo3.spec import Spec, analyse, conv_params, route_inputs, shortcut_input
+from yolo3.spec import (
+    PASS_THROUGH,
+    Spec,
+    analyse,
+    conv_params,
+    route_group,
+    route_inputs,
+    set_filters,
+    shortcut_activation,
+    shortcut_input,
+)
 
 IMAGE = -1  # the channel space of the network input
+FIXED = -2  # the channel space of channels no pruning may touch (slices of a grouped [route])
 LEAKY = 0.1
 
 
@@ -75,22 +92,42 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind]:
-    """For every layer, its output channels as segments (space, count); spaces joined by shortcuts."""
+def tied_depthwise(spec: Spec, i: int, cin: int) -> bool:
+    """Whether convolution ``i`` is depthwise with one filter per input channel (its channels tied to its input's)."""
+    p = conv_params(spec.layers[i])
+    return p.groups > 1 and p.groups == cin == p.filters
+
+
+def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind, set[int]]:
+    """For every layer, its output channels as segments (space, count); spaces joined by shortcuts and depthwise ties.
+
+    Also returns the spaces whose channels must all stay (see the module docstring).
+    """
     uf = _UnionFind()
     segments: list[list[tuple[int, int]]] = []
+    fixed: set[int] = set()
     image = [(IMAGE, spec.channels)]
     for i, block in enumerate(spec.layers):
         prev = segments[i - 1] if i else image
         if block.type == "convolutional":
             p = conv_params(block)
-            if p.groups != 1:
-                raise spec.error(i, "channel surgery does not support grouped convolutions")
+            cin = sum(n for _, n in prev)
+            if tied_depthwise(spec, i, cin) and len(prev) == 1 and prev[0][0] not in (IMAGE, FIXED):
+                uf.union(prev[0][0], i)
+            elif p.groups != 1:
+                fixed.update(space for space, _ in prev)
+                fixed.add(i)
             segments.append([(i, p.filters)])
-        elif block.type in ("maxpool", "upsample", "yolo"):
+        elif block.type in (*PASS_THROUGH, "yolo"):
             segments.append(prev)
         elif block.type == "route":
-            segments.append([seg for j in route_inputs(spec, i) for seg in segments[j]])
+            groups, _ = route_group(block)
+            if groups == 1:
+                segments.append([seg for j in route_inputs(spec, i) for seg in segments[j]])
+            else:
+                parts = [seg for j in route_inputs(spec, i) for seg in segments[j]]
+                fixed.update(space for space, _ in parts)
+                segments.append([(FIXED, sum(n for _, n in parts) // groups)])
         elif block.type == "shortcut":
             other = segments[shortcut_input(spec, i)]
             if len(prev) != 1 or len(other) != 1:
@@ -99,7 +136,7 @@ def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind]:
             segments.append(prev)
         else:  # pragma: no cover
             raise spec.error(i, f"unsupported layer [{block.type}]")
-    return segments, uf
+    return segments, uf, fixed
 
 
 def head_convs(spec: Spec) -> set[int]:
@@ -108,7 +145,7 @@ def head_convs(spec: Spec) -> set[int]:
 
 def channel_groups(spec: Spec) -> list[Group]:
     """The channel groups of a network, with their consumers; head and input-tied groups are not prunable."""
-    segments, uf = _layout(spec)
+    segments, uf, fixed = _layout(spec)
     groups: dict[int, Group] = {}
     for i in spec.conv_indices():
         root = uf.find(i)
@@ -121,18 +158,34 @@ def channel_groups(spec: Spec) -> list[Group]:
         inputs = segments[i - 1] if i else [(IMAGE, spec.channels)]
         for space, _ in inputs:
             root = uf.find(space)
+            if root == uf.find(i) and tied_depthwise(spec, i, sum(n for _, n in inputs)):
+                continue  # a tied depthwise convolution reads only its own group's channels, channel by channel
             if root in groups:
                 groups[root].consumers.add(i)
                 if p.padding > 0 and p.size > 1:
                     groups[root].padded_consumers.add(i)
     for g in groups.values():
         g.id = min(g.members)
-        g.prunable = uf.find(IMAGE) != uf.find(g.members[0]) and not (set(g.members) & heads)
+        g.prunable = (uf.find(IMAGE) != uf.find(g.members[0]) and not (set(g.members) & heads)
+                      and not any(uf.find(space) == uf.find(g.members[0]) for space in fixed))  # fmt: skip
     return sorted(groups.values(), key=lambda g: g.id)
 
 
 def _act(x: np.ndarray, activation: str) -> np.ndarray:
-    return np.where(x > 0, x, LEAKY * x) if activation == "leaky" else x
+    """Darknet's activations in numpy (for the constants removed channels output)."""
+    if activation == "leaky":
+        return np.where(x > 0, x, LEAKY * x)
+    if activation == "relu":
+        return np.maximum(x, 0.0)
+    if activation == "relu6":
+        return np.clip(x, 0.0, 6.0)
+    if activation == "logistic":
+        return 1.0 / (1.0 + np.exp(-x))
+    if activation == "swish":
+        return x / (1.0 + np.exp(-x))
+    if activation == "mish":
+        return x * np.tanh(np.logaddexp(0.0, x))
+    return x
 
 
 @dataclass
@@ -158,7 +211,7 @@ def prune_channels(
     """
     merges = merges or {}
     groups = {g.id: g for g in channel_groups(spec)}
-    segments, uf = _layout(spec)
+    segments, uf, _ = _layout(spec)
     root_to_id = {uf.find(g.members[0]): g.id for g in groups.values()}
     keep: dict[int, np.ndarray] = {}
     for gid, mask in masks.items():
@@ -169,7 +222,8 @@ def prune_channels(
         if mask.shape != (g.channels,):
             raise UserError(f"group {gid}: mask of {mask.shape[0]} entries for {g.channels} channels")
         if not g.prunable and not mask.all():
-            raise UserError(f"group {gid} (layers {g.members}) cannot be pruned: it feeds a detection head or is the input")
+            raise UserError(f"group {gid} (layers {g.members}) cannot be pruned: it feeds a detection head, is the input, "
+                            "or is read by a grouped convolution or a grouped [route]")  # fmt: skip
         if not mask.any():
             mask[0] = True  # at least one real channel stays
         for r, t in merges.get(gid, {}).items():
@@ -219,7 +273,8 @@ def prune_channels(
             fold = np.zeros(kernel.shape[-1])
             in_keep = []
             start = 0
-            for space, n in in_segments:
+            depthwise = tied_depthwise(spec, i, sum(n for _, n in in_segments))
+            for space, n in ([] if depthwise else in_segments):
                 gid = group_of(space)
                 m = mask_of(space, n)
                 in_keep.append(m)
@@ -240,10 +295,10 @@ def prune_channels(
                     elif len(removed):
                         fold += np.einsum("c,hwco->o", v_in[start + removed], kernel[:, :, start + removed, :])
                 start += n
-            in_mask = np.concatenate(in_keep)
             gid_out = group_of(i)
             out_mask = keep[gid_out] if gid_out in keep else np.ones(p.filters, bool)
-            kernel = kernel[:, :, in_mask, :]
+            if not depthwise:  # a depthwise kernel has one input per filter, which goes with the filter
+                kernel = kernel[:, :, np.concatenate(in_keep), :]
             if cw.bn is not None:
                 gamma, beta, mean, var = (a.astype(np.float64).copy() for a in cw.bn)
                 mean -= fold  # conv(x) + K - mean == conv(x) - (mean - K)
@@ -263,20 +318,26 @@ def prune_channels(
                 new_convs[i] = ConvWeights(np.ascontiguousarray(kernel), None, bn)
             else:
                 new_convs[i] = ConvWeights(np.ascontiguousarray(kernel), bias[out_mask].astype(np.float32), None)
-            new.layers[i].set("filters", int(out_mask.sum()))
+            set_filters(new.layers[i], int(out_mask.sum()))
             v = np.where(out_mask & (np.arange(p.filters) != (carrier if carrier is not None else -1)), 0.0, constants[i])
             u = np.zeros(p.filters)
             if carrier is not None:
-                u[carrier] = 1.0
+                u[carrier] = _act(np.array(1.0), p.activation)  # the carrier's output: BN offset 1 through the activation
             values.append((v, u))
-        elif block.type in ("maxpool", "upsample", "yolo"):
+        elif block.type in (*PASS_THROUGH, "yolo"):
             values.append(prev)
         elif block.type == "route":
-            parts = [values[j] for j in route_inputs(spec, i)]
+            groups, group_id = route_group(block)
+            parts = []
+            for j in route_inputs(spec, i):
+                a, b = values[j]
+                n = len(a) // groups
+                parts.append((a[n * group_id : n * (group_id + 1)], b[n * group_id : n * (group_id + 1)]))
             values.append((np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])))
         elif block.type == "shortcut":
             other = values[shortcut_input(spec, i)]
-            values.append((prev[0] + other[0], prev[1] + other[1]))
+            act = shortcut_activation(block)
+            values.append((_act(prev[0] + other[0], act), _act(prev[1] + other[1], act)))
     analyse(new)  # the result must be consistent
     kept = {gid: np.flatnonzero(m) for gid, m in keep.items()}
     return PruneResult(new, DarknetWeights(new_convs, weights.header), kept, carriers)

@@ -92,7 +92,7 @@ def metadata_for(spec: Spec, names: Sequence[str], input_size: int) -> dict:
         "input_size": [input_size, input_size],
         # what an app must do to an image before it: RGB, (pixel - mean) / std, letterboxed (aspect kept) on grey
         "input_normalization": {"channels": "RGB", "mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0], "letterbox_fill": 0.5},
-        "heads": [{"anchors": [list(a) for a in h.anchors], "classes": h.classes} for h in heads(spec)],
+        "heads": [{"anchors": [list(a) for a in h.anchors], "classes": h.classes, "scale_xy": h.scale_xy} for h in heads(spec)],
         "output_shapes": [list(infos[h.conv].out_shape) for h in heads(spec)],
         "cfg": format_cfg(spec),
     }

@@ -56,7 +56,8 @@ def priors(metadata: dict) -> tuple[np.ndarray, np.ndarray]:
         gy, gx, a = gy.ravel(), gx.ravel(), a.ravel()
         ph, pw = prior[a, 1], prior[a, 0]
         anchors.append(np.stack([(gy + 0.5) / gh, (gx + 0.5) / gw, ph / in_h, pw / in_w], axis=1))
-        multipliers.append(np.stack([in_h / gh / ph, in_w / gw / pw], axis=1))
+        s = float(head.get("scale_xy", 1.0))  # the centre is s * (sigmoid - 0.5) cells from the cell's centre
+        multipliers.append(np.stack([s * in_h / gh / ph, s * in_w / gw / pw], axis=1))
     anchors.append(np.asarray([[0.5, 0.5, 1.0, 1.0]]))
     return np.concatenate(anchors).astype(np.float32), np.concatenate(multipliers).astype(np.float32)
 

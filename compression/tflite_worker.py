@@ -86,8 +86,9 @@ def selectively_quantized(converter, dataset, float_layers: set[int]) -> bytes:
     import re
 
     from yolo3.kerasenv import tf
+    from yolo3.names import LAYER_IN_TENSOR
 
-    layer = re.compile(r"(?:conv|bn|leaky|pad|maxpool|upsample|route|shortcut)_(\d+)")
+    layer = re.compile(LAYER_IN_TENSOR)
     plain = tf.lite.Interpreter(model_content=converter.convert())
     tensors = plain.get_tensor_details()
     nodes = sorted({tensors[o]["name"] for op in plain._get_ops_details() for o in op["outputs"]

@@ -71,8 +71,8 @@ def test_export_cli_weights_h5_weights(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("--cfg", str(cfg), "--weights", str(h5), "--out", str(back))
     assert r.returncode == 0, r.stderr
-    # the header (seen) is not kept in .h5; the body is identical
-    assert back.read_bytes()[20:] == src.read_bytes()[20:]
+    # the header (version, seen) travels in the .h5: byte-identical, header included
+    assert back.read_bytes() == src.read_bytes()
     r = run("--cfg", str(cfg), "--weights", str(h5), "--out", str(back))
     assert r.returncode == 2 and "--force" in r.stderr and "Traceback" not in r.stderr
     r = run("--cfg", str(cfg), "--weights", str(tmp_path / "missing.weights"), "--out", str(tmp_path / "x.h5"))

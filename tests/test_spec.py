@@ -75,7 +75,7 @@ def test_any_class_count_and_size():
 
 
 BAD_CFGS = [
-    ("[net]\nwidth=64\nheight=64\n[convolutional]\nfilters=8\nsize=3\nactivation=mish\n", 4, "activation=mish"),
+    ("[net]\nwidth=64\nheight=64\n[convolutional]\nfilters=8\nsize=3\nactivation=gelu\n", 4, "activation=gelu"),
     ("[net]\n[convolutional]\nfilters=eight\n", 2, "not an integer"),
     ("[net]\n[route]\nlayers=-3\n", 2, "not an earlier layer"),
     ("[net]\n[conv]\n", 2, "unsupported section"),

@@ -31,7 +31,7 @@ from .spec import Spec, heads
 
 
 def head_specs(spec: Spec) -> list[HeadSpec]:
-    return [HeadSpec(h.anchors, h.classes) for h in heads(spec)]
+    return [HeadSpec(h.anchors, h.classes, h.scale_xy) for h in heads(spec)]
 
 
 class KerasPredictor:

@@ -1,9 +1,19 @@
 """Build a Keras (tf_keras) model from a Spec, and move Darknet weights in and out of it.
 
-Only stock layers (Conv2D, BatchNormalization, LeakyReLU, ZeroPadding2D,
-MaxPooling2D, UpSampling2D, Concatenate, Add), named after the Spec index
-(``conv_12``, ``bn_12``, ``leaky_12``, ``route_20`` ...), so an ``.h5`` loads
-with no custom objects and layers can be found again after any edit.
+Stock layers wherever they compute what Darknet does (Conv2D, DepthwiseConv2D
+for a depthwise convolution, BatchNormalization, LeakyReLU / ReLU /
+Activation, Dropout, ZeroPadding2D, MaxPooling2D, UpSampling2D, Concatenate,
+Add), and the two of :mod:`yolo3.layers` where none does (a [route] channel
+group; a [maxpool] whose padding TensorFlow places differently), named after
+the Spec index (``conv_12``, ``bn_12``, ``leaky_12``, ``route_20`` ...), so
+layers can be found again after any edit.
+
+Depthwise: Darknet's ``groups = input channels`` convolution is built as
+``DepthwiseConv2D`` (depth multiplier ``filters / groups``), which the int8
+converter turns into ``DEPTHWISE_CONV_2D``; a grouped ``Conv2D`` would become a
+grouped ``CONV_2D`` that LiteRT runs far slower or not at all. Other group
+counts stay a grouped ``Conv2D``. Kernels move between the layouts in
+:func:`darknet_kernel` / :func:`keras_kernel`.
 
 The outputs are the raw head tensors, one per [yolo] layer, shape
 ``(batch, h, w, anchors * (5 + classes))``: decoding stays outside the model
@@ -31,8 +41,18 @@ from collections.abc import Mapping, Sequence
 from .darknet import ConvWeights, DarknetWeights, Header
 from .errors import UserError
 from .kerasenv import keras
+from .layers import ChannelSlice, DarknetMaxPool
 from .names import bn_name, conv_name, layer_name
-from .spec import Spec, conv_params, maxpool_params, route_inputs, shortcut_input
+from .spec import (
+    Spec,
+    conv_params,
+    dropout_probability,
+    maxpool_params,
+    route_group,
+    route_inputs,
+    shortcut_activation,
+    shortcut_input,
+)
 
 BN_EPSILON = 1e-6
 LEAKY_SLOPE = 0.1
@@ -88,33 +108,99 @@ def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool =
             mode = "valid"
         else:
             mode = "same" if p.padding else "valid"
-        x = layers.Conv2D(
-            p.filters, p.size, strides=p.stride, padding=mode, groups=p.groups, use_bias=not p.batch_normalize, name=conv_name(i)
-        )(x)
+        cin = int(x.shape[-1])
+        if is_depthwise(p.groups, cin):
+            x = layers.DepthwiseConv2D(p.size, strides=p.stride, padding=mode, depth_multiplier=p.filters // cin,
+                                       use_bias=not p.batch_normalize, name=conv_name(i))(x)  # fmt: skip
+        else:
+            x = layers.Conv2D(p.filters, p.size, strides=p.stride, padding=mode, groups=p.groups,
+                              use_bias=not p.batch_normalize, name=conv_name(i))(x)  # fmt: skip
         if p.batch_normalize:
             x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, synchronized=sync_bn, name=bn_name(i))(x)
-        if p.activation == "leaky":
-            x = layers.LeakyReLU(alpha=LEAKY_SLOPE, name=layer_name("leaky", i))(x)
-        return x
+        return apply_activation(x, p.activation, i)
     if block.type == "maxpool":
         size_, stride, padding = maxpool_params(block)
-        if padding == size_ - 1:
-            mode = "same"
-        elif padding == 0:
-            mode = "valid"
-        else:
-            raise spec.error(i, f"[maxpool] padding={padding} is not supported (use the default or 0)")
-        return layers.MaxPooling2D(size_, stride, padding=mode, name=layer_name("maxpool", i))(x)
+        if padding == size_ - 1 and (stride == 1 or size_ == stride == 2):
+            return layers.MaxPooling2D(size_, stride, padding="same", name=layer_name("maxpool", i))(x)
+        if padding == 0:
+            return layers.MaxPooling2D(size_, stride, padding="valid", name=layer_name("maxpool", i))(x)
+        return DarknetMaxPool(size_, stride, padding, name=layer_name("maxpool", i))(x)
     if block.type == "upsample":
         return layers.UpSampling2D(block.get_int("stride", 2), interpolation="nearest", name=layer_name("upsample", i))(x)
+    if block.type == "dropout":
+        return layers.Dropout(dropout_probability(block), name=layer_name("dropout", i))(x)
     if block.type == "route":
-        sources = [outs[j] for j in route_inputs(spec, i)]
+        groups, group_id = route_group(block)
+        sources = []
+        for k, j in enumerate(route_inputs(spec, i)):
+            src = outs[j]
+            if groups > 1:
+                part = int(src.shape[-1]) // groups
+                src = ChannelSlice(part * group_id, part * (group_id + 1), name=layer_name("group", f"{i}_{k}"))(src)
+            sources.append(src)
         return sources[0] if len(sources) == 1 else layers.Concatenate(axis=-1, name=layer_name("route", i))(sources)
     if block.type == "shortcut":
-        return layers.Add(name=layer_name("shortcut", i))([x, outs[shortcut_input(spec, i)]])
+        x = layers.Add(name=layer_name("shortcut", i))([x, outs[shortcut_input(spec, i)]])
+        return apply_activation(x, shortcut_activation(block), i)
     if block.type == "yolo":
         return x  # decoding happens outside the model
     raise spec.error(i, f"unsupported layer type [{block.type}]")  # pragma: no cover - the Spec parser rejects other types
+
+
+def is_depthwise(groups: int, in_channels: int) -> bool:
+    """Darknet ``groups`` equal to the input channels (above 1): one filter group per channel, a ``DepthwiseConv2D``."""
+    return groups > 1 and groups == in_channels
+
+
+def apply_activation(x, activation: str, i: int):
+    """Darknet's ``activation=`` as a stock Keras layer named ``{activation}_{i}`` (none for linear)."""
+    layers = keras.layers
+    name = layer_name(activation, i)
+    if activation == "linear":
+        return x
+    if activation == "leaky":
+        return layers.LeakyReLU(alpha=LEAKY_SLOPE, name=name)(x)
+    if activation == "relu":
+        return layers.ReLU(name=name)(x)
+    if activation == "relu6":
+        return layers.ReLU(max_value=6.0, name=name)(x)
+    if activation in ("mish", "swish"):
+        return layers.Activation(activation, name=name)(x)
+    if activation == "logistic":
+        return layers.Activation("sigmoid", name=name)(x)
+    raise ValueError(f"activation={activation} is not supported")  # pragma: no cover - conv_params checks
+
+
+def keras_kernel(layer, kernel):
+    """A Darknet-layout kernel ``(kh, kw, in/groups, out)`` in the layout of ``layer`` (depthwise: ``(kh, kw, in, multiplier)``)."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kh, kw, _, out = kernel.shape
+        cin = int(layer.depthwise_kernel.shape[2])
+        return kernel.reshape(kh, kw, cin, out // cin)
+    return kernel
+
+
+def darknet_kernel(layer, kernel):
+    """The inverse of :func:`keras_kernel`: a layer's kernel as ``(kh, kw, in/groups, out)``."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        kh, kw, cin, mult = kernel.shape
+        return kernel.reshape(kh, kw, 1, cin * mult)
+    return kernel
+
+
+def conv_kernel(layer):
+    """A convolution layer's kernel as numpy in Darknet's layout ``(kh, kw, in/groups, out)``: the last axis is always the filter."""
+    return darknet_kernel(layer, kernel_variable(layer).numpy())
+
+
+def set_conv_kernel(layer, kernel) -> None:
+    """Set a convolution layer's kernel from Darknet's layout (see :func:`conv_kernel`), keeping its bias."""
+    kernel_variable(layer).assign(keras_kernel(layer, kernel))
+
+
+def kernel_variable(layer):
+    """The kernel variable of a convolution layer, plain or depthwise."""
+    return layer.depthwise_kernel if isinstance(layer, keras.layers.DepthwiseConv2D) else layer.kernel
 
 
 def set_darknet_weights(model: keras.Model, spec: Spec, weights: DarknetWeights) -> None:
@@ -124,14 +210,15 @@ def set_darknet_weights(model: keras.Model, spec: Spec, weights: DarknetWeights)
         if cw is None:
             raise UserError(f"no weights for convolution {i}", spec.source)
         conv = model.get_layer(conv_name(i))
-        expected = tuple(conv.kernel.shape)
+        expected = tuple(darknet_kernel(conv, kernel_variable(conv).numpy()).shape)
         if tuple(cw.kernel.shape) != expected:
             raise UserError(f"convolution {i}: weights {cw.kernel.shape} do not fit the model's {expected}", spec.source)
+        kernel = keras_kernel(conv, cw.kernel)
         if cw.bn is not None:
-            conv.set_weights([cw.kernel])
+            conv.set_weights([kernel])
             model.get_layer(bn_name(i)).set_weights(list(cw.bn))
         else:
-            conv.set_weights([cw.kernel, cw.bias])
+            conv.set_weights([kernel, cw.bias])
 
 
 def get_darknet_weights(model: keras.Model, spec: Spec, header: Header | None = None) -> DarknetWeights:
@@ -140,6 +227,7 @@ def get_darknet_weights(model: keras.Model, spec: Spec, header: Header | None = 
     for i in spec.conv_indices():
         conv = model.get_layer(conv_name(i))
         values = conv.get_weights()
+        values[0] = darknet_kernel(conv, values[0])
         if conv.use_bias:
             convs[i] = ConvWeights(values[0], values[1], None)
         else:

@@ -141,7 +141,8 @@ class TFLitePredictor:
         if heads is None:
             if not self.metadata:
                 raise UserError("this .tflite has no yolo3 metadata; give the config it was made from", path)
-            heads = [HeadSpec(tuple(map(tuple, h["anchors"])), int(h["classes"])) for h in self.metadata["heads"]]
+            heads = [HeadSpec(tuple(map(tuple, h["anchors"])), int(h["classes"]), float(h.get("scale_xy", 1.0)))
+                     for h in self.metadata["heads"]]  # fmt: skip
         self.heads = heads
         self.names = self.metadata.get("names")
         self.input_hw = tuple(int(v) for v in self.input["shape"][1:3])

@@ -3,7 +3,8 @@
 Per head and anchor cell, with ``obj`` = 1 where a box was assigned (see
 :mod:`yolo3.targets`):
 
-- box: ``xywh_scale * obj * (2 - w*h / input area) * (|sigmoid(t_xy) - offset|^2 + |t_wh - log(wh / anchor)|^2)``
+- box: ``xywh_scale * obj * (2 - w*h / input area) * (|s * sigmoid(t_xy) - (s - 1) / 2 - offset|^2 + |t_wh - log(wh / anchor)|^2)``
+  (``s`` is the head's ``scale_x_y``, 1 in YOLOv3)
 - objectness: ``obj_scale * obj * BCE(1, p) + noobj_scale * (1 - obj) * ignore * BCE(0, p)``, where
   ``ignore`` is 0 for predictions whose best IoU with any ground-truth box
   exceeds ``ignore_thresh`` (a good box that was not assigned is not punished)
@@ -75,7 +76,8 @@ def yolo_loss(outputs, targets, gt_boxes, layout: HeadLayout, settings: LossSett
         gy = tf.cast(tf.range(gh), dtype)[None, :, None, None]
         grid = tf.stack([tf.broadcast_to(gx, [1, gh, gw, 1]), tf.broadcast_to(gy, [1, gh, gw, 1])], axis=-1)
 
-        pred_xy_offset = tf.sigmoid(raw[..., 0:2])
+        s = layout.scale_xy(i)  # [yolo] scale_x_y: the offset reaches (s - 1) / 2 beyond the cell
+        pred_xy_offset = s * tf.sigmoid(raw[..., 0:2]) - 0.5 * (s - 1.0)
         pred_wh_raw = raw[..., 2:4]
         pred_centre = (pred_xy_offset + grid) * stride
         pred_wh = tf.exp(tf.minimum(pred_wh_raw, 10.0)) * anchors

@@ -2,7 +2,9 @@
 
 An ``.h5`` this tool writes carries its Darknet cfg text as an HDF5 attribute,
 so the Spec (anchors, class count, layer graph for pruning) travels with the
-weights and no separate cfg is needed to load it again.
+weights and no separate cfg is needed to load it again. A model read from
+``.weights`` also keeps the file's header (version and the ``seen`` image
+counter) in the ``.h5``, so ``.weights -> .h5 -> .weights`` is byte-identical.
 
 Example::
 
@@ -22,6 +24,7 @@ from .spec import Spec, analyse, anchor_pairs, parse_cfg, totals, with_anchors, 
 from .zoo import resolve_spec
 
 CFG_ATTRIBUTE = "darknet_cfg"
+HEADER_ATTRIBUTE = "darknet_header"  # JSON: major, minor, revision, seen of the .weights the model came from
 COMPRESSION_ATTRIBUTE = "yolo3_compression"  # JSON: what was done to the model (clustering, pruning) that training must keep
 MODEL_SUFFIXES = (".weights", ".h5", ".keras", ".tflite")
 
@@ -61,6 +64,25 @@ def spec_from_h5(path: Path) -> Spec | None:
     if isinstance(text, bytes):
         text = text.decode("utf-8")
     return parse_cfg(str(text), source=f"{path} (embedded cfg)")
+
+
+def header_from_h5(path: Path):
+    """The Darknet header an ``.h5`` carries (None if it carries none or an unreadable one)."""
+    import json
+
+    import h5py
+
+    from .darknet import Header
+
+    with h5py.File(path, "r") as f:
+        text = f.attrs.get(HEADER_ATTRIBUTE)
+    if text is None:
+        return None
+    try:
+        values = json.loads(text.decode("utf-8") if isinstance(text, bytes) else str(text))
+        return Header(int(values["major"]), int(values["minor"]), int(values["revision"]), int(values["seen"]))
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"the {HEADER_ATTRIBUTE} attribute is not a Darknet header record: the file was changed", path) from None
 
 
 def compression_info(path: str | Path) -> dict:
@@ -163,7 +185,7 @@ def load_model(
         spec = _adjust(spec, None, size, anchors)
         if classes is not None and classes != spec.num_classes:
             raise UserError(f"the model predicts {spec.num_classes} classes but {classes} labels are configured", path)
-        return LoadedModel(model, spec, str(path))
+        return LoadedModel(model, spec, str(path), None if foreign else header_from_h5(path))
     if suffix == ".tflite":
         raise UserError("a .tflite model cannot be loaded as a Keras model; use the TFLite predictor", path)
     raise UserError(f"unknown model file type {suffix!r} (expected one of {', '.join(MODEL_SUFFIXES)})", path)
@@ -181,11 +203,12 @@ def _check_foreign(model, spec: Spec, architecture, path: Path) -> None:
                         f"{architecture}: give a .h5 this tool wrote, or the .weights with its cfg", path)  # fmt: skip
 
 
-def save_model(model, spec: Spec, path: str | Path, compression: dict | None = None) -> None:
+def save_model(model, spec: Spec, path: str | Path, compression: dict | None = None, header=None) -> None:
     """Save a Keras model as ``.h5`` (with its cfg embedded) or as Darknet ``.weights``, atomically.
 
     ``compression`` (JSON-able) records what was done to the model, so that
-    fine-tuning can keep it (clusters, pruning masks).
+    fine-tuning can keep it (clusters, pruning masks). ``header`` (a
+    :class:`~yolo3.darknet.Header`) is the Darknet header to write or keep.
     """
     from .fileio import atomic_write
 
@@ -195,7 +218,7 @@ def save_model(model, spec: Spec, path: str | Path, compression: dict | None = N
         from .darknet import write_weights
         from .keras_model import get_darknet_weights
 
-        write_weights(path, spec, get_darknet_weights(model, spec))
+        write_weights(path, spec, get_darknet_weights(model, spec, header))
         return
     if suffix != ".h5":
         raise UserError("the output must end in .h5 or .weights", path)
@@ -211,6 +234,11 @@ def save_model(model, spec: Spec, path: str | Path, compression: dict | None = N
             model.save(tmp, save_format="h5", include_optimizer=False)
         with h5py.File(tmp, "a") as f:
             f.attrs[CFG_ATTRIBUTE] = format_cfg(spec)
+            if header is not None:
+                import json
+                from dataclasses import asdict
+
+                f.attrs[HEADER_ATTRIBUTE] = json.dumps(asdict(header))
             if compression:
                 import json
 

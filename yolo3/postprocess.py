@@ -27,6 +27,7 @@ class HeadSpec:
 
     anchors: tuple[tuple[float, float], ...]
     classes: int
+    scale_xy: float = 1.0  # [yolo] scale_x_y: centres reach (s - 1) / 2 cells beyond their cell (YOLOv4)
 
 
 @dataclass
@@ -73,8 +74,9 @@ def decode(output: np.ndarray, head: HeadSpec, input_hw: tuple[int, int]) -> tup
     gx = np.arange(gw, dtype=np.float32)[None, :, None]
     gy = np.arange(gh, dtype=np.float32)[:, None, None]
     anchors = np.asarray(head.anchors, np.float32)
-    cx = (sigmoid(out[..., 0]) + gx) / gw * in_w
-    cy = (sigmoid(out[..., 1]) + gy) / gh * in_h
+    s = head.scale_xy
+    cx = (s * sigmoid(out[..., 0]) - 0.5 * (s - 1.0) + gx) / gw * in_w
+    cy = (s * sigmoid(out[..., 1]) - 0.5 * (s - 1.0) + gy) / gh * in_h
     bw = np.exp(np.minimum(out[..., 2], 20.0)) * anchors[:, 0]
     bh = np.exp(np.minimum(out[..., 3], 20.0)) * anchors[:, 1]
     boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=-1).reshape(-1, 4)

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from .errors import UserError
 
-BLOCK_TYPES = ("net", "convolutional", "shortcut", "route", "upsample", "maxpool", "yolo")
-ACTIVATIONS = ("leaky", "linear")
+BLOCK_TYPES = ("net", "convolutional", "shortcut", "route", "upsample", "maxpool", "dropout", "yolo")
+ACTIVATIONS = ("leaky", "linear", "relu", "relu6", "mish", "swish", "logistic")
+PASS_THROUGH = ("upsample", "maxpool", "dropout")  # one input, same channels (order kept)
 
 
 @dataclass
@@ -274,13 +275,25 @@ def conv_params(block: Block) -> ConvParams:
     if filters > MAX_FILTERS or size > MAX_KERNEL or stride > MAX_KERNEL or padding > MAX_KERNEL:
         raise ValueError(f"filters must be at most {MAX_FILTERS:,}, size, stride and padding at most {MAX_KERNEL}")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"activation={activation} is not supported (use {' or '.join(ACTIVATIONS)})")
+        raise ValueError(f"activation={activation} is not supported (use one of {', '.join(ACTIVATIONS)})")
     for key in ("stride_x", "stride_y", "binary", "xnor", "flipped", "antialiasing"):
         if block.get_int(key, 0):
             raise ValueError(f"[convolutional] {key} is not supported")
     if block.get_int("dilation", 1) != 1:
         raise ValueError("[convolutional] dilation other than 1 is not supported")
     return ConvParams(filters, size, stride, padding, groups, bool(block.get_int("batch_normalize", 0)), activation)
+
+
+def set_filters(block: Block, count: int) -> None:
+    """Give a [convolutional] ``count`` filters; a depthwise one (a group per filter) keeps a group per filter.
+
+    Every architecture edit that narrows a layer (pruning, latency probes)
+    goes through here, so a depthwise convolution stays depthwise.
+    """
+    p = conv_params(block)
+    if p.groups > 1 and p.groups == p.filters:
+        block.set("groups", int(count))
+    block.set("filters", int(count))
 
 
 def maxpool_params(block: Block) -> tuple[int, int, int]:
@@ -290,6 +303,11 @@ def maxpool_params(block: Block) -> tuple[int, int, int]:
     padding = block.get_int("padding", size - 1)
     if size < 1 or stride < 1 or padding < 0:
         raise ValueError("size and stride must be positive")
+    if padding >= size:
+        raise ValueError(f"[maxpool] padding={padding} must be below size={size}")
+    for key in ("stride_x", "stride_y", "maxpool_depth", "antialiasing"):
+        if block.get_int(key, 0):
+            raise ValueError(f"[maxpool] {key} is not supported")
     return size, stride, padding
 
 
@@ -305,9 +323,22 @@ def route_inputs(spec: Spec, index: int) -> list[int]:
     refs = block.get_ints("layers")
     if not refs:
         raise ValueError("[route] needs at least one layer in 'layers'")
-    if block.get_int("groups", 1) != 1:
-        raise ValueError("[route] groups is not supported")
     return [_resolve(index, r, "layers") for r in refs]
+
+
+def route_group(block: Block) -> tuple[int, int]:
+    """``(groups, group_id)`` of a [route]: it passes on the ``group_id``-th of ``groups`` equal channel slices of each input.
+
+    YOLOv4-tiny's CSP blocks read the second half of a convolution this way
+    (``groups=2 group_id=1``); the default ``(1, 0)`` passes whole inputs.
+    """
+    groups = block.get_int("groups", 1)
+    group_id = block.get_int("group_id", 0)
+    if groups < 1:
+        raise ValueError(f"[route] groups={groups} must be at least 1")
+    if not 0 <= group_id < groups:
+        raise ValueError(f"[route] group_id={group_id} must be in [0, groups-1 = {groups - 1}]")
+    return groups, group_id
 
 
 def shortcut_input(spec: Spec, index: int) -> int:
@@ -315,9 +346,35 @@ def shortcut_input(spec: Spec, index: int) -> int:
     refs = block.get_ints("from")
     if len(refs) != 1:
         raise ValueError("[shortcut] needs exactly one layer in 'from'")
-    if block.get_str("activation", "linear") != "linear":
-        raise ValueError("[shortcut] activation other than linear is not supported")
+    shortcut_activation(block)
+    if block.get_str("weights_type", "none") != "none":
+        raise ValueError("[shortcut] weights_type (weighted shortcut) is not supported")
     return _resolve(index, refs[0], "from")
+
+
+def shortcut_activation(block: Block) -> str:
+    activation = block.get_str("activation", "linear")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation={activation} is not supported (use one of {', '.join(ACTIVATIONS)})")
+    return activation
+
+
+def dropout_probability(block: Block) -> float:
+    """A [dropout]'s probability (Darknet's default .5): identity at inference, dropout in training."""
+    p = block.get_float("probability", 0.5)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"[dropout] probability={p:g} must be in [0, 1)")
+    return p
+
+
+def yolo_scale_xy(block: Block) -> float:
+    """``scale_x_y`` of a [yolo]: centres are ``sigmoid(t) * s - (s - 1) / 2`` cells from the cell corner (YOLOv4)."""
+    s = block.get_float("scale_x_y", 1.0)
+    if not 1.0 <= s <= 4.0:
+        raise ValueError(f"[yolo] scale_x_y={s:g} must be in [1, 4]")
+    if block.get_int("new_coords", 0):
+        raise ValueError("[yolo] new_coords=1 (Scaled-YOLOv4 decoding) is not supported")
+    return s
 
 
 def yolo_anchors(block: Block) -> tuple[list[tuple[float, float]], list[int]]:
@@ -383,13 +440,22 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
         stride = block.get_int("stride", 2)
         if stride < 1:
             raise ValueError("[upsample] stride must be a positive integer")
+        if block.get_float("scale", 1.0) != 1.0:
+            raise ValueError("[upsample] scale other than 1 is not supported")
         return LayerInfo(i, block.type, src, prev, (h * stride, w * stride, c), stride=stride)
+    if block.type == "dropout":
+        dropout_probability(block)
+        return LayerInfo(i, block.type, src, prev, prev)
     if block.type == "route":
         inputs = route_inputs(spec, i)
+        groups, _ = route_group(block)
         shapes = [infos[j].out_shape for j in inputs]
         if len({s[:2] for s in shapes}) != 1:
             raise ValueError(f"[route] joins layers {inputs} of different sizes {[s[:2] for s in shapes]}")
-        out = (shapes[0][0], shapes[0][1], sum(s[2] for s in shapes))
+        for j, s in zip(inputs, shapes):
+            if s[2] % groups:
+                raise ValueError(f"[route] groups={groups} does not divide the {s[2]} channels of layer {j}")
+        out = (shapes[0][0], shapes[0][1], sum(s[2] // groups for s in shapes))
         return LayerInfo(i, block.type, tuple(inputs), shapes[0], out)
     if block.type == "shortcut":
         j = shortcut_input(spec, i)
@@ -401,6 +467,7 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
         classes = block.get_int("classes", 20)
         if classes < 1:
             raise ValueError("[yolo] classes must be at least 1")
+        yolo_scale_xy(block)
         need = len(mask) * (classes + 5)
         if c != need:
             raise ValueError(
@@ -439,8 +506,12 @@ def layer_table(spec: Spec, infos: list[LayerInfo]) -> str:
             rows.append(f"{info.index:5d} max              {info.size} x{info.size:2d}/{info.stride:2d}  {io}")
         elif info.type == "upsample":
             rows.append(f"{info.index:5d} upsample                 {info.stride}x  {io}")
+        elif info.type == "dropout":
+            rows.append(f"{info.index:5d} dropout       p = {dropout_probability(block):.3f}  {io}")
         elif info.type == "route":
-            rows.append(f"{info.index:5d} route  {' '.join(str(j) for j in info.inputs):<38s} -> {ow:4d} x{oh:4d} x{oc:5d}")
+            groups, group_id = route_group(block)
+            part = f" {group_id}/{groups}" if groups > 1 else ""
+            rows.append(f"{info.index:5d} route  {' '.join(str(j) for j in info.inputs) + part:<38s} -> {ow:4d} x{oh:4d} x{oc:5d}")
         elif info.type == "shortcut":
             rows.append(f"{info.index:5d} shortcut  from {info.inputs[1]:<3d}            {io}")
         elif info.type == "yolo":
@@ -513,6 +584,7 @@ class Head:
     conv: int  # index of the layer whose output it decodes
     anchors: tuple[tuple[float, float], ...]
     classes: int
+    scale_xy: float = 1.0  # [yolo] scale_x_y
 
 
 def heads(spec: Spec) -> list[Head]:
@@ -520,7 +592,7 @@ def heads(spec: Spec) -> list[Head]:
     for i in spec.yolo_indices():
         block = spec.layers[i]
         anchors, mask = yolo_anchors(block)
-        out.append(Head(i, i - 1, tuple(anchors[m] for m in mask), block.get_int("classes", 20)))
+        out.append(Head(i, i - 1, tuple(anchors[m] for m in mask), block.get_int("classes", 20), yolo_scale_xy(block)))
     if not out:
         raise UserError("the network has no [yolo] layer", spec.source)
     return out

@@ -27,6 +27,10 @@ class HeadLayout:
 
     strides: tuple[int, ...]
     anchors: tuple[tuple[tuple[float, float], ...], ...]
+    scales_xy: tuple[float, ...] = ()  # [yolo] scale_x_y per head (1 when empty)
+
+    def scale_xy(self, head: int) -> float:
+        return self.scales_xy[head] if head < len(self.scales_xy) else 1.0
 
     @property
     def all_anchors(self) -> np.ndarray:
@@ -40,7 +44,7 @@ def head_layout(spec) -> HeadLayout:
     infos = analyse(spec)
     hs = heads(spec)
     strides = tuple(int(round(spec.height / infos[h.conv].out_shape[0])) for h in hs)
-    return HeadLayout(strides, tuple(h.anchors for h in hs))
+    return HeadLayout(strides, tuple(h.anchors for h in hs), tuple(h.scale_xy for h in hs))
 
 
 def encode_targets(

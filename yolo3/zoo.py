@@ -1,8 +1,12 @@
 """Built-in YOLOv3 definitions, written here as code rather than copied cfg files.
 
-``build_spec("yolov3" | "yolov3-spp" | "yolov3-tiny", classes=80, size=416)``
-returns a :class:`~yolo3.spec.Spec` with the same layer sequence as the
-reference Darknet cfgs, so weights trained with Darknet load into it.
+``build_spec(name, classes=80, size=416)`` returns a :class:`~yolo3.spec.Spec`
+with the same layer sequence as the reference Darknet cfgs, so weights trained
+with Darknet load into it: ``yolov3``, ``yolov3-spp``, ``yolov3-tiny``, the
+light ``yolov4-tiny`` (CSP route groups, ``scale_x_y=1.05``) and
+``yolo-fastest`` (Yolo-Fastest 1.0: depthwise blocks, dropout; 320 px in its
+authors' cfg), and ``yolov3-tiny-relu`` (YOLOv3-tiny with ReLU, for
+accelerators without LeakyReLU such as the Edge TPU).
 
 Example::
 
@@ -20,6 +24,7 @@ from .spec import Block, Spec, read_cfg, with_classes, with_size
 
 YOLOV3_ANCHORS = "10,13, 16,30, 33,23, 30,61, 62,45, 59,119, 116,90, 156,198, 373,326"
 TINY_ANCHORS = "10,14, 23,27, 37,58, 81,82, 135,169, 344,319"
+FASTEST_ANCHORS = "12,18, 37,49, 52,132, 115,73, 119,199, 242,238"
 
 NET_OPTIONS = {
     "batch": "64",
@@ -52,18 +57,30 @@ class _Builder:
     def last(self) -> int:
         return len(self.layers) - 1
 
-    def conv(self, filters: int, size: int, stride: int = 1, bn: bool = True, activation: str = "leaky") -> int:
+    def conv(self, filters: int, size: int, stride: int = 1, bn: bool = True, activation: str = "leaky", groups: int = 1) -> int:
         opts = {"batch_normalize": "1"} if bn else {}
+        if groups != 1:
+            opts["groups"] = str(groups)
         opts.update(filters=str(filters), size=str(size), stride=str(stride), pad="1", activation=activation)
         self.layers.append(Block("convolutional", opts))
+        return self.last
+
+    def depthwise(self, channels: int, size: int = 3, stride: int = 1) -> int:
+        return self.conv(channels, size, stride, groups=channels)
+
+    def dropout(self, probability: str) -> int:
+        self.layers.append(Block("dropout", {"probability": probability}))
         return self.last
 
     def shortcut(self, frm: int = -3) -> int:
         self.layers.append(Block("shortcut", {"from": str(frm), "activation": "linear"}))
         return self.last
 
-    def route(self, *layers: int) -> int:
-        self.layers.append(Block("route", {"layers": ",".join(str(v) for v in layers)}))
+    def route(self, *layers: int, groups: int = 1, group_id: int = 0) -> int:
+        opts = {"layers": ",".join(str(v) for v in layers)}
+        if groups != 1:
+            opts.update(groups=str(groups), group_id=str(group_id))
+        self.layers.append(Block("route", opts))
         return self.last
 
     def upsample(self, stride: int = 2) -> int:
@@ -79,25 +96,15 @@ class _Builder:
         self.conv(filters, 3)
         return self.shortcut(-3)
 
-    def yolo(self, mask: str, classes: int) -> int:
+    def yolo(self, mask: str, classes: int, scale_xy: str | None = None) -> int:
         # The head convolution: linear, with bias, no batch norm.
         n = len(mask.split(","))
         self.conv(n * (classes + 5), 1, bn=False, activation="linear")
-        self.layers.append(
-            Block(
-                "yolo",
-                {
-                    "mask": mask,
-                    "anchors": self.anchors,
-                    "classes": str(classes),
-                    "num": str(self.num),
-                    "jitter": ".3",
-                    "ignore_thresh": ".7",
-                    "truth_thresh": "1",
-                    "random": "1",
-                },
-            )
-        )
+        opts = {"mask": mask, "anchors": self.anchors, "classes": str(classes), "num": str(self.num), "jitter": ".3",
+                "ignore_thresh": ".7", "truth_thresh": "1", "random": "1"}  # fmt: skip
+        if scale_xy is not None:
+            opts["scale_x_y"] = scale_xy
+        self.layers.append(Block("yolo", opts))
         return self.last
 
 
@@ -145,23 +152,91 @@ def _yolov3_layers(classes: int, spp: bool) -> list[Block]:
     return b.layers
 
 
-def _tiny_layers(classes: int) -> list[Block]:
+def _tiny_layers(classes: int, activation: str = "leaky") -> list[Block]:
     b = _Builder(TINY_ANCHORS, 6)
     for i, filters in enumerate((16, 32, 64, 128, 256, 512)):
-        b.conv(filters, 3)
+        b.conv(filters, 3, activation=activation)
         if filters == 256:
             tap = b.last
         b.maxpool(2, 1 if i == 5 else 2)
-    b.conv(1024, 3)
+    b.conv(1024, 3, activation=activation)
+    b.conv(256, 1, activation=activation)
+    b.conv(512, 3, activation=activation)
+    b.yolo("3,4,5", classes)
+    b.route(-4)
+    b.conv(128, 1, activation=activation)
+    b.upsample(2)
+    b.route(-1, tap)
+    b.conv(256, 3, activation=activation)
+    b.yolo("0,1,2", classes)
+    return b.layers
+
+
+def _yolov4_tiny_layers(classes: int) -> list[Block]:
+    """AlexeyAB's yolov4-tiny.cfg: three CSP blocks (a [route] passes the second half of a convolution on)."""
+    b = _Builder(TINY_ANCHORS, 6)
+    b.conv(32, 3, 2)
+    b.conv(64, 3, 2)
+    for filters in (64, 128, 256):
+        b.conv(filters, 3)
+        b.route(-1, groups=2, group_id=1)
+        b.conv(filters // 2, 3)
+        b.conv(filters // 2, 3)
+        b.route(-1, -2)
+        b.conv(filters, 1)
+        tap = b.last
+        b.route(-6, -1)
+        b.maxpool(2, 2)
+    b.conv(512, 3)
     b.conv(256, 1)
     b.conv(512, 3)
-    b.yolo("3,4,5", classes)
+    b.yolo("3,4,5", classes, "1.05")
     b.route(-4)
     b.conv(128, 1)
     b.upsample(2)
     b.route(-1, tap)
     b.conv(256, 3)
-    b.yolo("0,1,2", classes)
+    b.yolo("1,2,3", classes, "1.05")  # sic: the reference cfg's second head uses anchors 1, 2, 3
+    return b.layers
+
+
+def _fastest_layers(classes: int) -> list[Block]:
+    """Yolo-Fastest 1.0 (dog-qiuqiu): inverted-residual blocks of 1x1 expand, 3x3 depthwise, 1x1 linear project, dropout .15."""
+    b = _Builder(FASTEST_ANCHORS, 6)
+
+    def stage(expand: int, out: int, stride: int, repeats: int, first_expand: int | None = None) -> None:
+        b.conv(first_expand or expand, 1)
+        b.depthwise(first_expand or expand, 3, stride)
+        b.conv(out, 1, activation="linear")
+        for _ in range(repeats):
+            b.conv(expand, 1)
+            b.depthwise(expand, 3)
+            b.conv(out, 1, activation="linear")
+            b.dropout(".15")
+            b.shortcut(-5)
+
+    b.conv(8, 3, 2)
+    stage(8, 4, 1, 1)
+    stage(32, 8, 2, 2, first_expand=24)
+    stage(48, 8, 2, 2, first_expand=32)
+    stage(96, 16, 1, 4, first_expand=48)
+    stage(136, 24, 2, 4, first_expand=96)
+    tap = b.last + 1  # the next stage's first 1x1 expand (stride 16), which the small-object head reads
+    stage(224, 48, 2, 5, first_expand=136)
+    b.conv(96, 1)
+    b.depthwise(96, 5)
+    b.conv(128, 1, activation="linear")
+    b.depthwise(128, 5)
+    b.conv(128, 1, activation="linear")
+    b.yolo("3,4,5", classes, "1.0")
+    b.route(-7)
+    b.upsample(2)
+    b.route(-1, tap)
+    b.conv(96, 1)
+    for _ in range(2):
+        b.depthwise(96, 5)
+        b.conv(96, 1, activation="linear")
+    b.yolo("0,1,2", classes, "1.0")
     return b.layers
 
 
@@ -169,6 +244,9 @@ BUILTIN = {
     "yolov3": lambda classes: _yolov3_layers(classes, spp=False),
     "yolov3-spp": lambda classes: _yolov3_layers(classes, spp=True),
     "yolov3-tiny": _tiny_layers,
+    "yolov3-tiny-relu": lambda classes: _tiny_layers(classes, "relu"),
+    "yolov4-tiny": _yolov4_tiny_layers,
+    "yolo-fastest": _fastest_layers,
 }
 
 

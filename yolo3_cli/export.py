@@ -29,13 +29,7 @@ def run(args) -> int:
     check_output_path(out)
     _check_out(out, args.force)
     loaded = load_model(args.weights, architecture=args.cfg)
-    if out.suffix.lower() == ".weights":
-        from yolo3.darknet import write_weights
-        from yolo3.keras_model import get_darknet_weights
-
-        write_weights(out, loaded.spec, get_darknet_weights(loaded.model, loaded.spec, loaded.header))
-    else:
-        save_model(loaded.model, loaded.spec, out)
+    save_model(loaded.model, loaded.spec, out, header=loaded.header)
     print(f"wrote {out} ({out.stat().st_size:,} bytes)")
     return 0
 

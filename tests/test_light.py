@@ -1,0 +1,257 @@
+"""The light YOLO family: every Darknet construct they use, alone against OpenCV DNN; the whole models; surgery on them."""
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import SHARED, random_weights, require_shared
+from test_opencv import opencv_outputs
+from yolo3.darknet import read_weights, weights_to_bytes, write_weights
+from yolo3.errors import UserError
+from yolo3.spec import parse_cfg, write_cfg
+
+STEM = """[net]
+width=64
+height=64
+channels=3
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+"""
+
+HEAD = """[convolutional]
+filters=14
+size=1
+stride=1
+pad=1
+activation=linear
+[yolo]
+mask=0,1
+anchors=10,14, 23,27, 37,58
+classes=2
+num=3
+"""
+
+
+def conv(filters, size=3, stride=1, groups=1, activation="leaky", bn=1):
+    g = f"groups={groups}\n" if groups != 1 else ""
+    return f"[convolutional]\nbatch_normalize={bn}\n{g}filters={filters}\nsize={size}\nstride={stride}\npad=1\nactivation={activation}\n"
+
+
+CONSTRUCTS = {
+    "depthwise": conv(8, groups=8),
+    "depthwise-5x5-stride2": conv(8, 5, 2, groups=8),
+    "depthwise-multiplier2": conv(16, groups=8),
+    "grouped": conv(8, groups=2) + conv(12, 1, groups=4),
+    "kernel1-5-7": conv(8, 1) + conv(8, 5) + conv(8, 7, 2),
+    "dropout": conv(8, 1) + "[dropout]\nprobability=.15\n[shortcut]\nfrom=-3\nactivation=linear\n",
+    "route-group": conv(16) + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv(8) + "[route]\nlayers=-1,-2\n",
+    "route-groups-of-two": conv(16) + "[route]\nlayers=-1,-2\ngroups=4\ngroup_id=2\n",
+    "shortcut-leaky": conv(8) + "[shortcut]\nfrom=-2\nactivation=leaky\n",
+    "shortcut-relu": conv(8, activation="linear") + "[shortcut]\nfrom=-2\nactivation=relu\n",
+    "maxpool-3-2": "[maxpool]\nsize=3\nstride=2\n",
+    "maxpool-3-1": "[maxpool]\nsize=3\nstride=1\n",
+    "maxpool-2-2": "[maxpool]\nsize=2\nstride=2\n",
+    "maxpool-2-1": "[maxpool]\nsize=2\nstride=1\n",
+    "upsample": "[upsample]\nstride=2\n[maxpool]\nsize=2\nstride=2\n",
+    "relu": conv(8, activation="relu"),
+    "relu6": conv(8, activation="relu6"),
+    "mish": conv(8, activation="mish"),
+    "swish": conv(8, activation="swish"),
+    "logistic": conv(8, activation="logistic"),
+}
+
+
+def check_against_opencv(spec, weights, folder, size=None, seed=1):
+    """Our raw head outputs against OpenCV DNN's for the same cfg and weights; the largest difference."""
+    from yolo3.keras_model import build_model, set_darknet_weights
+
+    cfg, wts = folder / "net.cfg", folder / "net.weights"
+    write_cfg(spec, cfg)
+    write_weights(wts, spec, weights)
+    model = build_model(spec, size)
+    set_darknet_weights(model, spec, weights)
+    hw = model.input_shape[1]
+    tensor = np.random.RandomState(seed).rand(hw, hw, 3).astype(np.float32)
+    outputs = model(tensor[None])
+    ours = [np.asarray(o)[0] for o in (outputs if isinstance(outputs, list) else [outputs])]
+    theirs = opencv_outputs(cfg, wts, tensor, [f"conv_{i - 1}" for i in spec.yolo_indices()])
+    worst = 0.0
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        worst = max(worst, float(np.abs(a - b).max()))
+    return worst
+
+
+# OpenCV 4.x refuses relu6 ("Unsupported activation") and a grouped [route] of several layers;
+# those two are checked against Darknet's definition in numpy instead.
+NOT_IN_OPENCV = {"relu6", "route-groups-of-two"}
+
+
+@pytest.mark.parametrize("name", sorted(set(CONSTRUCTS) - NOT_IN_OPENCV))
+def test_construct_matches_opencv(tmp_path, name):
+    spec = parse_cfg(STEM + CONSTRUCTS[name] + HEAD, source=name)
+    assert check_against_opencv(spec, random_weights(spec, seed=3), tmp_path) < 1e-3
+
+
+def _layer_outputs(spec, names):
+    from yolo3.kerasenv import keras
+    from yolo3.keras_model import build_model, set_darknet_weights
+
+    model = build_model(spec)
+    set_darknet_weights(model, spec, random_weights(spec, seed=3))
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
+    x = np.random.RandomState(1).rand(1, 64, 64, 3).astype(np.float32)
+    return [np.asarray(o)[0] for o in probe(x)]
+
+
+def test_relu6_is_darknets():
+    spec = parse_cfg(STEM + CONSTRUCTS["relu6"] + HEAD)
+    before, after = _layer_outputs(spec, ["bn_1", "relu6_1"])
+    assert before.max() > 6 or before.min() < 0
+    assert np.array_equal(after, np.clip(before, 0, 6))
+
+
+def test_grouped_route_of_two_layers_is_darknets():
+    """Darknet's route_layer: the group_id-th of groups slices of *each* input, concatenated."""
+    spec = parse_cfg(STEM + CONSTRUCTS["route-groups-of-two"] + HEAD)
+    first, second, routed = _layer_outputs(spec, ["leaky_0", "leaky_1", "route_2"])
+    assert np.array_equal(routed, np.concatenate([second[..., 8:12], first[..., 4:6]], axis=-1))
+
+
+def test_keys_with_spaces_and_tabs_are_read():
+    text = (STEM + CONSTRUCTS["depthwise"] + HEAD).replace("=", " = ").replace("size = 3\nstride = 1", "size\t=\t3\nstride =1")
+    spec = parse_cfg(text)
+    assert spec.layers[1].get_int("groups") == 8 and spec.layers[1].get_int("size") == 3
+
+
+def test_depthwise_is_a_depthwise_layer_and_trains():
+    """groups = channels builds DepthwiseConv2D (LiteRT's fast DEPTHWISE_CONV_2D), grouped stays Conv2D; dropout acts only in training."""
+    from yolo3.kerasenv import keras
+    from yolo3.keras_model import build_model
+
+    spec = parse_cfg(STEM + CONSTRUCTS["depthwise"] + CONSTRUCTS["grouped"] + conv(12, 1)
+                     + "[dropout]\nprobability=.5\n[shortcut]\nfrom=-3\nactivation=linear\n" + HEAD)  # fmt: skip
+    model = build_model(spec)
+    assert isinstance(model.get_layer("conv_1"), keras.layers.DepthwiseConv2D)
+    assert isinstance(model.get_layer("conv_2"), keras.layers.Conv2D) and model.get_layer("conv_2").groups == 2
+    x = np.random.RandomState(0).rand(2, 64, 64, 3).astype(np.float32)
+    assert np.array_equal(model(x, training=False)[0], model(x, training=False)[0])
+    assert not np.allclose(model(x, training=True)[0], model(x, training=False)[0])
+
+
+LIGHT = ["yolov4-tiny", "yolov3-tiny-relu", "yolo-fastest"]
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_model_matches_opencv_and_round_trips_through_h5(tmp_path, name):
+    """Random plausible weights: OpenCV agrees, and .weights -> .h5 -> .weights is byte-identical (header included)."""
+    from yolo3.darknet import Header
+    from yolo3.models import load_model, save_model
+    from yolo3.zoo import build_spec
+
+    spec = build_spec(name, classes=4, size=160)
+    weights = random_weights(spec, seed=7, header=Header(0, 2, 5, 123456789))
+    assert check_against_opencv(spec, weights, tmp_path) < 1e-3
+    loaded = load_model(tmp_path / "net.weights", tmp_path / "net.cfg")
+    save_model(loaded.model, loaded.spec, tmp_path / "m.h5", header=loaded.header)
+    again = load_model(tmp_path / "m.h5")
+    save_model(again.model, again.spec, tmp_path / "back.weights", header=again.header)
+    assert (tmp_path / "back.weights").read_bytes() == (tmp_path / "net.weights").read_bytes()
+
+
+FASTEST = ("weights", "yolo-fastest-1.0-coco")
+
+
+@pytest.fixture(scope="module")
+def fastest_paths():
+    return require_shared(*FASTEST, "yolo-fastest.cfg"), require_shared(*FASTEST, "yolo-fastest.weights")
+
+
+@pytest.mark.parametrize("image", ["dog", "person"])
+def test_official_yolo_fastest_matches_opencv(fastest_paths, image):
+    from yolo3.models import load_model
+    from yolo3.preprocess import letterbox, load_image
+
+    cfg, weights = fastest_paths
+    loaded = load_model(weights, cfg)
+    tensor, _ = letterbox(load_image(require_shared("darknet", "images", f"{image}.jpg")), 320)
+    ours = [np.asarray(o)[0] for o in loaded.model(tensor[None])]
+    theirs = opencv_outputs(cfg, weights, tensor, [f"conv_{i - 1}" for i in loaded.spec.yolo_indices()])
+    for a, b in zip(ours, theirs):
+        assert np.abs(a - b).max() < 1e-3
+
+
+def test_official_yolo_fastest_round_trip_and_builtin(fastest_paths, tmp_path):
+    """The official file through .h5 and back byte for byte (header's seen included); the built-in has its layers."""
+    from yolo3.models import load_model, save_model
+    from yolo3.spec import analyse, conv_params, totals
+    from yolo3.zoo import build_spec
+
+    cfg, weights = fastest_paths
+    loaded = load_model(weights, cfg)
+    assert loaded.header.seen > 0
+    save_model(loaded.model, loaded.spec, tmp_path / "f.h5", header=loaded.header)
+    again = load_model(tmp_path / "f.h5")
+    save_model(again.model, again.spec, tmp_path / "f.weights", header=again.header)
+    assert (tmp_path / "f.weights").read_bytes() == weights.read_bytes()
+    builtin = build_spec("yolo-fastest", 80, 320)
+    assert [b.type for b in builtin.layers] == [b.type for b in loaded.spec.layers]
+    for a, b in zip(builtin.layers, loaded.spec.layers):
+        if a.type == "convolutional":
+            assert conv_params(a) == conv_params(b)
+    assert [i.inputs for i in analyse(builtin)] == [i.inputs for i in analyse(loaded.spec)]
+    assert weights_to_bytes(builtin, read_weights(weights, builtin)) == weights.read_bytes()
+    t = totals(analyse(builtin))
+    assert 0.34e6 < t.trainable_params < 0.36e6 and 0.12e9 < t.macs < 0.13e9  # 0.35 M, 0.25 BFLOPs (2 x MACs)
+
+
+def test_official_tiny_header_through_h5_with_export_cli(tmp_path):
+    """The official YOLOv3-tiny's header (seen at bytes 13-20) survives `yolo3 export` .weights -> .h5 -> .weights."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, TINY_CFG, TINY_WEIGHTS
+
+    require_shared("weights", "yolov3-tiny-coco", "yolov3-tiny.weights")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "yolo3", "export", *a], capture_output=True, text=True, cwd=ROOT)
+    r = run("--cfg", str(TINY_CFG), "--weights", str(TINY_WEIGHTS), "--out", str(tmp_path / "t.h5"))
+    assert r.returncode == 0, r.stderr
+    r = run("--cfg", str(TINY_CFG), "--weights", str(tmp_path / "t.h5"), "--out", str(tmp_path / "t.weights"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "t.weights").read_bytes() == TINY_WEIGHTS.read_bytes()
+
+
+UNSUPPORTED = [
+    (STEM + conv(8, activation="gelu") + HEAD, 12, "activation=gelu"),
+    (STEM + "[route]\nlayers=-1\ngroups=3\n" + HEAD, 12, "groups=3 does not divide the 8 channels"),
+    (STEM + "[route]\nlayers=-1\ngroups=2\ngroup_id=2\n" + HEAD, 12, "group_id=2"),
+    (STEM + "[dropout]\nprobability=1.5\n" + HEAD, 12, "probability=1.5"),
+    (STEM + conv(8) + "[shortcut]\nfrom=-2\nweights_type=per_feature\n" + HEAD, 19, "weights_type"),
+    (STEM + conv(8) + "[shortcut]\nfrom=-2\nactivation=gelu\n" + HEAD, 19, "activation=gelu"),
+    (STEM + "[maxpool]\nsize=2\nstride=2\npadding=3\n" + HEAD, 12, "padding=3"),
+    (STEM + conv(12, groups=5) + HEAD, 12, "groups=5 must divide"),
+    (STEM + HEAD.replace("num=3", "num=3\nscale_x_y=0.5"), 18, "scale_x_y=0.5"),
+    (STEM + HEAD.replace("num=3", "num=3\nnew_coords=1"), 18, "new_coords"),
+    (STEM + "[crop]\ncrop_width=4\n", 12, "unsupported section [crop]"),
+]
+
+
+@pytest.mark.parametrize("text,line,reason", UNSUPPORTED)
+def test_unsupported_names_file_line_and_key(tmp_path, text, line, reason):
+    from yolo3.spec import read_cfg
+
+    path = tmp_path / "light.cfg"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        read_cfg(path)
+    message = str(err.value)
+    assert str(path) in message and f"line {line}:" in message and reason in message, message
+
+
+def test_opencv_is_available():
+    assert cv2.__version__ and SHARED is not None

@@ -1,0 +1,60 @@
+"""The two Keras layers Darknet needs beyond the stock ones: a [route] channel group and Darknet's max pooling.
+
+Both have no weights, are registered under the ``yolo3`` package (so an ``.h5``
+holding them loads wherever this package is imported) and lower to plain
+TFLite builtins (``STRIDED_SLICE``; ``MIRROR_PAD`` + ``MAX_POOL_2D``) that the
+int8 converter quantizes. Stock layers are used whenever they compute the same
+thing (see :func:`yolo3.keras_model.apply_block`).
+"""
+
+from __future__ import annotations
+
+from .kerasenv import keras, tf
+
+
+@keras.utils.register_keras_serializable(package="yolo3")
+class ChannelSlice(keras.layers.Layer):
+    """Channels ``[start, stop)`` of the input: one ``group_id`` of a [route] with ``groups`` (YOLOv4-tiny's CSP split)."""
+
+    def __init__(self, start: int, stop: int, **kwargs):
+        super().__init__(**kwargs)
+        self.start, self.stop = int(start), int(stop)
+
+    def call(self, inputs):
+        return inputs[..., self.start : self.stop]
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.stop - self.start)
+
+    def get_config(self):
+        return {**super().get_config(), "start": self.start, "stop": self.stop}
+
+
+@keras.utils.register_keras_serializable(package="yolo3")
+class DarknetMaxPool(keras.layers.Layer):
+    """Darknet's [maxpool]: ``padding // 2`` rows/columns before, the rest after, padded positions never win.
+
+    TensorFlow's ``"same"`` padding puts the odd padding row after the input,
+    Darknet before; they agree for stride 1 and for size 2 stride 2 (the
+    builder uses the stock layer then), not for e.g. size 3 stride 2.
+
+    The padding repeats the edge (``SYMMETRIC``) instead of holding -inf: with
+    ``padding < size`` every window that reaches into the padding also holds
+    the real values copied there, so the maximum is Darknet's, and the int8
+    range of the padded tensor stays the input's.
+    """
+
+    def __init__(self, size: int, stride: int, padding: int, **kwargs):
+        super().__init__(**kwargs)
+        self.size, self.stride, self.padding = int(size), int(stride), int(padding)
+
+    def call(self, inputs):
+        before, after = self.padding // 2, self.padding - self.padding // 2
+        padded = tf.pad(inputs, [[0, 0], [before, after], [before, after], [0, 0]], mode="SYMMETRIC")
+        return tf.nn.max_pool2d(padded, self.size, self.stride, "VALID")
+
+    def get_config(self):
+        return {**super().get_config(), "size": self.size, "stride": self.stride, "padding": self.padding}
+
+
+CUSTOM_LAYERS = (ChannelSlice, DarknetMaxPool)
