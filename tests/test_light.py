@@ -3,9 +3,9 @@
 import cv2
 import numpy as np
 import pytest
+from test_opencv import opencv_outputs
 
 from conftest import SHARED, random_weights, require_shared
-from test_opencv import opencv_outputs
 from yolo3.darknet import read_weights, weights_to_bytes, write_weights
 from yolo3.errors import UserError
 from yolo3.spec import parse_cfg, write_cfg
@@ -99,8 +99,8 @@ def test_construct_matches_opencv(tmp_path, name):
 
 
 def _layer_outputs(spec, names):
-    from yolo3.kerasenv import keras
     from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.kerasenv import keras
 
     model = build_model(spec)
     set_darknet_weights(model, spec, random_weights(spec, seed=3))
@@ -131,8 +131,8 @@ def test_keys_with_spaces_and_tabs_are_read():
 
 def test_depthwise_is_a_depthwise_layer_and_trains():
     """groups = channels builds DepthwiseConv2D (LiteRT's fast DEPTHWISE_CONV_2D), grouped stays Conv2D; dropout acts only in training."""
-    from yolo3.kerasenv import keras
     from yolo3.keras_model import build_model
+    from yolo3.kerasenv import keras
 
     spec = parse_cfg(STEM + CONSTRUCTS["depthwise"] + CONSTRUCTS["grouped"] + conv(12, 1)
                      + "[dropout]\nprobability=.5\n[shortcut]\nfrom=-3\nactivation=linear\n" + HEAD)  # fmt: skip
