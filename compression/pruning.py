@@ -28,7 +28,7 @@ import numpy as np
 from yolo3.darknet import DarknetWeights
 from yolo3.errors import UserError
 from yolo3.names import bn_name, conv_index, conv_name
-from yolo3.spec import Spec, conv_params, route_inputs, shortcut_input
+from yolo3.spec import Spec, analyse, conv_params, route_inputs, shortcut_activation, shortcut_input
 
 from .surgery import Group, channel_groups
 
@@ -73,6 +73,15 @@ def slimming_masks(
         mask[order[:n]] = True
         masks[g.id] = mask
     return masks
+
+
+def _one_filter_set(spec: Spec, group: Group) -> bool:
+    """A single convolution, or one followed by the depthwise convolutions tied to it: each channel is one filter (chain).
+
+    Channels of a shortcut group are sums of several layers' filters instead;
+    similarity is not defined for them.
+    """
+    return all(conv_params(spec.layers[m]).groups > 1 for m in group.members[1:])
 
 
 def filters_after_bn(weights: DarknetWeights, i: int) -> np.ndarray:
@@ -137,7 +146,7 @@ def group_masks(
     """
     masks = {}
     for g in channel_groups(spec):
-        if g.id not in ratios or not g.prunable or len(g.members) == 1:
+        if g.id not in ratios or not g.prunable or _one_filter_set(spec, g):
             continue
         count = keep[g.id] if keep and g.id in keep else _layer_budget(g.channels, ratios[g.id], min_keep, round_to)
         if count >= g.channels:
@@ -168,7 +177,7 @@ def similarity_keep_schedule(
     layer_ratios = layer_ratios or {}
     schedule: list[dict[int, int]] = [{} for _ in range(rounds)]
     for g in channel_groups(spec):
-        if not g.prunable or (len(g.members) != 1 and g.id not in layer_ratios):  # shortcut groups only when named
+        if not g.prunable or (not _one_filter_set(spec, g) and g.id not in layer_ratios):  # shortcut groups only when named
             continue
         layer_ratio = layer_ratios.get(g.id, ratio)
         if layer_ratio is None:  # only a threshold for this layer: it is not scheduled
@@ -203,7 +212,9 @@ def similarity_masks(
     """Remove one filter of the most similar remaining pair, again and again, per layer.
 
     Layers considered: single convolutions (not shortcut groups, whose channels
-    are tied across several layers) of the given kernel sizes, not the heads.
+    are tied across several layers) of the given kernel sizes, not the heads;
+    a convolution and the depthwise one tied to it count as one, a channel's
+    filter being both layers' filters for it.
     Stops at ``ratio`` of the layer's filters removed, or when the most similar
     pair's distance exceeds ``threshold`` (whichever is given; both: both).
     Of a pair, the filter with the smaller norm goes; its twin stays. With
@@ -218,7 +229,7 @@ def similarity_masks(
         raise UserError("similarity pruning needs a ratio or a threshold")
     masks, merges, removed_log = {}, {}, {}
     for g in channel_groups(spec):
-        if not g.prunable or len(g.members) != 1:
+        if not g.prunable or not _one_filter_set(spec, g):
             continue
         i = g.members[0]
         if conv_params(spec.layers[i]).size not in kernel_sizes and i not in layer_ratios:
@@ -226,7 +237,7 @@ def similarity_masks(
         layer_ratio = layer_ratios.get(i, ratio)
         if layer_ratio is None and threshold is None and keep is None:
             continue
-        f = filters_after_bn(weights, i)
+        f = np.concatenate([filters_after_bn(weights, m) for m in g.members], axis=1)  # a depthwise twin adds its filter
         d = pair_distances(f, w1, w2)
         norms = np.linalg.norm(f, axis=1)
         alive = np.ones(g.channels, bool)
@@ -270,24 +281,37 @@ def similarity_masks(
 
 @dataclass(frozen=True)
 class ResidualBlock:
-    start: int  # the 1x1 conv
-    shortcut: int  # the [shortcut] (start + 2)
+    start: int  # the first layer of the branch (YOLOv3: the 1x1 conv; Yolo-Fastest: the 1x1 expand)
+    shortcut: int  # the [shortcut] that closes it
     score: float
 
 
 def residual_blocks(spec: Spec, weights: DarknetWeights) -> list[ResidualBlock]:
-    """Blocks conv 1x1 -> conv 3x3 -> shortcut(from=-3) that can be removed, with their mean |BN scale|."""
+    """Residual branches that can be removed, with their convolutions' mean |BN scale|.
+
+    A branch is a chain of convolutions (and dropouts) from the [shortcut]'s
+    other input to the [shortcut], which must be linear: without the branch
+    the block passes its input on unchanged. YOLOv3's blocks are 1x1 -> 3x3;
+    Yolo-Fastest's 1x1 expand -> 3x3 depthwise -> 1x1 project -> dropout.
+    """
+    read_by = {}  # layer -> the layers that read it
+    for info in analyse(spec):
+        for src in info.inputs:
+            read_by.setdefault(src, set()).add(info.index)
     out = []
     for i, block in enumerate(spec.layers):
-        if block.type != "shortcut" or i < 3:
+        if block.type != "shortcut" or shortcut_activation(block) != "linear":
             continue
-        if shortcut_input(spec, i) != i - 3:
+        j = shortcut_input(spec, i)
+        body = range(j + 1, i)
+        if not body or any(spec.layers[k].type not in ("convolutional", "dropout") for k in body):
             continue
-        a, b = spec.layers[i - 2], spec.layers[i - 1]
-        if a.type != "convolutional" or b.type != "convolutional":
+        if any(read_by.get(k, set()) - {k + 1} for k in body):  # a route reads inside the branch: it must stay
             continue
-        scores = [np.abs(weights.convs[j].bn[0]).mean() for j in (i - 2, i - 1) if weights.convs[j].bn is not None]
-        out.append(ResidualBlock(i - 2, i, float(np.mean(scores)) if scores else float("inf")))
+        if not any(spec.layers[k].type == "convolutional" for k in body):
+            continue
+        scores = [np.abs(weights.convs[k].bn[0]).mean() for k in body if k in weights.convs and weights.convs[k].bn is not None]
+        out.append(ResidualBlock(j + 1, i, float(np.mean(scores)) if scores else float("inf")))
     return out
 
 
@@ -327,7 +351,7 @@ def remove_layers(spec: Spec, weights: DarknetWeights, start: int, stop: int) ->
 
 
 def layer_prune(spec: Spec, weights: DarknetWeights, blocks: int) -> tuple[Spec, DarknetWeights, list[ResidualBlock]]:
-    """Remove the ``blocks`` residual blocks with the lowest mean |BN scale| (for yolov3 and yolov3-spp)."""
+    """Remove the ``blocks`` residual blocks with the lowest mean |BN scale| (YOLOv3, -spp, Yolo-Fastest)."""
     candidates = sorted(residual_blocks(spec, weights), key=lambda b: b.score)
     if blocks > len(candidates):
         raise UserError(f"asked to remove {blocks} residual blocks; the network has {len(candidates)}")

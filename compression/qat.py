@@ -91,12 +91,84 @@ def scheme_for(info: dict, model) -> str:
     return "qat"
 
 
-def quantize_model(model, scheme: str):
-    """``model`` with fake quantization everywhere, per ``scheme``; the original model is not changed."""
+def _quantize_configs():
+    """Two QuantizeConfigs for what TFMOT's 8-bit registry does not know.
+
+    Pass-through: layers that only move values (a channel slice, a max-pool),
+    nothing to quantize, as TFMOT does for MaxPooling2D. Output: an
+    ``Activation`` whose function the registry lacks (mish, swish), its output
+    quantized as the converter will.
+    """
     import tensorflow_model_optimization as tfmot
 
-    annotated = tfmot.quantization.keras.quantize_annotate_model(model)
-    return tfmot.quantization.keras.quantize_apply(annotated, make_scheme(scheme))
+    class PassThroughQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return []
+
+        def get_config(self):
+            return {}
+
+    class OutputQuantizeConfig(PassThroughQuantizeConfig):
+        def get_output_quantizers(self, layer):
+            return [tfmot.quantization.keras.quantizers.MovingAverageQuantizer(num_bits=8, per_axis=False, symmetric=False,
+                                                                                narrow_range=False)]  # fmt: skip
+
+    return PassThroughQuantizeConfig, OutputQuantizeConfig
+
+
+UNKNOWN_TO_TFMOT = ("swish",)  # Activation functions TFMOT's 8-bit registry refuses
+
+
+def quantize_model(model, scheme: str):
+    """``model`` with fake quantization everywhere, per ``scheme``; the original model is not changed.
+
+    The weightless layers of :mod:`yolo3.layers` (a [route] channel group,
+    Darknet's max-pool padding) are annotated as pass-through: TFMOT's
+    registry does not know them, and their outputs keep their input's range.
+    Activations it does not know (mish, swish) get an output quantizer.
+    """
+    import tensorflow_model_optimization as tfmot
+
+    from yolo3.kerasenv import keras
+    from yolo3.layers import CUSTOM_LAYERS, Mish
+
+    pass_through, output = _quantize_configs()
+    q = tfmot.quantization.keras
+
+    def unknown_activation(layer) -> bool:
+        return isinstance(layer, keras.layers.Activation) and keras.activations.serialize(layer.activation) in UNKNOWN_TO_TFMOT
+
+    def annotate(layer):
+        layer = layer.__class__.from_config(layer.get_config())
+        if isinstance(layer, Mish):
+            return q.quantize_annotate_layer(layer, output())
+        if isinstance(layer, CUSTOM_LAYERS):
+            return q.quantize_annotate_layer(layer, pass_through())
+        if unknown_activation(layer):
+            return q.quantize_annotate_layer(layer, output())
+        return layer
+
+    if any(isinstance(layer, CUSTOM_LAYERS) or unknown_activation(layer) for layer in model.layers):
+        clone = keras.models.clone_model(model, clone_function=annotate)
+        clone.set_weights(model.get_weights())
+        annotated = q.quantize_annotate_model(clone)
+    else:
+        annotated = q.quantize_annotate_model(model)
+    scope = {cls.__name__: cls for cls in (*CUSTOM_LAYERS, pass_through, output)}
+    with q.quantize_scope(scope):
+        return q.quantize_apply(annotated, make_scheme(scheme))
 
 
 def copy_float_weights(qat_model, plain_model) -> None:

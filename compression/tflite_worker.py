@@ -32,6 +32,7 @@ def add_metadata(model: bytes, name: str, payload: bytes) -> bytes:
 
 
 def convert(job: dict) -> bytes:
+    import yolo3.layers  # noqa: F401 - registers the custom layers an .h5 may hold
     from yolo3.kerasenv import keras, tf
     from yolo3.preprocess import letterbox, load_image
 
@@ -105,6 +106,7 @@ def debug_int8(job: dict) -> list[dict]:
     import csv
     import io
 
+    import yolo3.layers  # noqa: F401 - registers the custom layers an .h5 may hold
     from yolo3.kerasenv import keras, tf
     from yolo3.preprocess import letterbox, load_image
 

@@ -63,6 +63,7 @@ CONSTRUCTS = {
     "mish": conv(8, activation="mish"),
     "swish": conv(8, activation="swish"),
     "logistic": conv(8, activation="logistic"),
+    "mish-big-inputs": conv(8, activation="linear") + conv(8, 1, activation="mish", bn=0),
 }
 
 
@@ -255,3 +256,164 @@ def test_unsupported_names_file_line_and_key(tmp_path, text, line, reason):
 
 def test_opencv_is_available():
     assert cv2.__version__ and SHARED is not None
+
+
+# A small network with every light construct the compression chain meets: Darknet max-pool padding,
+# an inverted-residual block (expand, depthwise, linear project, dropout, shortcut), a CSP route group,
+# mish / relu / swish, and heads with scale_x_y.
+LIGHT_TOY_CFG = """[net]
+width=64
+height=64
+channels=3
+""" + conv(16) + "[maxpool]\nsize=3\nstride=2\n" + conv(32, 1) + conv(32, groups=32) + conv(16, 1, activation="linear") + """[dropout]
+probability=.15
+[shortcut]
+from=-5
+activation=linear
+""" + conv(32, 3, 2, activation="mish") + "[route]\nlayers=-1\ngroups=2\ngroup_id=1\n" + conv(16, activation="relu") + """[route]
+layers=-1,-2
+""" + conv(32, 1, activation="swish") + """[maxpool]
+size=2
+stride=2
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=24
+activation=linear
+[yolo]
+mask=3,4,5
+anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
+classes=3
+num=6
+scale_x_y=1.05
+[route]
+layers=-4
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=24
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
+classes=3
+num=6
+scale_x_y=1.05
+"""
+
+
+def test_light_toy_matches_opencv(tmp_path):
+    spec = parse_cfg(LIGHT_TOY_CFG)
+    assert check_against_opencv(spec, random_weights(spec, seed=2), tmp_path) < 1e-3
+
+
+def test_surgery_ties_depthwise_channels_and_keeps_route_groups_whole(tmp_path):
+    """Removing channels of an expand + depthwise pair (BN scale 0) leaves the outputs unchanged; OpenCV loads the result."""
+    from compression.surgery import channel_groups, prune_channels
+    from yolo3.keras_model import build_model, set_darknet_weights
+
+    spec = parse_cfg(LIGHT_TOY_CFG)
+    weights = random_weights(spec, seed=2)
+    groups = {g.id: g for g in channel_groups(spec)}
+    assert groups[2].members == [2, 3] and groups[2].prunable  # expand and depthwise: one unit
+    assert groups[0].members == [0, 4] and groups[0].prunable  # stem and project, tied by the shortcut
+    assert not groups[7].prunable  # split by the grouped [route]: every channel stays
+    assert 3 not in groups[2].consumers  # the depthwise reads its own channels, not the group's
+    removed = [1, 4, 5, 9, 30]
+    for i in (2, 3):
+        weights.convs[i].bn[0][removed] = 0.0
+    mask = np.ones(32, bool)
+    mask[removed] = False
+    result = prune_channels(spec, weights, {2: mask})
+    assert result.spec.layers[3].get_int("groups") == 27 and result.spec.layers[3].get_int("filters") == 27
+    x = np.random.RandomState(4).rand(2, 64, 64, 3).astype(np.float32)
+    before = build_model(spec)
+    set_darknet_weights(before, spec, weights)
+    after = build_model(result.spec)
+    set_darknet_weights(after, result.spec, result.weights)
+    for a, b in zip(before(x), after(x)):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() < 1e-4
+    assert check_against_opencv(result.spec, result.weights, tmp_path) < 1e-3
+    with pytest.raises(UserError, match="grouped"):
+        prune_channels(spec, weights, {7: np.arange(32) % 2 == 0})
+
+
+def test_planner_costs_follow_depthwise_ties():
+    """The planner's MACs of a pruned Yolo-Fastest equal the pruned architecture's, depthwise layers counted per channel."""
+    from compression.planner import ChannelMap, MacsCost
+    from yolo3.spec import analyse, totals
+    from yolo3.zoo import build_spec
+
+    spec = build_spec("yolo-fastest", 3, 320)
+    cmap = ChannelMap(spec)
+    kept = {u: max(1, n // 2) for u, n in cmap.units.items()}
+    for size in (320, 256):
+        assert MacsCost(cmap)(cmap.full(), size) == totals(analyse(spec, size, size)).macs
+        assert MacsCost(cmap)(kept, size) == totals(analyse(cmap.spec_with(kept), size, size)).macs
+
+
+def light_toy_config(folder, data):
+    """A config for LIGHT_TOY_CFG with random weights on the synthetic shapes (3 classes, 64 px)."""
+    import json
+
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.models import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "light.cfg").write_text(LIGHT_TOY_CFG)
+    spec = parse_cfg(LIGHT_TOY_CFG, "light.cfg")
+    model = build_model(spec)
+    set_darknet_weights(model, spec, random_weights(spec, seed=1))
+    save_model(model, spec, folder / "light.h5")
+    config = {
+        "model": {"architecture": "light.cfg", "input_size": 64, "labels": ["circle", "square", "triangle"], "weights": "light.h5"},
+        "train": {"train_image_folder": str(data / "images"), "train_annot_folder": str(data / "annotations"), "batch_size": 4,
+                  "run_dir": str(folder / "run"), "nb_epochs": 1, "warmup_epochs": 0, "freeze_backbone_epochs": 0},
+        "valid": {"valid_image_folder": str(data / "images"), "valid_annot_folder": str(data / "annotations")},
+        "clustering": {"clusters": 8},
+        "pruning": {"finetune_epochs": 0, "layer_blocks": 1},
+    }  # fmt: skip
+    path = folder / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_light_model_through_the_whole_tool(tmp_path, synthetic_valid):
+    """Train, evaluate, every pruning method, clustering, QAT and int8, the edge runner; the pruned Darknet files load in OpenCV."""
+    import json
+
+    from yolo3.darknet import read_weights
+    from yolo3.lite import TFLitePredictor
+    from yolo3_cli.main import main
+
+    config = light_toy_config(tmp_path, synthetic_valid)
+    c = ["-c", str(config)]
+    assert main(["train", *c, "--epochs", "1", "--quiet"]) == 0
+    best = tmp_path / "run" / "best.h5"
+    assert best.is_file()
+    assert main(["evaluate", *c, "--model", str(best), "--json", str(tmp_path / "eval.json"), "--quiet"]) == 0
+    assert 0 <= json.loads((tmp_path / "eval.json").read_text())["mAP50"] <= 1
+    for method in ("magnitude", "similarity", "slimming", "layers"):
+        out = tmp_path / f"{method}.h5"
+        epochs = ["--finetune-epochs", "1"] if method == "magnitude" else []  # TFMOT prunes while training
+        assert main(["prune", *c, "--method", method, "--model", str(best), "--out", str(out), *epochs, "--quiet"]) == 0, method
+        assert out.is_file()
+    pruned = tmp_path / "similarity.cfg"
+    spec = parse_cfg(pruned.read_text())
+    assert spec.layers[3].get_int("groups") == spec.layers[3].get_int("filters") < 32  # the depthwise followed its input
+    assert check_against_opencv(spec, read_weights(tmp_path / "similarity.weights", spec), tmp_path / "cv") < 1e-3
+    assert len(parse_cfg((tmp_path / "layers.cfg").read_text()).layers) == len(parse_cfg(LIGHT_TOY_CFG).layers) - 5
+    clustered = tmp_path / "clustered.h5"
+    assert main(["cluster", *c, "--model", str(tmp_path / "similarity.h5"), "--out", str(clustered), "--finetune-epochs", "0",
+                 "--quiet"]) == 0  # fmt: skip
+    int8 = tmp_path / "light-int8.tflite"
+    assert main(["convert", *c, "--model", str(clustered), "--format", "int8", "--samples", "4", "--qat", "--qat-epochs", "1",
+                 "--out", str(int8), "--bundle", str(tmp_path / "device"), "--quiet"]) == 0  # fmt: skip
+    predictor = TFLitePredictor(int8)
+    assert predictor.heads[0].scale_xy == pytest.approx(1.05)
+    ops = {op["op_name"] for op in predictor.interpreter._get_ops_details()}
+    assert "DEPTHWISE_CONV_2D" in ops and "MIRROR_PAD" in ops and "FLEX" not in " ".join(ops)
+    image = next((synthetic_valid / "images").glob("*"))
+    assert main(["detect", *c, "--model", str(tmp_path / "device" / "model.tflite"), "-i", str(image), "-o", str(tmp_path / "drawn")]) == 0

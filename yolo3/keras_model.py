@@ -3,8 +3,8 @@
 Stock layers wherever they compute what Darknet does (Conv2D, DepthwiseConv2D
 for a depthwise convolution, BatchNormalization, LeakyReLU / ReLU /
 Activation, Dropout, ZeroPadding2D, MaxPooling2D, UpSampling2D, Concatenate,
-Add), and the two of :mod:`yolo3.layers` where none does (a [route] channel
-group; a [maxpool] whose padding TensorFlow places differently), named after
+Add), and those of :mod:`yolo3.layers` where none does (a [route] channel
+group; a [maxpool] whose padding TensorFlow places differently; mish), named after
 the Spec index (``conv_12``, ``bn_12``, ``leaky_12``, ``route_20`` ...), so
 layers can be found again after any edit.
 
@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from .darknet import ConvWeights, DarknetWeights, Header
 from .errors import UserError
 from .kerasenv import keras
-from .layers import ChannelSlice, DarknetMaxPool
+from .layers import ChannelSlice, DarknetMaxPool, Mish
 from .names import bn_name, conv_name, layer_name
 from .spec import (
     Spec,
@@ -164,7 +164,9 @@ def apply_activation(x, activation: str, i: int):
         return layers.ReLU(name=name)(x)
     if activation == "relu6":
         return layers.ReLU(max_value=6.0, name=name)(x)
-    if activation in ("mish", "swish"):
+    if activation == "mish":
+        return Mish(name=name)(x)
+    if activation == "swish":
         return layers.Activation(activation, name=name)(x)
     if activation == "logistic":
         return layers.Activation("sigmoid", name=name)(x)

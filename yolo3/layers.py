@@ -1,4 +1,4 @@
-"""The two Keras layers Darknet needs beyond the stock ones: a [route] channel group and Darknet's max pooling.
+"""The Keras layers Darknet needs beyond the stock ones: a [route] channel group, Darknet's max pooling, mish.
 
 Both have no weights, are registered under the ``yolo3`` package (so an ``.h5``
 holding them loads wherever this package is imported) and lower to plain
@@ -57,4 +57,19 @@ class DarknetMaxPool(keras.layers.Layer):
         return {**super().get_config(), "size": self.size, "stride": self.stride, "padding": self.padding}
 
 
-CUSTOM_LAYERS = (ChannelSlice, DarknetMaxPool)
+@keras.utils.register_keras_serializable(package="yolo3")
+class Mish(keras.layers.Layer):
+    """Darknet's ``mish``, ``x * tanh(softplus(x))``, with softplus written as ``relu(x) + log(1 + exp(-|x|))``.
+
+    Keras' own ``mish`` builds ``Softplus -> Tanh -> Mul``, which TensorFlow's
+    oneDNN remapper fuses with the batch norm before it into a kernel it does
+    not implement ("Fusion is not implemented: [FusedBatchNorm,Mish]") on
+    CPU; this form computes the same values (and is stable for large |x|).
+    """
+
+    def call(self, inputs):
+        softplus = tf.nn.relu(inputs) + tf.math.log(1.0 + tf.exp(-tf.abs(inputs)))
+        return inputs * tf.tanh(softplus)
+
+
+CUSTOM_LAYERS = (ChannelSlice, DarknetMaxPool, Mish)
