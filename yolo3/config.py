@@ -79,7 +79,7 @@ OPTIONAL_SECTIONS = ("test",)
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "architecture": Key(
-            str, "yolov3-tiny", "Built-in name (`yolov3`, `yolov3-spp`, `yolov3-tiny`) or a Darknet `.cfg` path."
+            str, "yolov3-tiny", "Built-in name (`yolov3`, `yolov3-spp`, `yolov3-tiny`, `yolov3-tiny-relu`, `yolov4-tiny`, `yolo-fastest`) or a Darknet `.cfg` path."
         ),
         "weights": Key(
             OPT_PATH,

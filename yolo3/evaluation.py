@@ -38,6 +38,7 @@ class KerasPredictor:
     """Raw head outputs of a Keras model for a batch of letterboxed images (a compiled graph)."""
 
     runtime = "keras"
+    in_model_nms = False  # the outputs are raw heads: decode and NMS in numpy
 
     def __init__(self, loaded):
         from .kerasenv import tf

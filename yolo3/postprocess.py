@@ -180,9 +180,11 @@ def predictor_detections(
 ) -> Detections:
     """Detections of one image from ``predictor``'s outputs for it (no batch axis): the one way every predictor ends.
 
-    A model with NMS in its graph (``predictor.in_model_nms``) already decoded
-    and suppressed with its own IoU threshold; only the score threshold applies here.
+    A predictor has ``heads`` (:class:`HeadSpec` per output), ``input_hw`` and
+    ``in_model_nms``. A model with NMS in its graph (``in_model_nms`` true)
+    already decoded and suppressed with its own IoU threshold; only the score
+    threshold applies here.
     """
-    if getattr(predictor, "in_model_nms", False):
+    if predictor.in_model_nms:
         return from_model_nms(outputs, predictor.input_hw, box, score_threshold, max_detections)
     return detect(outputs, predictor.heads, predictor.input_hw, box, score_threshold, nms_iou, max_detections)

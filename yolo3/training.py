@@ -267,6 +267,8 @@ class RunOptions:
 class _Predictor:
     """Evaluation view of the training model at a fixed input size."""
 
+    in_model_nms = False
+
     def __init__(self, model, spec, size):
         from .evaluation import head_specs
 

@@ -11,7 +11,7 @@ HELP = "layer table, parameters and multiply-accumulates of a network"
 
 
 def configure(parser) -> None:
-    parser.add_argument("model", help="built-in name (yolov3, yolov3-spp, yolov3-tiny) or a Darknet .cfg")
+    parser.add_argument("model", help="built-in name (yolov3, yolov3-spp, yolov3-tiny, yolov3-tiny-relu, yolov4-tiny, yolo-fastest) or a Darknet .cfg")
     parser.add_argument("--classes", type=int, help="class count (default: the cfg's, 80 for built-ins)")
     parser.add_argument("--size", type=int, help="input size, a multiple of 32 (default: the cfg's, 416 for built-ins)")
     parser.add_argument("--json", action="store_true", help="print JSON (params, trainable_params, macs, ...)")
