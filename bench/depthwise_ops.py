@@ -7,8 +7,9 @@ The built-in ``yolo-fastest`` (random weights; the speed does not depend on the 
 two ways: as this tool builds it (``DepthwiseConv2D`` for ``groups = channels``) and with every
 depthwise layer as a grouped ``Conv2D(groups=C)``, which is what Keras would build from the
 cfg's ``groups=`` alone. Both go through the int8 converter; the table lists the TFLite operators
-each holds and their int8 latency, timed in one interleaved run, beside YOLOv4-tiny (its [route]
-channel groups) and YOLOv3-tiny at the same size.
+each holds and their int8 latency with LiteRT's XNNPACK delegate and with its built-in kernels
+only, all timed in one interleaved run, beside YOLOv4-tiny (its [route] channel groups) and
+YOLOv3-tiny at the same size.
 """
 
 from __future__ import annotations
@@ -52,15 +53,7 @@ def main(argv=None) -> int:
             km.is_depthwise = original
         randomize(model, 0)
         variants[name] = convert_int8(model)
-    rows, interpreters, tensors = [], [], []
-    for name, blob in variants.items():
-        interpreter = _interpreter_class()(model_content=blob, num_threads=args.threads)
-        interpreter.allocate_tensors()
-        ops = Counter(op["op_name"] for op in interpreter._get_ops_details())
-        rows.append({"model": name, "bytes": len(blob), "ops": dict(sorted(ops.items()))})
-        inp = interpreter.get_input_details()[0]
-        interpreters.append(interpreter)
-        tensors.append(np.zeros(inp["shape"], inp["dtype"]))
+    from ai_edge_litert.interpreter import OpResolverType
 
     def invoke_of(interpreter):
         index = interpreter.get_input_details()[0]["index"]
@@ -71,16 +64,42 @@ def main(argv=None) -> int:
 
         return run
 
-    timed = interleaved_latency([invoke_of(i) for i in interpreters], tensors, args.rounds, args.runs)
-    for row, t in zip(rows, timed):
-        row["int8_latency_ms"] = t["median_ms"]
+    # Each model twice: with LiteRT's default XNNPACK delegate, and with the built-in kernels only
+    # (what a runtime without XNNPACK, or a delegate that refuses an operator, falls back to).
+    rows, calls, tensors, slots = [], [], [], []
+    for name, blob in variants.items():
+        row = {"model": name, "bytes": len(blob)}
+        for key, resolver in (("xnnpack", OpResolverType.AUTO), ("builtin", OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)):
+            interpreter = _interpreter_class()(model_content=blob, num_threads=args.threads, experimental_op_resolver_type=resolver)
+            try:
+                interpreter.allocate_tensors()
+                inp = interpreter.get_input_details()[0]
+                tensor = np.zeros(inp["shape"], inp["dtype"])
+                invoke_of(interpreter)(tensor)
+            except (RuntimeError, ValueError) as err:
+                row[f"{key}_error"] = str(err).splitlines()[0][:200]
+                continue
+            if key == "builtin":
+                row["ops"] = dict(sorted(Counter(op["op_name"] for op in interpreter._get_ops_details()).items()))
+            calls.append(invoke_of(interpreter))
+            tensors.append(tensor)
+            slots.append((row, key))
+        rows.append(row)
+    timed = interleaved_latency(calls, tensors, args.rounds, args.runs)
+    for (row, key), t in zip(slots, timed):
+        row[f"{key}_ms"] = t["median_ms"]
     report = {"rows": rows, "size": args.size, "machine": machine(), "threads": args.threads,
               "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}  # fmt: skip
-    md = [f"int8 (random weights) at {args.size}, median of {args.rounds} x {args.runs} runs, interleaved, {args.threads} LiteRT threads; "
-          f"{report['machine']}", "", "| model | int8 latency | size | operators |", "|---|---|---|---|"]  # fmt: skip
+    md = [f"int8 (random weights) at {args.size}, median of {args.rounds} x {args.runs} runs, all interleaved, {args.threads} LiteRT "
+          f"threads, with the XNNPACK delegate and with LiteRT's built-in kernels only; {report['machine']}", "",
+          "| model | int8, XNNPACK | int8, built-in kernels | size | operators |", "|---|---|---|---|---|"]  # fmt: skip
+
+    def cell(row, key):
+        return f"{row[key + '_ms']:.2f} ms" if key + "_ms" in row else "fails: " + row.get(key + "_error", "?")
+
     for r in rows:
-        ops = ", ".join(f"{k} x{v}" for k, v in r["ops"].items())
-        md.append(f"| {r['model']} | {r['int8_latency_ms']:.2f} ms | {r['bytes'] / 1e6:.2f} MB | {ops} |")
+        ops = ", ".join(f"{k} x{v}" for k, v in r.get("ops", {}).items())
+        md.append(f"| {r['model']} | {cell(r, 'xnnpack')} | {cell(r, 'builtin')} | {r['bytes'] / 1e6:.2f} MB | {ops} |")
     write_results(Path(args.out), report, "\n".join(md))
     return 0
 
