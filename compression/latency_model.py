@@ -211,13 +211,12 @@ def fit_blocks(spec: Spec, measured: list[tuple[Item, float]]) -> dict[int, list
     """Least-squares coefficients per block from (variant, milliseconds) pairs."""
     by_layer: dict[int, list[tuple[list[float], float]]] = {}
     types = {i: b.type for i, b in enumerate(spec.layers)}
+    out_shapes: dict[int, dict[int, tuple]] = {}  # size -> layer -> output shape; filter counts do not change h, w
     for item, ms in measured:
         in_shapes = tuple(tuple(s) for s in item.in_shapes)
-        if types[item.layer] == "convolutional":
-            probe = with_filters(spec, {item.layer: item.filters})
-        else:
-            probe = spec
-        out_hw = next(b.out_shape for b in block_shapes(probe, item.size) if b.layer == item.layer)
+        if item.size not in out_shapes:
+            out_shapes[item.size] = {b.layer: b.out_shape for b in block_shapes(spec, item.size)}
+        out_hw = out_shapes[item.size][item.layer]
         if item.filters is not None:
             out_c = item.filters
         elif types[item.layer] == "route":

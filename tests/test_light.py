@@ -417,3 +417,21 @@ def test_light_model_through_the_whole_tool(tmp_path, synthetic_valid):
     assert "DEPTHWISE_CONV_2D" in ops and "MIRROR_PAD" in ops and "FLEX" not in " ".join(ops)
     image = next((synthetic_valid / "images").glob("*"))
     assert main(["detect", *c, "--model", str(tmp_path / "device" / "model.tflite"), "-i", str(image), "-o", str(tmp_path / "drawn")]) == 0
+
+
+def test_latency_model_probes_depthwise_layers_as_depthwise():
+    """Block variants of a depthwise layer keep one filter per input channel, and fitting them needs no impossible architecture."""
+    from compression.latency_model import block_items, fit_blocks
+    from compression.latency_worker import block_model
+    from yolo3.kerasenv import keras
+    from yolo3.zoo import build_spec
+
+    spec = build_spec("yolo-fastest", 3, 320)
+    items = block_items(spec, [320, 256], 320, levels=(1.0, 0.75, 0.5))
+    depthwise = [it for it in items if it.layer == 13]  # a 3x3 depthwise on 32 channels
+    assert depthwise and all(it.filters == it.in_shapes[0][2] for it in depthwise)
+    assert {it.filters for it in depthwise} >= {32, 24, 16}
+    model = block_model(spec, 13, [list(s) for s in depthwise[-1].in_shapes], depthwise[-1].filters)
+    assert isinstance(model.get_layer("conv_13"), keras.layers.DepthwiseConv2D)
+    coefficients = fit_blocks(spec, [(it, 1.0 + 0.001 * k) for k, it in enumerate(items)])
+    assert 13 in coefficients and len(coefficients[13]) == 4
