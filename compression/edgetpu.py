@@ -9,7 +9,8 @@ says, and what it means for YOLOv3:
 - the compiler maps operators in graph order until the first unsupported one;
   that one and everything after it run on the CPU;
 - LeakyReLU — every YOLOv3 / -tiny activation — is not on the list: a
-  Darknet model with ``activation=relu`` maps fully (the "ReLU variant").
+  Darknet model with ``activation=relu`` maps fully (the "ReLU variant",
+  built in as ``yolov3-tiny-relu``).
 
 Example::
 
@@ -32,7 +33,7 @@ SUPPORTED = {
     "STRIDED_SLICE", "SUB", "SUM", "SQUARED_DIFFERENCE", "TANH", "TRANSPOSE", "TRANSPOSE_CONV",
 }  # fmt: skip
 WHY_NOT = {
-    "LEAKY_RELU": "LeakyReLU is not supported by the Edge TPU: build the model with activation=relu",
+    "LEAKY_RELU": "LeakyReLU is not supported by the Edge TPU: build the model with activation=relu (e.g. the built-in yolov3-tiny-relu)",
     "DEQUANTIZE": "a float output: runs on the CPU (harmless at the very end)",
     "TFLite_Detection_PostProcess": "the in-model decode and NMS: runs on the CPU after the graph, as in Coral's own SSD models",
 }

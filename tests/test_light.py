@@ -383,6 +383,8 @@ def light_toy_config(folder, data):
 def test_light_model_through_the_whole_tool(tmp_path, synthetic_valid):
     """Train, evaluate, every pruning method, clustering, QAT and int8, the edge runner; the pruned Darknet files load in OpenCV."""
     import json
+    import subprocess
+    import sys
 
     from yolo3.darknet import read_weights
     from yolo3.lite import TFLitePredictor
@@ -417,6 +419,11 @@ def test_light_model_through_the_whole_tool(tmp_path, synthetic_valid):
     assert "DEPTHWISE_CONV_2D" in ops and "MIRROR_PAD" in ops and "FLEX" not in " ".join(ops)
     image = next((synthetic_valid / "images").glob("*"))
     assert main(["detect", *c, "--model", str(tmp_path / "device" / "model.tflite"), "-i", str(image), "-o", str(tmp_path / "drawn")]) == 0
+    # the device's runner, from the bundle folder: numpy, Pillow and LiteRT only
+    runner = subprocess.run([sys.executable, "-m", "yolo3.lite", "model.tflite", str(image), "--json"], cwd=tmp_path / "device",
+                            capture_output=True, text=True)  # fmt: skip
+    assert runner.returncode == 0, runner.stderr[-2000:]
+    assert isinstance(json.loads(runner.stdout.strip().splitlines()[-1])["detections"], list)
 
 
 def test_latency_model_probes_depthwise_layers_as_depthwise():
