@@ -292,7 +292,7 @@ def test_bad_cfg_files(tmp_path, capsys):
         (lambda t: t.replace("filters=16", "filters=2000000000", 1), "filters must be at most 65,536"),
         (lambda t: t.replace("size=3", "size=0", 1), "must be positive"),
         (lambda t: t.replace("activation=leaky", "activation=gelu", 1), "activation=gelu is not supported"),
-        (lambda t: t.replace("[maxpool]", "[dropout]", 1), "unsupported section [dropout]"),
+        (lambda t: t.replace("[maxpool]", "[crop]", 1), "unsupported section [crop]"),
         (lambda t: t.replace("[maxpool]", "[maxpool", 1), "is not closed"),
         (lambda t: t.replace("layers=-4", "layers=-40"), "not an earlier layer"),
         (lambda t: t.replace("classes=3", "classes=0", 1), "classes must be at least 1"),
