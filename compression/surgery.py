@@ -273,8 +273,9 @@ def prune_channels(
             fold = np.zeros(kernel.shape[-1])
             in_keep = []
             start = 0
-            depthwise = tied_depthwise(spec, i, sum(n for _, n in in_segments))
-            for space, n in ([] if depthwise else in_segments):
+            # a grouped kernel holds in/groups inputs per filter: a depthwise one's input goes with its filter,
+            # any other grouped convolution reads fixed channels (see _layout), so no input is removed
+            for space, n in ([] if p.groups > 1 else in_segments):
                 gid = group_of(space)
                 m = mask_of(space, n)
                 in_keep.append(m)
@@ -297,7 +298,7 @@ def prune_channels(
                 start += n
             gid_out = group_of(i)
             out_mask = keep[gid_out] if gid_out in keep else np.ones(p.filters, bool)
-            if not depthwise:  # a depthwise kernel has one input per filter, which goes with the filter
+            if p.groups == 1:
                 kernel = kernel[:, :, np.concatenate(in_keep), :]
             if cw.bn is not None:
                 gamma, beta, mean, var = (a.astype(np.float64).copy() for a in cw.bn)

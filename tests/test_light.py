@@ -442,3 +442,29 @@ def test_latency_model_probes_depthwise_layers_as_depthwise():
     assert isinstance(model.get_layer("conv_13"), keras.layers.DepthwiseConv2D)
     coefficients = fit_blocks(spec, [(it, 1.0 + 0.001 * k) for k, it in enumerate(items)])
     assert 13 in coefficients and len(coefficients[13]) == 4
+
+
+def test_grouped_convolution_is_kept_whole_and_converts(tmp_path):
+    """A grouped (not depthwise) convolution: its input and output channels are fixed for pruning; QAT wraps it; int8 converts it."""
+    from compression.latency_worker import convert_int8
+    from compression.qat import quantize_model
+    from compression.surgery import channel_groups, prune_channels
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.lite import _interpreter_class
+
+    spec = parse_cfg(STEM + conv(16, 1) + conv(16, groups=4) + conv(8, 1) + HEAD)
+    groups = {g.id: g for g in channel_groups(spec)}
+    assert not groups[1].prunable and not groups[2].prunable  # read by / made by the grouped convolution
+    assert groups[3].prunable
+    weights = random_weights(spec, seed=5)
+    weights.convs[3].bn[0][:3] = 0.0
+    result = prune_channels(spec, weights, {3: np.arange(8) >= 3})
+    assert result.spec.layers[2].get_int("groups") == 4 and result.spec.layers[3].get_int("filters") == 5
+    assert check_against_opencv(result.spec, result.weights, tmp_path) < 1e-3
+    model = build_model(result.spec)
+    set_darknet_weights(model, result.spec, result.weights)
+    x = np.random.RandomState(0).rand(1, 64, 64, 3).astype(np.float32)
+    assert np.asarray(quantize_model(model, "qat")(x)).shape == np.asarray(model(x)).shape
+    interpreter = _interpreter_class()(model_content=convert_int8(model))
+    interpreter.allocate_tensors()
+    assert "CONV_2D" in {op["op_name"] for op in interpreter._get_ops_details()}
