@@ -41,13 +41,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
 
+    from compression.benchmark import detections_call
     from compression.convert import convert_config
     from yolo3.config import load_config
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import evaluate, make_predictor
     from yolo3.fileio import file_sizes
     from yolo3.lite import interleaved_latency
-    from yolo3.postprocess import predictor_detections
     from yolo3.preprocess import letterbox, load_image
 
     out = Path(args.out)
@@ -76,16 +76,9 @@ def main(argv=None) -> int:
         predictors.append(predictor)
         timing_sets.append((dataset.records[0].image, v))
 
-    def with_postprocess(predictor, box, v):
-        def run(tensor):
-            outputs = predictor.invoke(tensor)
-            return predictor_detections(predictor, [o[0] for o in outputs], box, v.score_threshold, v.nms_iou, v.max_detections)
-
-        return run
-
     prepared = [letterbox(load_image(image), p.input_hw) for p, (image, _) in zip(predictors, timing_sets)]
     tensors = [t[None] for t, _ in prepared]
-    calls = [p.invoke for p in predictors] + [with_postprocess(p, box, v) for p, (_, box), (_, v) in zip(predictors, prepared, timing_sets)]
+    calls = [p.invoke for p in predictors] + [detections_call(p, box, v) for p, (_, box), (_, v) in zip(predictors, prepared, timing_sets)]
     timed = interleaved_latency(calls, tensors + tensors, args.rounds, args.runs)
     n = len(rows)
     for row, model_t, full_t in zip(rows, timed[:n], timed[n:]):

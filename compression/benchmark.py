@@ -65,7 +65,6 @@ def run_benchmark(config, model_path: str | None, variants: list[Variant], folde
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import evaluate, make_predictor
     from yolo3.lite import interleaved_latency
-    from yolo3.postprocess import predictor_detections
     from yolo3.preprocess import letterbox, load_image
 
     from .convert import convert_config
@@ -94,17 +93,10 @@ def run_benchmark(config, model_path: str | None, variants: list[Variant], folde
         rows.append({"format": variant.label, "file": str(file), "mAP50": scored["mAP50"], "coco_AP": scored["coco"]["AP"], **sizes})
         predictors.append(predictor)
 
-    def with_postprocess(predictor, box):
-        def run(tensor):
-            outputs = predictor.invoke(tensor)
-            return predictor_detections(predictor, [o[0] for o in outputs], box, v.score_threshold, v.nms_iou, v.max_detections)
-
-        return run
-
     image = load_image(dataset.records[0].image)
     prepared = [letterbox(image, p.input_hw) for p in predictors]
     tensors = [t[None] for t, _ in prepared]
-    calls = [p.invoke for p in predictors] + [with_postprocess(p, box) for p, (_, box) in zip(predictors, prepared)]
+    calls = [p.invoke for p in predictors] + [detections_call(p, box, v) for p, (_, box) in zip(predictors, prepared)]
     timed = interleaved_latency(calls, tensors + tensors, rounds, runs)
     n = len(rows)
     for row, model_t, full_t in zip(rows, timed[:n], timed[n:]):
@@ -115,6 +107,17 @@ def run_benchmark(config, model_path: str | None, variants: list[Variant], folde
             "threads": threads, "timing": {"rounds": rounds, "runs_per_round": runs, "image": str(dataset.records[0].image),
                                            "statistic": "median, formats interleaved"},
             "rows": rows}  # fmt: skip
+
+
+def detections_call(predictor, box, valid):
+    """``tensor -> detections``: the model and the post-processing that makes its detections (what a latency "with decode and NMS" times)."""
+    from yolo3.postprocess import predictor_detections
+
+    def run(tensor):
+        outputs = predictor.invoke(tensor)
+        return predictor_detections(predictor, [o[0] for o in outputs], box, valid.score_threshold, valid.nms_iou, valid.max_detections)
+
+    return run
 
 
 def format_table(report: dict) -> str:

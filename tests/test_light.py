@@ -258,6 +258,12 @@ def test_opencv_is_available():
     assert cv2.__version__ and SHARED is not None
 
 
+def yolo_head(mask):
+    """A 1x1 head convolution and its [yolo] (3 classes, scale_x_y 1.05) over the toy anchors."""
+    return (conv(24, 1, activation="linear", bn=0) + f"[yolo]\nmask={mask}\nanchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50\n"
+            "classes=3\nnum=6\nscale_x_y=1.05\n")  # fmt: skip
+
+
 # A small network with every light construct the compression chain meets: Darknet max-pool padding,
 # an inverted-residual block (expand, depthwise, linear project, dropout, shortcut), a CSP route group,
 # mish / relu / swish, and heads with scale_x_y.
@@ -275,33 +281,7 @@ layers=-1,-2
 """ + conv(32, 1, activation="swish") + """[maxpool]
 size=2
 stride=2
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=24
-activation=linear
-[yolo]
-mask=3,4,5
-anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
-classes=3
-num=6
-scale_x_y=1.05
-[route]
-layers=-4
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=24
-activation=linear
-[yolo]
-mask=0,1,2
-anchors=6,8, 10,12, 14,20, 20,26, 30,34, 44,50
-classes=3
-num=6
-scale_x_y=1.05
-"""
+""" + yolo_head("3,4,5") + "[route]\nlayers=-4\n" + yolo_head("0,1,2")
 
 
 def test_light_toy_matches_opencv(tmp_path):
