@@ -67,7 +67,7 @@ def spec_from_h5(path: Path) -> Spec | None:
 
 
 def header_from_h5(path: Path):
-    """The Darknet header an ``.h5`` carries (None if it carries none or an unreadable one)."""
+    """The Darknet header an ``.h5`` carries (None if it carries none; a damaged record is a UserError)."""
     import json
 
     import h5py
