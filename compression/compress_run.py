@@ -700,6 +700,12 @@ class Compressor:
             tuned = self._finetune(folder / "pruned.h5", folder / "run", epochs, size, self.config.pruning.finetune_learning_rate)
             runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": self.predicted_ms(kept, size)}
         chosen = max(runs, key=lambda s: (round(runs[s]["mAP50"], 4), -runs[s]["predicted_ms"]))
+        if int(chosen) != plan["best_by_prediction"]:  # plan-config.json must describe the plan that is run, not the predicted best
+            from .planner import ChannelMap, ratios_for
+
+            kept = {conv_index(k): v for k, v in plan["kept"][chosen].items()}
+            sens = json.loads(self.run.file("sensitivity.json").read_text()) if self.run.file("sensitivity.json").exists() else None
+            self._write_plan_config(int(chosen), ratios_for(kept, ChannelMap(self._spec())), self.cluster_exclusions(sens))
         return {"chosen": int(chosen), "why": f"best validation mAP@0.5 after {epochs} epochs", "runs": runs}
 
     def _chosen(self) -> tuple[int, dict[int, int]]:
