@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from compression.cluster_run import run_clustering
+    from compression.cluster.methods import run_clustering
     from yolo3.config import load_config, with_overrides
 
     config = load_config(args.config)

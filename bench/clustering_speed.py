@@ -47,7 +47,7 @@ def kernels_darknet(cfg: str, weights: str) -> list[tuple[str, np.ndarray]]:
 def compare(kernels, k: int, use_sklearn: bool = True) -> dict:
     from sklearn.cluster import KMeans
 
-    from compression.kmeans1d import kmeans_1d
+    from compression.cluster.kmeans1d import kmeans_1d
 
     rows = []
     for name, kernel in kernels:

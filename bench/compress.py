@@ -36,8 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
 
-    from compression.compress_report import format_markdown
-    from compression.compress_run import CompressOptions, parse_target, run_compress
+    from compression.budget.compress import CompressOptions, parse_target, run_compress
+    from compression.budget.report import format_markdown
     from yolo3.config import load_config
 
     config = load_config(args.config)

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     import yolo3.keras_model as km
-    from compression.latency_worker import convert_int8, randomize
+    from compression.budget.latency_worker import convert_int8, randomize
     from yolo3.lite import _interpreter_class, interleaved_latency
     from yolo3.zoo import build_spec
 

@@ -27,7 +27,7 @@ from yolo3.errors import UserError, run_cli
 
 def as_tflite(config, model: Path, folder: Path, index: int) -> Path:
     """``model`` itself if it is a .tflite, else its float32 conversion in ``folder`` (``index`` keeps equal names apart)."""
-    from compression.convert import convert_config
+    from compression.quantize.convert import convert_config
 
     if model.suffix == ".tflite":
         return model

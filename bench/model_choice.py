@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from compression.benchmark import detections_call
-    from compression.convert import convert_config
+    from compression.quantize.convert import convert_config
     from yolo3.config import load_config
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import evaluate, make_predictor

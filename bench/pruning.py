@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from common import machine, write_results
-from compression.presets import PRESETS
+from compression.prune.presets import PRESETS
 from yolo3.errors import run_cli
 
 # The product's preset (compress.py --preset late-heavy): early layers lightly, the wide late layers hard.
@@ -54,7 +54,7 @@ def with_pruning(config, **overrides):
 
 
 def tflite_latency(config, model_path: Path, folder: Path) -> dict:
-    from compression.convert import convert_config
+    from compression.quantize.convert import convert_config
     from yolo3.evaluation import measure_model_latency
     from yolo3.lite import TFLitePredictor
 
@@ -69,8 +69,8 @@ def time_full_yolov3() -> dict:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from test_darknet import random_weights
 
-    from compression.pruning import layer_prune, similarity_masks, slimming_masks
-    from compression.surgery import prune_channels
+    from compression.prune.pruning import layer_prune, similarity_masks, slimming_masks
+    from compression.prune.surgery import prune_channels
     from yolo3.zoo import build_spec
 
     spec = build_spec("yolov3", 80, 416)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from compression.prune_run import run_pruning
+    from compression.prune.methods import run_pruning
     from yolo3.config import load_config
     from yolo3.evaluation import evaluate_config
 

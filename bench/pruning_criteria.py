@@ -22,7 +22,7 @@ from yolo3.errors import run_cli
 
 def ranked_masks(spec, weights, ratio: float, score) -> dict:
     """Remove the ``ratio`` lowest-scored filters of every single (non-shortcut) prunable layer."""
-    from compression.surgery import channel_groups
+    from compression.prune.surgery import channel_groups
 
     masks = {}
     for g in channel_groups(spec):
@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from compression.pruning import filters_after_bn, similarity_masks
-    from compression.surgery import prune_channels
+    from compression.prune.pruning import filters_after_bn, similarity_masks
+    from compression.prune.surgery import prune_channels
     from yolo3.config import load_config
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import KerasPredictor, evaluate, load_for_config

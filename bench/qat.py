@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
-    from compression.convert import QatOptions, convert_config
+    from compression.quantize.convert import QatOptions, convert_config
     from yolo3.config import load_config
     from yolo3.evaluation import evaluate_config
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from yolo3.errors import UserError
 from yolo3.fileio import file_sizes
 
-from .tflite_export import FORMATS as TFLITE_FORMATS
+from .quantize.tflite_export import FORMATS as TFLITE_FORMATS
 
 FORMATS = ("keras", "float32", "float16", "dynamic", "int8", "int16x8")
 assert set(FORMATS) == {"keras", *TFLITE_FORMATS}
@@ -27,7 +27,7 @@ NMS_SUFFIX = "-nms"  # int8-nms: the int8 file whose graph also decodes and runs
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the table: a label, the format converted to, and further :func:`~compression.convert.convert_config` options."""
+    """One row of the table: a label, the format converted to, and further :func:`~compression.quantize.convert.convert_config` options."""
 
     label: str
     format: str
@@ -67,7 +67,7 @@ def run_benchmark(config, model_path: str | None, variants: list[Variant], folde
     from yolo3.lite import interleaved_latency
     from yolo3.preprocess import letterbox, load_image
 
-    from .convert import convert_config
+    from .quantize.convert import convert_config
 
     source = Path(model_path) if model_path else config.model.weights
     if source is None:

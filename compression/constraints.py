@@ -18,7 +18,7 @@ import numpy as np
 from yolo3.hooks import TrainingContext, TrainingHook
 from yolo3.models import compression_info
 
-from .clustering import ClusterConstraint
+from .cluster.clustering import ClusterConstraint
 
 
 class MaskConstraint:

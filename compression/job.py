@@ -11,7 +11,7 @@ beside the output (distilling from the source when ``pruning.distillation``
 is set) and reports sizes in one schema (``bytes``, ``gzip_bytes``).
 
 Methods: ``magnitude`` (TFMOT or one-shot), ``similarity``, ``slimming``,
-``layers`` (:mod:`compression.prune_run`), ``cluster`` (:mod:`compression.cluster_run`).
+``layers`` (:mod:`compression.prune.methods`), ``cluster`` (:mod:`compression.cluster.methods`).
 
 Example::
 
@@ -23,22 +23,12 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from yolo3.errors import UserError
 
 from .outputs import check_output, file_sizes, fresh_run_dir
-
-
-@dataclass
-class Transformed:
-    """What a method made: the model, the record saved with it (what fine-tuning must keep), details for the report."""
-
-    loaded: object  # yolo3.models.LoadedModel
-    record: dict | None = None
-    details: dict = field(default_factory=dict)
-    structural: bool = False  # the architecture changed: also written as Darknet .cfg + .weights, layer table shown
+from .registry import Transformed, method_class, methods
 
 
 class Job:
@@ -85,15 +75,11 @@ class Job:
     def finetune(self, model_file: Path, epochs: int, folder: Path, learning_rate: float, hooks=()):
         """Fine-tune ``model_file`` in ``folder`` (distilling from the source when ``pruning.distillation``); the best model, loaded."""
         from yolo3.evaluation import load_for_config
-        from yolo3.training import RunOptions, train
 
-        from .distillation import Distillation
+        from .steps import finetune
 
-        if self.config.pruning.distillation:  # the model before compression teaches the compressed one
-            hooks = (*hooks, Distillation(self.source, self.config.pruning.distillation))
-        options = RunOptions(str(model_file), True, epochs, str(folder), self.progress, learning_rate=learning_rate,
-                             freeze_backbone_epochs=0, hooks=tuple(hooks))  # fmt: skip
-        result = train(self.config, options)
+        result = finetune(self.config, model_file, folder, epochs, progress=self.progress, learning_rate=learning_rate, hooks=tuple(hooks),
+                          keep_record=False, teacher=self.source, distill_weight=self.config.pruning.distillation, freeze_backbone_epochs=0)  # fmt: skip
         return load_for_config(self.config, result["best_model"])
 
     def save(self, made: Transformed, loaded=None) -> None:
@@ -110,76 +96,10 @@ class Job:
             write_weights(self.out.with_suffix(".weights"), loaded.spec, get_darknet_weights(loaded.model, loaded.spec))
 
 
-class Method:
-    """A compression method of :func:`run_job`; subclasses register themselves in :data:`METHODS` by ``name``."""
-
-    name = ""
-    title = ""
-
-    def __init__(self, config, **options):
-        self.config = config
-        self.options = options
-
-    def default_epochs(self) -> int:
-        return self.config.pruning.finetune_epochs
-
-    def default_output(self, source: Path) -> Path:
-        return source.with_name(f"{source.stem}-{self.name}.h5")
-
-    def check(self, job: Job, epochs: int) -> None:
-        """Refuse settings that cannot work, before any work is done."""
-
-    def needs_run_dir(self, epochs: int) -> bool:
-        return epochs > 0
-
-    def transform(self, job: Job, loaded, run_dir: Path | None, report: dict) -> Transformed:
-        raise NotImplementedError
-
-    def learning_rate(self) -> float:
-        return self.config.pruning.finetune_learning_rate
-
-    def finetune_hooks(self, made: Transformed, epochs: int) -> tuple:
-        """What fine-tuning must keep (or do) for this method's result."""
-        return ()
-
-    def scores_after_transform(self) -> bool:
-        return True
-
-    def keep_finetuned(self, report: dict) -> bool:
-        """Whether the fine-tuned model replaces the transformed one (a compressed model is kept only if fine-tuning did not hurt it)."""
-        return True
-
-    def finish(self, job: Job, made: Transformed, final, report: dict) -> None:
-        """Last checks and details on the model written (sparsity, distinct values)."""
-
-    @classmethod
-    def format_details(cls, report: dict) -> list[str]:
-        """Lines of the terminal report that only this method has."""
-        return []
-
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
-
-
-def _methods() -> dict[str, type[Method]]:
-    """Every registered method (the modules that define them register on import)."""
-    from . import cluster_run, prune_run  # noqa: F401
-
-    return METHODS
-
-
 def run_job(config, method: str, model_path: str | None, out: str | None = None, finetune_epochs: int | None = None,
             force: bool = False, progress: bool = True, **options) -> dict:  # fmt: skip
     """Load, transform with ``method``, report, fine-tune, save (see the module docstring); the report."""
-    methods = _methods()
-    if method not in methods:
-        raise UserError(f"unknown compression method {method!r} (available: {', '.join(methods)})")
-    m = methods[method](config, **options)
+    m = method_class(method)(config, **options)
     source = Path(model_path) if model_path else config.model.weights
     if source is None:
         raise UserError(f"nothing to compress: give --model or set model.weights in the config ({m.title})")
@@ -231,7 +151,7 @@ def format_report(report: dict) -> str:
         label = {"before": "before", "after": "after " + report["title"], "finetuned": "after fine-tuning"}[name]
         kept = " (not kept: worse on validation)" if name == "finetuned" and not s.get("kept", True) else ""
         rows.append(f"{label[:22]:<22s} {s['mAP50']:8.4f} {s['params']:12,d} {s['macs'] / 1e9:8.3f}G{kept}")
-    rows.extend(_methods()[report["method"]].format_details(report))
+    rows.extend(methods()[report["method"]].format_details(report))
     last = stages[-1][1]
     removed = f"removed: {1 - last['params'] / b['params']:.1%} of the parameters, {1 - last['macs'] / b['macs']:.1%} of the MACs " if last["params"] != b["params"] else ""
     rows.append(f"{removed}({report['title']}, {report['seconds']:.1f} s)")

@@ -152,5 +152,59 @@ def test_imports_flow_one_way():
         if path.name == "__main__.py":  # `python -m yolo3` is the command line's door
             continue
         assert not any(n.split(".")[0] in ("compression", "yolo3_cli") for n in _imports(path)), path
-    for path in (ROOT / "compression").glob("*.py"):
+    for path in (ROOT / "compression").rglob("*.py"):
         assert not any(n.split(".")[0] == "yolo3_cli" for n in _imports(path)), path
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _package_imports(path: Path, package: str) -> set[str]:
+    """Modules of ``package`` that ``path`` imports anywhere (also inside functions), relative imports resolved; type-checking blocks aside."""
+    tree = ast.parse(path.read_text())
+    here = _module_name(path).split(".")
+    is_package = path.name == "__init__.py"
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for child in node.body for n in ast.walk(child)}  # fmt: skip
+    found = set()
+    for n in ast.walk(tree):
+        if id(n) in skip:
+            continue
+        if isinstance(n, ast.ImportFrom):
+            base = n.module or ""
+            if n.level:
+                anchor = here if is_package else here[:-1]
+                anchor = anchor[: len(anchor) - (n.level - 1)]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [base] + [f"{base}.{a.name}" for a in n.names]
+        elif isinstance(n, ast.Import):
+            names = [a.name for a in n.names]
+        else:
+            continue
+        found |= {m for m in names if m.split(".")[0] == package}
+    return found
+
+
+def test_no_import_cycle_in_compression():
+    """No module of compression/ imports (directly or through others, deferred imports included) a module that imports it back."""
+    modules = {_module_name(p): p for p in (ROOT / "compression").rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = {m for m in _package_imports(path, "compression") if m in modules}
+        graph[name] = {t for t in targets if t != name and not name.startswith(t + ".")}  # a package's own __init__ runs first anyway
+    state: dict[str, int] = {}
+
+    def visit(node, stack):
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])

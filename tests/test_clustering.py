@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from compression.kmeans1d import kmeans_1d
+from compression.cluster.kmeans1d import kmeans_1d
 from conftest import ROOT
 
 
@@ -48,7 +48,7 @@ def tiny_model():
 
 
 def test_cluster_model_every_kernel_and_keeps_zeros(tiny_model):
-    from compression.clustering import cluster_model, distinct_values
+    from compression.cluster.clustering import cluster_model, distinct_values
 
     model, spec = tiny_model
     layer = model.get_layer("conv_12")
@@ -68,7 +68,7 @@ def test_cluster_model_every_kernel_and_keeps_zeros(tiny_model):
 
 
 def test_cluster_constraint_keeps_clusters_while_training(tiny_model):
-    from compression.clustering import ClusterConstraint, cluster_model, distinct_values
+    from compression.cluster.clustering import ClusterConstraint, cluster_model, distinct_values
     from yolo3.kerasenv import keras, tf
 
     model, spec = tiny_model

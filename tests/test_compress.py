@@ -23,9 +23,9 @@ def compress_cmd(config: Path, *args: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, synthetic_valid):
-    """One compress run on the toy model, killed after its prune stage and run again to the end."""
+    """One compress run on the toy model (channels and input size only), killed after its prune stage and run again to the end."""
     folder = tmp_path_factory.mktemp("compress")
-    config = toy_config(folder, synthetic_valid)
+    config = toy_config(folder, synthetic_valid, levers=[])
     run_dir = folder / "out"
     cmd = compress_cmd(config, "--target-speedup", "1.3", "--run-dir", str(run_dir))
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
@@ -43,11 +43,12 @@ def finished_run(tmp_path_factory, synthetic_valid):
 def test_chain_resumes_after_kill_and_reports(finished_run):
     _, run_dir, second = finished_run
     assert second.returncode == 0, second.stderr[-3000:]
-    for stage in ("baseline", "cost-models", "sensitivity", "plan", "candidates", "prune"):
+    for stage in ("baseline", "levers", "cost-models", "sensitivity", "plan", "candidates", "prune"):
         assert f"{stage}: done before, skipped" in second.stderr
     report = json.loads((run_dir / "report.json").read_text())
     for key in ("target", "speedup_vs_unpruned_int8", "size_ratio_vs_float_weights", "map50_float_unpruned", "map50_final_int8",
-                "latency_ms_final_int8", "latency_ms_unpruned_int8", "predicted_latency_ms_final_int8", "seconds"):  # fmt: skip
+                "latency_ms_final_int8", "latency_ms_unpruned_int8", "predicted_latency_ms_final_int8", "seconds", "max_loss",
+                "map50_loss_validation", "levers", "delivered"):  # fmt: skip
         assert key in report, key
     assert (run_dir / "final-int8.tflite").stat().st_size > 0
     assert (run_dir / "report.png").exists() and (run_dir / "sensitivity.png").exists()
@@ -63,8 +64,9 @@ def test_chain_resumes_after_kill_and_reports(finished_run):
 
 def test_plan_config_is_an_ordinary_config(finished_run, tmp_path):
     """The plan runs again: evaluate.py -p 3 prunes to the same channels; --from-config plans exactly them."""
-    from compression.compress_run import CompressOptions, Compressor
-    from compression.planner import ChannelMap
+    from compression.budget.context import CompressJob, CompressOptions
+    from compression.budget.latency_model import LatencyModel
+    from compression.budget.plan import Inputs, fixed_plan
     from yolo3.config import load_config
     from yolo3.models import spec_from_h5
 
@@ -72,18 +74,18 @@ def test_plan_config_is_an_ordinary_config(finished_run, tmp_path):
     plan_config = load_config(run_dir / "plan-config.json")
     report = json.loads((run_dir / "report.json").read_text())
     assert plan_config.model.input_size == report["input_size"]
-    assert plan_config.model.weights.resolve() == (run_dir / "baseline.h5").resolve()
+    assert plan_config.model.weights.resolve() == (run_dir / "levered.h5").resolve()
     r = subprocess.run([sys.executable, "evaluate.py", "-c", str(run_dir / "plan-config.json"), "-p", "3", "--finetune-epochs", "0",
                         "--quiet", "--out", str(tmp_path / "again.h5")], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     spec = spec_from_h5(tmp_path / "again.h5")
     assert {k: spec.layers[int(k[5:])].get_int("filters") for k in report["kept_channels"]} == report["kept_channels"]
-    c = Compressor(plan_config, None, CompressOptions(from_config=True, run_dir=tmp_path / "fixed", progress=False))
-    for name in ("baseline.h5", "latency-model.json"):
-        shutil.copyfile(run_dir / name, c.run.file(name))
-    assert c.base_size == 64  # the unpruned reference stays at the model's own size
-    fixed = c._fixed_plan(ChannelMap(c._spec()))
-    assert fixed["sizes"] == [report["input_size"]] and fixed["kept"][str(report["input_size"])] == report["kept_channels"]
+    job = CompressJob(plan_config, None, CompressOptions(from_config=True, run_dir=tmp_path / "fixed", progress=False))
+    assert job.base_size == 64  # the unpruned reference stays at the model's own size
+    latency = LatencyModel.from_json(json.loads((run_dir / "latency-model.json").read_text()))
+    fixed, _ = fixed_plan(Inputs(job, spec_from_h5(run_dir / "baseline.h5"), latency))
+    assert list(fixed["candidates"]) == [str(report["input_size"])]
+    assert fixed["candidates"][str(report["input_size"])]["kept"] == report["kept_channels"]
 
 
 def test_sensitivity_covers_every_unit_size_layer(finished_run):
@@ -137,25 +139,26 @@ def test_invalid_targets_end_in_one_line(tmp_path, synthetic_valid, capsys, args
 
 
 def test_failing_stage_keeps_earlier_outputs_and_resumes(finished_run, tmp_path, monkeypatch):
-    from compression.compress_run import CompressOptions, Compressor, Target
+    from compression.budget.compress import CompressOptions, Target, run_compress
+    from compression.budget.stages import Finetune
     from yolo3.config import load_config
     from yolo3.errors import UserError
 
     config, run_dir, _ = finished_run
     fresh = tmp_path / "run"
     shutil.copytree(run_dir, fresh)
-    for stage in ("prune", "finetune", "cluster", "cluster-finetune", "int8", "report"):
+    for stage in ("prune", "finetune", "cluster", "cluster-finetune", "int8", "floor", "plan-config", "report"):
         (fresh / "stages" / f"{stage}.json").unlink()
     for name in ("pruned.h5", "finetuned.h5", "final-int8.tflite", "report.json"):
         (fresh / name).unlink()
     options = CompressOptions(target=Target("speedup", 1.3), run_dir=fresh, progress=False)
 
-    def broken(self):
+    def broken(self, ctx):
         raise UserError("the fine-tuning broke (planted)")
 
-    monkeypatch.setattr(Compressor, "finetune", broken)
+    monkeypatch.setattr(Finetune, "run", broken)
     with pytest.raises(UserError, match="planted"):
-        Compressor(load_config(config), None, options).run_all()
+        run_compress(load_config(config), None, options)
     for name in ("baseline.h5", "latency-model.json", "sensitivity.json", "plan.json", "pruned.h5", "stages/prune.json"):
         assert (fresh / name).exists(), name
     assert not (fresh / "stages" / "finetune.json").exists()
@@ -170,9 +173,9 @@ def test_changed_target_needs_force(finished_run, tmp_path):
 
 
 def test_planner_meets_a_macs_target_exactly_as_predicted():
-    from compression.planner import ChannelMap, MacsCost, plan_budget, ratios_for
-    from compression.pruning import resolve_layer_ratios
-    from compression.sensitivity import prune_to_ratios
+    from compression.budget.planner import ChannelMap, MacsCost, plan_budget, ratios_for
+    from compression.budget.sensitivity import prune_to_ratios
+    from compression.prune.pruning import resolve_layer_ratios
     from conftest import random_weights
     from yolo3.config import Section
     from yolo3.spec import analyse, parse_cfg, totals
@@ -196,7 +199,7 @@ def test_planner_meets_a_macs_target_exactly_as_predicted():
 
 
 def test_loss_curve_is_monotone_and_interpolates():
-    from compression.planner import loss_curve
+    from compression.budget.planner import loss_curve
 
     curve = loss_curve(64, [{"kept": 48, "loss": 0.1}, {"kept": 32, "loss": 0.05}, {"kept": 16, "loss": 0.4}])
     assert curve(64) == 0 and curve(56) == pytest.approx(0.05)
@@ -205,8 +208,8 @@ def test_loss_curve_is_monotone_and_interpolates():
 
 
 def test_shortcut_groups_prune_as_one_unit():
-    from compression.pruning import resolve_layer_ratios
-    from compression.sensitivity import prune_to_ratios, pruning_units
+    from compression.budget.sensitivity import prune_to_ratios, pruning_units
+    from compression.prune.pruning import resolve_layer_ratios
     from conftest import random_weights
     from yolo3.config import Section
     from yolo3.zoo import build_spec
@@ -249,7 +252,7 @@ def test_holdout_and_test_splits(tmp_path, synthetic_valid):
 
 def test_latency_model_fits_blocks(finished_run):
     """Every costly block has a fit; the network mapping lands near the whole networks timed in the same run."""
-    from compression.latency_model import LatencyModel, block_shapes
+    from compression.budget.latency_model import LatencyModel, block_shapes
     from yolo3.spec import parse_cfg
 
     _, run_dir, _ = finished_run
@@ -259,3 +262,37 @@ def test_latency_model_fits_blocks(finished_run):
     assert {n["size"] for n in model.networks} == {64, 32} and len(model.networks) >= 4
     errors = [abs(n["predicted_ms"] - n["ms"]) / n["ms"] for n in model.networks]
     assert np.median(errors) < 0.5, model.networks
+
+
+def test_other_finetune_epochs_redo_finetune_and_after_not_the_measurements(finished_run, tmp_path):
+    config, run_dir, _ = finished_run
+    fresh = tmp_path / "run"
+    shutil.copytree(run_dir, fresh)
+    r = subprocess.run(compress_cmd(config, "--target-speedup", "1.3", "--run-dir", str(fresh), "--epochs", "1", "--force"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    for stage in ("baseline", "cost-models", "reach", "sensitivity", "plan", "candidates", "prune"):
+        assert f"{stage}: done before, skipped" in r.stderr, stage
+    for stage in ("finetune", "cluster", "cluster-finetune", "int8", "floor", "plan-config", "report"):
+        assert f"] {stage} ..." in r.stderr, stage
+    rows = json.loads((fresh / "report.json").read_text())["stages"]
+    assert next(e for e in rows if e["stage"] == "pruned + fine-tuned")["note"].startswith("1 epochs")
+
+
+def test_levers_fold_max_pools_into_strides_and_the_plan_prunes_the_levered_model(tmp_path, synthetic_valid):
+    """With levers allowed, the toy's two conv + max-pool pairs become stride-2 convolutions when the target asks for speed."""
+    from yolo3.spec import read_cfg
+
+    config = toy_config(tmp_path, synthetic_valid, finetune_epochs=1, cluster=False)
+    run_dir = tmp_path / "out"
+    r = subprocess.run(compress_cmd(config, "--target-speedup", "1.5", "--run-dir", str(run_dir)), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    levers = json.loads((run_dir / "levers.json").read_text())
+    assert [t["levers"]["pool_stride"] for t in levers["tried"]] == [[0], [0, 2], [0, 2]]  # then with ReLU
+    assert max(t["speedup"] for t in levers["tried"]) > 1.0  # a quarter of the pixels in the first layers is faster as int8
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["levers"] == json.loads((run_dir / "stages" / "levers.json").read_text())["result"]["names"]
+    assert report["levers"], "the toy meets 1.5x only with a lever"
+    pruned = read_cfg(run_dir / "pruned.cfg")
+    assert pruned.layers[0].get_int("stride") == 2 and pruned.layers[1].type == "convolutional"
+    assert report["max_loss"] == 1.0 and report["delivered"] in ("plan", "levers", "unpruned")

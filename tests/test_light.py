@@ -291,7 +291,7 @@ def test_light_toy_matches_opencv(tmp_path):
 
 def test_surgery_ties_depthwise_channels_and_keeps_route_groups_whole(tmp_path):
     """Removing channels of an expand + depthwise pair (BN scale 0) leaves the outputs unchanged; OpenCV loads the result."""
-    from compression.surgery import channel_groups, prune_channels
+    from compression.prune.surgery import channel_groups, prune_channels
     from yolo3.keras_model import build_model, set_darknet_weights
 
     spec = parse_cfg(LIGHT_TOY_CFG)
@@ -322,7 +322,7 @@ def test_surgery_ties_depthwise_channels_and_keeps_route_groups_whole(tmp_path):
 
 def test_planner_costs_follow_depthwise_ties():
     """The planner's MACs of a pruned Yolo-Fastest equal the pruned architecture's, depthwise layers counted per channel."""
-    from compression.planner import ChannelMap, MacsCost
+    from compression.budget.planner import ChannelMap, MacsCost
     from yolo3.spec import analyse, totals
     from yolo3.zoo import build_spec
 
@@ -408,8 +408,8 @@ def test_light_model_through_the_whole_tool(tmp_path, synthetic_valid):
 
 def test_latency_model_probes_depthwise_layers_as_depthwise():
     """Block variants of a depthwise layer keep one filter per input channel, and fitting them needs no impossible architecture."""
-    from compression.latency_model import block_items, fit_blocks
-    from compression.latency_worker import block_model
+    from compression.budget.latency_model import block_items, fit_blocks
+    from compression.budget.latency_worker import block_model
     from yolo3.kerasenv import keras
     from yolo3.zoo import build_spec
 
@@ -426,9 +426,9 @@ def test_latency_model_probes_depthwise_layers_as_depthwise():
 
 def test_grouped_convolution_is_kept_whole_and_converts(tmp_path):
     """A grouped (not depthwise) convolution: its input and output channels are fixed for pruning; QAT wraps it; int8 converts it."""
-    from compression.latency_worker import convert_int8
-    from compression.qat import quantize_model
-    from compression.surgery import channel_groups, prune_channels
+    from compression.budget.latency_worker import convert_int8
+    from compression.prune.surgery import channel_groups, prune_channels
+    from compression.quantize.qat import quantize_model
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.lite import _interpreter_class
 

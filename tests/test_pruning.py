@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from compression.pruning import layer_prune, residual_blocks, similarity_masks, slimming_masks
-from compression.surgery import channel_groups, prune_channels
+from compression.prune.pruning import layer_prune, residual_blocks, similarity_masks, slimming_masks
+from compression.prune.surgery import channel_groups, prune_channels
 from conftest import ROOT, random_weights
 from yolo3.spec import analyse, totals
 from yolo3.zoo import build_spec
@@ -188,14 +188,14 @@ def test_sparse_training_plots_bn_scales(tmp_path, synthetic_valid, tiny_h5):
 
 
 def test_round_share_compounds_to_the_total():
-    from compression.prune_run import round_share
+    from compression.prune.methods import round_share
 
     for total, n in ((0.5, 4), (0.7, 3), (0.3, 1)):
         assert (1 - round_share(total, n)) ** n == pytest.approx(1 - total)
 
 
 def test_similarity_rounds_end_where_one_pruning_would():
-    from compression.pruning import similarity_keep_schedule
+    from compression.prune.pruning import similarity_keep_schedule
 
     spec = build_spec("yolov3-tiny", 1, 416)
     weights = random_weights(spec, seed=3)
@@ -207,7 +207,7 @@ def test_similarity_rounds_end_where_one_pruning_would():
 
 
 def test_layer_ratios_override_the_ratio_per_layer():
-    from compression.pruning import resolve_layer_ratios, similarity_keep_schedule
+    from compression.prune.pruning import resolve_layer_ratios, similarity_keep_schedule
     from yolo3.errors import UserError
 
     spec = build_spec("yolov3-tiny", 1, 416)

@@ -34,8 +34,8 @@ MINI_TINY = (
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory, synthetic_valid):
     """A small YOLOv3-tiny-like model, half of every kernel zero, the rest on 8 centroids per kernel, saved with its record."""
-    from compression.clustering import cluster_model, conv_layer_names
-    from compression.magnitude import oneshot_prune
+    from compression.cluster.clustering import cluster_model, conv_layer_names
+    from compression.prune.magnitude import oneshot_prune
     from conftest import random_weights
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.models import save_model
@@ -53,7 +53,7 @@ def compressed(tmp_path_factory, synthetic_valid):
 
 
 def test_scheme_follows_the_record(compressed):
-    from compression.qat import check_clusters_preservable, scheme_for
+    from compression.quantize.qat import check_clusters_preservable, scheme_for
 
     _, model, _, names = compressed
     record = {"clusters": 8, "per_channel": False, "layers": names}
@@ -112,7 +112,7 @@ def test_qat_int8_keeps_sparsity_and_clusters(compressed, synthetic_valid, tmp_p
 
 
 def test_activation_ranges_start_from_calibration(compressed):
-    from compression.qat import calibrate_ranges, quantize_model
+    from compression.quantize.qat import calibrate_ranges, quantize_model
     from yolo3.kerasenv import keras
 
     _, model, _, _ = compressed

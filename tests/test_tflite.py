@@ -31,7 +31,7 @@ def small_model(tmp_path_factory, synthetic_valid):
 
 @pytest.fixture(scope="module")
 def exported(small_model, synthetic_valid):
-    from compression.tflite_export import export_tflite
+    from compression.quantize.tflite_export import export_tflite
 
     folder, _, spec = small_model
     images = sorted(str(p) for p in (synthetic_valid / "images").glob("*.jpg"))[:8]
@@ -53,7 +53,7 @@ def test_int8_is_full_integer_with_embedded_metadata(exported):
 
 
 def test_int16x8_keeps_float_io_and_int16_activations(small_model, synthetic_valid):
-    from compression.tflite_export import export_tflite
+    from compression.quantize.tflite_export import export_tflite
     from yolo3.lite import _interpreter_class
 
     folder, model, spec = small_model
@@ -158,7 +158,7 @@ def test_convert_cli_and_detect(exported, synthetic_valid, tmp_path):
 
 
 def test_int8_debug_ranks_a_planted_error_first_and_float_layers_stay_float(tmp_path, synthetic_valid):
-    from compression.convert import convert_config
+    from compression.quantize.convert import convert_config
     from conftest import toy_config
     from yolo3.config import load_config
     from yolo3.lite import _interpreter_class
@@ -188,7 +188,7 @@ def test_int8_debug_ranks_a_planted_error_first_and_float_layers_stay_float(tmp_
 
 
 def test_selective_quantization_and_calibration_flags_end_in_one_line(tmp_path, synthetic_valid):
-    from compression.convert import convert_config
+    from compression.quantize.convert import convert_config
     from conftest import toy_config
     from yolo3.config import load_config
     from yolo3.errors import UserError
@@ -208,8 +208,8 @@ def test_selective_quantization_and_calibration_flags_end_in_one_line(tmp_path, 
 
 
 def test_edge_tpu_report_finds_the_first_unsupported_operator(tmp_path, synthetic_valid):
-    from compression.edgetpu import edge_tpu_report
-    from compression.tflite_export import export_tflite
+    from compression.quantize.edgetpu import edge_tpu_report
+    from compression.quantize.tflite_export import export_tflite
     from conftest import TOY_CFG, random_weights
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.models import save_model
@@ -228,7 +228,7 @@ def test_edge_tpu_report_finds_the_first_unsupported_operator(tmp_path, syntheti
     linear = edge_tpu_report(tmp_path / "linear.tflite")
     assert linear["first_unsupported"] is None and linear["unsupported"] == [], linear["unsupported"]
     # in-model NMS: decode ops the Edge TPU runs, then the post-processing operator on the CPU at the end (as in Coral's SSD models)
-    from compression.tflite_export import ExportOptions
+    from compression.quantize.tflite_export import ExportOptions
 
     spec = parse_cfg(TOY_CFG.replace("activation=leaky", "activation=linear"), "linear.cfg")
     export_tflite(tmp_path / "linear.h5", tmp_path / "nms.tflite", "int8", images, NAMES, 64, spec, options=ExportOptions(nms=True))
@@ -256,7 +256,7 @@ def test_in_model_nms_gives_the_numpy_decodes_detections(tmp_path, synthetic_val
     """--nms: TFLite's post-processing operator decodes as the numpy path does (float: to 0.02 px; int8: within quantization),
     outputs boxes / classes / scores / count, gives the same detections whatever the thread count, and the int8 file stays
     integer up to that operator."""
-    from compression.convert import convert_config
+    from compression.quantize.convert import convert_config
     from conftest import toy_config
     from yolo3.config import load_config
     from yolo3.lite import _interpreter_class

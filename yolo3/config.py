@@ -195,6 +195,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "calibration_samples": Key(int, 200, "`compress.py`: training images that calibrate int8 quantization.", range=COUNT),
         "bn_images": Key(int, 0, "`compress.py`: training images on which the sensitivity analysis re-estimates the BN statistics of every pruned variant before scoring it (adaptive BN, EagleEye); 0 = off, the default: on BCCD it made halving the first layer look cheap, and the plans that did it did not recover in fine-tuning (docs/compress.md).", range=Range(0, 100_000)),
         "debug_images": Key(int, 16, "`compress.py`: validation images the int8 quantization debugger compares float and int8 on.", range=COUNT),
+        "levers": Key(list, ["pool_stride", "relu"], "`compress.py` with a speed or MACs target: architecture levers it may use beside channels and input size: `pool_stride` (a 3x3 convolution + 2x2 max-pool becomes the convolution with stride 2), `relu` (ReLU instead of LeakyReLU); [] = channels and input size only."),
+        "lever_epochs": Key(int, 5, "`compress.py`: distilled fine-tuning epochs of each lever variant before its validation loss decides whether it is used.", range=EPOCHS),
     },
     "valid": {
         "annot_format": Key(str, "voc", "As `train.annot_format`.", choices=DATASET_FORMATS),
@@ -401,6 +403,9 @@ def parse_config(raw: Any, path: Path) -> Config:
         raise UserError("compress.sizes must be a non-empty list of positive multiples of 32", path)
     if not co["latency_levels"] or 1.0 not in co["latency_levels"] or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1 for v in co["latency_levels"]):
         raise UserError("compress.latency_levels must be a list of numbers in (0, 1] that includes 1", path)
+    unknown = [v for v in co["levers"] if v not in ("pool_stride", "relu")]
+    if unknown:
+        raise UserError(f"compress.levers: unknown lever {unknown[0]!r} (use pool_stride, relu)", path)
     if not co["sensitivity_ratios"] or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in co["sensitivity_ratios"]):
         raise UserError("compress.sensitivity_ratios must be a non-empty list of numbers in (0, 1)", path)
     return Config(path, sections["model"], sections["train"], sections["valid"], sections["clustering"], sections["pruning"],

@@ -518,6 +518,7 @@ def train(config, options: RunOptions | None = None) -> dict:
         "best_model": str(trainer.best_path) if trainer.best_path.exists() else None,
         "best_mAP50": float(trainer.best_var.numpy()),
         "epochs": trainer.epochs,
+        "replicas": trainer.strategy.num_replicas_in_sync,
         "history": trainer.history,
         "seconds": time.perf_counter() - started,
     }

@@ -23,7 +23,7 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from compression.cluster_run import run_clustering
+    from compression.cluster.methods import run_clustering
     from compression.job import format_report
 
     positive("--finetune-epochs", args.finetune_epochs, 0)

@@ -27,6 +27,10 @@ def configure(parser) -> None:
     target.add_argument("--target-latency", type=float, metavar="MS", help="int8 latency of at most MS milliseconds on this machine")
     target.add_argument("--target-size", type=float, metavar="MB", help="gzipped int8 .tflite of at most MB megabytes")
     target.add_argument("--target-macs", type=float, metavar="FRACTION", help="at most this fraction of the original MACs (0.3 = 70 %% fewer)")
+    parser.add_argument("--max-loss", type=float, default=1.0, metavar="POINTS",
+                        help="the accuracy floor: mAP@0.5 points the delivered model may lose on the validation split against the unpruned "
+                        "float model (default 1.0); a target that needs more ends in a message and the fastest model within the floor")
+    parser.add_argument("--strict", action="store_true", help="stop when the target cannot be met within --max-loss instead of delivering the best model within it")
     parser.add_argument("--preset", help="instead of a target: a named per-layer profile (late-heavy)")
     parser.add_argument("--from-config", action="store_true", help="instead of a target: the config's pruning ratios, input size and clustering exclusions")
     parser.add_argument("--sensitivity-only", action="store_true", help="only the sensitivity analysis (JSON and PNG in the run folder)")
@@ -59,11 +63,13 @@ def parse_sizes(text: str | None) -> list[int] | None:
 def run(args) -> int:
     from pathlib import Path
 
-    from compression.compress_report import format_markdown
-    from compression.compress_run import CompressOptions, parse_target, run_compress
+    from compression.budget.compress import CompressOptions, parse_target, run_compress
+    from compression.budget.context import check_max_loss
+    from compression.budget.report import format_markdown
     from yolo3.bundle import check_bundle_folder, write_bundle
 
     target = parse_target(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
+    check_max_loss(args.max_loss)
     positive("--threads", args.threads)
     positive("--epochs", args.epochs, 0)
     sizes = parse_sizes(args.sizes)
@@ -74,7 +80,7 @@ def run(args) -> int:
         target=target, preset=args.preset, from_config=args.from_config, sensitivity_only=args.sensitivity_only,
         run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, sizes=sizes, force=args.force,
         progress=not args.quiet, epochs={} if args.epochs is None else {"finetune": args.epochs},
-        measurements_from=Path(args.measurements_from) if args.measurements_from else None,
+        measurements_from=Path(args.measurements_from) if args.measurements_from else None, max_loss=args.max_loss, strict=args.strict,
     )  # fmt: skip
     report = run_compress(config, args.model, options)
     if args.sensitivity_only:

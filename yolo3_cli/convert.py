@@ -47,7 +47,7 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from compression.convert import QatOptions, convert_config, format_report
+    from compression.quantize.convert import QatOptions, convert_config, format_report
     from yolo3.bundle import check_bundle_folder, write_bundle
 
     positive("--qat-epochs", args.qat_epochs)
@@ -63,7 +63,7 @@ def run(args) -> int:
     if report.get("debug") and args.debug:
         from pathlib import Path
 
-        from compression.quant_debug import format_error_table, write_error_report
+        from compression.quantize.quant_debug import format_error_table, write_error_report
 
         print(format_error_table(report["debug"]))
         stem = Path(report["path"]).with_name(Path(report["path"]).stem + "-debug")

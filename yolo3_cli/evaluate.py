@@ -40,7 +40,7 @@ def add_pruning_flags(parser) -> None:
 
 def prune(args, mode: int) -> int:
     from compression.job import format_report
-    from compression.prune_run import run_pruning
+    from compression.prune.methods import run_pruning
 
     positive("--finetune-epochs", args.finetune_epochs, 0)
     config = load(args)

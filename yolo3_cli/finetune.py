@@ -45,7 +45,7 @@ def run(args) -> int:
         raise UserError("--distill-weight and --sparsity-l1 must not be negative")
     config = load(args)
     if args.qat:
-        from compression.convert import QatOptions, convert_config, format_report
+        from compression.quantize.convert import QatOptions, convert_config, format_report
 
         if args.sparsity_l1:
             raise UserError("--qat and --sparsity-l1 do not go together: sparse-train first, prune, then fine-tune with --qat")
@@ -55,12 +55,12 @@ def run(args) -> int:
         print(format_report(report))
         return 0
 
-    from compression.finetune_run import finetune_options
+    from compression.steps import finetune_options
     from yolo3.training import train
 
     options = finetune_options(config, args.model, epochs=args.epochs, run_dir=args.run_dir, progress=not args.quiet,
                                learning_rate=args.learning_rate, teacher=args.teacher, distill_weight=args.distill_weight,
-                               sparsity_l1=args.sparsity_l1)  # fmt: skip
+                               sparsity_l1=config.pruning.sparsity_l1 if args.sparsity_l1 is None else args.sparsity_l1)  # fmt: skip
     result = train(config, options)
     print(f"best validation mAP@0.5 {result['best_mAP50']:.4f}: {result['best_model']}  ({result['seconds']:.0f} s)")
     return 0

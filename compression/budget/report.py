@@ -20,64 +20,58 @@ from yolo3.reporting import write_json
 ROUNDS, RUNS = 10, 10  # interleaved timing of the final model against the unpruned int8 model
 
 
-def _stage_seconds(c) -> dict[str, float]:
-    out = {}
-    for f in sorted((c.run.path / "stages").glob("*.json")):
-        record = json.loads(f.read_text())
-        out[record["stage"]] = record["seconds"]
-    return out
+def build_report(ctx) -> dict:
+    """Evaluate the rows every stage declares on the test split, time the final model against the unpruned int8 model, write the report.
 
-
-def build_report(c) -> dict:
-    """Evaluate, time and write the report of the compressor ``c`` (a :class:`~compression.compress_run.Compressor`)."""
+    ``ctx`` is the report stage's :class:`~compression.pipeline.StageContext`; the
+    rows are the stages' own (:meth:`~.stages.CompressStage.report_rows`), joined in
+    stage order.
+    """
     from yolo3.models import load_model
     from yolo3.spec import analyse, totals
 
+    from ..pipeline import StageContext
     from .latency_model import time_models
+    from .stages import chosen
 
-    size, kept = c._chosen()
-    base = c.results["baseline"]
-    test_at = c.derived({"model.input_size": size})
-    run = c.run
+    job, pipeline = ctx.services, ctx.pipeline
+    size, kept = chosen(ctx)
+    floor = ctx.result("floor")
+    delivered = floor["delivered"]
+    base = ctx.result("baseline")
+    test_at = job.at_size(size)
     stages = []
+    for stage in pipeline.stages:
+        if stage.name not in ctx.pipeline.upstream(ctx.stage.name) or not hasattr(stage, "report_rows"):
+            continue
+        for row in stage.report_rows(StageContext(pipeline, stage, job), ctx.result(stage.name)):
+            path = ctx.input(row["file"])
+            if not path.exists():
+                continue
+            scored = job.evaluate(path, "test", test_at if row["arch"] == "final" or (row["arch"] == "delivered" and delivered == "plan") else None)
+            entry = {"stage": row["stage"], "file": path.name, "mAP50": scored["mAP50"], "coco_AP": scored["coco_AP"], "images": scored["images"],
+                     "note": row["note"], "arch_latency": row["arch"]}  # fmt: skip
+            if path.suffix == ".tflite":
+                entry.update(file_sizes(path))
+            else:
+                loaded = load_model(path)
+                t = totals(analyse(loaded.spec, *loaded.input_hw))
+                entry.update(params=t.params, macs=t.macs)
+            stages.append(entry)
+    by_file = {e["file"]: e for e in stages}
+    float_base, int8_base, final = by_file["baseline.h5"], by_file["baseline-int8.tflite"], by_file["final-int8.tflite"]
 
-    def add(name: str, path: Path, note: str, config=None, arch_latency: str | None = None) -> dict:
-        if not path.exists():
-            return {}
-        scored = c.evaluate(path, "test", config)
-        entry = {"stage": name, "file": path.name, "mAP50": scored["mAP50"], "coco_AP": scored["coco_AP"], "images": scored["images"],
-                 "note": note, "arch_latency": arch_latency}  # fmt: skip
-        if path.suffix == ".tflite":
-            entry.update(file_sizes(path))
-        else:
-            loaded = load_model(path)
-            t = totals(analyse(loaded.spec, *loaded.input_hw))
-            entry.update(params=t.params, macs=t.macs)
-        stages.append(entry)
-        return entry
-
-    float_base = add("unpruned float (Keras)", run.file("baseline.h5"), f"the input model at {c.base_size}", arch_latency="unpruned")
-    int8_base = add("unpruned int8", run.file("baseline-int8.tflite"), "post-training int8 of the input model", arch_latency="unpruned")
-    add("pruned (one shot)", run.file("pruned.h5"), f"{size} px, before fine-tuning", test_at, "final")
-    add("pruned + fine-tuned", run.file("finetuned.h5"), f"{c.results['finetune']['epochs']} epochs, distilled", test_at, "final")
-    if "skipped" not in c.results["cluster"]:
-        add("clustered", run.file("clustered.h5"), f"{c.config.clustering.clusters} values per kernel, excluded: "
-            + (", ".join(c.results["cluster"]["excluded"]) or "none"), test_at, "final")  # fmt: skip
-        add("clustered + fine-tuned", run.file("clustered-finetuned.h5"), c.results["cluster-finetune"]["kept"], test_at, "final")
-    add("int8, post-training", run.file("ptq-int8.tflite"), "calibrated on training images", test_at, "final")
-    add("int8, quantization-aware training", run.file("qat-int8.tflite"), c.results["int8"]["results"].get("qat", {}).get("scheme", ""), test_at, "final")
-    final = add("final int8", run.file("final-int8.tflite"), f"the better int8 model on validation: {c.results['int8']['chosen']}", test_at, "final")
-
-    times = time_models([run.file("baseline-int8.tflite"), run.file("final-int8.tflite")], c.threads, ROUNDS, RUNS, c.options.progress)
+    times = time_models([ctx.input("baseline-int8.tflite"), ctx.input("final-int8.tflite")], job.threads, ROUNDS, RUNS, job.options.progress)
     unpruned_ms, final_ms = times
     for e in stages:
-        e["int8_latency_ms"] = {"unpruned": unpruned_ms, "final": final_ms}.get(e.pop("arch_latency"))
-    predicted = c.predicted_ms(kept, size)
-    seconds = _stage_seconds(c)
-    plan = json.loads(run.file("plan.json").read_text())
+        # rows of the plan's architecture share its timing only when the plan is what was delivered
+        e["int8_latency_ms"] = {"unpruned": unpruned_ms, "final": final_ms if delivered == "plan" else None, "delivered": final_ms}.get(e.pop("arch_latency"))
+    predicted = ctx.result("plan")["predicted_ms"][str(size)]
+    seconds = pipeline.seconds()
+    plan = json.loads(ctx.input("plan.json").read_text())
+    target = job.options.target
     report = {
-        "target": c.options.target.to_json() if c.options.target else {"kind": "preset" if c.options.preset else "config",
-                                                                        "text": plan.get("origin", "")},  # fmt: skip
+        "target": target.to_json() if target else {"kind": "preset" if job.options.preset else "config", "text": plan.get("origin", "")},
         "speedup_vs_unpruned_int8": unpruned_ms / final_ms,
         "size_ratio_vs_float_weights": base["float_weights_bytes"] / final["gzip_bytes"],
         "map50_float_unpruned": float_base["mAP50"],
@@ -86,25 +80,33 @@ def build_report(c) -> dict:
         "map50_points_vs_float": 100 * (final["mAP50"] - float_base["mAP50"]),
         "latency_ms_final_int8": final_ms,
         "latency_ms_unpruned_int8": unpruned_ms,
-        "predicted_latency_ms_final_int8": predicted,
-        "predicted_latency_ms_unpruned_int8": c.results["cost-models"]["unpruned_predicted_ms"],
+        "predicted_latency_ms_final_int8": predicted if delivered == "plan" else None,
+        "predicted_latency_ms_unpruned_int8": ctx.result("cost-models")["unpruned_predicted_ms"],
         "gzip_bytes_final_int8": final["gzip_bytes"],
         "float_weights_bytes": base["float_weights_bytes"],
-        "input_size": size,
-        "kept_channels": {conv_name(k): v for k, v in kept.items()},
-        "threads": c.threads,
+        "input_size": floor["size"],
+        "kept_channels": {conv_name(k): v for k, v in kept.items()} if delivered == "plan" else None,
+        "max_loss": floor["max_loss"],
+        "map50_loss_validation": floor["loss_points"],
+        "delivered": delivered,
+        "floor_message": floor["message"],
+        "levers": ctx.result("levers")["names"] if delivered != "unpruned" else [],
+        "threads": job.threads,
         "split": {"test_images": final["images"], "decisions": "validation split", "figures": "test split"},
         "stages": stages,
-        "candidates": c.results["candidates"],
+        "candidates": ctx.result("candidates"),
         "seconds": sum(seconds.values()),
         "stage_seconds": seconds,
         "latency_timing": {"rounds": ROUNDS, "runs_per_round": RUNS, "statistic": "median of all runs, the two models interleaved"},
-        "notes": c.notes,
-        "plan_config": str(run.file("plan-config.json")),
+        "notes": job.notes,
+        "plan_config": str(ctx.input("plan-config.json")),
     }
-    write_json(run.file("report.json"), report)
-    atomic_write_text(run.file("report.md"), format_markdown(report) + "\n")
-    plot_report(report, plan, run.file("report.png"), c)
+    write_json(ctx.output("report.json"), report)
+    atomic_write_text(ctx.output("report.md"), format_markdown(report) + "\n")
+    sens_base = ctx.result("sensitivity")["base_mAP50"] if ctx.has("sensitivity") else None
+    cluster = ctx.result("cluster")
+    plot_report(report, plan, ctx.output("report.png"), job.size_model(ctx.input("size-model.json")), job.spec(ctx.input("levered.h5")),
+                sens_base, set(cluster.get("excluded", [])) if "skipped" not in cluster else None)  # fmt: skip
     return report
 
 
@@ -113,10 +115,13 @@ def format_markdown(r: dict) -> str:
         f"Target: {r['target']['text']}. Final model at input {r['input_size']}: "
         f"**{r['speedup_vs_unpruned_int8']:.2f}x** faster than the unpruned int8 model "
         f"({r['latency_ms_final_int8']:.2f} ms against {r['latency_ms_unpruned_int8']:.2f} ms, {r['threads']} LiteRT threads, "
-        f"predicted {r['predicted_latency_ms_final_int8']:.2f} ms), **{r['size_ratio_vs_float_weights']:.1f}x** smaller than the float "
+        + (f"predicted {r['predicted_latency_ms_final_int8']:.2f} ms), " if r["predicted_latency_ms_final_int8"] is not None else "no prediction), ") +
+        f"**{r['size_ratio_vs_float_weights']:.1f}x** smaller than the float "
         f"`.weights` ({r['gzip_bytes_final_int8'] / 1e6:.3f} MB gzipped), mAP@0.5 **{r['map50_final_int8']:.4f}** against "
         f"{r['map50_float_unpruned']:.4f} for the unpruned float model (**{r['map50_points_vs_float']:+.2f}** points), "
-        f"on {r['split']['test_images']} test images no decision saw. Whole run: {r['seconds'] / 60:.0f} min.",
+        f"on {r['split']['test_images']} test images no decision saw. Validation loss {r['map50_loss_validation']:.2f} points "
+        f"(floor {r['max_loss']:g}); levers: {', '.join(r['levers']) or 'none'}. Whole run: {r['seconds'] / 60:.0f} min."
+        + (f"\n\n**Not met within the floor:** {r['floor_message']}." if r.get("floor_message") else ""),
         "",
         "| stage | mAP@0.5 | COCO AP | params | MACs | size | gzip | int8 latency of the architecture | note |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -135,7 +140,7 @@ def format_markdown(r: dict) -> str:
     return "\n".join(rows)
 
 
-def plot_report(r: dict, plan: dict, path: Path, c) -> None:
+def plot_report(r: dict, plan: dict, path: Path, size_model, spec, base_map: float | None, excluded: set[str] | None) -> None:
     """mAP@0.5 against int8 latency and against gzipped size: the stages (test split) and the planner's states (predicted)."""
     import matplotlib
 
@@ -144,10 +149,8 @@ def plot_report(r: dict, plan: dict, path: Path, c) -> None:
 
     from .planner import ChannelMap
 
-    size_model = c._size_model()
-    cmap = ChannelMap(c._spec())
-    base_map = c.results.get("sensitivity", {}).get("base_mAP50")
-    clustered = {i for i in cmap.spec.conv_indices() if conv_name(i) not in set(c.results["cluster"].get("excluded", []))}
+    cmap = ChannelMap(spec)
+    clustered = {i for i in cmap.spec.conv_indices() if excluded is not None and conv_name(i) not in excluded}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     trace = plan.get("trace", [])
     if trace and base_map is not None:
@@ -163,6 +166,9 @@ def plot_report(r: dict, plan: dict, path: Path, c) -> None:
         if e.get("gzip_bytes"):
             axes[1].scatter([e["gzip_bytes"] / 1e6], [e["mAP50"]], s=30)
             axes[1].annotate(e["stage"], (e["gzip_bytes"] / 1e6, e["mAP50"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
+    floor_map = r["map50_float_unpruned"] - r["max_loss"] / 100
+    for ax in axes:
+        ax.axhline(floor_map, color="tab:red", lw=0.8, ls="--", label=f"floor: {r['max_loss']:g} points below the unpruned float model")
     axes[0].set(xlabel=f"int8 latency, ms ({r['threads']} threads)", ylabel="mAP@0.5 (test split; planner: validation)", title="accuracy against speed")
     axes[1].set(xlabel="gzipped int8 .tflite, MB", ylabel="mAP@0.5", title="accuracy against size")
     axes[1].set_xscale("log")

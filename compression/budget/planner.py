@@ -41,7 +41,7 @@ from yolo3.fileio import gzip_size
 from yolo3.names import conv_name
 from yolo3.spec import Spec, analyse, conv_params, route_group, route_inputs, set_filters, shortcut_input
 
-from .surgery import IMAGE, _layout, channel_groups, tied_depthwise
+from ..prune.surgery import IMAGE, _layout, channel_groups, tied_depthwise
 
 STEPS_PER_UNIT = 16
 
@@ -157,7 +157,7 @@ class MacsCost:
 
 
 class LatencyCost:
-    """int8 milliseconds predicted by a :class:`~compression.latency_model.LatencyModel`."""
+    """int8 milliseconds predicted by a :class:`~compression.budget.latency_model.LatencyModel`."""
 
     name, unit = "int8 latency", "ms"
 
@@ -225,7 +225,7 @@ def measure_size_model(model, spec: Spec, clusters: int, baseline_gzip_bytes: in
     """Rates of every convolution of ``model`` (clustered into ``clusters`` and not), and the overhead of the int8 file."""
     from yolo3.keras_model import conv_kernel
 
-    from .clustering import cluster_kernel, output_scales
+    from ..cluster.clustering import cluster_kernel, output_scales
 
     rates, clustered = {}, {}
     for i in spec.conv_indices():
@@ -330,7 +330,7 @@ def ladder(channels: int, floor: int, round_to: int) -> list[int]:
 
 def unit_floor(channels: int, pruning) -> int:
     """The fewest channels a unit may keep (``min_channels``, rounded to ``round_to``)."""
-    from .pruning import _layer_budget
+    from ..prune.pruning import _layer_budget
 
     return min(channels, _layer_budget(channels, 1.0, pruning.min_channels, pruning.round_to))
 

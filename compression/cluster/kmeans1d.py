@@ -16,7 +16,7 @@ library spends most of its time computing n x k distances per iteration.
 
 Example::
 
-    from compression.kmeans1d import kmeans_1d
+    from compression.cluster.kmeans1d import kmeans_1d
     result = kmeans_1d(weights.ravel(), k=32, seed=0)
     quantized = result.centroids[result.labels].reshape(weights.shape)
 """

@@ -22,7 +22,8 @@ from pathlib import Path
 from yolo3.errors import UserError
 from yolo3.names import conv_name
 
-from .job import Job, Method, Transformed, register, run_job
+from ..job import Job, run_job
+from ..registry import Method, Transformed, register
 
 
 def round_share(total: float, rounds: int) -> float:
@@ -71,7 +72,7 @@ class Magnitude(Pruning):
     def finetune_hooks(self, made: Transformed, epochs: int) -> tuple:
         from yolo3.datasets import read_dataset
 
-        from .constraints import KeepZeros
+        from ..constraints import KeepZeros
         from .magnitude import TfmotPruning
 
         p, config = self.config.pruning, self.config

@@ -43,8 +43,8 @@ import numpy as np
 from yolo3.errors import UserError
 from yolo3.spec import Spec, analyse, format_cfg, route_inputs, set_filters
 
-from .subprocesses import failure_reason, run_module
-from .surgery import channel_groups, tied_depthwise
+from ..prune.surgery import channel_groups, tied_depthwise
+from ..subprocesses import failure_reason, run_module
 
 COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut")
 LEVELS = (1.0, 0.5, 0.25, 0.125)
@@ -273,7 +273,7 @@ def convert_items(spec: Spec, items: list[Item], folder: Path, progress: bool = 
     def run(indices: list[int]) -> str | None:
         job = folder / f"job-{indices[0]:04d}.json"
         job.write_text(json.dumps({"cfg": cfg, "items": [items[k].job(paths[k]) for k in indices]}))
-        proc = run_module("compression.latency_worker", str(job))
+        proc = run_module("compression.budget.latency_worker", str(job))
         if bar is not None:
             bar.update(len(indices))
         return None if proc.returncode == 0 else failure_reason(proc)
@@ -314,16 +314,26 @@ def measure_latency_model(
 
 
 def measure_networks(specs: list[tuple[Spec, int]], threads: int, progress: bool = True, rounds: int = 5, runs: int = 5) -> list[float]:
-    """int8 latency of whole architectures (random weights), timed interleaved: to check a plan before training it."""
+    """int8 latency of whole architectures (random weights), timed interleaved: to check a plan or a lever before training it.
+
+    The architectures may differ in channels (one network, pruned) or in layers
+    (levers: a max-pool folded into a stride); each distinct layer structure
+    is converted on its own, and all are timed in the same interleaved rounds.
+    """
     if not specs:
         return []
-    base = specs[0][0]
-    items = []
-    for spec, size in specs:
-        filters = {i: spec.layers[i].get_int("filters", 1) for i in spec.conv_indices()}
-        if len(spec.layers) != len(base.layers):
-            raise UserError("measure_networks compares architectures of one network (same layers)")
-        items.append(Item("network", size, filters=filters))
     with tempfile.TemporaryDirectory(prefix="yolo3-latency-") as tmp:
-        paths = convert_items(base, items, Path(tmp), progress)
+        paths: list[Path | None] = [None] * len(specs)
+        by_structure: dict[str, list[int]] = {}
+        for k, (spec, _) in enumerate(specs):
+            structure = format_cfg(with_filters(spec, {i: 1 for i in spec.conv_indices()}))
+            by_structure.setdefault(structure, []).append(k)
+        for n, indices in enumerate(by_structure.values()):
+            base = specs[indices[0]][0]
+            items = [Item("network", specs[k][1], filters={i: specs[k][0].layers[i].get_int("filters", 1) for i in specs[k][0].conv_indices()})
+                     for k in indices]  # fmt: skip
+            folder = Path(tmp) / f"structure-{n}"
+            folder.mkdir()
+            for k, path in zip(indices, convert_items(base, items, folder, progress)):
+                paths[k] = path
         return time_models(paths, threads, rounds, runs, progress)

@@ -35,7 +35,7 @@ def int8_error_report(h5: Path, images: list[str], input_size: int) -> dict:
     its weights quantize badly, and keeping it in float (``--float-layers``)
     is where to start.
     """
-    from .subprocesses import failure_reason, run_module
+    from ..subprocesses import failure_reason, run_module
 
     with tempfile.TemporaryDirectory() as tmp:
         job = Path(tmp) / "job.json"
@@ -43,7 +43,7 @@ def int8_error_report(h5: Path, images: list[str], input_size: int) -> dict:
         job.write_text(json.dumps({"model": str(Path(h5).resolve()), "format": "debug", "out": str(out), "images": [str(Path(p).resolve()) for p in images],
                                    "input_size": input_size,
                                    "metadata": {}}))  # fmt: skip
-        proc = run_module("compression.tflite_worker", str(job))
+        proc = run_module("compression.quantize.tflite_worker", str(job))
         if proc.returncode != 0:
             raise UserError(f"the int8 quantization debugger failed: {failure_reason(proc)}", h5)
         rows = json.loads(out.read_text())

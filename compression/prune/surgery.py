@@ -31,7 +31,7 @@ Spec and weights:
 
 Example::
 
-    from compression.surgery import channel_groups, prune_channels
+    from compression.prune.surgery import channel_groups, prune_channels
     groups = channel_groups(spec)
     masks = {g.id: keep_mask for g in groups if g.prunable}
     result = prune_channels(spec, weights, masks)
@@ -212,7 +212,24 @@ def prune_channels(
     merges = merges or {}
     groups = {g.id: g for g in channel_groups(spec)}
     segments, uf, _ = _layout(spec)
-    root_to_id = {uf.find(g.members[0]): g.id for g in groups.values()}
+    keep = _checked_masks(spec, groups, masks, merges)
+    surgery = _Surgery(spec, weights, segments, uf, {uf.find(g.members[0]): g.id for g in groups.values()}, keep, merges,
+                       _carriers(groups, keep, merges), _removed_constants(spec, weights))  # fmt: skip
+    new = spec.copy()
+    # Walk the layers, propagating (value of removed channels, value of carriers) per output channel.
+    values: list[tuple[np.ndarray, np.ndarray]] = []  # per layer: (v, u) over the original channels
+    image_vu = (np.zeros(spec.channels), np.zeros(spec.channels))
+    for i, block in enumerate(spec.layers):
+        prev = values[i - 1] if i else image_vu
+        propagate = _PROPAGATE.get(block.type)
+        values.append(prev if propagate is None else propagate(surgery, i, prev, values, new))
+    analyse(new)  # the result must be consistent
+    kept = {gid: np.flatnonzero(m) for gid, m in keep.items()}
+    return PruneResult(new, DarknetWeights(surgery.new_convs, weights.header), kept, surgery.carriers)
+
+
+def _checked_masks(spec: Spec, groups: dict[int, Group], masks: dict[int, np.ndarray], merges: dict[int, dict[int, int]]) -> dict[int, np.ndarray]:
+    """The keep-masks as boolean arrays, checked against the groups (size, prunable, merges); at least one channel kept."""
     keep: dict[int, np.ndarray] = {}
     for gid, mask in masks.items():
         if gid not in groups:
@@ -230,115 +247,142 @@ def prune_channels(
             if mask[r] or not mask[t]:
                 raise UserError(f"group {gid}: merge {r} -> {t} needs {r} removed and {t} kept")
         keep[gid] = mask
+    return keep
 
-    # Constants of the removed channels, per member conv (BN offset through the activation).
+
+def _removed_constants(spec: Spec, weights: DarknetWeights) -> dict[int, np.ndarray]:
+    """Per convolution, the constant each output channel gives when its BN scale is 0: the BN offset through the activation."""
     constants: dict[int, np.ndarray] = {}
     for i in spec.conv_indices():
-        p = conv_params(spec.layers[i])
         cw = weights.convs[i]
         offset = cw.bn[1] if cw.bn is not None else cw.bias
-        constants[i] = _act(offset.astype(np.float64), p.activation)
+        constants[i] = _act(offset.astype(np.float64), conv_params(spec.layers[i]).activation)
+    return constants
 
-    # Carriers: groups with removed, non-merged channels read by a padded consumer.
+
+def _carriers(groups: dict[int, Group], keep: dict[int, np.ndarray], merges: dict[int, dict[int, int]]) -> dict[int, int]:
+    """Groups with removed, non-merged channels read by a padded consumer keep one of them as carrier (its mask entry set)."""
     carriers: dict[int, int] = {}
     for gid, mask in keep.items():
-        g = groups[gid]
         merged = set(merges.get(gid, {}))
         removed = [c for c in np.flatnonzero(~mask) if c not in merged]
-        if removed and g.padded_consumers:
-            c = int(removed[0])
-            carriers[gid] = c
-            mask[c] = True
+        if removed and groups[gid].padded_consumers:
+            carriers[gid] = int(removed[0])
+            mask[carriers[gid]] = True
+    return carriers
 
-    def group_of(space: int) -> int | None:
-        return root_to_id.get(uf.find(space)) if space != IMAGE else None
 
-    def mask_of(space: int, n: int) -> np.ndarray:
-        gid = group_of(space)
-        return keep[gid] if gid in keep else np.ones(n, bool)
+@dataclass
+class _Surgery:
+    """What every layer's step reads: the layout, the masks, merges, carriers and constants; the new convolutions it writes."""
 
-    # Walk the layers, propagating (value of removed channels, value of carriers) per output channel.
-    new = spec.copy()
-    new_convs: dict[int, ConvWeights] = {}
-    values: list[tuple[np.ndarray, np.ndarray]] = []  # per layer: (v, u) over the original channels
-    image_vu = (np.zeros(spec.channels), np.zeros(spec.channels))
-    for i, block in enumerate(spec.layers):
-        prev = values[i - 1] if i else image_vu
-        if block.type == "convolutional":
-            p = conv_params(block)
-            cw = weights.convs[i]
-            in_segments = segments[i - 1] if i else [(IMAGE, spec.channels)]
-            v_in, u_in = prev
-            kernel = cw.kernel.astype(np.float64).copy()  # (kh, kw, cin, cout)
-            fold = np.zeros(kernel.shape[-1])
-            in_keep = []
-            start = 0
-            # a grouped kernel holds in/groups inputs per filter: a depthwise one's input goes with its filter,
-            # any other grouped convolution reads fixed channels (see _layout), so no input is removed
-            for space, n in ([] if p.groups > 1 else in_segments):
-                gid = group_of(space)
-                m = mask_of(space, n)
-                in_keep.append(m)
-                if gid in keep:
-                    twins = merges.get(gid, {})
-                    for r, t in twins.items():
-                        kernel[:, :, start + t, :] += kernel[:, :, start + r, :]
-                    removed = np.flatnonzero(~m)
-                    removed = removed[~np.isin(removed, list(twins))]
-                    carrier = carriers.get(gid)
-                    if carrier is not None:
-                        # the carrier holds u inside the image, 0 in the padding, like the removed constants
-                        c_abs = start + carrier
-                        u = u_in[c_abs]
-                        own = kernel[:, :, c_abs, :] * v_in[c_abs]  # the carrier's original channel was a constant too
-                        extra = np.tensordot(v_in[start + removed], kernel[:, :, start + removed, :], axes=([0], [2]))
-                        kernel[:, :, c_abs, :] = (own + extra) / u
-                    elif len(removed):
-                        fold += np.einsum("c,hwco->o", v_in[start + removed], kernel[:, :, start + removed, :])
-                start += n
-            gid_out = group_of(i)
-            out_mask = keep[gid_out] if gid_out in keep else np.ones(p.filters, bool)
-            if p.groups == 1:
-                kernel = kernel[:, :, np.concatenate(in_keep), :]
-            if cw.bn is not None:
-                gamma, beta, mean, var = (a.astype(np.float64).copy() for a in cw.bn)
-                mean -= fold  # conv(x) + K - mean == conv(x) - (mean - K)
-                bias = None
-            else:
-                bias = cw.bias.astype(np.float64) + fold
-            carrier = carriers.get(gid_out)
+    spec: Spec
+    weights: DarknetWeights
+    segments: list[list[tuple[int, int]]]
+    uf: _UnionFind
+    root_to_id: dict[int, int]
+    keep: dict[int, np.ndarray]
+    merges: dict[int, dict[int, int]]
+    carriers: dict[int, int]
+    constants: dict[int, np.ndarray]
+    new_convs: dict[int, ConvWeights] = field(default_factory=dict)
+
+    def group_of(self, space: int) -> int | None:
+        return self.root_to_id.get(self.uf.find(space)) if space != IMAGE else None
+
+    def mask_of(self, space: int, n: int) -> np.ndarray:
+        gid = self.group_of(space)
+        return self.keep[gid] if gid in self.keep else np.ones(n, bool)
+
+
+def _fold_inputs(s: _Surgery, i: int, kernel: np.ndarray, v_in: np.ndarray, u_in: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Fold the removed input channels of conv ``i`` into ``kernel`` (merges, carriers) or a per-filter constant; (input keep-mask, constant).
+
+    A grouped kernel holds in/groups inputs per filter: a depthwise one's input
+    goes with its filter, any other grouped convolution reads fixed channels
+    (see _layout), so no input is removed.
+    """
+    in_segments = s.segments[i - 1] if i else [(IMAGE, s.spec.channels)]
+    fold = np.zeros(kernel.shape[-1])
+    in_keep = []
+    start = 0
+    for space, n in ([] if conv_params(s.spec.layers[i]).groups > 1 else in_segments):
+        gid = s.group_of(space)
+        m = s.mask_of(space, n)
+        in_keep.append(m)
+        if gid in s.keep:
+            twins = s.merges.get(gid, {})
+            for r, t in twins.items():
+                kernel[:, :, start + t, :] += kernel[:, :, start + r, :]
+            removed = np.flatnonzero(~m)
+            removed = removed[~np.isin(removed, list(twins))]
+            carrier = s.carriers.get(gid)
             if carrier is not None:
-                kernel[..., carrier] = 0.0
-                if cw.bn is not None:
-                    gamma[carrier], beta[carrier], mean[carrier], var[carrier] = 0.0, 1.0, 0.0, 1.0
-                else:
-                    bias[carrier] = 1.0
-            kernel = kernel[..., out_mask].astype(np.float32)
-            if cw.bn is not None:
-                bn = tuple(a[out_mask].astype(np.float32) for a in (gamma, beta, mean, var))
-                new_convs[i] = ConvWeights(np.ascontiguousarray(kernel), None, bn)
-            else:
-                new_convs[i] = ConvWeights(np.ascontiguousarray(kernel), bias[out_mask].astype(np.float32), None)
-            set_filters(new.layers[i], int(out_mask.sum()))
-            v = np.where(out_mask & (np.arange(p.filters) != (carrier if carrier is not None else -1)), 0.0, constants[i])
-            u = np.zeros(p.filters)
-            if carrier is not None:
-                u[carrier] = _act(np.array(1.0), p.activation)  # the carrier's output: BN offset 1 through the activation
-            values.append((v, u))
-        elif block.type in (*PASS_THROUGH, "yolo"):
-            values.append(prev)
-        elif block.type == "route":
-            groups, group_id = route_group(block)
-            parts = []
-            for j in route_inputs(spec, i):
-                a, b = values[j]
-                n = len(a) // groups
-                parts.append((a[n * group_id : n * (group_id + 1)], b[n * group_id : n * (group_id + 1)]))
-            values.append((np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])))
-        elif block.type == "shortcut":
-            other = values[shortcut_input(spec, i)]
-            act = shortcut_activation(block)
-            values.append((_act(prev[0] + other[0], act), _act(prev[1] + other[1], act)))
-    analyse(new)  # the result must be consistent
-    kept = {gid: np.flatnonzero(m) for gid, m in keep.items()}
-    return PruneResult(new, DarknetWeights(new_convs, weights.header), kept, carriers)
+                # the carrier holds u inside the image, 0 in the padding, like the removed constants
+                c_abs = start + carrier
+                own = kernel[:, :, c_abs, :] * v_in[c_abs]  # the carrier's original channel was a constant too
+                extra = np.tensordot(v_in[start + removed], kernel[:, :, start + removed, :], axes=([0], [2]))
+                kernel[:, :, c_abs, :] = (own + extra) / u_in[c_abs]
+            elif len(removed):
+                fold += np.einsum("c,hwco->o", v_in[start + removed], kernel[:, :, start + removed, :])
+        start += n
+    return (np.concatenate(in_keep) if in_keep else np.ones(kernel.shape[2], bool)), fold
+
+
+def _conv_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """Prune convolution ``i``: its removed inputs folded, its removed outputs dropped (a carrier set up); its (v, u)."""
+    p = conv_params(s.spec.layers[i])
+    cw = s.weights.convs[i]
+    kernel = cw.kernel.astype(np.float64).copy()  # (kh, kw, cin, cout)
+    in_mask, fold = _fold_inputs(s, i, kernel, *prev)
+    gid_out = s.group_of(i)
+    out_mask = s.keep[gid_out] if gid_out in s.keep else np.ones(p.filters, bool)
+    if p.groups == 1:
+        kernel = kernel[:, :, in_mask, :]
+    if cw.bn is not None:
+        gamma, beta, mean, var = (a.astype(np.float64).copy() for a in cw.bn)
+        mean -= fold  # conv(x) + K - mean == conv(x) - (mean - K)
+        bias = None
+    else:
+        bias = cw.bias.astype(np.float64) + fold
+    carrier = s.carriers.get(gid_out)
+    if carrier is not None:
+        kernel[..., carrier] = 0.0
+        if cw.bn is not None:
+            gamma[carrier], beta[carrier], mean[carrier], var[carrier] = 0.0, 1.0, 0.0, 1.0
+        else:
+            bias[carrier] = 1.0
+    kernel = np.ascontiguousarray(kernel[..., out_mask].astype(np.float32))
+    if cw.bn is not None:
+        s.new_convs[i] = ConvWeights(kernel, None, tuple(a[out_mask].astype(np.float32) for a in (gamma, beta, mean, var)))
+    else:
+        s.new_convs[i] = ConvWeights(kernel, bias[out_mask].astype(np.float32), None)
+    set_filters(new.layers[i], int(out_mask.sum()))
+    v = np.where(out_mask & (np.arange(p.filters) != (carrier if carrier is not None else -1)), 0.0, s.constants[i])
+    u = np.zeros(p.filters)
+    if carrier is not None:
+        u[carrier] = _act(np.array(1.0), p.activation)  # the carrier's output: BN offset 1 through the activation
+    return v, u
+
+
+def _route_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """A [route] concatenates its inputs' (v, u), or the slice its ``groups`` / ``group_id`` take."""
+    groups, group_id = route_group(s.spec.layers[i])
+    parts = []
+    for j in route_inputs(s.spec, i):
+        a, b = values[j]
+        n = len(a) // groups
+        parts.append((a[n * group_id : n * (group_id + 1)], b[n * group_id : n * (group_id + 1)]))
+    return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+
+
+def _shortcut_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """A [shortcut] adds its two inputs' constants, through its activation."""
+    other = values[shortcut_input(s.spec, i)]
+    act = shortcut_activation(s.spec.layers[i])
+    return _act(prev[0] + other[0], act), _act(prev[1] + other[1], act)
+
+
+# One step per block type that changes channels or their constants; every other block ([maxpool],
+# [upsample], [yolo], ...) passes its input's (v, u) through.
+_PROPAGATE = {"convolutional": _conv_step, "route": _route_step, "shortcut": _shortcut_step}

@@ -10,7 +10,7 @@ import numpy as np
 
 from yolo3.errors import UserError
 
-from .outputs import check_output, fresh_run_dir
+from ..outputs import check_output, fresh_run_dir
 from .tflite_export import FORMATS, ExportOptions, calibration_images, export_tflite
 
 
@@ -39,11 +39,11 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
     int8 is calibrated on ``samples`` images chosen with ``seed`` — from the
     training split, or from the folder ``calibration`` (labelled or not). With
     ``qat`` the model is first fine-tuned with quantization-aware training
-    (:mod:`compression.qat`) and the int8 file is converted from the QAT model.
+    (:mod:`compression.quantize.qat`) and the int8 file is converted from the QAT model.
     ``float_layers`` ("conv_0,conv_15", or "auto:N" for the N layers with the
     largest int8 error) stay float; ``debug`` adds the per-layer int8 error
-    report (:func:`~compression.quant_debug.int8_error_report`) under ``report["debug"]``.
-    ``nms`` puts decode and NMS into the graph (:mod:`compression.tflite_nms`) with
+    report (:func:`~compression.quantize.quant_debug.int8_error_report`) under ``report["debug"]``.
+    ``nms`` puts decode and NMS into the graph (:mod:`compression.quantize.tflite_nms`) with
     the config's ``valid.score_threshold``, ``valid.nms_iou`` and ``valid.max_detections``;
     ``input_type`` "uint8" makes an int8 model take a camera's bytes as they are.
 

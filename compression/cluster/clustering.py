@@ -1,7 +1,7 @@
 """Weight clustering: every convolution kernel onto k shared values (k-means in 1-D), and keeping it so while training.
 
 :func:`cluster_model` replaces each kernel's weights by their nearest of k
-centroids (:mod:`compression.kmeans1d`, k-means++ seeding with a fixed seed),
+centroids (:mod:`compression.cluster.kmeans1d`, k-means++ seeding with a fixed seed),
 per layer or per output channel. Exact zeros (a pruned model's) stay zero and
 take no centroid. The result is a normal Keras model; its ``.h5`` records the
 clustering so that ``finetune.py`` keeps it.
@@ -16,7 +16,7 @@ BN) and do not fit a custom training loop under a distribution strategy.
 
 Example::
 
-    from compression.clustering import cluster_model
+    from compression.cluster.clustering import cluster_model
     report = cluster_model(model, spec, clusters=32)
     report["layers"][0]["distinct_values"], report["total_wcss"]
 """

@@ -1,6 +1,6 @@
 """Convert the pieces the latency model times, in a process of their own (the converter leaks memory per call).
 
-    python -m compression.latency_worker JOB.json
+    python -m compression.budget.latency_worker JOB.json
 
 The job holds a Darknet cfg and a list of items, each either one block of that
 network with given input and output channel counts (``layer``) or the whole

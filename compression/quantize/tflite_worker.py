@@ -1,6 +1,6 @@
 """Run one TFLite conversion in its own process (TensorFlow 2.21's converter leaks memory per call).
 
-    python -m compression.tflite_worker JOB.json
+    python -m compression.quantize.tflite_worker JOB.json
 
 The job names the ``.h5``, the format, the output path, the calibration images
 (int8), the metadata to embed, and optionally the input type (int8 / uint8) and
@@ -38,13 +38,13 @@ def convert(job: dict) -> bytes:
 
     model = keras.models.load_model(job["model"], compile=False)
     if job.get("qat"):
-        from compression.qat import quantize_model
+        from compression.quantize.qat import quantize_model
 
         model = quantize_model(model, job["qat"]["scheme"])  # the same wrapping as in training, then its weights
         model.load_weights(job["qat"]["weights"])
     size = job["input_size"]
-    if job.get("nms"):  # the graph also decodes and runs NMS (compression.tflite_nms)
-        from compression.tflite_nms import nms_function
+    if job.get("nms"):  # the graph also decodes and runs NMS (compression.quantize.tflite_nms)
+        from compression.quantize.tflite_nms import nms_function
 
         serve = nms_function(model, job["metadata"], **job["nms"])
         converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], model)

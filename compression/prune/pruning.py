@@ -10,7 +10,7 @@
   distance threshold; the removed filter's consumers read its twin instead.
 - :func:`layer_prune` — remove whole residual blocks (1x1 conv, 3x3 conv,
   shortcut) ranked by the mean |BN scale| of the block.
-  (see :mod:`compression.sparse_training` for the proximal form the tool uses).
+  (see :mod:`compression.prune.sparse_training` for the proximal form the tool uses).
 
 Example::
 

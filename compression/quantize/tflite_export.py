@@ -1,7 +1,7 @@
 """Export a Keras YOLOv3 to TFLite: int8 (full integer), float16, dynamic range or float32.
 
 The TFLite converter leaks memory with every call in TensorFlow 2.21, so the
-conversion itself runs in a subprocess (:mod:`compression.tflite_worker`). The
+conversion itself runs in a subprocess (:mod:`compression.quantize.tflite_worker`). The
 result is written under a temporary name beside the destination, loaded back
 with LiteRT and run once, and only then renamed into place.
 
@@ -9,12 +9,12 @@ int8 is full-integer with int8 input and output, calibrated on training images
 preprocessed exactly as at inference (the shared letterbox). The YOLO decode
 (sigmoid, exp) stays outside the model: the outputs are the raw head tensors,
 so each gets its own quantization scale. The ``nms`` variant
-(:mod:`compression.tflite_nms`) moves decode and NMS into the graph instead. The Darknet cfg, anchors and class
+(:mod:`compression.quantize.tflite_nms`) moves decode and NMS into the graph instead. The Darknet cfg, anchors and class
 names travel inside the file as metadata ``yolo3``, which the edge runner reads.
 
 Example::
 
-    from compression.tflite_export import export_tflite
+    from compression.quantize.tflite_export import export_tflite
     report = export_tflite("best.h5", "best-int8.tflite", "int8", calibration_images, names)
     report["bytes"], report["gzip_bytes"], report["operators"]
 """
@@ -34,7 +34,7 @@ from yolo3.errors import UserError
 from yolo3.fileio import atomic_write, gzip_size
 from yolo3.spec import Spec, analyse, format_cfg, heads
 
-from .subprocesses import failure_reason, run_module
+from ..subprocesses import failure_reason, run_module
 
 FORMATS = ("int8", "int16x8", "float16", "dynamic", "float32")
 
@@ -48,7 +48,7 @@ class ExportOptions:
 
     ``input_type`` (int8 only): ``uint8`` takes a camera's bytes as they are
     (scale 1/255, zero point 0), ``int8`` the bytes minus 128. ``nms``: the
-    graph also decodes the boxes and runs NMS (:mod:`compression.tflite_nms`)
+    graph also decodes the boxes and runs NMS (:mod:`compression.quantize.tflite_nms`)
     with these settings, baked in at conversion.
     """
 
@@ -111,7 +111,7 @@ def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int
             "input_size": input_size, "metadata": metadata, "qat": qat, "float_layers": list(float_layers or []),
             "input_type": options.input_type, "nms": options.nms_job(),
         }))  # fmt: skip
-        proc = run_module("compression.tflite_worker", str(job))
+        proc = run_module("compression.quantize.tflite_worker", str(job))
     if proc.returncode != 0:
         raise UserError(f"TFLite conversion ({fmt}) failed: {failure_reason(proc)}", h5)
 

@@ -1,7 +1,7 @@
 """Weight clustering as a method of the job runner (:mod:`compression.job`): ``yolo3 cluster`` and ``clustering.py``.
 
 Every convolution kernel (but those in ``clustering.exclude``) is clustered
-into k shared values (:func:`~compression.clustering.cluster_model`); the
+into k shared values (:func:`~compression.cluster.clustering.cluster_model`); the
 fine-tuning that may follow keeps every kernel on its centroids, and its result
 is kept only if it scores at least as well on the validation split.
 
@@ -17,7 +17,8 @@ from pathlib import Path
 from yolo3.config import SCHEMA
 from yolo3.errors import UserError
 
-from .job import Job, Method, Transformed, register, run_job
+from ..job import Job, run_job
+from ..registry import Method, Transformed, register
 
 
 @register
@@ -54,7 +55,7 @@ class Cluster(Method):
         return Transformed(loaded, record, {"clustering": table})
 
     def finetune_hooks(self, made: Transformed, epochs: int) -> tuple:
-        from .constraints import KeepClusters
+        from ..constraints import KeepClusters
 
         return (KeepClusters(self.names, self.per_channel),)
 

@@ -39,7 +39,7 @@ from yolo3.errors import UserError
 from yolo3.names import conv_name
 from yolo3.spec import Spec
 
-from .surgery import channel_groups
+from ..prune.surgery import channel_groups
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ def prune_to_ratios(spec: Spec, weights, ratios: dict[int, float], pruning) -> t
 
     ``pruning`` is the config's pruning section (similarity weights, ``min_channels``, ``round_to``).
     """
-    from .pruning import group_masks, similarity_masks
-    from .surgery import prune_channels
+    from ..prune.pruning import group_masks, similarity_masks
+    from ..prune.surgery import prune_channels
 
     ratios = {u: r for u, r in ratios.items() if r > 0}
     if not ratios:
@@ -78,7 +78,7 @@ def prune_to_ratios(spec: Spec, weights, ratios: dict[int, float], pruning) -> t
 
 def kept_count(channels: int, ratio: float, pruning) -> int:
     """Channels a unit keeps at ``ratio`` (what :func:`prune_to_ratios` leaves, carriers aside)."""
-    from .pruning import _layer_budget
+    from ..prune.pruning import _layer_budget
 
     return _layer_budget(channels, ratio, pruning.min_channels, pruning.round_to)
 
@@ -235,7 +235,7 @@ def size_sensitivity(loaded, scorer: Scorer, sizes, progress: bool = True) -> di
 
 def clustering_sensitivity(loaded, scorer: Scorer, clusters: int = 32, progress: bool = True, base_map: float | None = None, seed: int = 0) -> dict:
     """For every convolution: validation mAP@0.5 with only its kernel clustered into ``clusters`` values (per layer)."""
-    from .clustering import cluster_kernel
+    from ..cluster.clustering import cluster_kernel
 
     base = scorer.score(loaded.model, loaded.spec) if base_map is None else base_map
     names = [conv_name(i) for i in loaded.spec.conv_indices()]
@@ -259,8 +259,8 @@ def clustering_sensitivity(loaded, scorer: Scorer, clusters: int = 32, progress:
 
 
 def int8_sensitivity(h5: Path, images: list[str], input_size: int) -> dict:
-    """Per layer, the int8 model's error against float in quantization steps (:func:`compression.quant_debug.int8_error_report`)."""
-    from .quant_debug import int8_error_report
+    """Per layer, the int8 model's error against float in quantization steps (:func:`compression.quantize.quant_debug.int8_error_report`)."""
+    from ..quantize.quant_debug import int8_error_report
 
     return int8_error_report(h5, images, input_size)
 

@@ -1,0 +1,606 @@
+"""The stages of ``compress``, each a small class that declares what it reads, needs and writes (:mod:`compression.pipeline`).
+
+Every stage reads the job's services (:class:`~.context.CompressJob`) and the
+results and files of the stages it needs; what it hands on is its result (kept
+in ``stages/NAME.json``) and the files it declares. Each stage also says which
+rows it adds to the report (:meth:`ReportRows.report_rows`): a model file, a
+label and a note, scored on the test split by the report stage.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from yolo3.names import conv_index, conv_name
+from yolo3.reporting import write_json
+
+from ..pipeline import Stage, StageContext
+from .context import log
+
+
+class CompressStage(Stage):
+    """A stage of compress: its rows of the report (none by default)."""
+
+    def report_rows(self, ctx: StageContext, result: dict) -> list[dict]:
+        """Rows of the report: ``{"stage", "file", "note", "at_plan_size", "arch"}`` (arch: whose int8 latency the row has)."""
+        return []
+
+
+def chosen(ctx: StageContext) -> tuple[int, dict[int, int]]:
+    """The input size the candidates stage chose and the plan's channel counts there."""
+    size = ctx.result("candidates")["chosen"]
+    kept = {conv_index(k): v for k, v in ctx.result("plan")["kept"][str(size)].items()}
+    return size, kept
+
+
+def plan_inputs(ctx: StageContext):
+    from .plan import Inputs
+
+    job = ctx.services
+    sens = json.loads(ctx.input("sensitivity.json").read_text()) if ctx.has("sensitivity") else None
+    size_model = job.size_model(ctx.input("size-model.json"))
+    return Inputs(job, job.spec(start_h5(ctx)), job.latency_model(ctx.input("latency-model.json")), size_model, sens,
+                  ctx.result("levers")["measured_speedup"])  # fmt: skip
+
+
+def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size: int, learning_rate: float) -> dict:
+    """Fine-tune ``start`` at input ``size`` in ``folder`` (resumes there), distilling from the baseline; best epoch on validation."""
+    from ..steps import finetune
+
+    job = ctx.services
+    config = job.derived({"model.input_size": size, "train.eval_every": max(1, min(5, epochs // 6 or 1))})
+    result = finetune(config, start, folder, epochs, progress=job.options.progress, learning_rate=learning_rate, freeze_backbone_epochs=0,
+                      teacher=ctx.input("baseline.h5"), distill_weight=ctx.setting("compress.distillation"))  # fmt: skip
+    return {"best_model": result["best_model"], "best_mAP50": result["best_mAP50"], "history": result["history"], "seconds": result["seconds"],
+            "replicas": result["replicas"]}  # fmt: skip
+
+
+FINETUNE_READS = ("@data", "@train", "compress.distillation", "pruning.finetune_learning_rate")
+
+
+class Baseline(CompressStage):
+    name, title, measuring = "baseline", "the input model at its size, saved as .h5 and as int8; both scored on validation", True
+    reads = ("@model", "@data", "compress.calibration_samples")
+    writes = ("baseline.h5", "baseline-int8.tflite")
+
+    def run(self, ctx: StageContext) -> dict:
+        from yolo3.darknet import expected_floats
+        from yolo3.evaluation import load_for_config
+        from yolo3.models import compression_info, save_model
+
+        from ..quantize.tflite_export import export_tflite
+
+        job = ctx.services
+        loaded = load_for_config(job.config, str(job.source))
+        h5 = ctx.output("baseline.h5")
+        save_model(loaded.model, loaded.spec, h5, compression_info(job.source) or None)
+        weights_bytes = job.source.stat().st_size if job.source.suffix.lower() == ".weights" else 20 + 4 * expected_floats(loaded.spec)
+        calibration = job.calibration()
+        int8 = ctx.output("baseline-int8.tflite")
+        report = export_tflite(h5, int8, "int8", calibration, job.config.labels, job.base_size, loaded.spec)
+        return {
+            "source": str(job.source), "input_size": job.base_size, "float_weights_bytes": weights_bytes, **loaded.summary(),
+            "float": {"valid": job.evaluate(h5, "valid")}, "int8": {"valid": job.evaluate(int8, "valid"), "bytes": report["bytes"],
+                                                                    "gzip_bytes": report["gzip_bytes"]},
+            "calibration_images": len(calibration),
+        }  # fmt: skip
+
+    def report_rows(self, ctx, result):
+        return [{"stage": "unpruned float (Keras)", "file": "baseline.h5", "note": f"the input model at {result['input_size']}", "arch": "unpruned"},
+                {"stage": "unpruned int8", "file": "baseline-int8.tflite", "note": "post-training int8 of the input model", "arch": "unpruned"}]
+
+
+def start_h5(ctx: StageContext) -> Path:
+    """The model the plan prunes: the levered one (the baseline itself when no lever is used)."""
+    return ctx.input("levered.h5")
+
+
+class LeversStage(CompressStage):
+    """Architecture levers beside channels: each variant timed as int8 and fine-tuned briefly; the fastest within the floor is kept.
+
+    Variants: the first 1, 2, ... eligible conv + max-pool pairs folded into a
+    stride (:func:`~.levers.pool_stride_pairs`), then all of them with ReLU.
+    Each is timed against the unpruned network (random weights, int8,
+    interleaved) and fine-tuned for ``compress.lever_epochs`` with distillation;
+    a variant is eligible when its validation loss against the unpruned float
+    model is within half the floor (the other half is left to channels and
+    input size). Among the eligible, the one that meets a speed target alone
+    with the least loss, else the fastest. ``levered.h5`` is the model every
+    later stage prunes.
+    """
+
+    name, title = "levers", "architecture levers (max-pool folded into stride, ReLU): timed as int8, fine-tuned briefly, the fastest within the floor kept"
+    needs = ("baseline",)
+    writes = ("levers", "levers.json", "levered.h5")
+
+    def __init__(self, active: bool):
+        self.active = active
+        self.reads = (*FINETUNE_READS, "run.target", "run.max_loss", "run.base_size", "compress.levers", "compress.lever_epochs",
+                      "compress.threads") if active else ()  # fmt: skip
+
+    def run(self, ctx: StageContext) -> dict:
+        from yolo3.spec import conv_params
+
+        from .latency_model import measure_networks
+        from .levers import Levers, pool_stride_pairs
+
+        job = ctx.services
+        if not self.active:
+            shutil.copyfile(ctx.input("baseline.h5"), ctx.output("levered.h5"))
+            write_json(ctx.output("levers.json"), {"chosen": Levers().to_json(), "why": "no search: the plan is given"})
+            return {"chosen": Levers().to_json(), "names": [], "measured_speedup": 1.0, "why": "the plan is given"}
+        spec = job.spec(ctx.input("baseline.h5"))
+        allowed = ctx.setting("compress.levers")
+        pairs = pool_stride_pairs(spec) if "pool_stride" in allowed else []
+        variants = [Levers(tuple(pairs[:k])) for k in range(1, len(pairs) + 1)]
+        if "relu" in allowed and any(conv_params(spec.layers[i]).activation == "leaky" for i in spec.conv_indices()):
+            variants.append(Levers(tuple(pairs), relu=True))
+        if not variants:
+            return self._none(ctx, "the network has no conv + 2x2 max-pool pair and no LeakyReLU" if allowed else "compress.levers is []")
+        size = job.base_size
+        times = measure_networks([(spec, size)] + [(v.apply_spec(spec), size) for v in variants], job.threads, job.options.progress)
+        base_valid = ctx.result("baseline")["float"]["valid"]["mAP50"]
+        half_floor = ctx.setting("run.max_loss") / 2
+        epochs = ctx.setting("compress.lever_epochs")
+        tried = []
+        for k, (v, ms) in enumerate(zip(variants, times[1:])):
+            folder = ctx.output("levers") / f"variant-{k}"
+            folder.mkdir(parents=True, exist_ok=True)
+            start = folder / "levered.h5"
+            if not start.exists():
+                lever_model(ctx.input("baseline.h5"), v, start)
+            log(f"   lever variant {k + 1}/{len(variants)}: {', '.join(v.names())}: {times[0] / ms:.2f}x as int8; {epochs} epochs")
+            tuned = finetune_in(ctx, start, folder / "run", epochs, size, ctx.setting("pruning.finetune_learning_rate")) if epochs else None
+            valid = tuned["best_mAP50"] if tuned else job.evaluate(start, "valid")["mAP50"]
+            tried.append({"levers": v.to_json(), "names": v.names(), "ms": ms, "speedup": times[0] / ms, "valid_mAP50": valid,
+                          "loss_points": 100 * (base_valid - valid), "model": tuned["best_model"] if tuned else str(start)})  # fmt: skip
+        ok = [t for t in tried if t["loss_points"] <= half_floor]
+        target = job.options.target
+        alone = [t for t in ok if target is not None and target.kind == "speedup" and t["speedup"] >= target.value]
+        pick = min(alone, key=lambda t: t["loss_points"]) if alone else max(ok, key=lambda t: t["speedup"], default=None)
+        data = {"unpruned_ms": times[0], "tried": tried, "half_floor_points": half_floor, "epochs": epochs}
+        if pick is None:
+            data["why"] = f"no variant stayed within half the floor ({half_floor:g} points) after {epochs} epochs"
+            return self._none(ctx, data["why"], data)
+        shutil.copyfile(pick["model"], ctx.output("levered.h5"))
+        why = "meets the target alone with the least loss" if alone else "the fastest within half the floor"
+        data.update(chosen=pick["levers"], why=why)
+        write_json(ctx.output("levers.json"), data)
+        return {"chosen": pick["levers"], "names": pick["names"], "measured_speedup": pick["speedup"], "valid_mAP50": pick["valid_mAP50"],
+                "loss_points": pick["loss_points"], "why": why, "tried": len(tried)}  # fmt: skip
+
+    def _none(self, ctx: StageContext, why: str, data: dict | None = None) -> dict:
+        from .levers import Levers
+
+        shutil.copyfile(ctx.input("baseline.h5"), ctx.output("levered.h5"))
+        write_json(ctx.output("levers.json"), {**(data or {}), "chosen": Levers().to_json(), "why": why})
+        return {"chosen": Levers().to_json(), "names": [], "measured_speedup": 1.0, "why": why}
+
+    def report_rows(self, ctx, result):
+        if not result["names"]:
+            return []
+        return [{"stage": "levers, fine-tuned", "file": "levered.h5", "arch": None,
+                 "note": f"{'; '.join(result['names'])} ({result['measured_speedup']:.2f}x as int8, random weights)"}]  # fmt: skip
+
+
+def lever_model(source_h5: Path, levers, out: Path) -> None:
+    """``source_h5`` with ``levers`` applied, saved as ``out`` (.h5 with its cfg)."""
+    from yolo3.keras_model import build_model, get_darknet_weights, set_darknet_weights
+    from yolo3.models import load_model, save_model
+
+    loaded = load_model(source_h5)
+    spec, weights = levers.apply(loaded.spec, get_darknet_weights(loaded.model, loaded.spec))
+    model = build_model(spec, size=loaded.input_hw[0])
+    set_darknet_weights(model, spec, weights)
+    save_model(model, spec, out)
+
+
+class CostModels(CompressStage):
+    name, title, measuring = "cost-models", "int8 latency of every block on this machine, bytes per weight", True
+    reads = ("run.sizes", "run.base_size", "compress.threads", "compress.latency_levels", "compress.round_to", "clustering.clusters")
+    needs = ("baseline", "levers")
+    writes = ("latency-model.json", "size-model.json")
+
+    def run(self, ctx: StageContext) -> dict:
+        from yolo3.models import load_model
+
+        from .latency_model import measure_latency_model
+        from .planner import measure_size_model
+
+        job = ctx.services
+        loaded = load_model(start_h5(ctx))
+        model = measure_latency_model(loaded.spec, job.sizes, job.base_size, job.threads, tuple(ctx.setting("compress.latency_levels")),
+                                      ctx.setting("compress.round_to"), progress=job.options.progress)  # fmt: skip
+        write_json(ctx.output("latency-model.json"), model.to_json())
+        size = measure_size_model(loaded.model, loaded.spec, ctx.setting("clustering.clusters"), ctx.result("baseline")["int8"]["gzip_bytes"])
+        write_json(ctx.output("size-model.json"), size.to_json())
+        full = next(n for n in model.networks if n["size"] == job.base_size and not n["filters"])
+        return {"unpruned_ms": full["ms"], "unpruned_predicted_ms": full["predicted_ms"], "alpha": model.alpha, "beta": model.beta,
+                "blocks_timed": len(model.blocks), "networks_timed": len(model.networks), "seconds": model.seconds}  # fmt: skip
+
+
+class Reach(CompressStage):
+    name, title = "reach", "whether the cost models can reach the target at all (before the slow sensitivity analysis)"
+    reads = ("run.target", "run.sizes", "run.base_size", "compress.round_to", "compress.cluster", "pruning.min_channels")
+    needs = ("baseline", "levers", "cost-models")
+
+    def run(self, ctx: StageContext) -> dict:
+        from .plan import check_reachable
+
+        check_reachable(plan_inputs(ctx))
+        return {"reachable": True}
+
+
+class Sensitivity(CompressStage):
+    name, title, measuring = "sensitivity", "every unit pruned alone, every input size, every layer clustered, int8 error per layer", True
+    reads = ("@data", "run.sizes", "compress.sensitivity_ratios", "compress.bn_images", "compress.debug_images", "clustering.clusters",
+             "pruning.similarity_w1", "pruning.similarity_w2", "pruning.min_channels", "pruning.round_to")  # fmt: skip
+    needs = ("baseline", "levers")
+    writes = ("sensitivity.json", "sensitivity.png")
+
+    def run(self, ctx: StageContext) -> dict:
+        from yolo3.datasets import read_dataset
+        from yolo3.models import load_model
+
+        from .sensitivity import plot_sensitivity, run_sensitivity
+
+        job = ctx.services
+        loaded = load_model(start_h5(ctx))
+        valid = read_dataset(job.config.dataset("valid"), job.config.labels)
+        debug = [str(r.image) for r in valid.records[: ctx.setting("compress.debug_images")]]
+        result = run_sensitivity(loaded, job.config, job.sizes, tuple(ctx.setting("compress.sensitivity_ratios")), ctx.setting("clustering.clusters"),
+                                 debug, progress=job.options.progress, scorer=job.scorer)  # fmt: skip
+        write_json(ctx.output("sensitivity.json"), result)
+        plot_sensitivity(result, ctx.output("sensitivity.png"))
+        return {"seconds": result["seconds"], "base_mAP50": result["pruning"]["base_mAP50"], "sizes": result["sizes"]}
+
+
+class PlanStage(CompressStage):
+    name, title = "plan", "channels per unit at each input size, searched for the target (or a preset / the config's ratios), timed as int8"
+    writes = ("plan.json",)
+
+    def __init__(self, searched: bool, target_kind: str | None = None):
+        self.searched = searched
+        self.needs = ("baseline", "levers", "cost-models", "sensitivity") if searched else ("baseline", "levers", "cost-models")
+        common = ("run.target", "run.preset", "run.from_config", "compress.round_to", "pruning.min_channels", "clustering.exclude",
+                  "compress.cluster_first_layer")  # fmt: skip
+        if not searched:  # the plan is given: its ratios and size
+            self.reads = (*common, "run.plan_size", "pruning.similarity_layer_ratios")
+        else:  # searched; clustering settings change the plan only where it is planned for size
+            self.reads = (*common, "run.sizes", "compress.threads", "compress.cluster_budget")
+            if target_kind == "size":
+                self.reads += ("compress.cluster",)
+
+    def run(self, ctx: StageContext) -> dict:
+        from .plan import cluster_exclusions, fixed_plan, search_plan
+
+        inputs = plan_inputs(ctx)
+        if self.searched:
+            data = search_plan(inputs)
+            exclude = cluster_exclusions(inputs.spec, ctx.services.config, inputs.sensitivity)
+        else:
+            data, exclude = fixed_plan(inputs)
+        write_json(ctx.output("plan.json"), data)
+        sizes = sorted(int(s) for s in data["candidates"])
+        return {"sizes": sizes, "best_by_prediction": data["best_by_prediction"], "cluster_exclude": exclude,
+                "kept": {s: c["kept"] for s, c in data["candidates"].items()},
+                "predicted_ms": {s: c["predicted_ms"] for s, c in data["candidates"].items()}}  # fmt: skip
+
+
+class Candidates(CompressStage):
+    name, title = "candidates", "a short distilled fine-tune of each input size's plan; the best on validation is chosen"
+    reads = (*FINETUNE_READS, "compress.candidate_epochs", "compress.round_to", "pruning.similarity_w1", "pruning.similarity_w2",
+             "pruning.min_channels")  # fmt: skip
+    needs = ("baseline", "levers", "plan")
+    writes = ("candidates",)
+
+    def run(self, ctx: StageContext) -> dict:
+        from ..steps import prune_to_plan
+
+        job = ctx.services
+        plan = ctx.result("plan")
+        sizes = plan["sizes"]
+        epochs = ctx.setting("compress.candidate_epochs")
+        if len(sizes) == 1 or epochs == 0:
+            size = plan["best_by_prediction"]
+            return {"chosen": size, "why": "the only candidate" if len(sizes) == 1 else "least predicted loss (candidate_epochs = 0)", "runs": {}}
+        runs = {}
+        for size in sizes:
+            folder = ctx.output("candidates") / str(size)
+            folder.mkdir(parents=True, exist_ok=True)
+            kept = {conv_index(k): v for k, v in plan["kept"][str(size)].items()}
+            if not (folder / "pruned.h5").exists():
+                prune_to_plan(start_h5(ctx), kept, size, folder / "pruned.h5", job.pruning())
+            log(f"   candidate at {size}: {epochs} epochs")
+            tuned = finetune_in(ctx, folder / "pruned.h5", folder / "run", epochs, size, ctx.setting("pruning.finetune_learning_rate"))
+            runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": plan["predicted_ms"][str(size)]}
+        best = max(runs, key=lambda s: (round(runs[s]["mAP50"], 4), -runs[s]["predicted_ms"]))
+        return {"chosen": int(best), "why": f"best validation mAP@0.5 after {epochs} epochs", "runs": runs}
+
+
+class Prune(CompressStage):
+    name, title = "prune", "the baseline pruned to the chosen plan (similarity / |BN scale|), also as Darknet .cfg + .weights"
+    reads = ("@data", "compress.round_to", "pruning.similarity_w1", "pruning.similarity_w2", "pruning.min_channels")
+    needs = ("baseline", "levers", "plan", "candidates")
+    writes = ("pruned.h5", "pruned.cfg", "pruned.weights")
+
+    def run(self, ctx: StageContext) -> dict:
+        from ..steps import prune_to_plan
+
+        job = ctx.services
+        size, kept = chosen(ctx)
+        info = prune_to_plan(start_h5(ctx), kept, size, ctx.output("pruned.h5"), job.pruning())
+        return {**info, "valid": job.evaluate(ctx.output("pruned.h5"), "valid", job.at_size(size)),
+                "predicted_ms": ctx.result("plan")["predicted_ms"][str(size)]}  # fmt: skip
+
+    def report_rows(self, ctx, result):
+        return [{"stage": "pruned (one shot)", "file": "pruned.h5", "note": f"{result['size']} px, before fine-tuning", "arch": "final"}]
+
+
+class Finetune(CompressStage):
+    name, title = "finetune", "fine-tuning with distillation from the baseline (continues the chosen candidate's run)"
+    reads = (*FINETUNE_READS, "compress.finetune_epochs")
+    needs = ("baseline", "plan", "candidates", "prune")
+    writes = ("finetune", "finetuned.h5")
+
+    def run(self, ctx: StageContext) -> dict:
+        size, _ = chosen(ctx)
+        epochs = ctx.setting("compress.finetune_epochs")
+        start = ctx.input("pruned.h5")
+        run = ctx.result("candidates").get("runs", {}).get(str(size))
+        if run and Path(run["best_model"]).with_name("last.h5").exists():
+            start = Path(run["best_model"]).with_name("last.h5")  # go on from the candidate's short fine-tune
+        tuned = finetune_in(ctx, start, ctx.output("finetune"), epochs, size, ctx.setting("pruning.finetune_learning_rate"))
+        shutil.copyfile(tuned["best_model"], ctx.output("finetuned.h5"))
+        return {"start": str(start), "valid_mAP50": tuned["best_mAP50"], "epochs": epochs, "history": tuned["history"], "seconds": tuned["seconds"],
+                "replicas": tuned["replicas"]}  # fmt: skip
+
+    def report_rows(self, ctx, result):
+        return [{"stage": "pruned + fine-tuned", "file": "finetuned.h5", "note": f"{result['epochs']} epochs, distilled", "arch": "final"}]
+
+
+class Cluster(CompressStage):
+    name, title = "cluster", "k-means of the kernels where validation allows: the most sensitive layers per weight stay out"
+    reads = ("@data", "run.from_config", "compress.cluster", "compress.cluster_budget", "compress.cluster_first_layer", "clustering.clusters",
+             "clustering.exclude", "clustering.seed")  # fmt: skip
+    needs = ("baseline", "plan", "candidates", "finetune")
+    writes = ("clustered.h5",)
+
+    def run(self, ctx: StageContext) -> dict:
+        """Cluster the fine-tuned model: layers stay out, the most sensitive per weight first, until the loss fits the budget."""
+        from yolo3.models import load_model, save_model
+
+        from ..cluster.clustering import cluster_model, conv_layer_names
+        from .sensitivity import clustering_sensitivity
+
+        job = ctx.services
+        size, _ = chosen(ctx)
+        if not ctx.setting("compress.cluster"):
+            return {"skipped": "compress.cluster is false"}
+        clusters = ctx.setting("clustering.clusters")
+        loaded = load_model(ctx.input("finetuned.h5"))
+        base = job.scorer.score(loaded.model, loaded.spec)
+        first = conv_name(loaded.spec.conv_indices()[0])
+        exclude = {conv_name(conv_index(e)) for e in ctx.setting("clustering.exclude")}
+        if ctx.setting("run.from_config"):
+            order: list[str] = []
+        else:
+            if not ctx.setting("compress.cluster_first_layer"):
+                exclude.add(first)
+            sens = clustering_sensitivity(loaded, job.scorer, clusters, job.options.progress, base)
+            # clustering buys size only (int8 speed is the same): leave out first the layers that lose most per weight clustered
+            layers = sens["layers"]
+            order = sorted((n for n in layers if n not in exclude), key=lambda n: -(max(layers[n]["loss"], 0.0) + 1e-4) / layers[n]["weights"])
+        budget = ctx.setting("compress.cluster_budget")
+        original = loaded.model.get_weights()
+        tries = []
+        while True:
+            loaded.model.set_weights(original)
+            report = cluster_model(loaded.model, loaded.spec, clusters, False, sorted(exclude), ctx.setting("clustering.seed"))
+            score = job.scorer.score(loaded.model, loaded.spec)
+            tries.append({"excluded": sorted(exclude), "mAP50": score})
+            if base - score <= budget or not order:
+                break
+            exclude.add(order.pop(0))  # the layer that lost most when clustered alone stays float-valued
+        names = conv_layer_names(loaded.spec, sorted(exclude))
+        record = {"clustering": {"clusters": clusters, "per_channel": False, "layers": names}}
+        save_model(loaded.model, loaded.spec, ctx.output("clustered.h5"), record)
+        return {"valid_before": base, "valid_after": score, "excluded": sorted(exclude), "tries": tries, "clustered_layers": names,
+                "codebook_bytes": report["codebook_bytes"], "size": size, "clusters": clusters}  # fmt: skip
+
+    def report_rows(self, ctx, result):
+        if "skipped" in result:
+            return []
+        return [{"stage": "clustered", "file": "clustered.h5", "arch": "final",
+                 "note": f"{result['clusters']} values per kernel, excluded: " + (", ".join(result["excluded"]) or "none")}]  # fmt: skip
+
+
+class ClusterFinetune(CompressStage):
+    name, title = "cluster-finetune", "cluster-preserving fine-tuning; the better of before and after on validation is kept"
+    reads = ("@data", "@train", "compress.distillation", "compress.cluster_epochs", "clustering.finetune_learning_rate")
+    needs = ("baseline", "plan", "candidates", "finetune", "cluster")
+    writes = ("cluster-finetune", "clustered-finetuned.h5")
+
+    def run(self, ctx: StageContext) -> dict:
+        clustered = ctx.result("cluster")
+        if "skipped" in clustered:
+            return {"skipped": clustered["skipped"], "kept": "finetuned.h5", "model": "finetuned.h5"}
+        size, _ = chosen(ctx)
+        epochs = ctx.setting("compress.cluster_epochs")
+        out = ctx.output("clustered-finetuned.h5")
+        before = clustered["valid_after"]
+        if epochs == 0:
+            shutil.copyfile(ctx.input("clustered.h5"), out)
+            return {"epochs": 0, "valid": before, "kept": "clustered, not fine-tuned", "model": out.name}
+        tuned = finetune_in(ctx, ctx.input("clustered.h5"), ctx.output("cluster-finetune"), epochs, size,
+                            ctx.setting("clustering.finetune_learning_rate"))  # fmt: skip
+        better = tuned["best_mAP50"] >= before
+        shutil.copyfile(tuned["best_model"] if better else ctx.input("clustered.h5"), out)
+        return {"epochs": epochs, "valid_before": before, "valid_finetuned": tuned["best_mAP50"], "model": out.name,
+                "kept": "fine-tuned" if better else "clustered, not fine-tuned (fine-tuning did not help on validation)"}  # fmt: skip
+
+    def report_rows(self, ctx, result):
+        if "skipped" in result:
+            return []
+        return [{"stage": "clustered + fine-tuned", "file": "clustered-finetuned.h5", "note": result["kept"], "arch": "final"}]
+
+
+class Int8(CompressStage):
+    name, title = "int8", "post-training int8 and quantization-aware training; the better on validation is plan-int8.tflite"
+    reads = ("@data", "@train", "compress.qat", "compress.calibration_samples", "quantization.*")
+    needs = ("baseline", "plan", "candidates", "finetune", "cluster", "cluster-finetune")
+    writes = ("ptq-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
+
+    def run(self, ctx: StageContext) -> dict:
+        from ..steps import Int8Files, int8_keep_better
+
+        job = ctx.services
+        size, _ = chosen(ctx)
+        config = job.at_size(size)
+        start = ctx.input(ctx.result("cluster-finetune")["model"])
+        files = Int8Files(ctx.output("ptq-int8.tflite"), ctx.output("qat"), ctx.output("qat-int8.tflite"), ctx.output("plan-int8.tflite"))
+        qat_epochs = ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
+        result = int8_keep_better(config, start, size, job.calibration(), files, qat_epochs=qat_epochs,
+                                  score=lambda p: job.evaluate(p, "valid", config)["mAP50"], progress=job.options.progress)  # fmt: skip
+        return {"start": start.name, **result}
+
+    def report_rows(self, ctx, result):
+        rows = [{"stage": "int8, post-training", "file": "ptq-int8.tflite", "note": "calibrated on training images", "arch": "final"}]
+        if "qat" in result["results"]:
+            rows.append({"stage": "int8, quantization-aware training", "file": "qat-int8.tflite", "note": result["results"]["qat"]["scheme"], "arch": "final"})
+        return rows
+
+
+def floor_choice(options: list[dict], max_loss: float, wanted: str) -> tuple[dict, str | None]:
+    """The model to deliver and, when the plan breaks the floor, the message that says so.
+
+    ``options`` are the plan first, then the fallbacks, each with ``loss_points``
+    (validation, against the unpruned float model), ``what`` and — when the
+    plan breaks the floor — ``speedup`` (measured against the unpruned int8
+    model). The plan is delivered when it holds the floor; otherwise the
+    fastest option that holds it, or, when none does, the best on validation.
+    """
+    if options[0]["loss_points"] <= max_loss:
+        return options[0], None
+    within = [o for o in options if o["loss_points"] <= max_loss]
+    pick = max(within, key=lambda o: o["speedup"]) if within else min(options, key=lambda o: o["loss_points"])
+    head = f"{wanted} costs {options[0]['loss_points']:.2f} mAP@0.5 points on validation, more than the floor of {max_loss:g} (--max-loss)"
+    if within:
+        return pick, (f"{head}; the fastest model within the floor is {pick['what']}: {pick['speedup']:.2f}x faster than the unpruned "
+                      f"int8 model at {pick['loss_points']:.2f} points")  # fmt: skip
+    return pick, f"{head}; no model holds the floor, not even the unpruned int8 model ({options[-1]['loss_points']:.2f} points); the best on validation is {pick['what']}"
+
+
+class Floor(CompressStage):
+    """The accuracy floor: the delivered model loses at most ``run.max_loss`` mAP@0.5 points on validation against the unpruned float model.
+
+    When the plan's int8 model breaks it, the fastest model that holds it is
+    delivered instead — the levered model as int8 (levers only, no channel
+    cut), else the unpruned int8 model — with one message that says what the
+    target would have cost; ``--strict`` stops with that message instead.
+    """
+
+    name, title = "floor", "the accuracy floor on validation: the plan's int8 model, or the fastest model within the floor, becomes final-int8.tflite"
+    reads = ("@data", "run.max_loss", "run.strict", "run.target", "compress.threads", "compress.calibration_samples")
+    needs = ("baseline", "levers", "plan", "candidates", "int8")
+    writes = ("levered-int8.tflite", "final-int8.tflite")
+
+    def run(self, ctx: StageContext) -> dict:
+        from yolo3.errors import UserError
+
+        from ..quantize.tflite_export import export_tflite
+        from .latency_model import time_models
+
+        job = ctx.services
+        max_loss = ctx.setting("run.max_loss")
+        base = ctx.result("baseline")
+        base_valid = base["float"]["valid"]["mAP50"]
+        int8 = ctx.result("int8")
+        size, _ = chosen(ctx)
+        options = [{"name": "plan", "file": "plan-int8.tflite", "valid": int8["results"][int8["chosen"]]["valid"], "size": size,
+                    "what": f"the plan at {size} px ({int8['chosen']})"}]  # fmt: skip
+        levers = ctx.result("levers")
+        if levers["names"]:
+            spec = job.spec(ctx.input("levered.h5"))
+            export_tflite(ctx.input("levered.h5"), ctx.output("levered-int8.tflite"), "int8", job.calibration(), job.config.labels, job.base_size, spec)
+            options.append({"name": "levers", "file": "levered-int8.tflite", "valid": job.evaluate(ctx.output("levered-int8.tflite"), "valid")["mAP50"],
+                            "size": job.base_size, "what": "the levers alone (" + "; ".join(levers["names"]) + f") at {job.base_size} px"})  # fmt: skip
+        options.append({"name": "unpruned", "file": "baseline-int8.tflite", "valid": base["int8"]["valid"]["mAP50"], "size": job.base_size,
+                        "what": f"the unpruned int8 model at {job.base_size} px"})  # fmt: skip
+        for o in options:
+            o["loss_points"] = 100 * (base_valid - o["valid"])
+        message = None
+        if options[0]["loss_points"] > max_loss:
+            times = time_models([ctx.input("baseline-int8.tflite")] + [ctx.input(o["file"]) for o in options], job.threads, 5, 5, job.options.progress)
+            for o, ms in zip(options, times[1:]):
+                o["speedup"] = times[0] / ms
+        pick, message = floor_choice(options, max_loss, job.options.target.describe() if job.options.target else "the plan")
+        if message:
+            if ctx.setting("run.strict"):
+                raise UserError(message + "; stopped (--strict): nothing was delivered", job.run_dir)
+            log(f"note: {message}; it is delivered as final-int8.tflite")
+        shutil.copyfile(ctx.input(pick["file"]), ctx.output("final-int8.tflite"))
+        return {"max_loss": max_loss, "base_valid_mAP50": base_valid, "options": options, "delivered": pick["name"], "size": pick["size"],
+                "loss_points": pick["loss_points"], "message": message}  # fmt: skip
+
+    def report_rows(self, ctx, result):
+        rows = []
+        if (ctx.run_dir / "levered-int8.tflite").exists():
+            rows.append({"stage": "levers only, int8", "file": "levered-int8.tflite", "note": "post-training int8 of the levered model", "arch": None})
+        pick = next(o for o in result["options"] if o["name"] == result["delivered"])
+        note = f"{pick['what']}: {pick['loss_points']:+.2f} points on validation, floor {result['max_loss']:g}"
+        rows.append({"stage": "final int8", "file": "final-int8.tflite", "note": note, "arch": "delivered"})
+        return rows
+
+
+class PlanConfig(CompressStage):
+    name, title = "plan-config", "the plan that ran, as an ordinary config (size, ratios, clustering exclusions, epochs)"
+    reads = ("@model", "@data", "compress.round_to", "compress.distillation", "compress.finetune_epochs", "compress.cluster_epochs",
+             "compress.cluster", "compress.qat", "quantization.qat_epochs")  # fmt: skip
+    needs = ("baseline", "levers", "plan", "candidates", "finetune", "cluster", "int8")
+    writes = ("plan-config.json",)
+
+    def run(self, ctx: StageContext) -> dict:
+        """plan-config.json: edit it and run ``compress --from-config`` (or evaluate.py -p 3, clustering.py) again."""
+        from yolo3.config import to_raw
+        from yolo3.fileio import atomic_write_text
+
+        from .planner import ChannelMap, ratios_for
+
+        job = ctx.services
+        size, kept = chosen(ctx)
+        clustered = ctx.result("cluster")
+        exclude = clustered["excluded"] if "skipped" not in clustered else ctx.result("plan")["cluster_exclude"]
+        ratios = ratios_for(kept, ChannelMap(job.spec(start_h5(ctx))))
+        config = job.derived({
+            "model.input_size": size,
+            "pruning.similarity_layer_ratios": ratios, "pruning.similarity_ratio": None, "pruning.similarity_kernels": [1, 3],
+            "pruning.round_to": ctx.setting("compress.round_to"), "pruning.distillation": ctx.setting("compress.distillation"),
+            "pruning.finetune_epochs": ctx.setting("compress.finetune_epochs"),
+            "clustering.exclude": exclude, "clustering.finetune_epochs": ctx.setting("compress.cluster_epochs"),
+            "quantization.qat_epochs": ctx.setting("quantization.qat_epochs"),
+            # the chain's own settings, so that `compress --from-config` on this file runs the same chain
+            "compress.finetune_epochs": ctx.setting("compress.finetune_epochs"), "compress.cluster_epochs": ctx.setting("compress.cluster_epochs"),
+            "compress.cluster": ctx.setting("compress.cluster"), "compress.qat": ctx.setting("compress.qat"),
+            "compress.distillation": ctx.setting("compress.distillation"),
+        })  # fmt: skip
+        raw = to_raw(config, job.run_dir)
+        raw["model"]["weights"] = "levered.h5"  # the model the ratios apply to (the baseline itself when no lever is used)
+        atomic_write_text(ctx.output("plan-config.json"), json.dumps(raw, indent=2) + "\n")
+        return {"input_size": size, "clustering_exclude": exclude}
+
+
+class Report(CompressStage):
+    name, title = "report", "every stage's model on the test split; the final model timed against the unpruned int8 model"
+    reads = ("@data", "compress.threads", "run.target")
+    writes = ("report.json", "report.md", "report.png")
+
+    def __init__(self, needs: tuple[str, ...]):
+        self.needs = needs
+
+    def run(self, ctx: StageContext) -> dict:
+        from .report import build_report
+
+        return build_report(ctx)

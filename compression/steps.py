@@ -1,0 +1,138 @@
+"""The steps every compression flow shares, written once: fine-tune (keeping what compression did, with a teacher),
+prune to a plan, and convert to int8 keeping the better of post-training and quantization-aware training.
+
+The job runner (:mod:`compression.job`, behind ``yolo3 prune`` / ``cluster``),
+the stages of ``compress`` (:mod:`compression.budget.stages`) and
+``bench/chain.py`` call these functions; none of them assembles trainer
+options or the int8 choice on its own.
+
+Example::
+
+    tuned = finetune(config, "pruned.h5", "runs/ft", epochs=10, learning_rate=1e-3, teacher="best.h5", distill_weight=1.0)
+    prune_to_plan("baseline.h5", {4: 32, 7: 64}, 320, Path("pruned.h5"), config.pruning)
+    int8_keep_better(config, Path("tuned.h5"), 320, images, Int8Files.beside(Path("out")), qat_epochs=2, score=valid_map)
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from yolo3.names import conv_name
+
+
+def finetune_options(config, model_path: str | Path, *, epochs: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
+                     learning_rate: float | None = None, teacher: str | Path | None = None, distill_weight: float = 1.0,
+                     hooks: tuple = (), keep_record: bool = True, sparsity_l1: float = 0.0, feature_weight: float = 0.0,
+                     freeze_backbone_epochs: int | None = None):  # fmt: skip
+    """:class:`~yolo3.training.RunOptions` that keep ``model_path``'s architecture and what compression did to it.
+
+    With ``keep_record`` a clustered model stays on its centroids and a sparse
+    one keeps its zeros (from the record in its ``.h5``); ``hooks`` come first
+    (a method's own: TFMOT's schedule, masks); ``sparsity_l1`` adds network
+    slimming's L1 step on BN scales; ``teacher`` adds knowledge distillation of
+    the heads (``distill_weight``) and, with ``feature_weight``, imitation of the
+    teacher's neck features near the objects.
+    """
+    from yolo3.errors import UserError
+    from yolo3.training import RunOptions
+
+    from .constraints import hooks_for
+
+    hooks = list(hooks) + (list(hooks_for(model_path)) if keep_record else [])
+    if sparsity_l1:
+        from yolo3.models import spec_from_h5
+
+        from .prune.sparse_training import SparseTraining
+
+        spec = spec_from_h5(model_path)
+        if spec is None:
+            raise UserError("this .h5 carries no cfg; fine-tune a model written by this tool", model_path)
+        hooks.append(SparseTraining(spec, sparsity_l1))
+    if teacher is not None and (distill_weight or feature_weight):
+        from .distillation import Distillation
+
+        hooks.append(Distillation(teacher, distill_weight, feature_weight))
+    return RunOptions(str(model_path), True, epochs, None if run_dir is None else str(run_dir), progress, learning_rate=learning_rate,
+                      freeze_backbone_epochs=freeze_backbone_epochs, hooks=tuple(hooks))  # fmt: skip
+
+
+def finetune(config, model_path: str | Path, run_dir: str | Path, epochs: int, **options) -> dict:
+    """Fine-tune ``model_path`` in ``run_dir`` (resumes there) with :func:`finetune_options`; the trainer's summary (best model, mAP)."""
+    from yolo3.training import train
+
+    return train(config, finetune_options(config, model_path, epochs=epochs, run_dir=run_dir, **options))
+
+
+def prune_to_plan(source_h5: Path, kept: dict[int, int], size: int, out: Path, pruning, levers=None) -> dict:
+    """``source_h5`` pruned to ``kept`` channels per unit, levers applied, at input ``size``; written as ``out`` (.h5) with Darknet .cfg + .weights.
+
+    ``pruning`` is a pruning config section (similarity weights, ``min_channels``,
+    ``round_to``); ``levers`` (a :class:`~compression.budget.levers.Levers`) are
+    the architecture changes beside channels (stride instead of max-pool, ReLU).
+    """
+    from yolo3.darknet import write_weights
+    from yolo3.keras_model import build_model, get_darknet_weights, set_darknet_weights
+    from yolo3.models import load_model, save_model
+    from yolo3.spec import analyse, totals, with_size, write_cfg
+
+    from .budget.planner import ChannelMap
+    from .budget.sensitivity import prune_to_ratios
+
+    loaded = load_model(source_h5)
+    cmap = ChannelMap(loaded.spec)
+    ratios = {u: (c - kept.get(u, c)) / c for u, c in cmap.units.items()}
+    weights = get_darknet_weights(loaded.model, loaded.spec)
+    spec, new_weights = prune_to_ratios(loaded.spec, weights, {u: r for u, r in ratios.items() if r > 0}, pruning)
+    if levers is not None:
+        spec, new_weights = levers.apply(spec, new_weights)
+    spec = with_size(spec, size)
+    model = build_model(spec, size=size)
+    set_darknet_weights(model, spec, new_weights)
+    save_model(model, spec, out)
+    write_cfg(spec, out.with_suffix(".cfg"))
+    write_weights(out.with_suffix(".weights"), spec, new_weights)
+    t = totals(analyse(spec, size, size))
+    return {"params": t.params, "macs": t.macs, "size": size, "filters": {conv_name(i): spec.layers[i].get_int("filters") for i in spec.conv_indices()}}
+
+
+@dataclass(frozen=True)
+class Int8Files:
+    """Where :func:`int8_keep_better` writes: the post-training model, the QAT run folder and model, and the one kept."""
+
+    ptq: Path
+    qat_dir: Path
+    qat: Path
+    final: Path
+
+    @classmethod
+    def beside(cls, folder: Path, prefix: str = "") -> Int8Files:
+        return cls(folder / f"{prefix}ptq-int8.tflite", folder / f"{prefix}qat", folder / f"{prefix}qat-int8.tflite", folder / f"{prefix}final-int8.tflite")
+
+
+def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], files: Int8Files, *, qat_epochs: int,
+                     score: Callable[[Path], float], progress: bool = True) -> dict:  # fmt: skip
+    """Post-training int8 and, with ``qat_epochs``, quantization-aware training; the better on ``score`` (the validation split) is copied to ``files.final``.
+
+    ``config`` is the run's config at input ``size``; QAT keeps the zeros and
+    clusters the model's record names and starts its activation ranges from
+    calibration images.
+    """
+    from yolo3.models import load_model
+
+    from .quantize.qat import qat_finetune
+    from .quantize.tflite_export import export_tflite
+
+    loaded = load_model(model_h5)
+    export_tflite(model_h5, files.ptq, "int8", calibration, config.labels, size, loaded.spec)
+    results = {"ptq": {"valid": score(files.ptq), "file": files.ptq.name}}
+    if qat_epochs:
+        trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64])
+        export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,
+                      qat={"scheme": trained["scheme"], "weights": trained["weights"]})  # fmt: skip
+        results["qat"] = {"valid": score(files.qat), "scheme": trained["scheme"], "file": files.qat.name}
+    chosen = max(results, key=lambda k: results[k]["valid"])
+    shutil.copyfile(files.ptq if chosen == "ptq" else files.qat, files.final)
+    return {"results": results, "chosen": chosen, "calibration_images": len(calibration)}

@@ -1,0 +1,102 @@
+"""Latency levers as Spec + weights transforms: pool -> stride and ReLU keep shapes, copy kernels, and stay a cfg OpenCV reads like Keras."""
+
+import numpy as np
+import pytest
+
+from conftest import random_weights
+
+
+def _tiny(size: int = 64):
+    from yolo3.zoo import build_spec
+
+    return build_spec("yolov3-tiny", 3, size)
+
+
+def test_pool_stride_pairs_are_the_convolutions_only_a_two_by_two_pool_reads():
+    from compression.budget.levers import pool_stride_pairs
+    from yolo3.zoo import build_spec
+
+    assert pool_stride_pairs(_tiny()) == [0, 2, 4, 6]  # conv_8 is also read by the second head's [route]; pool 11 has stride 1
+    assert pool_stride_pairs(build_spec("yolov3", 3, 64)) == []  # Darknet-53 downsamples with stride-2 convolutions already
+
+
+def test_pool_stride_keeps_shapes_copies_kernels_and_fixes_references():
+    from compression.budget.levers import Levers
+    from yolo3.spec import analyse, route_inputs
+
+    spec = _tiny()
+    weights = random_weights(spec, seed=2)
+    levers = Levers(pool_stride=(0, 2, 4), relu=True)
+    new, new_weights = levers.apply(spec, weights)
+    assert len(new.layers) == len(spec.layers) - 3
+    before = [info.out_shape for info in analyse(spec) if info.type == "yolo"]
+    assert [info.out_shape for info in analyse(new) if info.type == "yolo"] == before
+    mapping = levers.conv_map(spec)
+    for old, now in mapping.items():
+        assert np.array_equal(new_weights.convs[now].kernel, weights.convs[old].kernel)
+    assert {new.layers[mapping[i]].get_int("stride") for i in (0, 2, 4)} == {2}
+    assert {new.layers[i].get_str("activation", "") for i in new.conv_indices()} <= {"relu", "linear"}
+    second_route = [i for i, b in enumerate(new.layers) if b.type == "route"][-1]
+    assert mapping[8] in route_inputs(new, second_route)  # the [route] still reads the layer it read
+    with pytest.raises(ValueError, match="conv_8"):
+        Levers(pool_stride=(8,)).apply(spec, weights)
+
+
+def test_levered_cfg_reads_in_opencv_like_keras(tmp_path):
+    from test_opencv import opencv_outputs
+
+    from compression.budget.levers import Levers
+    from yolo3.darknet import write_weights
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import write_cfg
+
+    spec = _tiny()
+    spec, weights = Levers(pool_stride=(0, 2, 4, 6), relu=True).apply(spec, random_weights(spec, seed=5))
+    cfg, wts = tmp_path / "levered.cfg", tmp_path / "levered.weights"
+    write_cfg(spec, cfg)
+    write_weights(wts, spec, weights)
+    model = build_model(spec)
+    set_darknet_weights(model, spec, weights)
+    tensor = np.random.RandomState(1).rand(64, 64, 3).astype(np.float32)
+    ours = [np.asarray(o)[0] for o in model(tensor[None])]
+    theirs = opencv_outputs(cfg, wts, tensor, [f"conv_{i - 1}" for i in spec.yolo_indices()])
+    for a, b in zip(ours, theirs):
+        assert a.shape == b.shape
+        assert np.abs(a - b).max() < 1e-3
+
+
+def _records(sides: list[float], image: int = 640):
+    from yolo3.datasets import Record
+
+    return [Record.make("x.jpg", image, image // 2, [[10, 10, 10 + s, 10 + 2 * s]], [0]) for s in sides]
+
+
+def test_the_input_size_floor_follows_the_boxes():
+    from compression.budget.sizes import candidate_sizes, finest_stride, size_floor
+
+    spec = _tiny(416)
+    assert finest_stride(spec) == 16
+    # small boxes (32 px of a 640 px side): one 16 px cell of the finest head needs 16 / 0.05 = 320 px of input
+    floor, why = size_floor(_records([32.0] * 20), spec)
+    assert floor == 320 and "320" in why
+    # boxes eight times larger allow an input eight times smaller
+    assert size_floor(_records([256.0] * 20), spec)[0] == 64
+    # the floor reads the small end of the boxes (10th percentile), not their mean
+    assert size_floor(_records([32.0] * 3 + [400.0] * 17), spec)[0] == 320
+    assert candidate_sizes(320, 416, 4) == [416, 384, 352, 320]
+    assert candidate_sizes(128, 416, 4) == [416, 320, 224, 128]
+    assert candidate_sizes(512, 416, 4) == [416]
+
+
+def test_floor_choice_delivers_the_plan_or_the_fastest_model_within_the_floor():
+    from compression.budget.stages import floor_choice
+
+    plan = {"name": "plan", "what": "the plan", "loss_points": 0.4, "speedup": 3.1}
+    levers = {"name": "levers", "what": "the levers alone", "loss_points": 0.6, "speedup": 2.4}
+    unpruned = {"name": "unpruned", "what": "the unpruned int8 model", "loss_points": 0.2, "speedup": 1.0}
+    assert floor_choice([plan, levers, unpruned], 1.0, "3x") == (plan, None)
+    pick, message = floor_choice([{**plan, "loss_points": 4.0}, levers, unpruned], 1.0, "3x faster")
+    assert pick is levers
+    assert "3x faster costs 4.00 mAP@0.5 points" in message and "the levers alone: 2.40x faster" in message
+    pick, message = floor_choice([{**plan, "loss_points": 4.0}, {**levers, "loss_points": 2.0}, {**unpruned, "loss_points": 1.5}], 1.0, "3x")
+    assert pick["name"] == "unpruned" and "no model holds the floor" in message
