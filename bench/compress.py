@@ -6,8 +6,9 @@
 
 The JSON is the run's report.json (top-level keys: target, speedup_vs_unpruned_int8,
 size_ratio_vs_float_weights, map50_float_unpruned, map50_final_int8, latency_ms_final_int8,
-latency_ms_unpruned_int8, predicted_latency_ms_final_int8, seconds) plus the command, the
-machine and the sensitivity analysis's own time. Run it on a quiet machine: the latency model
+latency_ms_unpruned_int8, predicted_latency_ms_final_int8, seconds, max_loss,
+map50_loss_validation, levers, delivered) plus the command, the machine and the sensitivity
+analysis's own time. Run it on a quiet machine: the latency model
 and the final timing are measurements.
 """
 
@@ -31,6 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target-size", type=float)
     parser.add_argument("--target-macs", type=float)
     parser.add_argument("--preset")
+    parser.add_argument("--max-loss", type=float, default=1.0, help="the accuracy floor, mAP@0.5 points on validation")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override, as yolo3's --set")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--measurements-from", help="reuse the measuring stages of another run folder (same model and config)")
     parser.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
@@ -38,12 +41,12 @@ def main(argv=None) -> int:
 
     from compression.budget.compress import CompressOptions, parse_target, run_compress
     from compression.budget.report import format_markdown
-    from yolo3.config import load_config
+    from yolo3.config import load_config, parse_overrides
 
-    config = load_config(args.config)
+    config = load_config(args.config, parse_overrides(args.set))
     target = parse_target(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
     report = run_compress(config, args.model, CompressOptions(target=target, preset=args.preset, run_dir=Path(args.run_dir), progress=False,
-                                                               measurements_from=args.measurements_from))
+                                                               measurements_from=args.measurements_from, max_loss=args.max_loss))
     stages = json.loads((Path(args.run_dir) / "stages" / "sensitivity.json").read_text()) if (Path(args.run_dir) / "stages" / "sensitivity.json").exists() else None
     data = {"command": "python bench/compress.py " + " ".join(argv or sys.argv[1:]), "machine": machine(), **report,
             "sensitivity_seconds": stages["seconds"] if stages else None}  # fmt: skip

@@ -106,18 +106,20 @@ class LeversStage(CompressStage):
     interleaved) and fine-tuned for ``compress.lever_epochs`` with distillation;
     a variant is eligible when its validation loss against the unpruned float
     model is within half the floor (the other half is left to channels and
-    input size). Among the eligible, the one that meets a speed target alone
-    with the least loss, else the fastest. ``levered.h5`` is the model every
-    later stage prunes.
+    input size); the fastest eligible one is kept. The choice does not read
+    the target, so ``--measurements-from`` reuses it (and what was measured
+    on it) for another target. ``levered.h5`` is the model every later stage
+    prunes.
     """
 
     name, title = "levers", "architecture levers (max-pool folded into stride, ReLU): timed as int8, fine-tuned briefly, the fastest within the floor kept"
+    measuring = True
     needs = ("baseline",)
     writes = ("levers", "levers.json", "levered.h5")
 
     def __init__(self, active: bool):
         self.active = active
-        self.reads = (*FINETUNE_READS, "run.target", "run.max_loss", "run.base_size", "compress.levers", "compress.lever_epochs",
+        self.reads = (*FINETUNE_READS, "run.max_loss", "run.base_size", "compress.levers", "compress.lever_epochs",
                       "compress.threads") if active else ()  # fmt: skip
 
     def run(self, ctx: StageContext) -> dict:
@@ -156,16 +158,13 @@ class LeversStage(CompressStage):
             valid = tuned["best_mAP50"] if tuned else job.evaluate(start, "valid")["mAP50"]
             tried.append({"levers": v.to_json(), "names": v.names(), "ms": ms, "speedup": times[0] / ms, "valid_mAP50": valid,
                           "loss_points": 100 * (base_valid - valid), "model": tuned["best_model"] if tuned else str(start)})  # fmt: skip
-        ok = [t for t in tried if t["loss_points"] <= half_floor]
-        target = job.options.target
-        alone = [t for t in ok if target is not None and target.kind == "speedup" and t["speedup"] >= target.value]
-        pick = min(alone, key=lambda t: t["loss_points"]) if alone else max(ok, key=lambda t: t["speedup"], default=None)
+        pick = max((t for t in tried if t["loss_points"] <= half_floor), key=lambda t: t["speedup"], default=None)
         data = {"unpruned_ms": times[0], "tried": tried, "half_floor_points": half_floor, "epochs": epochs}
         if pick is None:
             data["why"] = f"no variant stayed within half the floor ({half_floor:g} points) after {epochs} epochs"
             return self._none(ctx, data["why"], data)
         shutil.copyfile(pick["model"], ctx.output("levered.h5"))
-        why = "meets the target alone with the least loss" if alone else "the fastest within half the floor"
+        why = f"the fastest variant within half the floor ({half_floor:g} points on validation after {epochs} epochs)"
         data.update(chosen=pick["levers"], why=why)
         write_json(ctx.output("levers.json"), data)
         return {"chosen": pick["levers"], "names": pick["names"], "measured_speedup": pick["speedup"], "valid_mAP50": pick["valid_mAP50"],
