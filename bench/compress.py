@@ -39,13 +39,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
 
-    from compression.budget.compress import CompressOptions, parse_target, run_compress
+    from compression.budget.compress import CompressOptions, parse_targets, run_compress
     from compression.budget.report import format_markdown
     from yolo3.config import load_config, parse_overrides
 
     config = load_config(args.config, parse_overrides(args.set))
-    target = parse_target(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
-    report = run_compress(config, args.model, CompressOptions(target=target, preset=args.preset, run_dir=Path(args.run_dir), progress=False,
+    targets = parse_targets(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
+    report = run_compress(config, args.model, CompressOptions(target=targets[0] if targets else None, also=tuple(targets[1:]), preset=args.preset, run_dir=Path(args.run_dir), progress=False,
                                                                measurements_from=args.measurements_from, max_loss=args.max_loss))
     stages = json.loads((Path(args.run_dir) / "stages" / "sensitivity.json").read_text()) if (Path(args.run_dir) / "stages" / "sensitivity.json").exists() else None
     data = {"command": "python bench/compress.py " + " ".join(argv or sys.argv[1:]), "machine": machine(), **report,

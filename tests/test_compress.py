@@ -121,7 +121,8 @@ def test_unreachable_target_names_the_best_reach(finished_run, tmp_path):
         (["--target-speedup", "0.5"], "is below 1"),
         (["--target-macs", "1.5"], "fraction of the original MACs"),
         (["--target-size", "nan"], "must be a positive number"),
-        (["--target-speedup", "2", "--target-size", "1"], "one target at a time"),
+        (["--target-speedup", "2", "--target-latency", "5"], "both set the speed"),
+        (["--target-speedup", "2", "--target-size", "-1"], "must be a positive number"),
         ([], "give a target"),
         (["--preset", "late-heavy", "--target-speedup", "2"], "one of a target"),
         (["--target-speedup", "2", "--sizes", "100"], "not a positive multiple of 32"),
@@ -196,6 +197,28 @@ def test_planner_meets_a_macs_target_exactly_as_predicted():
     assert totals(analyse(pruned)).macs == best.cost
     # a target below what the smallest channel counts reach is reported as out of reach
     assert plan_budget(cmap, points, {64: 0.0}, cost, 0.001 * full, [64], pruning).best is None
+
+
+def test_two_targets_at_once_are_both_met_by_the_plan():
+    """A MACs budget and a parameter budget together: the greedy search stops only when both hold."""
+    from compression.budget.planner import ChannelMap, CombinedCost, MacsCost, plan_budget
+    from yolo3.config import Section
+    from yolo3.spec import analyse, parse_cfg, totals
+
+    spec = parse_cfg(TOY_CFG, "toy.cfg")
+    cmap = ChannelMap(spec)
+    macs = MacsCost(cmap)
+
+    def params(kept, size):
+        return totals(analyse(cmap.spec_with(kept), size, size)).params
+
+    full_macs, full_params = macs(cmap.full(), 64), params(cmap.full(), 64)
+    pruning = Section({"min_channels": 8, "round_to": 8, "similarity_w1": 0.5, "similarity_w2": 0.5})
+    points = {u: [{"kept": c // 2, "loss": 0.01}] for u, c in cmap.units.items()}
+    alone = plan_budget(cmap, points, {64: 0.0}, macs, 0.8 * full_macs, [64], pruning).best
+    assert params(alone.kept, 64) > 0.5 * full_params  # the MACs target alone leaves the parameters above the second budget
+    both = plan_budget(cmap, points, {64: 0.0}, CombinedCost([(macs, 0.8 * full_macs), (params, 0.5 * full_params)]), 1.0, [64], pruning).best
+    assert macs(both.kept, 64) <= 0.8 * full_macs and params(both.kept, 64) <= 0.5 * full_params
 
 
 def test_loss_curve_is_monotone_and_interpolates():

@@ -22,7 +22,7 @@ HELP = "meet a budget (--target-speedup/-latency/-size/-macs): the tool plans pr
 def configure(parser) -> None:
     add_config(parser)
     parser.add_argument("--model", help="the trained float model (.h5 written by this tool, or .weights); default: model.weights")
-    target = parser.add_argument_group("the budget (one)")
+    target = parser.add_argument_group("the budget (one or several: one speed target, a MACs and a size target may go together)")
     target.add_argument("--target-speedup", type=float, metavar="X", help="X times faster than the unpruned int8 model (int8 LiteRT, this machine)")
     target.add_argument("--target-latency", type=float, metavar="MS", help="int8 latency of at most MS milliseconds on this machine")
     target.add_argument("--target-size", type=float, metavar="MB", help="gzipped int8 .tflite of at most MB megabytes")
@@ -63,12 +63,12 @@ def parse_sizes(text: str | None) -> list[int] | None:
 def run(args) -> int:
     from pathlib import Path
 
-    from compression.budget.compress import CompressOptions, parse_target, run_compress
+    from compression.budget.compress import CompressOptions, parse_targets, run_compress
     from compression.budget.context import check_max_loss
     from compression.budget.report import format_markdown
     from yolo3.bundle import check_bundle_folder, write_bundle
 
-    target = parse_target(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
+    targets = parse_targets(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
     check_max_loss(args.max_loss)
     positive("--threads", args.threads)
     positive("--epochs", args.epochs, 0)
@@ -77,7 +77,7 @@ def run(args) -> int:
     if args.bundle:
         check_bundle_folder(args.bundle, args.force)
     options = CompressOptions(
-        target=target, preset=args.preset, from_config=args.from_config, sensitivity_only=args.sensitivity_only,
+        target=targets[0] if targets else None, also=tuple(targets[1:]), preset=args.preset, from_config=args.from_config, sensitivity_only=args.sensitivity_only,
         run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, sizes=sizes, force=args.force,
         progress=not args.quiet, epochs={} if args.epochs is None else {"finetune": args.epochs},
         measurements_from=Path(args.measurements_from) if args.measurements_from else None, max_loss=args.max_loss, strict=args.strict,

@@ -42,16 +42,17 @@ from .stages import (
     Report,
     Sensitivity,
 )
-from .targets import Target, parse_target
+from .targets import Target, parse_target, parse_targets
 
-__all__ = ["CompressOptions", "Target", "parse_target", "run_compress", "build_stages", "stages_markdown"]
+__all__ = ["CompressOptions", "Target", "parse_target", "parse_targets", "run_compress", "build_stages", "stages_markdown"]
 
 
 def build_stages(options: CompressOptions) -> list[Stage]:
     """The stages a compress job runs, in order, for its options."""
     searched = not (options.preset or options.from_config)
     # levers change the architecture: for a speed or MACs target only (they buy no size), never for a given plan
-    levered = searched and options.target is not None and options.target.kind in ("speedup", "latency", "macs")
+    kinds = tuple(t.kind for t in ([options.target, *options.also] if options.target else []))
+    levered = searched and bool({"speedup", "latency", "macs"} & set(kinds))
     if options.sensitivity_only:
         return [Baseline(), LeversStage(False), Sensitivity()]
     stages: list[Stage] = [Baseline(), LeversStage(levered), CostModels()]
@@ -59,7 +60,7 @@ def build_stages(options: CompressOptions) -> list[Stage]:
         stages.append(Reach())
     if searched:
         stages.append(Sensitivity())
-    stages += [PlanStage(searched, options.target.kind if options.target else None), Candidates(), Prune(), Finetune(), Cluster(), ClusterFinetune(), Int8(), Floor(),
+    stages += [PlanStage(searched, kinds), Candidates(), Prune(), Finetune(), Cluster(), ClusterFinetune(), Int8(), Floor(),
                PlanConfig()]  # fmt: skip
     stages.append(Report(tuple(s.name for s in stages)))
     return stages

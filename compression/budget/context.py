@@ -38,6 +38,7 @@ EPOCH_KEYS = {"finetune": "compress.finetune_epochs", "candidate": "compress.can
 @dataclass
 class CompressOptions:
     target: Target | None = None
+    also: tuple[Target, ...] = ()  # further targets met beside the primary one (e.g. a size beside a speed-up)
     preset: str | None = None
     from_config: bool = False
     sensitivity_only: bool = False
@@ -142,7 +143,8 @@ class CompressJob:
             **flat_settings(self.config),
             "model.file": {"path": str(source.resolve()), "sha1": file_digest(source)},
             "run.base_size": base, "run.sizes": self.sizes, "run.plan_size": self.plan_size,
-            "run.target": options.target.to_json() if options.target else None, "run.preset": options.preset,
+            "run.target": options.target.to_json() if options.target else None, "run.also": [t.to_json() for t in options.also],
+            "run.preset": options.preset,
             "run.from_config": options.from_config, "run.max_loss": options.max_loss, "run.strict": options.strict,
         }  # fmt: skip
 
@@ -163,6 +165,16 @@ class CompressJob:
         if dropped:
             self.notes.append(f"input sizes {', '.join(map(str, dropped))} not considered: {why}")
         return {s for s in sizes if s >= floor}
+
+    @property
+    def targets(self) -> list[Target]:
+        """Every target of the run, the primary first (none for a preset or a given plan)."""
+        return [self.options.target, *self.options.also] if self.options.target else []
+
+    def describe_targets(self) -> str:
+        from .targets import describe_all
+
+        return describe_all(self.targets) if self.targets else "the plan"
 
     # -- configs ----------------------------------------------------------------------------------
 

@@ -61,12 +61,22 @@ def cluster_exclusions(spec, config, sensitivity: dict | None) -> list[str]:
     return [conv_name(i) for i in spec.conv_indices() if i not in chosen]
 
 
-def target_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False):
-    """(the cost the target is measured in, the target's value in it)."""
+def budget_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False):
+    """(the cost the planner minimises, the value it must reach): the target's own, or with several targets their :class:`~.planner.CombinedCost` and 1.0."""
+    from .planner import CombinedCost
+
+    targets = inputs.job.targets
+    if len(targets) == 1:
+        return target_cost(inputs, cmap, reach_all_clusters, targets[0])
+    return CombinedCost([target_cost(inputs, cmap, reach_all_clusters, t) for t in targets]), 1.0
+
+
+def target_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False, target=None):
+    """(the cost ``target`` (default: the primary one) is measured in, the target's value in it)."""
     from .planner import LatencyCost, MacsCost, SizeCost
 
     job = inputs.job
-    target = job.options.target
+    target = target or job.options.target
     full = cmap.full()
     if target.kind in ("speedup", "latency"):
         cost = LatencyCost(inputs.latency, cmap)
@@ -94,11 +104,11 @@ def search_plan(inputs: Inputs) -> dict:
     base_map = sens["pruning"]["base_mAP50"]
     points = {u["group"]: u["points"] for u in sens["pruning"]["units"].values()}
     size_loss = {int(s): base_map - m for s, m in sens["sizes"].items()}
-    cost, target_value = target_cost(inputs, cmap)
+    cost, target_value = budget_cost(inputs, cmap)
     plan = plan_budget(cmap, points, size_loss, cost, target_value, job.sizes, job.pruning())
     checks = {}
     if target.kind in ("speedup", "latency") and plan.feasible:
-        plan, checks = check_latency(inputs, plan, cmap, points, size_loss, cost, target_value)
+        plan, checks = check_latency(inputs, plan, cmap, points, size_loss, cost, target_value, target_cost(inputs, cmap))
     if not plan.feasible:
         unreachable(job, plan, cost, full, inputs.lever_speedup)
     unit_ms = LatencyCost(inputs.latency, cmap)
@@ -109,7 +119,7 @@ def search_plan(inputs: Inputs) -> dict:
         candidates[str(size)] = {**cand.to_json(), "predicted_ms": unit_ms(cand.kept, size),
                                  "predicted_mAP50": base_map - cand.loss, "check": checks.get(size)}  # fmt: skip
     return {
-        "target": target.to_json(), "cost": plan.cost_name, "cost_unit": plan.cost_unit, "target_cost": target_value,
+        "target": target.to_json(), "also": [t.to_json() for t in job.options.also], "cost": plan.cost_name, "cost_unit": plan.cost_unit, "target_cost": target_value,
         "unpruned_cost": cost(full, job.base_size), "reach": {str(k): v for k, v in plan.reach.items()},
         "candidates": candidates, "best_by_prediction": plan.best.size,
         "trace": [c.to_json() | {"predicted_ms": unit_ms(c.kept, c.size)} for c in plan.trace],
@@ -117,8 +127,12 @@ def search_plan(inputs: Inputs) -> dict:
     }  # fmt: skip
 
 
-def check_latency(inputs: Inputs, plan, cmap, points, size_loss, cost, target_value):
+def check_latency(inputs: Inputs, plan, cmap, points, size_loss, cost, target_value, latency_target):
     """Time each size's plan as int8 (random weights) against the unpruned network, and correct the plan by what was measured.
+
+    ``cost`` and ``target_value`` are what the plan was searched with (with
+    several targets, their combination); ``latency_target`` is the speed
+    target's own (cost, value), from which the milliseconds wanted follow.
 
     A plan measured short of the target is searched again aiming lower by
     the model's error there; a plan measured well inside the target
@@ -144,7 +158,8 @@ def check_latency(inputs: Inputs, plan, cmap, points, size_loss, cost, target_va
         for s, ms in zip(pending, measured[1:]):
             cand = plan.per_size[s]
             # the target in measured milliseconds: the same speed-up against the unpruned network timed in this run
-            wanted = measured[0] * target_value / cost(full, job.base_size) if job.options.target.kind == "speedup" else target_value
+            lat_cost, lat_value = latency_target
+            wanted = measured[0] * lat_value / lat_cost(full, job.base_size) if job.options.target.kind == "speedup" else lat_value
             entry = {"attempt": attempt + 1, "measured_ms": ms, "unpruned_measured_ms": measured[0], "predicted_ms": cand.cost,
                      "wanted_ms": wanted, "met": ms <= wanted * 1.02}  # fmt: skip
             history[s].append(entry)
@@ -179,6 +194,10 @@ def unreachable(job, plan, cost, full, lever_speedup: float = 1.0) -> None:
     size, reach = min(plan.reach.items(), key=lambda kv: kv[1])
     target = job.options.target
     unpruned = cost(full, job.base_size)
+    if job.options.also:
+        raise UserError(f"{job.describe_targets()} cannot be met together: the closest the planner gets is {reach:.2f} times the "
+                        f"tighter budget (predicted), with every unit at the fewest channels it may keep at input size {size}; "
+                        "nothing written so far was removed", job.run_dir)  # fmt: skip
     if target.kind == "speedup":
         best = f"{lever_speedup * unpruned / reach:.2f}x (predicted" + (f", with the levers' measured {lever_speedup:.2f}x)" if lever_speedup != 1 else ")")
     elif target.kind == "latency":
@@ -201,7 +220,7 @@ def check_reachable(inputs: Inputs) -> None:
         return
     cmap = ChannelMap(inputs.spec)
     floor = {u: unit_floor(c, job.pruning()) for u, c in cmap.units.items()}
-    cost, value = target_cost(inputs, cmap, reach_all_clusters=True)
+    cost, value = budget_cost(inputs, cmap, reach_all_clusters=True)
     reach = {s: cost(floor, s) for s in job.sizes}
     if min(reach.values()) > value:
         unreachable(job, Plan(value, cost.name, cost.unit, {}, reach), cost, cmap.full(), inputs.lever_speedup)

@@ -222,7 +222,7 @@ class CostModels(CompressStage):
 
 class Reach(CompressStage):
     name, title = "reach", "whether the cost models can reach the target at all (before the slow sensitivity analysis)"
-    reads = ("run.target", "run.sizes", "run.base_size", "compress.round_to", "compress.cluster", "pruning.min_channels")
+    reads = ("run.target", "run.also", "run.sizes", "run.base_size", "compress.round_to", "compress.cluster", "pruning.min_channels")
     needs = ("baseline", "levers", "cost-models")
 
     def run(self, ctx: StageContext) -> dict:
@@ -260,16 +260,16 @@ class PlanStage(CompressStage):
     name, title = "plan", "channels per unit at each input size, searched for the target (or a preset / the config's ratios), timed as int8"
     writes = ("plan.json",)
 
-    def __init__(self, searched: bool, target_kind: str | None = None):
+    def __init__(self, searched: bool, target_kinds: tuple[str, ...] = ()):
         self.searched = searched
         self.needs = ("baseline", "levers", "cost-models", "sensitivity") if searched else ("baseline", "levers", "cost-models")
-        common = ("run.target", "run.preset", "run.from_config", "compress.round_to", "pruning.min_channels", "clustering.exclude",
+        common = ("run.target", "run.also", "run.preset", "run.from_config", "compress.round_to", "pruning.min_channels", "clustering.exclude",
                   "compress.cluster_first_layer")  # fmt: skip
         if not searched:  # the plan is given: its ratios and size
             self.reads = (*common, "run.plan_size", "pruning.similarity_layer_ratios")
         else:  # searched; clustering settings change the plan only where it is planned for size
             self.reads = (*common, "run.sizes", "compress.threads", "compress.cluster_budget")
-            if target_kind == "size":
+            if "size" in target_kinds:
                 self.reads += ("compress.cluster",)
 
     def run(self, ctx: StageContext) -> dict:
@@ -502,7 +502,7 @@ class Floor(CompressStage):
     """
 
     name, title = "floor", "the accuracy floor on validation: the plan's int8 model, or the fastest model within the floor, becomes final-int8.tflite"
-    reads = ("@data", "run.max_loss", "run.strict", "run.target", "compress.threads", "compress.calibration_samples")
+    reads = ("@data", "run.max_loss", "run.strict", "run.target", "run.also", "compress.threads", "compress.calibration_samples")
     needs = ("baseline", "levers", "plan", "candidates", "int8")
     writes = ("levered-int8.tflite", "final-int8.tflite")
 
@@ -535,7 +535,7 @@ class Floor(CompressStage):
             times = time_models([ctx.input("baseline-int8.tflite")] + [ctx.input(o["file"]) for o in options], job.threads, 5, 5, job.options.progress)
             for o, ms in zip(options, times[1:]):
                 o["speedup"] = times[0] / ms
-        pick, message = floor_choice(options, max_loss, job.options.target.describe() if job.options.target else "the plan")
+        pick, message = floor_choice(options, max_loss, job.describe_targets())
         if message:
             if ctx.setting("run.strict"):
                 raise UserError(message + "; stopped (--strict): nothing was delivered", job.run_dir)
@@ -593,7 +593,7 @@ class PlanConfig(CompressStage):
 
 class Report(CompressStage):
     name, title = "report", "every stage's model on the test split; the final model timed against the unpruned int8 model"
-    reads = ("@data", "compress.threads", "run.target")
+    reads = ("@data", "compress.threads", "run.target", "run.also")
     writes = ("report.json", "report.md", "report.png")
 
     def __init__(self, needs: tuple[str, ...]):
