@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--target-macs", type=float)
     parser.add_argument("--preset")
     parser.add_argument("--max-loss", type=float, default=1.0, help="the accuracy floor, mAP@0.5 points on validation")
+    parser.add_argument("--time-budget", type=float, help="minutes the run may take (default: compress.time_budget)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override, as yolo3's --set")
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--measurements-from", help="reuse the measuring stages of another run folder (same model and config)")
@@ -46,7 +47,8 @@ def main(argv=None) -> int:
     config = load_config(args.config, parse_overrides(args.set))
     targets = parse_targets(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
     report = run_compress(config, args.model, CompressOptions(target=targets[0] if targets else None, also=tuple(targets[1:]), preset=args.preset, run_dir=Path(args.run_dir), progress=False,
-                                                               measurements_from=args.measurements_from, max_loss=args.max_loss))
+                                                               measurements_from=args.measurements_from, max_loss=args.max_loss,
+                                                               time_budget=args.time_budget))
     stages = json.loads((Path(args.run_dir) / "stages" / "sensitivity.json").read_text()) if (Path(args.run_dir) / "stages" / "sensitivity.json").exists() else None
     data = {"command": "python bench/compress.py " + " ".join(argv or sys.argv[1:]), "machine": machine(), **report,
             "sensitivity_seconds": stages["seconds"] if stages else None}  # fmt: skip

@@ -181,7 +181,7 @@ num=6
 
 COMPRESS = {
     "sizes": [64, 32], "sensitivity_ratios": [0.5], "latency_levels": [1.0, 0.5], "candidate_epochs": 1, "finetune_epochs": 2,
-    "cluster_epochs": 1, "qat": False, "calibration_samples": 4, "debug_images": 4, "lever_epochs": 1,
+    "cluster_epochs": 1, "qat": False, "calibration_samples": 4, "debug_images": 4, "lever_epochs": 1, "time_budget": 0, "small_boxes": 100,
 }  # fmt: skip
 
 

@@ -122,6 +122,10 @@ def test_unreachable_target_names_the_best_reach(finished_run, tmp_path):
         (["--target-macs", "1.5"], "fraction of the original MACs"),
         (["--target-size", "nan"], "must be a positive number"),
         (["--target-speedup", "2", "--target-latency", "5"], "both set the speed"),
+        (["--target-speedup", "2", "--max-loss", "-0.5"], "--max-loss is in mAP@0.5 points"),
+        (["--target-speedup", "2", "--max-loss", "nan"], "--max-loss is in mAP@0.5 points"),
+        (["--target-speedup", "2", "--time-budget", "-5"], "--time-budget is in minutes"),
+        (["--target-speedup", "2", "--time-budget", "1e9"], "--time-budget is in minutes"),
         (["--target-speedup", "2", "--target-size", "-1"], "must be a positive number"),
         ([], "give a target"),
         (["--preset", "late-heavy", "--target-speedup", "2"], "one of a target"),
@@ -221,6 +225,18 @@ def test_two_targets_at_once_are_both_met_by_the_plan():
     assert macs(both.kept, 64) <= 0.8 * full_macs and params(both.kept, 64) <= 0.5 * full_params
 
 
+def test_the_time_budget_fills_the_time_left_within_bounds():
+    from compression.budget.schedule import MAX_FACTOR, candidate_epochs, finetune_epochs, tail_seconds
+
+    epochs, why = finetune_epochs(time_left=1800, epoch_seconds=10, tail=300, configured=60)
+    assert epochs == 150 and "150 epochs" in why  # (1800 - 300) / 10
+    assert finetune_epochs(1e6, 10, 300, 60)[0] == MAX_FACTOR * 60  # more time buys at most MAX_FACTOR times the epochs
+    assert finetune_epochs(100, 10, 300, 60)[0] == 1  # no time left: one epoch, not none
+    assert tail_seconds(10, 5, 2, 60) == 10 * 9 + 60
+    assert candidate_epochs(2000, {416: 10, 320: 6}, reserve=1200, configured=3)[0] == 9  # 0.25 * 800 / 16 = 12, at most 3x
+    assert candidate_epochs(1000, {416: 10, 320: 6}, reserve=1200, configured=3)[0] == 1
+
+
 def test_loss_curve_is_monotone_and_interpolates():
     from compression.budget.planner import loss_curve
 
@@ -303,10 +319,13 @@ def test_other_finetune_epochs_redo_finetune_and_after_not_the_measurements(fini
 
 
 def test_levers_fold_max_pools_into_strides_and_the_plan_prunes_the_levered_model(tmp_path, synthetic_valid):
-    """With levers allowed, the toy's two conv + max-pool pairs become stride-2 convolutions when the target asks for speed."""
+    """With levers allowed, the toy's two conv + max-pool pairs become stride-2 convolutions when the target asks for speed.
+
+    The same run holds a 6-minute time budget: it ends within it, and the time left buys fine-tuning epochs (up to 3x the configured one).
+    """
     from yolo3.spec import read_cfg
 
-    config = toy_config(tmp_path, synthetic_valid, finetune_epochs=1, cluster=False)
+    config = toy_config(tmp_path, synthetic_valid, finetune_epochs=1, cluster=False, time_budget=6.0)
     run_dir = tmp_path / "out"
     r = subprocess.run(compress_cmd(config, "--target-speedup", "1.5", "--run-dir", str(run_dir)), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -319,3 +338,6 @@ def test_levers_fold_max_pools_into_strides_and_the_plan_prunes_the_levered_mode
     pruned = read_cfg(run_dir / "pruned.cfg")
     assert pruned.layers[0].get_int("stride") == 2 and pruned.layers[1].type == "convolutional"
     assert report["max_loss"] == 1.0 and report["delivered"] in ("plan", "levers", "unpruned")
+    assert report["time_budget_min"] == 6.0 and report["seconds"] <= 1.1 * 6 * 60
+    finetune = json.loads((run_dir / "stages" / "finetune.json").read_text())["result"]
+    assert finetune["schedule"] and finetune["epochs"] == 3, finetune["schedule"]  # the configured 1 epoch, tripled: time was left

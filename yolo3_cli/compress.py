@@ -30,6 +30,8 @@ def configure(parser) -> None:
     parser.add_argument("--max-loss", type=float, default=1.0, metavar="POINTS",
                         help="the accuracy floor: mAP@0.5 points the delivered model may lose on the validation split against the unpruned "
                         "float model (default 1.0); a target that needs more ends in a message and the fastest model within the floor")
+    parser.add_argument("--time-budget", type=float, metavar="MINUTES",
+                        help="minutes the whole run may take (default: compress.time_budget, 90); the fine-tuning epochs are chosen to fill it; 0 = the configured epochs")
     parser.add_argument("--strict", action="store_true", help="stop when the target cannot be met within --max-loss instead of delivering the best model within it")
     parser.add_argument("--preset", help="instead of a target: a named per-layer profile (late-heavy)")
     parser.add_argument("--from-config", action="store_true", help="instead of a target: the config's pruning ratios, input size and clustering exclusions")
@@ -64,12 +66,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from compression.budget.compress import CompressOptions, parse_targets, run_compress
-    from compression.budget.context import check_max_loss
+    from compression.budget.context import check_max_loss, check_time_budget
     from compression.budget.report import format_markdown
     from yolo3.bundle import check_bundle_folder, write_bundle
 
     targets = parse_targets(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
     check_max_loss(args.max_loss)
+    if args.time_budget is not None:
+        check_time_budget(args.time_budget)
     positive("--threads", args.threads)
     positive("--epochs", args.epochs, 0)
     sizes = parse_sizes(args.sizes)
@@ -81,6 +85,7 @@ def run(args) -> int:
         run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, sizes=sizes, force=args.force,
         progress=not args.quiet, epochs={} if args.epochs is None else {"finetune": args.epochs},
         measurements_from=Path(args.measurements_from) if args.measurements_from else None, max_loss=args.max_loss, strict=args.strict,
+        time_budget=args.time_budget,
     )  # fmt: skip
     report = run_compress(config, args.model, options)
     if args.sensitivity_only:

@@ -89,7 +89,12 @@ def run_compress(config, model_path: str | None, options: CompressOptions) -> di
         job.notes += pipeline.reuse(Path(options.measurements_from))
     for note in job.notes:
         log(f"note: {note}")
-    results = pipeline.run_all()
+    budget = job.config.compress.time_budget
+
+    def status() -> str:
+        return f"{job.time_left(pipeline) / 60:.0f} of {budget:g} min left" if budget else ""
+
+    results = pipeline.run_all(status if budget else None)
     if options.sensitivity_only:
         return {"sensitivity": str(pipeline.run_dir / "sensitivity.json"), "plot": str(pipeline.run_dir / "sensitivity.png"), **results["sensitivity"]}
     return results["report"]

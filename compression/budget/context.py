@@ -49,6 +49,7 @@ class CompressOptions:
     progress: bool = True
     epochs: dict = field(default_factory=dict)  # overrides: finetune, candidate, cluster, qat
     measurements_from: Path | None = None  # another run folder whose measuring stages this job may reuse
+    time_budget: float | None = None  # minutes (default: compress.time_budget); 0 = the configured epochs as given
     max_loss: float = 1.0  # mAP@0.5 points the delivered model may lose on validation against the unpruned float model
     strict: bool = False  # stop when the target needs more loss than max_loss, instead of delivering the best model within it
 
@@ -59,6 +60,14 @@ def check_max_loss(points: float) -> None:
 
     if not isinstance(points, (int, float)) or not math.isfinite(points) or not 0 <= points <= 100:
         raise UserError(f"--max-loss is in mAP@0.5 points, between 0 and 100; got {points}")
+
+
+def check_time_budget(minutes: float) -> None:
+    """The time budget is a number of minutes in [0, one week]; 0 switches it off."""
+    import math
+
+    if not isinstance(minutes, (int, float)) or not math.isfinite(minutes) or not 0 <= minutes <= 10080:
+        raise UserError(f"--time-budget is in minutes, between 0 (no budget) and 10080 (a week); got {minutes}")
 
 
 def log(message: str) -> None:
@@ -115,6 +124,9 @@ class CompressJob:
         overrides = {EPOCH_KEYS[k]: int(v) for k, v in options.epochs.items()}
         if options.threads:
             overrides["compress.threads"] = options.threads
+        if options.time_budget is not None:
+            check_time_budget(options.time_budget)
+            overrides["compress.time_budget"] = float(options.time_budget)
         if options.sizes:
             bad = [s for s in options.sizes if s <= 0 or s % 32]
             if bad:
@@ -135,7 +147,7 @@ class CompressJob:
         base = self.config.model.input_size
         self.base_size = base
         sizes = {s for s in co.sizes if s <= base}
-        if not options.from_config and not options.preset:
+        if not options.from_config and not options.preset and not options.sensitivity_only:
             sizes = self._above_box_floor(sizes, source)
         self.sizes = sorted(sizes | {base} | ({self.plan_size} if self.plan_size else set()), reverse=True)
         self.run_dir = options.run_dir or Path(self.config.train.run_dir).with_name(Path(self.config.train.run_dir).name + "-compress")
@@ -160,7 +172,10 @@ class CompressJob:
             from yolo3.zoo import resolve_spec
 
             spec = resolve_spec(self.config.model.architecture)
-        floor, why = size_floor(records, spec)
+        percent = self.config.compress.small_boxes
+        if percent >= 100:
+            return sizes
+        floor, why = size_floor(records, spec, percent)
         dropped = sorted(s for s in sizes if s < floor)
         if dropped:
             self.notes.append(f"input sizes {', '.join(map(str, dropped))} not considered: {why}")
@@ -170,6 +185,11 @@ class CompressJob:
     def targets(self) -> list[Target]:
         """Every target of the run, the primary first (none for a preset or a given plan)."""
         return [self.options.target, *self.options.also] if self.options.target else []
+
+    def time_left(self, pipeline) -> float | None:
+        """Seconds of the time budget left after the stages recorded so far (None without a budget)."""
+        budget = self.config.compress.time_budget
+        return None if not budget else budget * 60 - sum(pipeline.seconds().values())
 
     def describe_targets(self) -> str:
         from .targets import describe_all

@@ -94,7 +94,7 @@ def target_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False, target=N
 
 def search_plan(inputs: Inputs) -> dict:
     """One candidate per input size, searched, checked by timing where the target is a speed; the data of plan.json."""
-    from .planner import ChannelMap, LatencyCost, plan_budget
+    from .planner import ChannelMap, CombinedCost, LatencyCost, plan_budget
 
     job = inputs.job
     cmap = ChannelMap(inputs.spec)
@@ -108,7 +108,9 @@ def search_plan(inputs: Inputs) -> dict:
     plan = plan_budget(cmap, points, size_loss, cost, target_value, job.sizes, job.pruning())
     checks = {}
     if target.kind in ("speedup", "latency") and plan.feasible:
-        plan, checks = check_latency(inputs, plan, cmap, points, size_loss, cost, target_value, target_cost(inputs, cmap))
+        # the speed target's own (cost, value): the first part of a combination (the primary target is first)
+        latency_target = cost.parts[0] if isinstance(cost, CombinedCost) else (cost, target_value)
+        plan, checks = check_latency(inputs, plan, cmap, points, size_loss, cost, target_value, latency_target)
     if not plan.feasible:
         unreachable(job, plan, cost, full, inputs.lever_speedup)
     unit_ms = LatencyCost(inputs.latency, cmap)
@@ -148,7 +150,7 @@ def check_latency(inputs: Inputs, plan, cmap, points, size_loss, cost, target_va
     checks: dict[int, dict] = {}
     met_before: dict[int, tuple] = {}  # the last plan of each size that met the target when timed, with its timing
     history: dict[int, list] = {s: [] for s in plan.per_size}
-    targets = {s: target_value for s in plan.per_size}
+    factors = {s: 1.0 for s in plan.per_size}  # how much lower (or higher) than the speed target each size aims
     for attempt in range(3):
         pending = [s for s, c in plan.per_size.items() if c is not None and s not in checks]
         if not pending:
@@ -175,8 +177,8 @@ def check_latency(inputs: Inputs, plan, cmap, points, size_loss, cost, target_va
                     checks[s] = entry
                 continue
             # the model was off here by ms / predicted: aim by as much lower (too slow) or higher (faster than needed)
-            targets[s] *= wanted / ms * 0.99
-            again = plan_budget(cmap, points, size_loss, cost, targets[s], [s], job.pruning())
+            factors[s] *= wanted / ms * 0.99
+            again = plan_budget(cmap, points, size_loss, *aimed(cost, target_value, latency_target[0], factors[s]), [s], job.pruning())
             plan.per_size[s] = again.per_size[s]
             plan.reach[s] = again.reach[s]
             plan.trace += again.trace
@@ -187,6 +189,15 @@ def check_latency(inputs: Inputs, plan, cmap, points, size_loss, cost, target_va
         if not entry["met"]:
             plan.per_size[s] = None  # measured too slow after three tries: not a candidate
     return plan, checks
+
+
+def aimed(cost, target_value: float, latency_cost, factor: float):
+    """(cost, target) with the speed target moved by ``factor``; with several targets only the speed budget moves, the others hold."""
+    from .planner import CombinedCost
+
+    if isinstance(cost, CombinedCost):
+        return CombinedCost([(c, v * factor if c is latency_cost else v) for c, v in cost.parts]), target_value
+    return cost, target_value * factor
 
 
 def unreachable(job, plan, cost, full, lever_speedup: float = 1.0) -> None:

@@ -96,6 +96,7 @@ def build_report(ctx) -> dict:
         "stages": stages,
         "candidates": ctx.result("candidates"),
         "seconds": sum(seconds.values()),
+        "time_budget_min": job.config.compress.time_budget or None,
         "stage_seconds": seconds,
         "latency_timing": {"rounds": ROUNDS, "runs_per_round": RUNS, "statistic": "median of all runs, the two models interleaved"},
         "notes": job.notes,
@@ -150,7 +151,8 @@ def format_markdown(r: dict) -> str:
         f"`.weights` ({r['gzip_bytes_final_int8'] / 1e6:.3f} MB gzipped), mAP@0.5 **{r['map50_final_int8']:.4f}** against "
         f"{r['map50_float_unpruned']:.4f} for the unpruned float model (**{r['map50_points_vs_float']:+.2f}** points), "
         f"on {r['split']['test_images']} test images no decision saw. Validation loss {r['map50_loss_validation']:.2f} points "
-        f"(floor {r['max_loss']:g}); levers: {', '.join(r['levers']) or 'none'}. Whole run: {r['seconds'] / 60:.0f} min."
+        f"(floor {r['max_loss']:g}); levers: {', '.join(r['levers']) or 'none'}. Whole run: {r['seconds'] / 60:.0f} min"
+        + (f" (time budget {r['time_budget_min']:g} min)." if r.get("time_budget_min") else ".")
         + (f"\n\n**Not met within the floor:** {r['floor_message']}." if r.get("floor_message") else "")
         + "".join(f"\n\nNot met: {t['text']} (measured {t['measured']:.3g})." for t in r.get("targets", []) if not t["met"]),
         "",

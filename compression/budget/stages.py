@@ -58,6 +58,33 @@ def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size:
 
 
 FINETUNE_READS = ("@data", "@train", "compress.distillation", "pruning.finetune_learning_rate")
+TAIL_READS = ("compress.time_budget", "compress.cluster", "compress.cluster_epochs", "compress.qat", "quantization.qat_epochs")
+
+
+def fixed_seconds(ctx: StageContext) -> float:
+    """Conversions, evaluations and timing after the last fine-tune: about four times what the baseline stage took."""
+    return 4 * ctx.pipeline.seconds().get("baseline", 30.0) + 60
+
+
+def tail_epochs(ctx: StageContext) -> tuple[int, int]:
+    """(cluster-preserving epochs, QAT epochs) the run will train after the fine-tune."""
+    cluster = ctx.setting("compress.cluster_epochs") if ctx.setting("compress.cluster") else 0
+    return cluster, ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
+
+
+def scheduled(folder: Path, decide) -> tuple[int, str]:
+    """The epochs decided for a training stage, kept in ``folder/schedule.json`` so that a resumed run trains to the same count."""
+    from yolo3.reporting import write_json
+
+    path = folder / "schedule.json"
+    if path.exists():
+        data = json.loads(path.read_text())
+        return int(data["epochs"]), data["why"]
+    epochs, why = decide()
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, {"epochs": epochs, "why": why})
+    log(f"   time budget: {why}")
+    return epochs, why
 
 
 class Baseline(CompressStage):
@@ -157,18 +184,21 @@ class LeversStage(CompressStage):
             tuned = finetune_in(ctx, start, folder / "run", epochs, size, ctx.setting("pruning.finetune_learning_rate")) if epochs else None
             valid = tuned["best_mAP50"] if tuned else job.evaluate(start, "valid")["mAP50"]
             tried.append({"levers": v.to_json(), "names": v.names(), "ms": ms, "speedup": times[0] / ms, "valid_mAP50": valid,
-                          "loss_points": 100 * (base_valid - valid), "model": tuned["best_model"] if tuned else str(start)})  # fmt: skip
+                          "loss_points": 100 * (base_valid - valid), "model": tuned["best_model"] if tuned else str(start),
+                          "epoch_seconds": tuned["seconds"] / epochs if tuned else None})  # fmt: skip
         pick = max((t for t in tried if t["loss_points"] <= half_floor), key=lambda t: t["speedup"], default=None)
         data = {"unpruned_ms": times[0], "tried": tried, "half_floor_points": half_floor, "epochs": epochs}
+        measured = sorted(t["epoch_seconds"] for t in tried if t["epoch_seconds"])
+        epoch_seconds = measured[len(measured) // 2] if measured else None  # at the model's size, for the time budget
         if pick is None:
             data["why"] = f"no variant stayed within half the floor ({half_floor:g} points) after {epochs} epochs"
-            return self._none(ctx, data["why"], data)
+            return {**self._none(ctx, data["why"], data), "epoch_seconds": epoch_seconds}
         shutil.copyfile(pick["model"], ctx.output("levered.h5"))
         why = f"the fastest variant within half the floor ({half_floor:g} points on validation after {epochs} epochs)"
         data.update(chosen=pick["levers"], why=why)
         write_json(ctx.output("levers.json"), data)
         return {"chosen": pick["levers"], "names": pick["names"], "measured_speedup": pick["speedup"], "valid_mAP50": pick["valid_mAP50"],
-                "loss_points": pick["loss_points"], "why": why, "tried": len(tried)}  # fmt: skip
+                "loss_points": pick["loss_points"], "why": why, "tried": len(tried), "epoch_seconds": epoch_seconds}  # fmt: skip
 
     def _none(self, ctx: StageContext, why: str, data: dict | None = None) -> dict:
         from .levers import Levers
@@ -290,8 +320,8 @@ class PlanStage(CompressStage):
 
 class Candidates(CompressStage):
     name, title = "candidates", "a short distilled fine-tune of each input size's plan; the best on validation is chosen"
-    reads = (*FINETUNE_READS, "compress.candidate_epochs", "compress.round_to", "pruning.similarity_w1", "pruning.similarity_w2",
-             "pruning.min_channels")  # fmt: skip
+    reads = (*FINETUNE_READS, *TAIL_READS, "compress.candidate_epochs", "compress.finetune_epochs", "compress.round_to", "pruning.similarity_w1",
+             "pruning.similarity_w2", "pruning.min_channels")  # fmt: skip
     needs = ("baseline", "levers", "plan")
     writes = ("candidates",)
 
@@ -305,6 +335,15 @@ class Candidates(CompressStage):
         if len(sizes) == 1 or epochs == 0:
             size = plan["best_by_prediction"]
             return {"chosen": size, "why": "the only candidate" if len(sizes) == 1 else "least predicted loss (candidate_epochs = 0)", "runs": {}}
+        why = None
+        t_base = ctx.result("levers").get("epoch_seconds")
+        if ctx.setting("compress.time_budget") and t_base:
+            per = {s: t_base * (s / job.base_size) ** 2 for s in sizes}  # a pruned plan trains faster: this errs short
+            cluster, qat = tail_epochs(ctx)
+            reserve = t_base * (ctx.setting("compress.finetune_epochs") + cluster + 2 * qat) + fixed_seconds(ctx)
+            from .schedule import candidate_epochs
+
+            epochs, why = scheduled(ctx.output("candidates"), lambda: candidate_epochs(job.time_left(ctx.pipeline), per, reserve, epochs))
         runs = {}
         for size in sizes:
             folder = ctx.output("candidates") / str(size)
@@ -314,9 +353,10 @@ class Candidates(CompressStage):
                 prune_to_plan(start_h5(ctx), kept, size, folder / "pruned.h5", job.pruning())
             log(f"   candidate at {size}: {epochs} epochs")
             tuned = finetune_in(ctx, folder / "pruned.h5", folder / "run", epochs, size, ctx.setting("pruning.finetune_learning_rate"))
-            runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": plan["predicted_ms"][str(size)]}
+            runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": plan["predicted_ms"][str(size)],
+                               "epoch_seconds": tuned["seconds"] / epochs}  # fmt: skip
         best = max(runs, key=lambda s: (round(runs[s]["mAP50"], 4), -runs[s]["predicted_ms"]))
-        return {"chosen": int(best), "why": f"best validation mAP@0.5 after {epochs} epochs", "runs": runs}
+        return {"chosen": int(best), "why": f"best validation mAP@0.5 after {epochs} epochs", "runs": runs, "epochs": epochs, "schedule": why}
 
 
 class Prune(CompressStage):
@@ -339,22 +379,31 @@ class Prune(CompressStage):
 
 
 class Finetune(CompressStage):
-    name, title = "finetune", "fine-tuning with distillation from the baseline (continues the chosen candidate's run)"
-    reads = (*FINETUNE_READS, "compress.finetune_epochs")
-    needs = ("baseline", "plan", "candidates", "prune")
+    name, title = "finetune", "fine-tuning with distillation from the baseline (continues the chosen candidate's run); epochs fill the time budget"
+    reads = (*FINETUNE_READS, *TAIL_READS, "compress.finetune_epochs")
+    needs = ("baseline", "levers", "plan", "candidates", "prune")
     writes = ("finetune", "finetuned.h5")
 
     def run(self, ctx: StageContext) -> dict:
+        job = ctx.services
         size, _ = chosen(ctx)
         epochs = ctx.setting("compress.finetune_epochs")
         start = ctx.input("pruned.h5")
         run = ctx.result("candidates").get("runs", {}).get(str(size))
         if run and Path(run["best_model"]).with_name("last.h5").exists():
             start = Path(run["best_model"]).with_name("last.h5")  # go on from the candidate's short fine-tune
+        why = None
+        t_base = ctx.result("levers").get("epoch_seconds")
+        epoch_seconds = (run or {}).get("epoch_seconds") or (t_base * (size / job.base_size) ** 2 if t_base else None)
+        if ctx.setting("compress.time_budget") and epoch_seconds:
+            from .schedule import finetune_epochs, tail_seconds
+
+            tail = tail_seconds(epoch_seconds, *tail_epochs(ctx), fixed_seconds(ctx))
+            epochs, why = scheduled(ctx.output("finetune"), lambda: finetune_epochs(job.time_left(ctx.pipeline), epoch_seconds, tail, epochs))
         tuned = finetune_in(ctx, start, ctx.output("finetune"), epochs, size, ctx.setting("pruning.finetune_learning_rate"))
         shutil.copyfile(tuned["best_model"], ctx.output("finetuned.h5"))
         return {"start": str(start), "valid_mAP50": tuned["best_mAP50"], "epochs": epochs, "history": tuned["history"], "seconds": tuned["seconds"],
-                "replicas": tuned["replicas"]}  # fmt: skip
+                "replicas": tuned["replicas"], "schedule": why}  # fmt: skip
 
     def report_rows(self, ctx, result):
         return [{"stage": "pruned + fine-tuned", "file": "finetuned.h5", "note": f"{result['epochs']} epochs, distilled", "arch": "final"}]
@@ -577,11 +626,12 @@ class PlanConfig(CompressStage):
             "model.input_size": size,
             "pruning.similarity_layer_ratios": ratios, "pruning.similarity_ratio": None, "pruning.similarity_kernels": [1, 3],
             "pruning.round_to": ctx.setting("compress.round_to"), "pruning.distillation": ctx.setting("compress.distillation"),
-            "pruning.finetune_epochs": ctx.setting("compress.finetune_epochs"),
+            "pruning.finetune_epochs": ctx.result("finetune")["epochs"],
             "clustering.exclude": exclude, "clustering.finetune_epochs": ctx.setting("compress.cluster_epochs"),
             "quantization.qat_epochs": ctx.setting("quantization.qat_epochs"),
             # the chain's own settings, so that `compress --from-config` on this file runs the same chain
-            "compress.finetune_epochs": ctx.setting("compress.finetune_epochs"), "compress.cluster_epochs": ctx.setting("compress.cluster_epochs"),
+            "compress.finetune_epochs": ctx.result("finetune")["epochs"], "compress.cluster_epochs": ctx.setting("compress.cluster_epochs"),
+            "compress.time_budget": 0.0,  # the epochs above are what the budget chose: run them as they are
             "compress.cluster": ctx.setting("compress.cluster"), "compress.qat": ctx.setting("compress.qat"),
             "compress.distillation": ctx.setting("compress.distillation"),
         })  # fmt: skip
