@@ -67,10 +67,9 @@ def check_teacher(student: Spec, teacher: Spec, source) -> None:
 class Distillation(TrainingHook):
     """The student also learns the raw heads of a frozen teacher (the model before pruning), weighted by ``weight``."""
 
-    def __init__(self, teacher_path: str | Path, weight: float = 1.0, feature_weight: float = 0.0):
+    def __init__(self, teacher_path: str | Path, weight: float = 1.0):
         self.path = Path(teacher_path)
         self.weight = float(weight)
-        self.feature_weight = float(feature_weight)
         self.teacher = None
         self.anchors_per_head: list[int] = []
 

@@ -21,6 +21,14 @@ from dataclasses import dataclass
 from yolo3.errors import UserError
 from yolo3.names import conv_index, conv_name
 
+
+def chosen(ctx) -> tuple[int, dict[int, int]]:
+    """The input size the candidates stage chose and the plan's channel counts there (``ctx``: a stage's context)."""
+    size = ctx.result("candidates")["chosen"]
+    kept = {conv_index(k): v for k, v in ctx.result("plan")["kept"][str(size)].items()}
+    return size, kept
+
+
 SLACK = 0.07  # a plan timed this much faster than its speed target is searched again to prune less
 
 

@@ -32,7 +32,7 @@ def build_report(ctx) -> dict:
 
     from ..pipeline import StageContext
     from .latency_model import time_models
-    from .stages import chosen
+    from .plan import chosen
 
     job, pipeline = ctx.services, ctx.pipeline
     size, kept = chosen(ctx)

@@ -18,6 +18,7 @@ from yolo3.reporting import write_json
 
 from ..pipeline import Stage, StageContext
 from .context import log
+from .plan import chosen
 
 
 class CompressStage(Stage):
@@ -26,13 +27,6 @@ class CompressStage(Stage):
     def report_rows(self, ctx: StageContext, result: dict) -> list[dict]:
         """Rows of the report: ``{"stage", "file", "note", "at_plan_size", "arch"}`` (arch: whose int8 latency the row has)."""
         return []
-
-
-def chosen(ctx: StageContext) -> tuple[int, dict[int, int]]:
-    """The input size the candidates stage chose and the plan's channel counts there."""
-    size = ctx.result("candidates")["chosen"]
-    kept = {conv_index(k): v for k, v in ctx.result("plan")["kept"][str(size)].items()}
-    return size, kept
 
 
 def plan_inputs(ctx: StageContext):
@@ -319,7 +313,7 @@ class PlanStage(CompressStage):
 
 
 class Candidates(CompressStage):
-    name, title = "candidates", "a short distilled fine-tune of each input size's plan; the best on validation is chosen"
+    name, title = "candidates", "short distilled fine-tunes of each input size's plan, successive halving on validation until one is left"
     reads = (*FINETUNE_READS, *TAIL_READS, "compress.candidate_epochs", "compress.finetune_epochs", "compress.round_to", "pruning.similarity_w1",
              "pruning.similarity_w2", "pruning.min_channels")  # fmt: skip
     needs = ("baseline", "levers", "plan")
@@ -338,25 +332,34 @@ class Candidates(CompressStage):
         why = None
         t_base = ctx.result("levers").get("epoch_seconds")
         if ctx.setting("compress.time_budget") and t_base:
-            per = {s: t_base * (s / job.base_size) ** 2 for s in sizes}  # a pruned plan trains faster: this errs short
+            # a pruned plan trains faster: this errs short; successive halving trains about half of them again
+            per = {s: 1.5 * t_base * (s / job.base_size) ** 2 for s in sizes}
             cluster, qat = tail_epochs(ctx)
             reserve = t_base * (ctx.setting("compress.finetune_epochs") + cluster + 2 * qat) + fixed_seconds(ctx)
             from .schedule import candidate_epochs
 
             epochs, why = scheduled(ctx.output("candidates"), lambda: candidate_epochs(job.time_left(ctx.pipeline), per, reserve, epochs))
-        runs = {}
-        for size in sizes:
-            folder = ctx.output("candidates") / str(size)
-            folder.mkdir(parents=True, exist_ok=True)
-            kept = {conv_index(k): v for k, v in plan["kept"][str(size)].items()}
-            if not (folder / "pruned.h5").exists():
-                prune_to_plan(start_h5(ctx), kept, size, folder / "pruned.h5", job.pruning())
-            log(f"   candidate at {size}: {epochs} epochs")
-            tuned = finetune_in(ctx, folder / "pruned.h5", folder / "run", epochs, size, ctx.setting("pruning.finetune_learning_rate"))
-            runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": plan["predicted_ms"][str(size)],
-                               "epoch_seconds": tuned["seconds"] / epochs}  # fmt: skip
-        best = max(runs, key=lambda s: (round(runs[s]["mAP50"], 4), -runs[s]["predicted_ms"]))
-        return {"chosen": int(best), "why": f"best validation mAP@0.5 after {epochs} epochs", "runs": runs, "epochs": epochs, "schedule": why}
+        runs: dict[str, dict] = {}
+        alive, trained, rounds = list(sizes), 0, []
+        while True:  # successive halving: every plan trains `epochs`, the better half `epochs` more, ... until one is left
+            trained += epochs
+            for size in alive:
+                folder = ctx.output("candidates") / str(size)
+                folder.mkdir(parents=True, exist_ok=True)
+                if not (folder / "pruned.h5").exists():
+                    kept = {conv_index(k): v for k, v in plan["kept"][str(size)].items()}
+                    prune_to_plan(start_h5(ctx), kept, size, folder / "pruned.h5", job.pruning())
+                log(f"   candidate at {size}: to {trained} epochs")
+                tuned = finetune_in(ctx, folder / "pruned.h5", folder / "run", trained, size, ctx.setting("pruning.finetune_learning_rate"))
+                runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": plan["predicted_ms"][str(size)],
+                                   "epochs": trained, "epoch_seconds": tuned["seconds"] / epochs}  # fmt: skip
+            alive.sort(key=lambda s: (-round(runs[str(s)]["mAP50"], 4), runs[str(s)]["predicted_ms"]))
+            rounds.append({"epochs": trained, "valid_mAP50": {str(s): runs[str(s)]["mAP50"] for s in alive}})
+            alive = alive[: (len(alive) + 1) // 2]
+            if len(alive) == 1:
+                break
+        return {"chosen": alive[0], "why": f"successive halving on validation mAP@0.5: {len(sizes)} plans after {epochs} epochs, the better half "
+                f"{epochs} more, until one was left", "runs": runs, "rounds": rounds, "epochs": epochs, "schedule": why}  # fmt: skip
 
 
 class Prune(CompressStage):
