@@ -308,3 +308,69 @@ def test_bad_cfg_files(tmp_path, capsys):
         assert str(path) in err[-1]
     (tmp_path / "latin1.cfg").write_bytes(TOY_CFG.replace("[net]", "[net]\n# caf\xe9").encode("latin-1"))
     assert _run(["info", str(tmp_path / "latin1.cfg")], capsys)[0] == 0  # a stray byte in a comment is harmless
+
+
+# --- a .tflite with damaged yolo3 metadata, outputs that cannot be written, reports with wrong figures -------------------
+
+
+def _tflite_with_metadata(tmp_path: Path, name: str, payload: bytes) -> Path:
+    from compression.quantize.tflite_worker import add_metadata
+    from yolo3.kerasenv import keras, tf
+
+    inp = keras.layers.Input((8, 8, 3))
+    model = keras.Model(inp, keras.layers.Conv2D(24, 1)(inp))
+    data = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    path = tmp_path / name
+    path.write_bytes(add_metadata(data, "yolo3", payload))
+    return path
+
+
+def test_damaged_tflite_metadata_ends_in_one_line_in_evaluate_and_the_runner(toy, capsys, tmp_path):
+    from yolo3.lite import main as runner
+
+    _, config, data = toy
+    image = str(next((data / "images").iterdir()))
+    cases = [
+        (_tflite_with_metadata(tmp_path, "notjson.tflite", b"{not json"), "metadata is not JSON"),
+        (_tflite_with_metadata(tmp_path, "noheads.tflite", json.dumps({"names": ["a"]}).encode()), "'heads' is missing"),
+        (_tflite_with_metadata(tmp_path, "badhead.tflite", json.dumps({"heads": [{"anchors": [[1, 2]]}]}).encode()), "lacks anchors or classes"),
+        (_tflite_with_metadata(tmp_path, "list.tflite", b"[1, 2]"), "not a JSON object"),
+    ]
+    for path, needle in cases:
+        code, err = _run(["evaluate", "-c", str(config), "--model", str(path)], capsys)
+        _check(code, err, needle, ["evaluate", path.name])
+        assert "not written by yolo3-compress" in err[-1]
+        code = run_cli(runner, [str(path), image])
+        err = [ln for ln in capsys.readouterr().err.strip().splitlines() if ln.strip()]
+        _check(code, err, needle, ["python -m yolo3.lite", path.name])
+
+
+def test_unwritable_outputs_and_report_paths_are_refused_before_the_work(toy, capsys, tmp_path):
+    folder, config, data = toy
+    c = str(config)
+    (tmp_path / "reports").mkdir()
+    cases = [
+        (["evaluate", "-c", c, "-p", "3", "--out", "/proc/yolo3-out.h5"], "is not writable"),
+        (["cluster", "-c", c, "--out", "/proc/yolo3-out.h5"], "is not writable"),
+        (["evaluate", "-c", c, "--json", str(tmp_path / "reports")], "is a folder"),
+        (["cluster", "-c", c, "--clusters", "0", "--out", str(tmp_path / "k.h5")], "--clusters must be in [2, 65536]"),
+        (["cluster", "-c", c, "--clusters", "1", "--out", str(tmp_path / "k.h5")], "--clusters must be in [2, 65536]"),
+    ]
+    for argv, needle in cases:
+        code, err = _run(argv, capsys)
+        _check(code, err, needle, argv)
+    assert not (tmp_path / "k.h5").exists()
+
+
+def test_compare_refuses_a_report_whose_figures_are_not_numbers(capsys, tmp_path):
+    good = {"mAP50": 0.5, "coco": {"AP": 0.3}, "params": 10, "latency": {"median_ms": 3.0}}
+    (tmp_path / "a.json").write_text(json.dumps(good))
+    (tmp_path / "b.json").write_text(json.dumps({**good, "mAP50": "0.6"}))
+    (tmp_path / "c.json").write_text(json.dumps({**good, "latency": {"median_ms": [1]}}))
+    (tmp_path / "d.json").write_text(json.dumps({"mAP50": 0.4}))
+    for name, needle in (("b.json", "mAP50 is \"0.6\", not a number"), ("c.json", "latency.median_ms is [1], not a number"),
+                         ("d.json", "no coco.AP")):  # fmt: skip
+        code, err = _run(["compare", str(tmp_path / "a.json"), str(tmp_path / name)], capsys)
+        _check(code, err, needle, ["compare", name])
+    code, err = _run(["compare", str(tmp_path / "a.json"), str(tmp_path)], capsys)
+    _check(code, err, "is a folder", ["compare", "folder"])

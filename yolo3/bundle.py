@@ -15,7 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -68,7 +67,7 @@ def check_bundle_folder(folder: str | Path, force: bool) -> None:
 def write_bundle(model: str | Path, folder: str | Path, force: bool = False) -> dict:
     """Write the device folder for ``model`` (a ``.tflite`` this tool wrote); refuses to replace a folder unless ``force``."""
     from . import __version__
-    from .lite import METADATA_NAME, read_metadata
+    from .lite import METADATA_NAME, parse_metadata, read_metadata
 
     model, folder = Path(model), Path(folder)
     check_bundle_folder(folder, force)  # the output first: nothing is read or written when it would be refused
@@ -78,12 +77,8 @@ def write_bundle(model: str | Path, folder: str | Path, force: bool = False) -> 
         raise UserError("model file does not exist", model) from None
     except IsADirectoryError:
         raise UserError("is a folder, not a .tflite file", model) from None
-    raw = read_metadata(data, METADATA_NAME)
-    try:
-        meta = json.loads(raw.decode("utf-8")) if raw else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
-    if not meta or "names" not in meta or "heads" not in meta:
+    meta = parse_metadata(read_metadata(data, METADATA_NAME), model)
+    if "names" not in meta or "heads" not in meta:
         raise UserError("this .tflite has no yolo3 metadata (labels, anchors): bundle a model that convert.py wrote", model)
     folder.parent.mkdir(parents=True, exist_ok=True)
     here = Path(__file__).resolve().parent

@@ -17,10 +17,17 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     The temporary name keeps the destination's suffix, since some writers
     (Keras ``save``) choose the format from it.
     """
+    from .errors import UserError
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix, dir=path.parent)
+    if path.is_dir():
+        raise UserError("is a folder; a file was to be written here", path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix, dir=path.parent)
+    except OSError as err:
+        raise UserError(f"cannot write here: {err.strerror or err}", path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -118,8 +125,19 @@ def _check_writable_parent(path: Path, what: str) -> None:
     parent = _existing_parent(path)
     if not parent.is_dir():
         raise UserError(f"{parent} is a file, not a folder: the {what} cannot be made under it", path)
-    if not os.access(parent, os.W_OK):
+    if not os.access(parent, os.W_OK) or not _can_create_in(parent):
         raise UserError(f"{parent} is not writable: the {what} cannot be made there", path)
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can really be made in ``folder`` (os.access says yes to root in a read-only mount or /proc)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _existing_parent(path: Path) -> Path:

@@ -112,6 +112,40 @@ def read_metadata(model: bytes, name: str = METADATA_NAME) -> bytes | None:
 # ---------------------------------------------------------------------------
 
 
+def _damaged(path, what: str) -> UserError:
+    return UserError(f"this .tflite was not written by yolo3-compress (or is damaged): {what}", path)
+
+
+def parse_metadata(raw: bytes | None, path) -> dict:
+    """The ``yolo3`` metadata entry as a dict ({} when there is none), its shape checked: one message for anything else."""
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _damaged(path, f"its yolo3 metadata is not JSON ({err})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(path, "its yolo3 metadata is not a JSON object")
+    for key, kind in (("heads", list), ("names", list), ("output_shapes", list), ("postprocess", dict), ("cfg", str)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise _damaged(path, f"metadata '{key}' is not a {kind.__name__}")
+    post = meta.get("postprocess", {})
+    if post.get("nms") and not isinstance(post.get("outputs", []), list):
+        raise _damaged(path, "metadata 'postprocess.outputs' is not a list")
+    return meta
+
+
+def metadata_heads(meta: dict, path) -> list:
+    """The detection heads (anchors, classes, scale_xy) the metadata records, checked."""
+    if "heads" not in meta or not meta["heads"]:
+        raise _damaged(path, "its metadata names no detection heads ('heads' is missing)")
+    try:
+        return [HeadSpec(tuple((float(a), float(b)) for a, b in h["anchors"]), int(h["classes"]), float(h.get("scale_xy", 1.0)))
+                for h in meta["heads"]]  # fmt: skip
+    except (KeyError, TypeError, ValueError) as err:
+        raise _damaged(path, f"a head in its metadata lacks anchors or classes, or has values of the wrong kind ({type(err).__name__}: {err})") from None
+
+
 class TFLitePredictor:
     """Raw head outputs of a ``.tflite`` model, quantizing the input and dequantizing the outputs as needed.
 
@@ -127,8 +161,7 @@ class TFLitePredictor:
             data = self.path.read_bytes()
         except FileNotFoundError:
             raise UserError("model file does not exist", path) from None
-        raw = read_metadata(data)
-        self.metadata = json.loads(raw.decode("utf-8")) if raw else {}
+        self.metadata = parse_metadata(read_metadata(data), path)
         Interpreter = _interpreter_class()
         try:
             self.interpreter = Interpreter(model_content=data, num_threads=threads)
@@ -141,8 +174,7 @@ class TFLitePredictor:
         if heads is None:
             if not self.metadata:
                 raise UserError("this .tflite has no yolo3 metadata; give the config it was made from", path)
-            heads = [HeadSpec(tuple(map(tuple, h["anchors"])), int(h["classes"]), float(h.get("scale_xy", 1.0)))
-                     for h in self.metadata["heads"]]  # fmt: skip
+            heads = metadata_heads(self.metadata, path)
         self.heads = heads
         self.names = self.metadata.get("names")
         self.input_hw = tuple(int(v) for v in self.input["shape"][1:3])

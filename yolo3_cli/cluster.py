@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from .common import add_config, load, positive, write_report
+from .common import add_config, in_key_range, load, positive, write_report
 
 HELP = "cluster every kernel into 32 values (k-means), keep the clusters while fine-tuning"
 
@@ -27,6 +27,7 @@ def run(args) -> int:
     from compression.job import format_report
 
     positive("--finetune-epochs", args.finetune_epochs, 0)
+    in_key_range("--clusters", args.clusters, "clustering.clusters")
     config = load(args)
     report = run_clustering(config, args.model, args.out, args.clusters, args.per_channel, args.finetune_epochs, args.force, not args.quiet)
     print(format_report(report))

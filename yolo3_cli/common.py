@@ -26,6 +26,17 @@ def positive(name: str, value: int | float | None, minimum: int | float = 1) -> 
         raise UserError(f"{name} must be at least {minimum}, got {value}")
 
 
+def in_key_range(name: str, value: int | float | None, key: str) -> None:
+    """A flag that sets a config key (``--clusters`` -> ``clustering.clusters``) takes that key's range: one message naming the flag."""
+    from yolo3.config import SCHEMA
+    from yolo3.errors import UserError
+
+    section, field = key.split(".")
+    allowed = SCHEMA[section][field].range
+    if value is not None and allowed is not None and value not in allowed:
+        raise UserError(f"{name} must be in {allowed} (as {key}), got {value}")
+
+
 def write_report(path: str | None, report: dict) -> None:
     if path:
         from yolo3.reporting import write_json

@@ -41,7 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     if args.verbose:
         os.environ["YOLO3_VERBOSE"] = "1"  # before TensorFlow is imported (verbs import it inside run)
+    _check_outputs(args)
     return args.run(args)
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Every output file named on the command line (--json PATH, --out PATH) can be written: said before any work."""
+    from yolo3.fileio import check_output_path
+
+    for flag in ("json", "out"):
+        value = getattr(args, flag, None)
+        if isinstance(value, str) and value:
+            check_output_path(value, f"--{flag} file")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ class Cluster(Method):
     def __init__(self, config, clusters: int | None = None, per_channel: bool | None = None):
         super().__init__(config)
         c = config.clustering
-        self.clusters = clusters or c.clusters
+        self.clusters = c.clusters if clusters is None else clusters
         self.per_channel = c.per_channel if per_channel is None else per_channel
         allowed = SCHEMA["clustering"]["clusters"].range
         if self.clusters not in allowed:
