@@ -167,21 +167,26 @@ class LeversStage(CompressStage):
         base_valid = ctx.result("baseline")["float"]["valid"]["mAP50"]
         half_floor = ctx.setting("run.max_loss") / 2
         epochs = ctx.setting("compress.lever_epochs")
+        timed = [{"levers": v.to_json(), "names": v.names(), "ms": ms, "speedup": times[0] / ms} for v, ms in zip(variants, times[1:])]
+        # the fastest first; the first one within half the floor is kept, so the slower ones need no training
+        order = sorted((k for k, t in enumerate(timed) if t["speedup"] > MIN_GAIN), key=lambda k: timed[k]["ms"])
         tried = []
-        for k, (v, ms) in enumerate(zip(variants, times[1:])):
+        for n, k in enumerate(order):
+            v = variants[k]
             folder = ctx.output("levers") / f"variant-{k}"
             folder.mkdir(parents=True, exist_ok=True)
             start = folder / "levered.h5"
             if not start.exists():
                 lever_model(ctx.input("baseline.h5"), v, start)
-            log(f"   lever variant {k + 1}/{len(variants)}: {', '.join(v.names())}: {times[0] / ms:.2f}x as int8; {epochs} epochs")
+            log(f"   lever variant {n + 1} of at most {len(order)}: {', '.join(v.names())}: {timed[k]['speedup']:.2f}x as int8; {epochs} epochs")
             tuned = finetune_in(ctx, start, folder / "run", epochs, size, ctx.setting("pruning.finetune_learning_rate")) if epochs else None
             valid = tuned["best_mAP50"] if tuned else job.evaluate(start, "valid")["mAP50"]
-            tried.append({"levers": v.to_json(), "names": v.names(), "ms": ms, "speedup": times[0] / ms, "valid_mAP50": valid,
-                          "loss_points": 100 * (base_valid - valid), "model": tuned["best_model"] if tuned else str(start),
+            tried.append({**timed[k], "valid_mAP50": valid, "loss_points": 100 * (base_valid - valid), "model": tuned["best_model"] if tuned else str(start),
                           "epoch_seconds": tuned["seconds"] / epochs if tuned else None})  # fmt: skip
+            if tried[-1]["loss_points"] <= half_floor:
+                break
         pick = max((t for t in tried if t["loss_points"] <= half_floor), key=lambda t: t["speedup"], default=None)
-        data = {"unpruned_ms": times[0], "tried": tried, "half_floor_points": half_floor, "epochs": epochs}
+        data = {"unpruned_ms": times[0], "timed": timed, "tried": tried, "half_floor_points": half_floor, "epochs": epochs}
         measured = sorted(t["epoch_seconds"] for t in tried if t["epoch_seconds"])
         epoch_seconds = measured[len(measured) // 2] if measured else None  # at the model's size, for the time budget
         if pick is None:
@@ -206,6 +211,9 @@ class LeversStage(CompressStage):
             return []
         return [{"stage": "levers, fine-tuned", "file": "levered.h5", "arch": None,
                  "note": f"{'; '.join(result['names'])} ({result['measured_speedup']:.2f}x as int8, random weights)"}]  # fmt: skip
+
+
+MIN_GAIN = 1.03  # a lever variant timed at less than this speed-up is not worth its accuracy
 
 
 def lever_model(source_h5: Path, levers, out: Path) -> None:
