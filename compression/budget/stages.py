@@ -125,8 +125,9 @@ class LeversStage(CompressStage):
     stride (:func:`~.levers.pool_stride_pairs`), then all of them with ReLU.
     Each is timed against the unpruned network (random weights, int8,
     interleaved) and fine-tuned for ``compress.lever_epochs`` with distillation;
-    a variant is eligible when its validation loss against the unpruned float
-    model is within half the floor (the other half is left to channels and
+    a variant is eligible when its validation mAP is within half the floor of
+    the control's (the unlevered model through the same short fine-tune: the
+    recipe's own effect on the model is not the lever's) (the other half is left to channels and
     input size); the fastest eligible one is kept. The choice does not read
     the target, so ``--measurements-from`` reuses it (and what was measured
     on it) for another target. ``levered.h5`` is the model every later stage
@@ -164,12 +165,16 @@ class LeversStage(CompressStage):
             return self._none(ctx, "the network has no conv + 2x2 max-pool pair and no LeakyReLU" if allowed else "compress.levers is []")
         size = job.base_size
         times = measure_networks([(spec, size)] + [(v.apply_spec(spec), size) for v in variants], job.threads, job.options.progress)
-        base_valid = ctx.result("baseline")["float"]["valid"]["mAP50"]
         half_floor = ctx.setting("run.max_loss") / 2
         epochs = ctx.setting("compress.lever_epochs")
+        lr = ctx.setting("pruning.finetune_learning_rate")
         timed = [{"levers": v.to_json(), "names": v.names(), "ms": ms, "speedup": times[0] / ms} for v, ms in zip(variants, times[1:])]
         # the fastest first; the first one within half the floor is kept, so the slower ones need no training
         order = sorted((k for k, t in enumerate(timed) if t["speedup"] > MIN_GAIN), key=lambda k: timed[k]["ms"])
+        # the control: the unlevered model through the same short fine-tune, so that a variant's loss is the lever's, not the recipe's
+        base_valid = ctx.result("baseline")["float"]["valid"]["mAP50"]
+        control = finetune_in(ctx, ctx.input("baseline.h5"), ctx.output("levers") / "control", epochs, size, lr) if epochs and order else None
+        control_valid = control["best_mAP50"] if control else base_valid
         tried = []
         for n, k in enumerate(order):
             v = variants[k]
@@ -179,15 +184,16 @@ class LeversStage(CompressStage):
             if not start.exists():
                 lever_model(ctx.input("baseline.h5"), v, start)
             log(f"   lever variant {n + 1} of at most {len(order)}: {', '.join(v.names())}: {timed[k]['speedup']:.2f}x as int8; {epochs} epochs")
-            tuned = finetune_in(ctx, start, folder / "run", epochs, size, ctx.setting("pruning.finetune_learning_rate")) if epochs else None
+            tuned = finetune_in(ctx, start, folder / "run", epochs, size, lr) if epochs else None
             valid = tuned["best_mAP50"] if tuned else job.evaluate(start, "valid")["mAP50"]
-            tried.append({**timed[k], "valid_mAP50": valid, "loss_points": 100 * (base_valid - valid), "model": tuned["best_model"] if tuned else str(start),
+            tried.append({**timed[k], "valid_mAP50": valid, "loss_points": 100 * (control_valid - valid), "model": tuned["best_model"] if tuned else str(start),
                           "epoch_seconds": tuned["seconds"] / epochs if tuned else None})  # fmt: skip
             if tried[-1]["loss_points"] <= half_floor:
                 break
         pick = max((t for t in tried if t["loss_points"] <= half_floor), key=lambda t: t["speedup"], default=None)
-        data = {"unpruned_ms": times[0], "timed": timed, "tried": tried, "half_floor_points": half_floor, "epochs": epochs}
-        measured = sorted(t["epoch_seconds"] for t in tried if t["epoch_seconds"])
+        data = {"unpruned_ms": times[0], "timed": timed, "tried": tried, "half_floor_points": half_floor, "epochs": epochs,
+                "control_valid_mAP50": control_valid, "base_valid_mAP50": base_valid}  # fmt: skip
+        measured = sorted([t["epoch_seconds"] for t in tried if t["epoch_seconds"]] + ([control["seconds"] / epochs] if control else []))
         epoch_seconds = measured[len(measured) // 2] if measured else None  # at the model's size, for the time budget
         if pick is None:
             data["why"] = f"no variant stayed within half the floor ({half_floor:g} points) after {epochs} epochs"
