@@ -27,18 +27,24 @@ def row(path: Path) -> tuple[dict, str]:
     except (OSError, json.JSONDecodeError) as err:
         raise UserError(f"not a compress report: {err}", path) from None
     name = path.stem.removeprefix("compress-")
+    text = " and ".join(t["text"] for t in r["targets"]) if r.get("targets") else r["target"]["text"]
     points = r["map50_points_vs_float"]
     cells = [
-        name, r["target"]["text"], f"{r['input_size']}",
+        name, text, f"{r['input_size']}",
         f"{r['speedup_vs_unpruned_int8']:.2f}x {'✓' if r['speedup_vs_unpruned_int8'] >= 3 else '✗'}",
         f"{r['map50_float_unpruned']:.3f} → {r['map50_final_int8']:.3f} ({points:+.1f}) {'✓' if points >= -1 else '✗'}",
         f"{r['size_ratio_vs_float_weights']:.1f}x ({r['gzip_bytes_final_int8'] / 1e6:.2f} MB) {'✓' if r['size_ratio_vs_float_weights'] >= 40 else '✗'}",
-        f"{r['latency_ms_final_int8']:.2f} / {r['latency_ms_unpruned_int8']:.2f} ms (predicted {r['predicted_latency_ms_final_int8']:.2f})",
-        f"{r['seconds'] / 60:.0f} min",
+        f"{r['latency_ms_final_int8']:.2f} / {r['latency_ms_unpruned_int8']:.2f} ms"
+        + (f" (predicted {r['predicted_latency_ms_final_int8']:.2f})" if r.get("predicted_latency_ms_final_int8") is not None else ""),
+        f"{r.get('delivered', 'plan')}; {r['map50_loss_validation']:.2f} (floor {r['max_loss']:g})" if "max_loss" in r else "-",
+        ", ".join(r.get("levers") or []) or "none",
+        f"{r['seconds'] / 60:.0f} min" + (f" (budget {r['time_budget_min']:g})" if r.get("time_budget_min") else ""),
     ]  # fmt: skip
     return {"run": name, "file": str(path), **{k: r[k] for k in ("target", "input_size", "speedup_vs_unpruned_int8", "map50_float_unpruned",
             "map50_final_int8", "map50_points_vs_float", "size_ratio_vs_float_weights", "gzip_bytes_final_int8", "latency_ms_final_int8",
-            "latency_ms_unpruned_int8", "predicted_latency_ms_final_int8", "seconds")}, "machine": r.get("machine")}, "| " + " | ".join(cells) + " |"  # fmt: skip
+            "latency_ms_unpruned_int8", "predicted_latency_ms_final_int8", "seconds")},
+            **{k: r.get(k) for k in ("max_loss", "map50_loss_validation", "levers", "delivered", "time_budget_min", "targets")},
+            "machine": r.get("machine")}, "| " + " | ".join(cells) + " |"  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -52,8 +58,9 @@ def main(argv=None) -> int:
         rows.append(data)
         lines.append(line)
     md = [
-        "| run | target | input | speed-up vs unpruned int8 (≥ 3x) | mAP@0.5 float → final int8, test split (≥ −1 point) | smaller than float .weights (≥ 40x) | int8 latency final / unpruned | wall time |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | target | input | speed-up vs unpruned int8 (≥ 3x) | mAP@0.5 float → final int8, test split (≥ −1 point) | smaller than float .weights (≥ 40x) "
+        "| int8 latency final / unpruned | delivered; validation loss, points | levers | wall time |",
+        "|---|---|---|---|---|---|---|---|---|---|",
         *lines,
         "",
         f"Machine: {rows[0]['machine']}; LiteRT, 2 threads.",
