@@ -47,8 +47,8 @@ from .targets import Target, parse_target, parse_targets
 __all__ = ["CompressOptions", "Target", "parse_target", "parse_targets", "run_compress", "build_stages", "stages_markdown"]
 
 
-def build_stages(options: CompressOptions) -> list[Stage]:
-    """The stages a compress job runs, in order, for its options."""
+def build_stages(options: CompressOptions, budgeted: bool = True) -> list[Stage]:
+    """The stages a compress job runs, in order, for its options; ``budgeted``: a time budget chooses the training epochs."""
     searched = not (options.preset or options.from_config)
     # levers change the architecture: for a speed or MACs target only (they buy no size), never for a given plan
     kinds = tuple(t.kind for t in ([options.target, *options.also] if options.target else []))
@@ -60,7 +60,7 @@ def build_stages(options: CompressOptions) -> list[Stage]:
         stages.append(Reach())
     if searched:
         stages.append(Sensitivity())
-    stages += [PlanStage(searched, kinds), Candidates(), Prune(), Finetune(), Cluster(), ClusterFinetune(), Int8(), Floor(),
+    stages += [PlanStage(searched, kinds), Candidates(budgeted), Prune(), Finetune(budgeted), Cluster(), ClusterFinetune(), Int8(), Floor(),
                PlanConfig()]  # fmt: skip
     stages.append(Report(tuple(s.name for s in stages)))
     return stages
@@ -82,7 +82,7 @@ def run_compress(config, model_path: str | None, options: CompressOptions) -> di
 
     job = CompressJob(config, model_path, options)
     check_fixed_plan(job)  # before the run folder is made
-    pipeline = Pipeline(build_stages(options), job.settings, job.run_dir, groups=GROUPS, force=options.force, log=log, services=job)
+    pipeline = Pipeline(build_stages(options, bool(job.config.compress.time_budget)), job.settings, job.run_dir, groups=GROUPS, force=options.force, log=log, services=job)
     write_json(pipeline.run_dir / "job.json", {"settings": job.settings, "stages": [s.name for s in pipeline.stages],
                                                "fingerprints": pipeline.fingerprints})  # fmt: skip
     if options.measurements_from:

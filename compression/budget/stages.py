@@ -328,9 +328,12 @@ class PlanStage(CompressStage):
 
 class Candidates(CompressStage):
     name, title = "candidates", "short distilled fine-tunes of each input size's plan, successive halving on validation until one is left"
-    reads = (*FINETUNE_READS, *TAIL_READS, "compress.candidate_epochs", "compress.finetune_epochs", "compress.round_to", "pruning.similarity_w1",
-             "pruning.similarity_w2", "pruning.min_channels")  # fmt: skip
     needs = ("baseline", "levers", "plan")
+
+    def __init__(self, budgeted: bool = True):
+        # with a time budget the epochs depend on what follows (the reserve); without one, on the configured epochs alone
+        own = ("compress.candidate_epochs", "compress.round_to", "pruning.similarity_w1", "pruning.similarity_w2", "pruning.min_channels")
+        self.reads = (*FINETUNE_READS, *own, *((*TAIL_READS, "compress.finetune_epochs") if budgeted else ("compress.time_budget",)))
     writes = ("candidates",)
 
     def run(self, ctx: StageContext) -> dict:
@@ -397,8 +400,10 @@ class Prune(CompressStage):
 
 class Finetune(CompressStage):
     name, title = "finetune", "fine-tuning with distillation from the baseline (continues the chosen candidate's run); epochs fill the time budget"
-    reads = (*FINETUNE_READS, *TAIL_READS, "compress.finetune_epochs")
     needs = ("baseline", "levers", "plan", "candidates", "prune")
+
+    def __init__(self, budgeted: bool = True):
+        self.reads = (*FINETUNE_READS, "compress.finetune_epochs", *(TAIL_READS if budgeted else ("compress.time_budget",)))
     writes = ("finetune", "finetuned.h5")
 
     def run(self, ctx: StageContext) -> dict:
