@@ -43,26 +43,13 @@ def test_pool_stride_keeps_shapes_copies_kernels_and_fixes_references():
 
 
 def test_levered_cfg_reads_in_opencv_like_keras(tmp_path):
-    from test_opencv import opencv_outputs
+    from test_opencv import assert_keras_matches_opencv
 
     from compression.budget.levers import Levers
-    from yolo3.darknet import write_weights
-    from yolo3.keras_model import build_model, set_darknet_weights
-    from yolo3.spec import write_cfg
 
     spec = _tiny()
     spec, weights = Levers(pool_stride=(0, 2, 4, 6), relu=True).apply(spec, random_weights(spec, seed=5))
-    cfg, wts = tmp_path / "levered.cfg", tmp_path / "levered.weights"
-    write_cfg(spec, cfg)
-    write_weights(wts, spec, weights)
-    model = build_model(spec)
-    set_darknet_weights(model, spec, weights)
-    tensor = np.random.RandomState(1).rand(64, 64, 3).astype(np.float32)
-    ours = [np.asarray(o)[0] for o in model(tensor[None])]
-    theirs = opencv_outputs(cfg, wts, tensor, [f"conv_{i - 1}" for i in spec.yolo_indices()])
-    for a, b in zip(ours, theirs):
-        assert a.shape == b.shape
-        assert np.abs(a - b).max() < 1e-3
+    assert_keras_matches_opencv(spec, weights, tmp_path, "levered")
 
 
 def _records(sides: list[float], image: int = 640):

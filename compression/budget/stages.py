@@ -152,9 +152,7 @@ class LeversStage(CompressStage):
 
         job = ctx.services
         if not self.active:
-            shutil.copyfile(ctx.input("baseline.h5"), ctx.output("levered.h5"))
-            write_json(ctx.output("levers.json"), {"chosen": Levers().to_json(), "why": "no search: the plan is given"})
-            return {"chosen": Levers().to_json(), "names": [], "measured_speedup": 1.0, "why": "the plan is given"}
+            return self._none(ctx, "no search: the plan is given")
         spec = job.spec(ctx.input("baseline.h5"))
         allowed = ctx.setting("compress.levers")
         pairs = pool_stride_pairs(spec) if "pool_stride" in allowed else []
@@ -601,7 +599,6 @@ class Floor(CompressStage):
                         "what": f"the unpruned int8 model at {job.base_size} px"})  # fmt: skip
         for o in options:
             o["loss_points"] = 100 * (base_valid - o["valid"])
-        message = None
         if options[0]["loss_points"] > max_loss:
             times = time_models([ctx.input("baseline-int8.tflite")] + [ctx.input(o["file"]) for o in options], job.threads, 5, 5, job.options.progress)
             for o, ms in zip(options, times[1:]):
