@@ -1,5 +1,6 @@
 """kill -9 of every command that writes a model: no process of the tool is left, the output holds the old file or nothing,
-and the next run leaves no temporary behind."""
+nothing half-written is ever beside the output (the writer stages in the system temp folder and links an unnamed
+file into place), and the next run removes the killed writer's staging folder."""
 
 from __future__ import annotations
 
@@ -76,7 +77,16 @@ def test_kill_leaves_old_file_or_nothing_and_no_process(toy, tmp_path, name, arg
         target.write_bytes(old)
         _kill_after(cmd, delay)
         assert not target.exists() or target.read_bytes() == old or target.stat().st_size > len(old), f"{name}: half-written output"
+        assert _temporaries(tmp_path) == [], f"{name}: temporaries beside the output after kill -9: {_temporaries(tmp_path)}"
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
         assert target.stat().st_size > len(old)
         assert _temporaries(tmp_path) == [], f"{name}: temporaries left after the next run: {_temporaries(tmp_path)}"
+        assert _dead_staging() == [], f"{name}: staging folders of killed writers left after the next run: {_dead_staging()}"
+
+
+def _dead_staging() -> list[str]:
+    """Staging folders (``PID.XXXX``) of the tool's writers whose process is gone."""
+    from yolo3.fileio import _alive, _staging_root
+
+    return sorted(f.name for f in _staging_root().iterdir() if not _alive(int(f.name.split(".", 1)[0])))

@@ -2,20 +2,30 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary name in the destination folder, then rename it to ``path``.
+    """Call ``write(tmp)`` on a temporary path, then put the finished file at ``path`` in one step.
 
     ``write`` receives a path (not a file object) so that libraries which insist
-    on opening files themselves (h5py, the TFLite converter) can use it too.
-    The temporary name keeps the destination's suffix, since some writers
-    (Keras ``save``) choose the format from it.
+    on opening files themselves (h5py, the TFLite converter's worker process)
+    can use it too. The temporary keeps the destination's name, since some
+    writers (Keras ``save``) choose the format from the suffix.
+
+    Nothing half-written ever appears beside ``path``, even after ``kill -9``:
+    the writer works in a private staging folder under the system temp folder
+    (a killed writer's folder is removed by the next write of any process of
+    the tool), and the finished bytes are copied into an unnamed file
+    (Linux ``O_TMPFILE``) in the destination folder that is linked into place
+    only when complete. Where ``O_TMPFILE`` is not available the copy goes to
+    a hidden named temporary that is renamed over ``path``.
     """
     from .errors import UserError
 
@@ -25,26 +35,108 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix, dir=path.parent)
+        remove_stale_staging()
+        staging = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}.", dir=_staging_root()))
     except OSError as err:
         raise UserError(f"cannot write here: {err.strerror or err}", path) from None
+    try:
+        staged = staging / path.name
+        try:
+            write(staged)
+        except OSError as err:
+            if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise UserError(f"no space left in the temporary folder {staging.parent} ({err.strerror}); set TMPDIR elsewhere",
+                            path) from None  # fmt: skip
+        try:
+            _place(staged, path)
+        except OSError as err:
+            raise UserError(f"cannot write here: {err.strerror or err}", path) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _place(staged: Path, path: Path) -> None:
+    """Put the finished file ``staged`` at ``path`` atomically, through an unnamed file where the OS has them."""
+    mode = 0o666 & ~_umask()
+    if not os.path.isdir("/proc/self/fd"):  # the unnamed file is named through /proc
+        _place_through_named_temporary(staged, path, mode)
+        return
+    try:
+        fd = os.open(path.parent, os.O_TMPFILE | os.O_WRONLY, mode)
+    except (AttributeError, OSError):  # no O_TMPFILE (not Linux, or a file system without it)
+        _place_through_named_temporary(staged, path, mode)
+        return
+    try:
+        with open(staged, "rb") as src, os.fdopen(fd, "wb", closefd=False) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        if not path.exists():
+            try:
+                _link_unnamed(fd, path)
+                return
+            except FileExistsError:
+                pass
+        tmp = path.parent / f".{path.stem}.{os.getpid()}.{os.urandom(4).hex()}{path.suffix}"
+        _link_unnamed(fd, tmp)  # named for the instant of the rename only
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _link_unnamed(fd: int, path: Path) -> None:
+    """Give the unnamed file ``fd`` the name ``path`` (``linkat`` with ``AT_SYMLINK_FOLLOW`` through ``/proc``).
+
+    A directory descriptor is passed because CPython calls plain ``link()``,
+    which does not follow the ``/proc`` link, when no descriptor is given.
+    """
+    folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.link(f"/proc/self/fd/{fd}", path.name, dst_dir_fd=folder, follow_symlinks=True)
+    finally:
+        os.close(folder)
+
+
+def _place_through_named_temporary(staged: Path, path: Path, mode: int) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.{os.getpid()}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        write(tmp_path)
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a model or report gets the permissions of any new file
+        shutil.copyfile(staged, tmp_path)
+        os.chmod(tmp_path, mode)  # mkstemp makes 0600; a model or report gets the permissions of any new file
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
 
 
-def remove_stale_temporaries(path: Path) -> list[Path]:
-    """Delete the temporaries a killed writer of ``path`` left (``.STEM.PID.XXXX.SUFFIX`` whose process is gone).
+def _staging_root() -> Path:
+    """The tool's own folder under the system temp folder, one per user (``yolo3-staging-UID``)."""
+    root = Path(tempfile.gettempdir()) / f"yolo3-staging-{os.getuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
 
-    A ``kill -9`` between creating the temporary and renaming it leaves the
-    temporary behind; the next write of the same file removes it. A temporary
-    of a writer still running is left alone.
+
+def remove_stale_staging() -> list[Path]:
+    """Delete the staging folders (``PID.XXXX``) of writers that are gone: what a ``kill -9`` left."""
+    removed = []
+    for folder in _staging_root().iterdir():
+        pid = folder.name.split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete the named temporaries a killed writer of ``path`` left (``.STEM.PID.XXXX.SUFFIX`` whose process is gone).
+
+    The tool makes such a name only where the OS has no unnamed files, or for
+    the instant between linking a finished file and renaming it over ``path``;
+    files of that form left by a writer still running are left alone.
     """
     removed = []
     for tmp in path.parent.glob(f".{glob.escape(path.stem)}.*{glob.escape(path.suffix)}"):
