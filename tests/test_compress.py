@@ -113,6 +113,22 @@ def test_unreachable_target_names_the_best_reach(finished_run, tmp_path):
     assert (fresh / "baseline.h5").exists() and (fresh / "stages" / "cost-models.json").exists()
 
 
+def test_max_speedup_runs_to_the_end_and_reports_what_it_planned(finished_run, tmp_path):
+    """--target-speedup max end to end (the measurements reused): the plan's aim comes from the floor, the report says it and
+    whether the delivered model holds the floor."""
+    config, run_dir, _ = finished_run
+    fresh = tmp_path / "run"
+    cmd = compress_cmd(config, "--target-speedup", "max", "--measurements-from", str(run_dir), "--run-dir", str(fresh))
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    plan = json.loads((fresh / "plan.json").read_text())
+    assert plan["asked"]["value"] == "max" and plan["target"]["value"] > 1 and plan["resolved_from_floor"]["predicted_loss_points"] <= 1.0
+    report = json.loads((fresh / "report.json").read_text())
+    (met,) = report["targets"]
+    assert met["extreme"] and met["planned"] == plan["target"]["value"] and met["met"] == (report["map50_loss_validation"] <= 1.0)
+    assert "within the accuracy floor" in report["target"]["text"] and "planned from the sensitivity" in (fresh / "report.md").read_text()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -127,6 +143,9 @@ def test_unreachable_target_names_the_best_reach(finished_run, tmp_path):
         (["--target-speedup", "2", "--time-budget", "-5"], "--time-budget is in minutes"),
         (["--target-speedup", "2", "--time-budget", "1e9"], "--time-budget is in minutes"),
         (["--target-speedup", "2", "--target-size", "-1"], "must be a positive number"),
+        (["--target-speedup", "fast"], "must be a positive number or max"),
+        (["--target-size", "max"], "must be a positive number or min"),
+        (["--target-speedup", "max", "--target-size", "1"], "goes alone"),
         ([], "give a target"),
         (["--preset", "late-heavy", "--target-speedup", "2"], "one of a target"),
         (["--target-speedup", "2", "--sizes", "100"], "not a positive multiple of 32"),
@@ -223,6 +242,48 @@ def test_two_targets_at_once_are_both_met_by_the_plan():
     assert params(alone.kept, 64) > 0.5 * full_params  # the MACs target alone leaves the parameters above the second budget
     both = plan_budget(cmap, points, {64: 0.0}, CombinedCost([(macs, 0.8 * full_macs), (params, 0.5 * full_params)]), 1.0, [64], pruning).best
     assert macs(both.kept, 64) <= 0.8 * full_macs and params(both.kept, 64) <= 0.5 * full_params
+
+
+def test_max_speedup_is_the_cheapest_plan_the_floor_allows():
+    """--target-speedup max: the greedy path is followed to its end and the cheapest state whose predicted loss holds the floor
+    sets the target; a unit that would break the floor alone is never cut, an input size that breaks it is never chosen."""
+    import math
+    from types import SimpleNamespace
+
+    from compression.budget.plan import Inputs, resolve_extreme
+    from compression.budget.planner import ChannelMap, LatencyCost, plan_budget
+    from compression.budget.targets import Target
+    from yolo3.config import Section
+    from yolo3.names import conv_name
+    from yolo3.spec import parse_cfg
+
+    spec = parse_cfg(TOY_CFG, "toy.cfg")
+    cmap = ChannelMap(spec)
+    latency = SimpleNamespace(alpha=0.0, beta=1.0, block_time=lambda layer, kind, px, cin, cout: px * (cin or 1) * (cout or 1) * 1e-6)
+    pruning = Section({"min_channels": 8, "round_to": 8, "similarity_w1": 0.5, "similarity_w2": 0.5})
+    first = min(cmap.units)
+    units = {conv_name(u): {"group": u, "points": [{"kept": c // 2, "loss": 0.02 if u == first else 0.001}]} for u, c in cmap.units.items()}
+    sensitivity = {"pruning": {"base_mAP50": 0.9, "units": units}, "sizes": {"64": 0.9, "32": 0.85}}
+
+    def resolve(max_loss):
+        target = Target("speedup", math.nan, extreme=True)
+        job = SimpleNamespace(options=SimpleNamespace(target=target, max_loss=max_loss, also=()), targets=[target], sizes=[64, 32],
+                              base_size=64, pruning=lambda: pruning, run_dir="run")  # fmt: skip
+        return resolve_extreme(Inputs(job, spec, latency, sensitivity=sensitivity))
+
+    target, why = resolve(1.0)
+    assert not target.extreme and target.value > 1.2 and why["size"] == 64 and why["predicted_loss_points"] <= 1.0
+    cost = LatencyCost(latency, cmap)
+    plan = plan_budget(cmap, {u["group"]: u["points"] for u in units.values()}, {64: 0.0, 32: 0.05}, cost,
+                       cost(cmap.full(), 64) / target.value, [64], pruning)  # fmt: skip
+    assert plan.best.kept[first] == cmap.units[first] and plan.best.loss <= 0.01  # the planned target is met within the floor
+    assert resolve(0.0)[0].value == 1.0  # no loss allowed: the unpruned network
+    from compression.budget.targets import parse_targets
+    from yolo3.errors import UserError
+
+    with pytest.raises(UserError, match="goes alone"):
+        parse_targets(speedup="max", size=1.0)
+    assert parse_targets(size="MIN")[0].to_json()["value"] == "min"
 
 
 def test_the_time_budget_fills_the_time_left_within_bounds():

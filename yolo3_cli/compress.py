@@ -23,9 +23,10 @@ def configure(parser) -> None:
     add_config(parser)
     parser.add_argument("--model", help="the trained float model (.h5 written by this tool, or .weights); default: model.weights")
     target = parser.add_argument_group("the budget (one or several: one speed target, a MACs and a size target may go together)")
-    target.add_argument("--target-speedup", type=float, metavar="X", help="X times faster than the unpruned int8 model (int8 LiteRT, this machine)")
+    target.add_argument("--target-speedup", metavar="X", help="X times faster than the unpruned int8 model (int8 LiteRT, this machine); "
+                        "max: the fastest model within --max-loss")
     target.add_argument("--target-latency", type=float, metavar="MS", help="int8 latency of at most MS milliseconds on this machine")
-    target.add_argument("--target-size", type=float, metavar="MB", help="gzipped int8 .tflite of at most MB megabytes")
+    target.add_argument("--target-size", metavar="MB", help="gzipped int8 .tflite of at most MB megabytes; min: the smallest within --max-loss")
     target.add_argument("--target-macs", type=float, metavar="FRACTION", help="at most this fraction of the original MACs (0.3 = 70 %% fewer)")
     parser.add_argument("--max-loss", type=float, default=1.0, metavar="POINTS",
                         help="the accuracy floor: mAP@0.5 points the delivered model may lose on the validation split against the unpruned "

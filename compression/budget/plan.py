@@ -69,11 +69,11 @@ def cluster_exclusions(spec, config, sensitivity: dict | None) -> list[str]:
     return [conv_name(i) for i in spec.conv_indices() if i not in chosen]
 
 
-def budget_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False):
+def budget_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False, targets=None):
     """(the cost the planner minimises, the value it must reach): the target's own, or with several targets their :class:`~.planner.CombinedCost` and 1.0."""
     from .planner import CombinedCost
 
-    targets = inputs.job.targets
+    targets = targets or inputs.job.targets
     if len(targets) == 1:
         return target_cost(inputs, cmap, reach_all_clusters, targets[0])
     return CombinedCost([target_cost(inputs, cmap, reach_all_clusters, t) for t in targets]), 1.0
@@ -100,27 +100,69 @@ def target_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False, target=N
     return SizeCost(inputs.size_model, cmap, clustered), target.value * 1e6
 
 
+def resolve_extreme(inputs: Inputs):
+    """``--target-speedup max`` / ``--target-size min`` as a plain target: the cheapest plan whose predicted loss holds the floor.
+
+    The planner's greedy path is followed at every input size to the end of
+    every unit's ladder; the loss it predicts along the path (the sensitivity
+    analysis' one-shot losses, summed) only grows, so the last state within
+    ``max_loss`` of each size is that size's best; the cheapest of them sets
+    the value. The prediction is a guide, not a promise: the floor stage
+    measures the fine-tuned int8 model and falls back when it breaks the floor.
+    Returns (the plain target, what the choice was made from).
+    """
+    from .planner import ChannelMap, plan_budget
+
+    job = inputs.job
+    target = job.options.target
+    cmap = ChannelMap(inputs.spec)
+    points, size_loss = _losses(inputs.sensitivity)
+    unit = target.resolved(1.0)  # a placeholder value: only the cost function is wanted
+    cost, _ = target_cost(inputs, cmap, False, unit)
+    path = plan_budget(cmap, points, size_loss, cost, 0.0, job.sizes, job.pruning()).trace
+    within = [c for c in path if c.loss * 100 <= job.options.max_loss]
+    if not within:  # not even the unpruned network at the base size: nothing to plan
+        raise UserError(f"{target.describe()}: every input size loses more than --max-loss {job.options.max_loss:g} points by prediction; "
+                        "raise --max-loss or give a number", job.run_dir)  # fmt: skip
+    best = min(within, key=lambda c: (c.cost, c.loss))
+    full = cmap.full()
+    value = cost(full, job.base_size) * inputs.lever_speedup / best.cost if target.kind == "speedup" else best.cost / 1e6
+    return target.resolved(value), {"size": best.size, "predicted_loss_points": 100 * best.loss, "steps_within_floor": len(within),
+                                    "steps": len(path)}  # fmt: skip
+
+
+def _losses(sensitivity: dict) -> tuple[dict, dict]:
+    """(each unit's measured points, each input size's loss) from the sensitivity analysis."""
+    base_map = sensitivity["pruning"]["base_mAP50"]
+    points = {u["group"]: u["points"] for u in sensitivity["pruning"]["units"].values()}
+    return points, {int(s): base_map - m for s, m in sensitivity["sizes"].items()}
+
+
 def search_plan(inputs: Inputs) -> dict:
-    """One candidate per input size, searched, checked by timing where the target is a speed; the data of plan.json."""
+    """One candidate per input size, searched, checked by timing where the target is a speed; the data of plan.json.
+
+    An extreme target (``max`` / ``min``) is first turned into a plain one (:func:`resolve_extreme`).
+    """
     from .planner import ChannelMap, CombinedCost, LatencyCost, plan_budget
 
     job = inputs.job
     cmap = ChannelMap(inputs.spec)
     full = cmap.full()
-    target = job.options.target
+    target, resolution = job.options.target, None
+    if target.extreme:
+        target, resolution = resolve_extreme(inputs)
     sens = inputs.sensitivity
     base_map = sens["pruning"]["base_mAP50"]
-    points = {u["group"]: u["points"] for u in sens["pruning"]["units"].values()}
-    size_loss = {int(s): base_map - m for s, m in sens["sizes"].items()}
-    cost, target_value = budget_cost(inputs, cmap)
+    points, size_loss = _losses(sens)
+    cost, target_value = budget_cost(inputs, cmap, targets=[target]) if resolution else budget_cost(inputs, cmap)
     plan = plan_budget(cmap, points, size_loss, cost, target_value, job.sizes, job.pruning())
     checks = {}
-    if target.kind in ("speedup", "latency") and plan.feasible:
+    if target.kind in ("speedup", "latency") and plan.feasible and resolution is None:  # an extreme target's value is an aim, not a promise
         # the speed target's own (cost, value): the first part of a combination (the primary target is first)
         latency_target = cost.parts[0] if isinstance(cost, CombinedCost) else (cost, target_value)
         plan, checks = check_latency(inputs, plan, cmap, points, size_loss, cost, target_value, latency_target)
     if not plan.feasible:
-        unreachable(job, plan, cost, full, inputs.lever_speedup)
+        unreachable(job, plan, cost, full, inputs.lever_speedup, target)
     unit_ms = LatencyCost(inputs.latency, cmap)
     candidates = {}
     for size, cand in plan.per_size.items():
@@ -129,7 +171,8 @@ def search_plan(inputs: Inputs) -> dict:
         candidates[str(size)] = {**cand.to_json(), "predicted_ms": unit_ms(cand.kept, size),
                                  "predicted_mAP50": base_map - cand.loss, "check": checks.get(size)}  # fmt: skip
     return {
-        "target": target.to_json(), "also": [t.to_json() for t in job.options.also], "cost": plan.cost_name, "cost_unit": plan.cost_unit, "target_cost": target_value,
+        "target": target.to_json(), "asked": job.options.target.to_json(), "resolved_from_floor": resolution,
+        "also": [t.to_json() for t in job.options.also], "cost": plan.cost_name, "cost_unit": plan.cost_unit, "target_cost": target_value,
         "unpruned_cost": cost(full, job.base_size), "reach": {str(k): v for k, v in plan.reach.items()},
         "candidates": candidates, "best_by_prediction": plan.best.size,
         "trace": [c.to_json() | {"predicted_ms": unit_ms(c.kept, c.size)} for c in plan.trace],
@@ -208,10 +251,10 @@ def aimed(cost, target_value: float, latency_cost, factor: float):
     return cost, target_value * factor
 
 
-def unreachable(job, plan, cost, full, lever_speedup: float = 1.0) -> None:
+def unreachable(job, plan, cost, full, lever_speedup: float = 1.0, target=None) -> None:
     """The target is out of reach: one message naming the most the planner can reach."""
     size, reach = min(plan.reach.items(), key=lambda kv: kv[1])
-    target = job.options.target
+    target = target or job.options.target
     unpruned = cost(full, job.base_size)
     if job.options.also:
         raise UserError(f"{job.describe_targets()} cannot be met together: the closest the planner gets is {reach:.2f} times the "
@@ -235,7 +278,7 @@ def check_reachable(inputs: Inputs) -> None:
     from .planner import ChannelMap, Plan, unit_floor
 
     job = inputs.job
-    if job.options.target is None:
+    if job.options.target is None or job.options.target.extreme:  # "max" / "min" is whatever the floor allows
         return
     cmap = ChannelMap(inputs.spec)
     floor = {u: unit_floor(c, job.pruning()) for u, c in cmap.units.items()}

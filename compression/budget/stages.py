@@ -319,7 +319,7 @@ class PlanStage(CompressStage):
             data, exclude = fixed_plan(inputs)
         write_json(ctx.output("plan.json"), data)
         sizes = sorted(int(s) for s in data["candidates"])
-        return {"sizes": sizes, "best_by_prediction": data["best_by_prediction"], "cluster_exclude": exclude,
+        return {"sizes": sizes, "best_by_prediction": data["best_by_prediction"], "cluster_exclude": exclude, "target": data.get("target"),
                 "kept": {s: c["kept"] for s, c in data["candidates"].items()},
                 "predicted_ms": {s: c["predicted_ms"] for s, c in data["candidates"].items()}}  # fmt: skip
 
@@ -603,7 +603,11 @@ class Floor(CompressStage):
             times = time_models([ctx.input("baseline-int8.tflite")] + [ctx.input(o["file"]) for o in options], job.threads, 5, 5, job.options.progress)
             for o, ms in zip(options, times[1:]):
                 o["speedup"] = times[0] / ms
-        pick, message = floor_choice(options, max_loss, job.describe_targets())
+        wanted = job.describe_targets()
+        if job.options.target is not None and job.options.target.extreme:
+            planned = ctx.result("plan")["target"]
+            wanted = f"the plan for {planned['text']} (the most the floor allowed by prediction)"
+        pick, message = floor_choice(options, max_loss, wanted)
         if message:
             if ctx.setting("run.strict"):
                 raise UserError(message + "; stopped (--strict): nothing was delivered", job.run_dir)
