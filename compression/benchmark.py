@@ -32,6 +32,7 @@ class Variant:
     label: str
     format: str
     options: dict = field(default_factory=dict)
+    overrides: dict = field(default_factory=dict)  # config keys this row converts with, e.g. {"quantization.nms_classes_per_box": 1}
 
 
 def parse_formats(text: str) -> list[Variant]:
@@ -62,6 +63,7 @@ def run_benchmark(config, model_path: str | None, variants: list[Variant], folde
     at the config's score threshold, so that in-graph and numpy NMS compare.
     """
 
+    from yolo3.config import with_overrides
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import evaluate, make_predictor
     from yolo3.lite import interleaved_latency
@@ -86,7 +88,7 @@ def run_benchmark(config, model_path: str | None, variants: list[Variant], folde
             sizes = file_sizes(source)
         else:
             file = folder / f"model-{variant.label.replace(':', '')}.tflite"
-            conv = convert_config(config, model_path, variant.format, samples=samples, out=str(file), force=True, progress=False, **variant.options)
+            conv = convert_config(with_overrides(config, variant.overrides), model_path, variant.format, samples=samples, out=str(file), force=True, progress=False, **variant.options)
             sizes = {"bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"]}
         predictor, _ = make_predictor(config, str(file) if variant.format != "keras" else model_path, threads=threads)
         scored = evaluate(predictor, dataset, config.labels, v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress)

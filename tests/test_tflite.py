@@ -233,29 +233,38 @@ def test_edge_tpu_report_finds_the_first_unsupported_operator(tmp_path, syntheti
     spec = parse_cfg(TOY_CFG.replace("activation=leaky", "activation=linear"), "linear.cfg")
     export_tflite(tmp_path / "linear.h5", tmp_path / "nms.tflite", "int8", images, NAMES, 64, spec, options=ExportOptions(nms=True))
     fused = edge_tpu_report(tmp_path / "nms.tflite")
-    assert fused["first_unsupported"] is None and fused["operators"][-1]["op"] == "TFLite_Detection_PostProcess", fused["unsupported"]
+    ops = [r["op"] for r in fused["operators"]]
+    assert fused["first_unsupported"] is None and "TFLite_Detection_PostProcess" in ops, fused["unsupported"]
+    assert set(ops[ops.index("TFLite_Detection_PostProcess") + 1 :]) <= {"CAST", "MUL"}, ops  # only the count's product after it
 
 
-def _fast_nms_reference(outputs, heads, input_hw, score_threshold, iou, max_detections):
-    """What TFLite's "fast" NMS should give, from the numpy decode: each box with its best class, suppressed across classes."""
+def _fast_nms_reference(outputs, heads, input_hw, score_threshold, iou, max_detections, classes_per_box):
+    """What TFLite's "fast" NMS should give, from the numpy decode: boxes ranked by their best class and suppressed across
+    classes, each kept box with its ``classes_per_box`` best classes; the entries above the threshold, best first."""
     from yolo3.postprocess import Detections, decode, nms
 
-    boxes, scores, classes = [], [], []
+    boxes, scores = [], []
     for output, head in zip(outputs, heads):
         b, obj, probs = decode(output, head, input_hw)
-        s = obj[:, None] * probs
-        boxes.append(b), scores.append(s.max(1)), classes.append(s.argmax(1))
-    boxes, scores, classes = np.concatenate(boxes), np.concatenate(scores), np.concatenate(classes)
-    above = scores > score_threshold
-    boxes, scores, classes = boxes[above], scores[above], classes[above]
-    keep = nms(boxes, scores, np.zeros_like(classes), iou, max_detections)
-    return Detections(boxes[keep], scores[keep], classes[keep])
+        boxes.append(b), scores.append(obj[:, None] * probs)
+    boxes, scores = np.concatenate(boxes), np.concatenate(scores)
+    best = scores.max(1)
+    above = np.nonzero(best > score_threshold)[0]
+    kept = above[nms(boxes[above], best[above], np.zeros(len(above), np.int64), iou, max_detections)]
+    box, score, cls = [], [], []
+    for i in kept:
+        for c in np.argsort(-scores[i], kind="stable")[:classes_per_box]:
+            if scores[i, c] > score_threshold:
+                box.append(boxes[i]), score.append(scores[i, c]), cls.append(c)
+    order = np.argsort(-np.asarray(score), kind="stable")[:max_detections]
+    return Detections(np.asarray(box)[order], np.asarray(score)[order], np.asarray(cls)[order])
 
 
 def test_in_model_nms_gives_the_numpy_decodes_detections(tmp_path, synthetic_valid):
     """--nms: TFLite's post-processing operator decodes as the numpy path does (float: to 0.02 px; int8: within quantization),
     outputs boxes / classes / scores / count, gives the same detections whatever the thread count, and the int8 file stays
-    integer up to that operator."""
+    integer up to that operator; each kept box reports its best classes (quantization.nms_classes_per_box, at most the
+    class count) and ``count`` counts those entries."""
     from compression.quantize.convert import convert_config
     from conftest import toy_config
     from yolo3.config import load_config
@@ -273,12 +282,16 @@ def test_in_model_nms_gives_the_numpy_decodes_detections(tmp_path, synthetic_val
     r_in, r_out = r["inputs"][0], r["outputs"]
     assert r["in_model_nms"]["outputs"] == ["boxes", "classes", "scores", "count"]
     assert (r_in["dtype"], r_in["zero_point"]) == ("uint8", 0) and r_in["scale"] == pytest.approx(1 / 255, rel=1e-3)  # camera bytes as they are
-    assert sorted(o["shape"] for o in r_out) == [[1], [1, 100], [1, 100], [1, 100, 4]] and {o["dtype"] for o in r_out} == {"float32"}
+    per_box = min(config.quantization.nms_classes_per_box, len(NAMES))
+    assert r["in_model_nms"]["classes_per_box"] == per_box == 3
+    assert sorted(o["shape"] for o in r_out) == [[1], [1, 300], [1, 300], [1, 300, 4]] and {o["dtype"] for o in r_out} == {"float32"}
     assert files["qn"].in_model_nms and not files["q"].in_model_nms
     interpreter = _interpreter_class()(model_path=str(tmp_path / "qn.tflite"))
     tensors = interpreter.get_tensor_details()
-    for op in interpreter._get_ops_details():  # every operator before the post-processing one computes in 8 bits
-        if op["op_name"] not in ("TFLite_Detection_PostProcess", "DEQUANTIZE", "QUANTIZE"):
+    ops = interpreter._get_ops_details()
+    last = next(k for k, op in enumerate(ops) if op["op_name"] == "TFLite_Detection_PostProcess")
+    for op in ops[:last]:  # every operator before the post-processing one computes in 8 bits (after it: the count's int32 product)
+        if op["op_name"] not in ("DEQUANTIZE", "QUANTIZE"):
             assert {np.dtype(tensors[i]["dtype"]).name for i in op["outputs"]} <= {"int8", "uint8"}, op["op_name"]
     images = sorted((synthetic_valid / "images").glob("*.jpg"))[:6]
     matched = total = 0
@@ -291,7 +304,7 @@ def test_in_model_nms_gives_the_numpy_decodes_detections(tmp_path, synthetic_val
             return predictor_detections(p, [o[0] for o in p.invoke(tensor[None])], None, 0.005, 0.45, 100)
 
         raw = [o[0] for o in files["f"].invoke(tensor[None])]
-        expected, fused = _fast_nms_reference(raw, files["f"].heads, (64, 64), 0.005, 0.45, 100), dets("fn")
+        expected, fused = _fast_nms_reference(raw, files["f"].heads, (64, 64), 0.005, 0.45, 100, per_box), dets("fn")
         assert len(fused) == len(expected) > 0
         np.testing.assert_allclose(fused.boxes, expected.boxes, atol=0.02)
         np.testing.assert_allclose(fused.scores, expected.scores, atol=1e-4)

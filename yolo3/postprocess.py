@@ -162,16 +162,18 @@ def from_model_nms(
     max_detections: int = 100,
 ) -> Detections:
     """Detections of one image from a model that ran NMS itself: boxes (n, 4) as ymin, xmin, ymax, xmax in [0, 1]
-    of the input, classes (n,), scores (n,) and the count, as TFLite's detection post-processing writes them."""
+    of the input, classes (n,), scores (n,) and the count of valid entries, as TFLite's detection post-processing
+    writes them (several entries per box when it reports several classes per box). The best ``max_detections``
+    entries above ``score_threshold`` are kept, best first."""
     boxes, classes, scores, count = (np.asarray(o) for o in outputs)
-    n = min(int(np.reshape(count, -1)[0]), len(scores), max_detections)
+    n = min(int(np.reshape(count, -1)[0]), len(scores))
     in_h, in_w = input_hw
-    pixels = boxes[:n, [1, 0, 3, 2]].astype(np.float32) * np.asarray([in_w, in_h, in_w, in_h], np.float32)
-    keep = scores[:n] > score_threshold
-    pixels = pixels[keep]
+    keep = np.nonzero(scores[:n] > score_threshold)[0]
+    keep = keep[np.argsort(-scores[keep], kind="stable")[:max_detections]]
+    pixels = boxes[keep][:, [1, 0, 3, 2]].astype(np.float32) * np.asarray([in_w, in_h, in_w, in_h], np.float32)
     if box is not None:
         pixels = box.to_image(pixels)
-    return Detections(pixels, scores[:n][keep].astype(np.float32), classes[:n][keep].astype(np.int64))
+    return Detections(pixels, scores[keep].astype(np.float32), classes[keep].astype(np.int64))
 
 
 def predictor_detections(

@@ -65,7 +65,8 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
     if source is not None and source.suffix.lower() == ".tflite":
         raise UserError("the model is already a .tflite; convert the .h5 or .weights it came from", source)
     options = ExportOptions(input_type=input_type, nms=nms, score_threshold=config.valid.score_threshold,
-                            nms_iou=config.valid.nms_iou, max_detections=config.valid.max_detections)  # fmt: skip
+                            nms_iou=config.valid.nms_iou, max_detections=config.valid.max_detections,
+                            nms_classes_per_box=config.quantization.nms_classes_per_box)  # fmt: skip
     options.check(fmt)
     out_path = check_output(Path(out) if out else default_output(source, fmt, config.folder, nms), ".tflite", force)
     loaded = load_for_config(config, model_path)
@@ -176,7 +177,7 @@ def format_report(report: dict) -> str:
     if report.get("in_model_nms"):
         n = report["in_model_nms"]
         lines.append(f"in-model NMS (TFLite_Detection_PostProcess): scores above {n['score_threshold']:g}, IoU {n['nms_iou']:g}, "
-                     f"at most {n['max_detections']} boxes; outputs {', '.join(n['outputs'])} (boxes ymin, xmin, ymax, xmax in [0, 1])")  # fmt: skip
+                     f"at most {n['max_detections']} boxes, {n.get('classes_per_box', 1)} classes each; outputs {', '.join(n['outputs'])} (boxes ymin, xmin, ymax, xmax in [0, 1])")  # fmt: skip
     if report.get("float_layers"):
         lines.append(f"kept in float: {', '.join(report['float_layers'])} (every other operator int8)")
     if report.get("kernels"):

@@ -49,6 +49,7 @@ def edge_tpu_report(path: str | Path) -> dict:
     tensors = interpreter.get_tensor_details()
     rows = []
     first = None
+    after_postprocess = False  # what follows the post-processing operator (the count's int32 product) is on the CPU too
     for op in interpreter._get_ops_details():
         name = op["op_name"]
         dtypes = {tensors[i]["dtype"] for i in [*op["inputs"], *op["outputs"]] if i >= 0}
@@ -59,8 +60,9 @@ def edge_tpu_report(path: str | Path) -> dict:
         else:
             why = None
         rows.append({"index": int(op["index"]), "op": name, "supported": why is None, "why": why})
-        if why is not None and first is None and name not in AT_THE_END:
+        if why is not None and first is None and name not in AT_THE_END and not after_postprocess:
             first = int(op["index"])
+        after_postprocess = after_postprocess or name == "TFLite_Detection_PostProcess"
     mapped = sum(1 for r in rows if first is None or r["index"] < first)
     return {"operators": rows, "first_unsupported": first, "mapped_operators": mapped, "total_operators": len(rows),
             "unsupported": sorted({r["op"] for r in rows if not r["supported"]})}  # fmt: skip

@@ -57,6 +57,7 @@ class ExportOptions:
     score_threshold: float = 0.005
     nms_iou: float = 0.45
     max_detections: int = 100
+    nms_classes_per_box: int = 5  # quantization.nms_classes_per_box
 
     def check(self, fmt: str) -> None:
         """One line for a combination that cannot be made, before any work is done."""
@@ -70,7 +71,8 @@ class ExportOptions:
     def nms_job(self) -> dict | None:
         if not self.nms:
             return None
-        return {"score_threshold": self.score_threshold, "iou": self.nms_iou, "max_detections": self.max_detections}
+        return {"score_threshold": self.score_threshold, "iou": self.nms_iou, "max_detections": self.max_detections,
+                "classes_per_box": self.nms_classes_per_box}
 
 
 def calibration_images(records, samples: int, seed: int = 0) -> list[str]:
@@ -216,7 +218,8 @@ def export_tflite(
         from .tflite_nms import OUTPUT_NAMES
 
         metadata["postprocess"] = {"nms": True, "outputs": list(OUTPUT_NAMES), "score_threshold": options.score_threshold,
-                                   "nms_iou": options.nms_iou, "max_detections": options.max_detections}  # fmt: skip
+                                   "nms_iou": options.nms_iou, "max_detections": options.max_detections,
+                                   "classes_per_box": min(options.nms_classes_per_box, int(metadata["heads"][0]["classes"]))}  # fmt: skip
     if fmt not in ("int8", "int16x8"):
         images = []
 
