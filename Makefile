@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(VENV)/bin/yolo3 compare runs/demo/evaluate.json runs/demo/evaluate-int8.json
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

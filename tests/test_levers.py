@@ -87,3 +87,12 @@ def test_floor_choice_delivers_the_plan_or_the_fastest_model_within_the_floor():
     assert "3x faster costs 4.00 mAP@0.5 points" in message and "the levers alone: 2.40x faster" in message
     pick, message = floor_choice([{**plan, "loss_points": 4.0}, {**levers, "loss_points": 2.0}, {**unpruned, "loss_points": 1.5}], 1.0, "3x")
     assert pick["name"] == "unpruned" and "no model holds the floor" in message
+
+
+def test_a_lever_variant_is_trained_only_if_it_beats_every_simpler_one():
+    """Nested variants (1 pair, 2 pairs, ..., all + ReLU): one timed within 3 % of a simpler one adds changes for nothing measurable."""
+    from compression.budget.stages import worth_training
+
+    # BCCD's timings: 1 pair 9.22 ms, 2 pairs 7.42, 3 pairs 7.63, 4 pairs 7.42, 4 pairs + ReLU 7.19, unlevered 11.07
+    assert worth_training([9.22, 7.42, 7.63, 7.42, 7.19], 11.07) == [0, 1, 4]
+    assert worth_training([10.9, 10.8], 11.0) == []  # nothing faster than the unlevered network by 3 %

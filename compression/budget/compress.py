@@ -55,7 +55,7 @@ def build_stages(options: CompressOptions, budgeted: bool = True) -> list[Stage]
     levered = searched and bool({"speedup", "latency", "macs"} & set(kinds))
     if options.sensitivity_only:
         return [Baseline(), LeversStage(False), Sensitivity()]
-    stages: list[Stage] = [Baseline(), LeversStage(levered), CostModels()]
+    stages: list[Stage] = [Baseline(), LeversStage(levered, budgeted), CostModels()]
     if options.target is not None:
         stages.append(Reach())
     if searched:
