@@ -274,3 +274,15 @@ def test_a_plan_below_the_floor_is_not_delivered(fixed_run, tmp_path):
     assert report["delivered"] == "unpruned" and report["floor_message"] and report["input_size"] == 64
     assert report["map50_loss_validation"] <= 1.0 and report["kept_channels"] is None
     assert "it is delivered as final-int8.tflite" in r.stderr
+    # with a lever chosen, the levers' own int8 model is a fallback too: made, timed and possibly delivered by the floor stage
+    levers_path = copy / "stages" / "levers.json"
+    levers = json.loads(levers_path.read_text())
+    levers["result"].update(names=["a lever"], measured_speedup=1.0)  # levered.h5 is the baseline's copy: a lever that changes nothing
+    levers_path.write_text(json.dumps(levers))
+    for stage in ("floor", "report"):
+        (copy / "stages" / f"{stage}.json").unlink()
+    r = _compress(config, copy, "--force")
+    assert r.returncode == 0, r.stderr[-3000:]
+    floor = json.loads((copy / "stages" / "floor.json").read_text())["result"]
+    assert [o["name"] for o in floor["options"]] == ["plan", "levers", "unpruned"] and (copy / "levered-int8.tflite").is_file()
+    assert floor["delivered"] in ("levers", "unpruned") and all("speedup" in o for o in floor["options"])

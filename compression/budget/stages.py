@@ -621,8 +621,11 @@ class Floor(CompressStage):
                         "what": f"the unpruned int8 model at {job.base_size} px"})  # fmt: skip
         for o in options:
             o["loss_points"] = 100 * (base_valid - o["valid"])
+        def path(file: str) -> Path:  # the levers' int8 file is this stage's own output, the others come from before
+            return ctx.output(file) if file in self.writes else ctx.input(file)
+
         if options[0]["loss_points"] > max_loss:
-            times = time_models([ctx.input("baseline-int8.tflite")] + [ctx.input(o["file"]) for o in options], job.threads, 5, 5, job.options.progress)
+            times = time_models([ctx.input("baseline-int8.tflite")] + [path(o["file"]) for o in options], job.threads, 5, 5, job.options.progress)
             for o, ms in zip(options, times[1:]):
                 o["speedup"] = times[0] / ms
         wanted = job.describe_targets()
@@ -634,7 +637,7 @@ class Floor(CompressStage):
             if ctx.setting("run.strict"):
                 raise UserError(message + "; stopped (--strict): nothing was delivered", job.run_dir)
             log(f"note: {message}; it is delivered as final-int8.tflite")
-        shutil.copyfile(ctx.input(pick["file"]), ctx.output("final-int8.tflite"))
+        shutil.copyfile(path(pick["file"]), ctx.output("final-int8.tflite"))
         return {"max_loss": max_loss, "base_valid_mAP50": base_valid, "options": options, "delivered": pick["name"], "size": pick["size"],
                 "loss_points": pick["loss_points"], "message": message}  # fmt: skip
 
