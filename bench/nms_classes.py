@@ -29,6 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--work-dir", default="runs/nms-classes", help="where the .tflite files go (default: runs/nms-classes)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -40,9 +41,9 @@ def main(argv=None) -> int:
     except ValueError:
         raise UserError(f"--classes-per-box: whole numbers separated by commas, got {args.classes_per_box!r}") from None
     variants = [Variant("int8", "int8")]
-    variants += [Variant(f"int8-nms k={k}", "int8", {"nms": True}, {"quantization.nms_classes_per_box": k}) for k in ks]
+    variants += [Variant(f"int8-nms-k{k}", "int8", {"nms": True}, {"quantization.nms_classes_per_box": k}) for k in ks]
     config = load_config(args.config)
-    work = Path(args.out).with_name(Path(args.out).name + "-files")
+    work = Path(args.work_dir)
     report = run_benchmark(config, args.model, variants, work, args.samples, args.threads, args.rounds, args.runs, "test", progress=False)
     report.update(command="python bench/nms_classes.py " + " ".join(argv or sys.argv[1:]), machine=machine(),
                   classes=len(config.labels))  # fmt: skip
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        name = "numpy decode + class-aware NMS" if r is ref else f"in the model, {r['format'].split('=')[1]} classes per box"
+        name = "numpy decode + class-aware NMS" if r is ref else f"in the model, {r['format'].rsplit('-k', 1)[1]} classes per box"
         md.append(f"| {name} | {r['mAP50']:.4f} | {(r['mAP50'] - ref['mAP50']) * 100:+.2f} pt | {r['coco_AP']:.4f} | "
                   f"{r['latency_with_postprocess_ms']:.2f} ms | {r['latency_with_postprocess_ms'] / ref['latency_with_postprocess_ms']:.2f}x |")  # fmt: skip
     write_results(Path(args.out), report, "\n".join(md))

@@ -73,8 +73,8 @@ def implements_signature(classes: int, score_threshold: float, iou: float, max_d
     T when it runs with T threads (T < classes; tensorflow/tensorflow#56058,
     reproduced in ``tests/test_tflite.py``), and an app chooses its threads.
     With one class per box (SSD models' default) an 80-class model loses the
-    boxes' second classes: 2.7 points of mAP@0.5 on coco128 for YOLOv3-tiny;
-    with 5 the gap to the numpy path is 0.45 (docs/results.md).
+    boxes' other classes: 2.0 points of mAP@0.5 on coco128 for YOLOv3-tiny int8
+    against the numpy path; with 3 0.3, with 5 none (bench/results/nms-classes-coco128.md).
     """
     attrs = {
         "max_detections": ("i", max_detections),
