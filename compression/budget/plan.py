@@ -154,7 +154,11 @@ def search_plan(inputs: Inputs) -> dict:
     sens = inputs.sensitivity
     base_map = sens["pruning"]["base_mAP50"]
     points, size_loss = _losses(sens)
-    cost, target_value = budget_cost(inputs, cmap, targets=[target]) if resolution else budget_cost(inputs, cmap)
+    if resolution:
+        cost, target_value = budget_cost(inputs, cmap, targets=[target])
+        target_value *= 1 + 1e-9  # the chosen state's own cost, which a rounding below it would make the search step past
+    else:
+        cost, target_value = budget_cost(inputs, cmap)
     plan = plan_budget(cmap, points, size_loss, cost, target_value, job.sizes, job.pruning())
     checks = {}
     if target.kind in ("speedup", "latency") and plan.feasible and resolution is None:  # an extreme target's value is an aim, not a promise
