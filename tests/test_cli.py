@@ -208,3 +208,18 @@ def test_no_import_cycle_in_compression():
     for node in graph:
         if node not in state:
             visit(node, [node])
+
+
+def test_compare_puts_reports_side_by_side_against_the_first(tmp_path, capsys):
+    from yolo3_cli.main import main
+
+    base = {"model": "a.h5", "mAP50": 0.9, "coco": {"AP": 0.5}, "params": 1000, "macs": 2e9, "bytes": 4000, "latency": {"median_ms": 8.0}}
+    small = {**base, "model": "b.tflite", "mAP50": 0.895, "bytes": 1000, "latency": {"median_ms": 4.0}}
+    paths = []
+    for name, report in (("a.json", base), ("b.json", small)):
+        (tmp_path / name).write_text(json.dumps(report))
+        paths.append(str(tmp_path / name))
+    assert main(["compare", *paths]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("a.h5") and out[2].startswith("b.tflite") and "8.0ms" in out[1]
+    assert out[-1] == "b.tflite vs a.h5: mAP@0.5 -0.50 points, 2.00x faster, 4.00x smaller"
