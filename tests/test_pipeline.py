@@ -239,19 +239,26 @@ sys.exit(verb_main("compress")(sys.argv[1:]))
 """
 
 
-def test_compress_fine_tunes_under_the_config_strategy(tmp_path, synthetic_valid):
-    """train.strategy reaches compress's fine-tunes: MirroredStrategy over two logical CPUs trains with two replicas."""
-    config = _fixed_config(tmp_path, synthetic_valid)
+def test_compress_fine_tunes_under_the_config_strategy(fixed_run, tmp_path):
+    """train.strategy reaches compress's fine-tunes: MirroredStrategy over two logical CPUs trains with two replicas.
+
+    A copy of the fixed run with the strategy changed: the stages that train are redone, the others are reused.
+    """
+    config, run_dir = fixed_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
     raw = json.loads(config.read_text())
     raw["train"].update({"strategy": "mirrored", "devices": ["/cpu:0", "/cpu:1"]})
     raw["compress"].update({"finetune_epochs": 1, "cluster": False, "qat": False})
-    config.write_text(json.dumps(raw))
-    cmd = [sys.executable, "-c", TWO_CPUS, "-c", str(config), "--quiet", "--from-config", "--run-dir", str(tmp_path / "out")]
+    mirrored = config.with_name("mirrored.json")  # beside the original: its paths are relative to its folder
+    mirrored.write_text(json.dumps(raw))
+    cmd = [sys.executable, "-c", TWO_CPUS, "-c", str(mirrored), "--quiet", "--from-config", "--run-dir", str(copy), "--force"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
-    record = json.loads((tmp_path / "out" / "stages" / "finetune.json").read_text())
+    assert "baseline: done before, skipped" in r.stderr
+    record = json.loads((copy / "stages" / "finetune.json").read_text())
     assert record["result"]["replicas"] == 2 and record["settings"]["train.strategy"] == "mirrored"
-    assert json.loads((tmp_path / "out" / "report.json").read_text())["stages"][-1]["mAP50"] >= 0
+    assert json.loads((copy / "report.json").read_text())["stages"][-1]["mAP50"] >= 0
 
 
 def test_a_plan_below_the_floor_is_not_delivered(fixed_run, tmp_path):
