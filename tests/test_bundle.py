@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-import venv
 from pathlib import Path
 
 import pytest
@@ -52,27 +52,34 @@ def test_bundle_holds_the_projects_own_runner(bundle):
     assert "tensorflow" not in (out / "requirements.txt").read_text().lower().replace("no tensorflow", "")
     assert (out / "labels.txt").read_text().splitlines()[16] == "dog"
     assert "python -m yolo3.lite model.tflite" in (out / "README.md").read_text()
+    assert "numpy>=1.23,<2" in (out / "requirements-tflite-runtime.txt").read_text()
 
 
-def _fresh_env(folder: Path) -> Path:
-    """A new virtual environment with only the bundle's requirements installed (no TensorFlow at all)."""
-    env_dir = folder / "env"
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = env_dir / "bin" / "python"
-    r = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r", str(folder / "device" / "requirements.txt")], capture_output=True, text=True)
+def _readme_commands(folder: Path) -> list[str]:
+    """The shell lines of the bundle README's first code block, comments dropped."""
+    block = (folder / "README.md").read_text().split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split(" #")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_bundle_readme_commands_run_as_written_where_tensorflow_is_not_installed(bundle, tmp_path):
+    """The README's install line in a copy of the bundle (a new virtual environment, no TensorFlow), then its folder line as written."""
+    _, out = bundle
+    device_dir = tmp_path / "device"
+    shutil.copytree(out, device_dir)
+    install, _, folder_line, *_ = _readme_commands(device_dir)
+    assert install == "python3 -m venv .venv && .venv/bin/pip install -r requirements.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if not p.startswith(str(ROOT)))  # not the project's venv
+    r = subprocess.run(["bash", "-c", install], cwd=device_dir, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    python = device_dir / ".venv" / "bin" / "python"
     check = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('tensorflow'))"], capture_output=True, text=True)
     assert check.stdout.strip() == "None"
-    return python
-
-
-def test_bundle_runs_where_tensorflow_is_not_installed(bundle, tmp_path):
-    folder, out = bundle
-    python = _fresh_env(folder)
     dog = ROOT.parent / "shared" / "darknet" / "images" / "dog.jpg"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    device = subprocess.run([str(python), "-m", "yolo3.lite", "model.tflite", str(dog), "--json", "--draw", str(tmp_path / "drawn")],
-                            cwd=out, capture_output=True, text=True, env=env)  # fmt: skip
+    (device_dir / "images").mkdir()
+    shutil.copy(dog, device_dir / "images" / "dog.jpg")
+    assert folder_line == ".venv/bin/python -m yolo3.lite model.tflite images/ --json --draw out/"
+    device = subprocess.run(["bash", "-c", folder_line], cwd=device_dir, capture_output=True, text=True, env=env)
     assert device.returncode == 0, device.stderr[-3000:]
     here = subprocess.run([sys.executable, "-m", "yolo3.lite", str(out / "model.tflite"), str(dog), "--json"], cwd=ROOT, capture_output=True, text=True)
     assert here.returncode == 0, here.stderr[-3000:]
@@ -82,16 +89,26 @@ def test_bundle_runs_where_tensorflow_is_not_installed(bundle, tmp_path):
     for x, y in zip(sorted(a, key=lambda d: (d["class_id"], -d["score"])), sorted(b, key=lambda d: (d["class_id"], -d["score"]))):
         assert x["class"] == y["class"] and abs(x["score"] - y["score"]) <= 1e-4
         assert max(abs(p - q) for p, q in zip(x["box"], y["box"])) <= 1.0
-    assert (tmp_path / "drawn" / "dog.jpg").exists()
+    assert (device_dir / "out" / "dog.jpg").exists()
     assert "model latency median" in device.stderr
     # bad input on the device: one line each, exit 2
     for args, message in (
         (["missing.tflite", str(dog)], "model file does not exist"),
-        (["model.tflite", str(out / "labels.txt")], "labels.txt"),
+        (["model.tflite", "labels.txt"], "labels.txt"),
         (["labels.txt", str(dog)], "LiteRT cannot load this model"),
     ):
-        r = subprocess.run([str(python), "-m", "yolo3.lite", *args], cwd=out, capture_output=True, text=True, env=env)
+        r = subprocess.run([str(python), "-m", "yolo3.lite", *args], cwd=device_dir, capture_output=True, text=True, env=env)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-1000:])
+
+
+def test_tflite_runtime_under_numpy_2_ends_in_what_to_install():
+    from yolo3.errors import UserError
+    from yolo3.lite import check_tflite_runtime_numpy
+
+    check_tflite_runtime_numpy("1.26.4")
+    with pytest.raises(UserError) as err:
+        check_tflite_runtime_numpy("2.1.0")
+    assert "numpy<2" in err.value.message and "2.1.0" in err.value.message
 
 
 def test_bundle_refuses_a_model_this_tool_did_not_write(tmp_path):

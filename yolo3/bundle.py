@@ -10,7 +10,7 @@ Example::
 
     from yolo3.bundle import write_bundle
     write_bundle("best-int8.tflite", "device/")
-    # on the device: pip install -r device/requirements.txt && cd device && python -m yolo3.lite model.tflite image.jpg
+    # on the device: cd device && python3 -m venv .venv && .venv/bin/pip install -r requirements.txt && .venv/bin/python -m yolo3.lite model.tflite image.jpg
 """
 
 from __future__ import annotations
@@ -24,11 +24,17 @@ from .errors import UserError
 
 RUNTIME_MODULES = ("errors.py", "preprocess.py", "postprocess.py", "draw.py", "detection.py", "lite.py")
 REQUIREMENTS = """# The runner needs numpy, Pillow and a TFLite runtime; no TensorFlow.
+# ai-edge-litert: x86-64 and aarch64 Linux, Python 3.9-3.12 on aarch64 (1.4.0 is its newest aarch64 wheel), 3.9-3.13 on x86-64.
 numpy>=1.23
 Pillow>=9
 ai-edge-litert>=1.2
-# Where ai-edge-litert has no wheel for the board, install tflite-runtime instead of it: the runner uses either.
 # For video files or a camera: opencv-python-headless
+"""
+REQUIREMENTS_TFLITE_RUNTIME = """# Where ai-edge-litert has no wheel: tflite-runtime (2.14.0, its last release; Python 3.9-3.11, x86-64 and aarch64 Linux).
+# It was built against numpy 1 and cannot load under numpy 2.
+numpy>=1.23,<2
+Pillow>=9
+tflite-runtime>=2.11
 """
 
 INIT = '''"""The edge runner of yolo3-compress, copied from the project: python -m yolo3.lite model.tflite IMAGE|FOLDER|VIDEO|0."""
@@ -40,13 +46,20 @@ README = """# {name}: YOLOv3 int8 detector for the device
 
 Made by yolo3-compress from `{source}` ({size:,} bytes, input {hw}, {classes} classes: {labels}).
 The runner needs Python 3.9 or newer, numpy, Pillow and a TFLite runtime — no TensorFlow.
+Install it into a virtual environment in this folder (Debian 12, Raspberry Pi OS bookworm and
+Ubuntu 23.04+ refuse `pip install` outside one, and have `python3` but no `python` command):
 
 ```sh
-pip install -r requirements.txt                              # or tflite-runtime instead of ai-edge-litert
-python -m yolo3.lite model.tflite image.jpg                  # one line per image: boxes, scores, latency
-python -m yolo3.lite model.tflite images/ --json --draw out/ # a folder, JSON lines, boxes drawn into out/
-python -m yolo3.lite model.tflite video.mp4 --max-frames 100 # a video file, or 0 for the first camera (needs OpenCV)
+python3 -m venv .venv && .venv/bin/pip install -r requirements.txt
+.venv/bin/python -m yolo3.lite model.tflite image.jpg                  # one line per image: boxes, scores, latency
+.venv/bin/python -m yolo3.lite model.tflite images/ --json --draw out/ # a folder, JSON lines, boxes drawn into out/
+.venv/bin/python -m yolo3.lite model.tflite video.mp4 --max-frames 100 # a video file, or 0 for the first camera (needs OpenCV)
 ```
+
+Where ai-edge-litert has no wheel for the board (it has for x86-64 and aarch64 Linux, Python
+3.9–3.12 on aarch64), install `requirements-tflite-runtime.txt` instead: tflite-runtime 2.14
+(Python 3.9–3.11) with `numpy<2`, the numpy it was built for. `python3 -m venv` needs Debian's
+`python3-venv` package on some systems.
 
 Run the commands from this folder (or put it on `PYTHONPATH`). Options: `--score 0.25` (score
 threshold), `--nms 0.45`, `--threads 2`. Boxes are in image pixels, x1 y1 x2 y2. The labels,
@@ -87,6 +100,7 @@ def write_bundle(model: str | Path, folder: str | Path, force: bool = False) -> 
         (tmp / "model.tflite").write_bytes(data)
         (tmp / "labels.txt").write_text("\n".join(meta["names"]) + "\n", encoding="utf-8")
         (tmp / "requirements.txt").write_text(REQUIREMENTS)
+        (tmp / "requirements-tflite-runtime.txt").write_text(REQUIREMENTS_TFLITE_RUNTIME)
         package = tmp / "yolo3"
         package.mkdir()
         (package / "__init__.py").write_text(INIT.format(version=__version__))

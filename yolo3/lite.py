@@ -36,13 +36,40 @@ METADATA_NAME = "yolo3"
 
 
 def _interpreter_class():
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
+    """LiteRT's Interpreter from ai_edge_litert, else from tflite_runtime; a missing or mismatched runtime ends in one line."""
+    from importlib.util import find_spec
+
+    if find_spec("ai_edge_litert") is not None:
+        return _import_interpreter("ai_edge_litert", "ai-edge-litert")
+    if find_spec("tflite_runtime") is not None:
+        check_tflite_runtime_numpy()
+        return _import_interpreter("tflite_runtime", "tflite-runtime")
+    raise UserError("neither ai_edge_litert nor tflite_runtime is installed: pip install -r requirements.txt (see README.md)")
+
+
+def check_tflite_runtime_numpy(numpy_version: str | None = None) -> None:
+    """tflite-runtime (2.14 is its last release) was built against numpy 1: under numpy 2 it cannot load, so say what to install before it fails."""
+    numpy_version = numpy_version or np.__version__
+    if int(numpy_version.split(".")[0]) >= 2:
+        from importlib.metadata import PackageNotFoundError, version
+
         try:
+            runtime = version("tflite-runtime")
+        except PackageNotFoundError:
+            runtime = "?"
+        raise UserError(f"tflite-runtime {runtime} was built against numpy 1 and numpy {numpy_version} is installed: "
+                        "pip install 'numpy<2' (or use requirements-tflite-runtime.txt)")  # fmt: skip
+
+
+def _import_interpreter(module: str, package: str):
+    try:
+        if module == "ai_edge_litert":
+            from ai_edge_litert.interpreter import Interpreter
+        else:
             from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            raise UserError("neither ai_edge_litert nor tflite_runtime is installed (pip install ai-edge-litert)") from None
+    except (ImportError, AttributeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{package} is installed but cannot be imported ({first}); reinstall it with the numpy it was built for") from None
     return Interpreter
 
 
