@@ -79,7 +79,8 @@ class Job:
         from .steps import finetune
 
         result = finetune(self.config, model_file, folder, epochs, progress=self.progress, learning_rate=learning_rate, hooks=tuple(hooks),
-                          keep_record=False, teacher=self.source, distill_weight=self.config.pruning.distillation, freeze_backbone_epochs=0)  # fmt: skip
+                          keep_record=False, teacher=self.source, distill_weight=self.config.pruning.distillation,
+                          feature_weight=self.config.pruning.feature_distillation, freeze_backbone_epochs=0)  # fmt: skip
         return load_for_config(self.config, result["best_model"])
 
     def save(self, made: Transformed, loaded=None) -> None:

@@ -24,7 +24,7 @@ from yolo3.names import conv_name
 
 
 def finetune_options(config, model_path: str | Path, *, epochs: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
-                     learning_rate: float | None = None, teacher: str | Path | None = None, distill_weight: float = 1.0,
+                     learning_rate: float | None = None, teacher: str | Path | None = None, distill_weight: float = 1.0, feature_weight: float = 0.0,
                      hooks: tuple = (), keep_record: bool = True, sparsity_l1: float = 0.0,
                      freeze_backbone_epochs: int | None = None):  # fmt: skip
     """:class:`~yolo3.training.RunOptions` that keep ``model_path``'s architecture and what compression did to it.
@@ -33,7 +33,8 @@ def finetune_options(config, model_path: str | Path, *, epochs: int | None = Non
     one keeps its zeros (from the record in its ``.h5``); ``hooks`` come first
     (a method's own: TFMOT's schedule, masks); ``sparsity_l1`` adds network
     slimming's L1 step on BN scales; ``teacher`` adds knowledge distillation of
-    the heads (``distill_weight``).
+    the heads (``distill_weight``) and of the neck features near the objects
+    (``feature_weight``).
     """
     from yolo3.errors import UserError
     from yolo3.training import RunOptions
@@ -50,10 +51,10 @@ def finetune_options(config, model_path: str | Path, *, epochs: int | None = Non
         if spec is None:
             raise UserError("this .h5 carries no cfg; fine-tune a model written by this tool", model_path)
         hooks.append(SparseTraining(spec, sparsity_l1))
-    if teacher is not None and distill_weight:
+    if teacher is not None and (distill_weight or feature_weight):
         from .distillation import Distillation
 
-        hooks.append(Distillation(teacher, distill_weight))
+        hooks.append(Distillation(teacher, distill_weight, feature_weight))
     return RunOptions(str(model_path), True, epochs, None if run_dir is None else str(run_dir), progress, learning_rate=learning_rate,
                       freeze_backbone_epochs=freeze_backbone_epochs, hooks=tuple(hooks))  # fmt: skip
 

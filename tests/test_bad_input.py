@@ -123,6 +123,7 @@ def test_bad_flags(toy, capsys, tmp_path):
         (["train", "-c", c, "--epochs", "-2"], "--epochs must be at least 1"),
         (["finetune", "-c", c, "--model", str(folder / "toy.h5"), "--learning-rate", "-1"], "--learning-rate must be positive"),
         (["finetune", "-c", c, "--model", str(folder / "toy.h5"), "--samples", "0"], "--samples must be at least 1"),
+        (["finetune", "-c", c, "--model", str(folder / "toy.h5"), "--teacher", str(folder / "toy.h5"), "--feature-weight", "-1"], "must not be negative"),
         (["anchors", "-c", c, "-k", "0"], "-k must be at least 1"),
         (["anchors", "-c", c, "-k", "-3"], "-k must be at least 1"),
         (["cluster", "-c", c, "--clusters", "100000"], "--clusters must be in [2, 65536]"),

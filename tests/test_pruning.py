@@ -241,9 +241,42 @@ def test_distillation_loss_is_zero_when_the_student_agrees():
     assert all(g is not None and float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
 
 
+def test_imitation_mask_marks_the_cells_whose_anchors_overlap_a_box():
+    from compression.distillation import imitation_mask
+
+    gt = np.zeros((2, 3, 4), np.float32)
+    gt[0, 0] = [16, 16, 48, 48]  # centred on the corner of cells (1, 1), (1, 2), (2, 1), (2, 2) of a 4x4 grid (stride 16)
+    mask = imitation_mask(gt, (64, 64), (4, 4), [(32.0, 32.0)]).numpy()
+    expected = np.zeros((4, 4))
+    expected[1:3, 1:3] = 1  # IoU 0.39 each (the best); the next ring 0.10, under half the best
+    assert mask.shape == (2, 4, 4) and np.array_equal(mask[0], expected)
+    assert not mask[1].any()  # an image without boxes imitates nothing
+
+
+def test_feature_imitation_loss_counts_only_the_masked_cells():
+    from compression.distillation import feature_imitation_loss
+    from yolo3.kerasenv import tf
+
+    rng = np.random.default_rng(0)
+    teacher = [rng.normal(0, 1, (2, 4, 4, 8)).astype(np.float32)]
+    mask = np.zeros((2, 4, 4), np.float32)
+    mask[0, 1, 2] = 1
+    assert np.allclose(feature_imitation_loss(teacher, teacher, [mask]).numpy(), 0)
+    elsewhere = teacher[0].copy()
+    elsewhere[:, 0, 0] += 5  # an unmasked cell
+    assert np.allclose(feature_imitation_loss([elsewhere], teacher, [mask]).numpy(), 0)
+    student = tf.Variable(teacher[0] + rng.normal(0, 0.2, teacher[0].shape).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = feature_imitation_loss([student], teacher, [mask])
+    value = loss.numpy()
+    cell_s, cell_t = student.numpy()[0, 1, 2], teacher[0][0, 1, 2]
+    assert value[1] == 0 and np.isclose(value[0], np.mean((cell_s - cell_t) ** 2) / np.mean(cell_t**2), rtol=1e-5)  # the cell's relative error
+    assert float(tf.reduce_max(tf.abs(tape.gradient(loss, student)))) > 0
+
+
 def test_similarity_in_rounds_with_distillation(tmp_path, synthetic_valid, tiny_h5):
     config = _config(tmp_path, synthetic_valid, tiny_h5, similarity_ratio=0.5, similarity_kernels=[1, 3], min_channels=4,
-                     rounds=2, round_epochs=1, finetune_epochs=1, distillation=1.0,
+                     rounds=2, round_epochs=1, finetune_epochs=1, distillation=1.0, feature_distillation=1.0,
                      similarity_layer_ratios={"conv_12": 0.75, "0": 0})  # fmt: skip
     r = run_evaluate(config, "-p", "3", "--out", str(tmp_path / "r.h5"), "--json", str(tmp_path / "r.json"))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -254,7 +287,8 @@ def test_similarity_in_rounds_with_distillation(tmp_path, synthetic_valid, tiny_
     assert 0 < step["removed_params"] < 1 - report["after"]["params"] / report["before"]["params"] and "finetuned" in step
     assert report["before"]["macs"] > step["pruned"]["macs"] > report["after"]["macs"]
     assert "round 1: " in r.stdout and "of the parameters removed" in r.stdout
-    assert "distilling from" in r.stderr
+    # the last 3x3 convolutions lost half their filters: the imitated neck features reach the teacher's widths through adapters
+    assert "distilling the heads and the neck features near the objects (weight 1, 2 adapter(s)) from" in r.stderr
     bad = _config(tmp_path, synthetic_valid, tiny_h5, rounds=2, finetune_epochs=1)
     r = run_evaluate(bad, "-p", "2", "--out", str(tmp_path / "b.h5"))
     assert r.returncode == 2 and "rounds" in r.stderr

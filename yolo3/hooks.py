@@ -11,6 +11,7 @@ fixed points and knows nothing about any method. The order of a run::
         for every step:
             hook.on_batch_begin(step)      # Python side, before the step (TFMOT's pruning step counter)
             ... loss = detection loss + sum(hook.loss(images, outputs)) ...   # inside the compiled step
+            ... hook.apply_gradients(its variables' gradients) ...            # a hook's own variables (adapters)
             hook.after_step()              # inside the compiled step, after the update (constraints, proximal steps)
         hook.on_epoch_end(model, epoch, run_dir)
     plain = hook.unwrap(model)             # for every saved .h5; hook.compression is recorded in it
@@ -59,9 +60,28 @@ class TrainingHook:
     def on_train_begin(self, context: TrainingContext) -> None:
         pass
 
+    def feature_layers(self) -> tuple[str, ...]:
+        """Keras layers of the model whose *inputs* :meth:`loss` needs (as ``features=``, with ``gt_boxes=``); asked after :meth:`on_train_begin`.
+
+        The trainer then runs one forward pass that also returns these tensors,
+        rather than the hook running the model a second time.
+        """
+        return ()
+
     def loss(self, images, outputs) -> Any:
-        """Extra loss terms for a batch: a per-image tensor (B,), already weighted, or None."""
+        """Extra loss terms for a batch: a per-image tensor (B,), already weighted, or None.
+
+        A hook with :meth:`feature_layers` is called as ``loss(images, outputs,
+        features=[...], gt_boxes=(B, M, 4))``.
+        """
         return None
+
+    def trainable_variables(self) -> list:
+        """Variables the hook trains itself beside the model (e.g. distillation adapters); their gradients go to :meth:`apply_gradients`."""
+        return []
+
+    def apply_gradients(self, grads_and_vars: list) -> None:
+        pass
 
     def after_step(self) -> None:
         pass

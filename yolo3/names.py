@@ -43,3 +43,11 @@ LAYER_KINDS = ("conv", "bn", "pad", "maxpool", "upsample", "dropout", "route", "
                "leaky", "relu", "relu6", "mish", "swish", "logistic")  # fmt: skip
 LAYER_IN_TENSOR = r"(?:" + "|".join(sorted(LAYER_KINDS, key=len, reverse=True)) + r")_(\d+)"
 """A regular expression finding ``KIND_index`` in a TFLite tensor name (its group 1 is the Spec index)."""
+
+
+def find_layer(model, name: str):
+    """The layer ``name`` of ``model``, or the one a TFMOT wrapper made of it (``prune_low_magnitude_conv_9``, ``quant_conv_9``)."""
+    for layer in model.layers:
+        if layer.name == name or layer.name.endswith("_" + name):
+            return layer
+    raise ValueError(f"the model has no layer {name}")

@@ -38,7 +38,7 @@ from .fileio import check_output_folder
 from .hooks import TrainingContext, TrainingHook
 from .kerasenv import keras, tf
 from .loss import LossSettings, yolo_loss
-from .names import conv_name, layer_index
+from .names import conv_name, find_layer, layer_index
 from .pipeline import PipelineSettings, make_dataset
 from .spec import Spec, heads, route_inputs, shortcut_input
 from .targets import head_layout
@@ -205,16 +205,42 @@ class Stepper:
         self.strategy = strategy
         self.global_batch = global_batch
         self.hooks = tuple(hooks)  # TrainingHook: extra loss terms, and what runs after every step
+        self.tapped = None  # the model returning the heads and the tensors the hooks' feature_layers() ask for
+
+    def _tap(self) -> None:
+        """One model for the heads and the hooks' feature tensors (built once the hooks know what they need)."""
+        names = [n for hook in self.hooks for n in hook.feature_layers()]
+        if not names or self.tapped is not None:
+            return
+        outputs = self.model.outputs if isinstance(self.model.outputs, (list, tuple)) else [self.model.outputs]
+        self.tapped = keras.Model(self.model.inputs, list(outputs) + [find_layer(self.model, n).input for n in names])
+
+    def _forward(self, images, training):
+        """The raw heads, and per hook the feature tensors it asked for."""
+        if self.tapped is None:
+            outputs = self.model(images, training=training)
+            return (outputs if isinstance(outputs, (list, tuple)) else [outputs]), {}
+        everything = list(self.tapped(images, training=training))
+        n = len(everything) - sum(len(h.feature_layers()) for h in self.hooks)
+        features, k = {}, n
+        for hook in self.hooks:
+            wanted = len(hook.feature_layers())
+            if wanted:
+                features[id(hook)] = everything[k : k + wanted]
+                k += wanted
+        return everything[:n], features
 
     def _loss(self, images, targets, gt, training=True):
-        outputs = self.model(images, training=training)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        outputs, features = self._forward(images, training)
         per_image, parts = yolo_loss(outputs, targets, gt, self.layout, self.loss_settings, tf.shape(images)[1:3])
         loss = tf.reduce_sum(per_image) / self.global_batch
         replicas = self.strategy.num_replicas_in_sync
         reg = tf.add_n(self.model.losses) / replicas if self.model.losses else 0.0
         for hook in self.hooks:
-            extra = hook.loss(images, outputs)
+            if id(hook) in features:
+                extra = hook.loss(images, outputs, features=features[id(hook)], gt_boxes=gt)
+            else:
+                extra = hook.loss(images, outputs)
             if extra is not None:  # per image, summed like the detection loss
                 reg += tf.reduce_sum(tf.cast(extra, loss.dtype)) / self.global_batch
         parts = {k: tf.reduce_sum(v) / self.global_batch for k, v in parts.items()}
@@ -227,10 +253,18 @@ class Stepper:
         return total, loss, tape.gradient(total, variables)
 
     def make_train_step(self, optimizer, variables):
+        self._tap()
+        own = [(hook, list(hook.trainable_variables())) for hook in self.hooks]
+        everything = list(variables) + [v for _, vs in own for v in vs]
+
         def replica_step(images, targets, gt):
-            total, loss, grads = self.loss_and_gradients(images, targets, gt, variables)
+            total, loss, grads = self.loss_and_gradients(images, targets, gt, everything)
             # variables a wrapper computes rather than trains (TFMOT cluster-preserving QAT's kernels) have no gradient
             optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+            k = len(variables)
+            for hook, vs in own:
+                hook.apply_gradients([(g, v) for g, v in zip(grads[k : k + len(vs)], vs) if g is not None])
+                k += len(vs)
             return total
 
         @tf.function(reduce_retracing=True)

@@ -27,6 +27,8 @@ def configure(parser) -> None:
     parser.add_argument("--learning-rate", type=float, help="override train.learning_rate")
     parser.add_argument("--teacher", help="knowledge distillation: a model with the same heads (e.g. the model before pruning)")
     parser.add_argument("--distill-weight", type=float, default=1.0, help="weight of the distillation loss (default 1)")
+    parser.add_argument("--feature-weight", type=float, default=0.0,
+                        help="with --teacher: weight of fine-grained feature imitation (the neck features near the objects; default 0 = off)")
     parser.add_argument("--qat", action="store_true", help="quantization-aware fine-tuning, then an int8 .tflite in the run folder")
     parser.add_argument("--samples", type=int, default=200, help="--qat: calibration images for the int8 conversion")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -41,8 +43,8 @@ def run(args) -> int:
     positive("--samples", args.samples)
     if args.learning_rate is not None and not args.learning_rate > 0:
         raise UserError(f"--learning-rate must be positive, got {args.learning_rate}")
-    if args.distill_weight < 0 or (args.sparsity_l1 is not None and args.sparsity_l1 < 0):
-        raise UserError("--distill-weight and --sparsity-l1 must not be negative")
+    if args.distill_weight < 0 or args.feature_weight < 0 or (args.sparsity_l1 is not None and args.sparsity_l1 < 0):
+        raise UserError("--distill-weight, --feature-weight and --sparsity-l1 must not be negative")
     config = load(args)
     if args.qat:
         from compression.quantize.convert import QatOptions, convert_config, format_report
@@ -60,6 +62,7 @@ def run(args) -> int:
 
     options = finetune_options(config, args.model, epochs=args.epochs, run_dir=args.run_dir, progress=not args.quiet,
                                learning_rate=args.learning_rate, teacher=args.teacher, distill_weight=args.distill_weight,
+                               feature_weight=args.feature_weight,
                                sparsity_l1=config.pruning.sparsity_l1 if args.sparsity_l1 is None else args.sparsity_l1)  # fmt: skip
     result = train(config, options)
     print(f"best validation mAP@0.5 {result['best_mAP50']:.4f}: {result['best_model']}  ({result['seconds']:.0f} s)")

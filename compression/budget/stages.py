@@ -46,12 +46,13 @@ def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size:
     job = ctx.services
     config = job.derived({"model.input_size": size, "train.eval_every": max(1, min(5, epochs // 6 or 1))})
     result = finetune(config, start, folder, epochs, progress=job.options.progress, learning_rate=learning_rate, freeze_backbone_epochs=0,
-                      teacher=ctx.input("baseline.h5"), distill_weight=ctx.setting("compress.distillation"))  # fmt: skip
+                      teacher=ctx.input("baseline.h5"), distill_weight=ctx.setting("compress.distillation"),
+                      feature_weight=ctx.setting("compress.feature_distillation"))  # fmt: skip
     return {"best_model": result["best_model"], "best_mAP50": result["best_mAP50"], "history": result["history"], "seconds": result["seconds"],
             "replicas": result["replicas"]}  # fmt: skip
 
 
-FINETUNE_READS = ("@data", "@train", "compress.distillation", "pruning.finetune_learning_rate")
+FINETUNE_READS = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "pruning.finetune_learning_rate")
 TAIL_READS = ("compress.time_budget", "compress.cluster", "compress.cluster_epochs", "compress.qat", "quantization.qat_epochs")
 
 
@@ -509,7 +510,7 @@ class Cluster(CompressStage):
 
 class ClusterFinetune(CompressStage):
     name, title = "cluster-finetune", "cluster-preserving fine-tuning; the better of before and after on validation is kept"
-    reads = ("@data", "@train", "compress.distillation", "compress.cluster_epochs", "clustering.finetune_learning_rate")
+    reads = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "compress.cluster_epochs", "clustering.finetune_learning_rate")
     needs = ("baseline", "plan", "candidates", "finetune", "cluster")
     writes = ("cluster-finetune", "clustered-finetuned.h5")
 
@@ -653,7 +654,7 @@ class Floor(CompressStage):
 
 class PlanConfig(CompressStage):
     name, title = "plan-config", "the plan that ran, as an ordinary config (size, ratios, clustering exclusions, epochs)"
-    reads = ("@model", "@data", "compress.round_to", "compress.distillation", "compress.finetune_epochs", "compress.cluster_epochs",
+    reads = ("@model", "@data", "compress.round_to", "compress.distillation", "compress.feature_distillation", "compress.finetune_epochs", "compress.cluster_epochs",
              "compress.cluster", "compress.qat", "quantization.qat_epochs")  # fmt: skip
     needs = ("baseline", "levers", "plan", "candidates", "finetune", "cluster", "int8")
     writes = ("plan-config.json",)
@@ -674,6 +675,7 @@ class PlanConfig(CompressStage):
             "model.input_size": size,
             "pruning.similarity_layer_ratios": ratios, "pruning.similarity_ratio": None, "pruning.similarity_kernels": [1, 3],
             "pruning.round_to": ctx.setting("compress.round_to"), "pruning.distillation": ctx.setting("compress.distillation"),
+            "pruning.feature_distillation": ctx.setting("compress.feature_distillation"),
             "pruning.finetune_epochs": ctx.result("finetune")["epochs"],
             "clustering.exclude": exclude, "clustering.finetune_epochs": ctx.setting("compress.cluster_epochs"),
             "quantization.qat_epochs": ctx.setting("quantization.qat_epochs"),
@@ -682,6 +684,7 @@ class PlanConfig(CompressStage):
             "compress.time_budget": 0.0,  # the epochs above are what the budget chose: run them as they are
             "compress.cluster": ctx.setting("compress.cluster"), "compress.qat": ctx.setting("compress.qat"),
             "compress.distillation": ctx.setting("compress.distillation"),
+            "compress.feature_distillation": ctx.setting("compress.feature_distillation"),
         })  # fmt: skip
         raw = to_raw(config, job.run_dir)
         raw["model"]["weights"] = "levered.h5"  # the model the ratios apply to (the baseline itself when no lever is used)
