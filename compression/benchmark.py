@@ -17,6 +17,7 @@ from pathlib import Path
 
 from yolo3.errors import UserError
 from yolo3.fileio import file_sizes
+from yolo3.tflite_memory import ram_figures
 
 from .quantize.tflite_export import FORMATS as TFLITE_FORMATS
 
@@ -89,7 +90,7 @@ def run_benchmark(config, model_path: str | None, variants: list[Variant], folde
         else:
             file = folder / f"model-{variant.label.replace(':', '')}.tflite"
             conv = convert_config(with_overrides(config, variant.overrides), model_path, variant.format, samples=samples, out=str(file), force=True, progress=False, **variant.options)
-            sizes = {"bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"]}
+            sizes = {"bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"], **ram_figures(file)}
         predictor, _ = make_predictor(config, str(file) if variant.format != "keras" else model_path, threads=threads)
         scored = evaluate(predictor, dataset, config.labels, v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress)
         rows.append({"format": variant.label, "file": str(file), "mAP50": scored["mAP50"], "coco_AP": scored["coco"]["AP"], **sizes})
@@ -127,13 +128,14 @@ def format_table(report: dict) -> str:
     lines = [
         f"{report['images']} {report['split']} images at {report['input_size']}; latency: median of {report['timing']['rounds']} x "
         f"{report['timing']['runs_per_round']} runs at batch 1, formats interleaved, {report['threads']} LiteRT threads; "
-        "+ post: with decode and NMS (numpy, or in the model)",
-        f"{'format':<12s} {'mAP@0.5':>8s} {'COCO AP':>8s} {'size':>10s} {'gzip':>10s} {'latency':>10s} {'vs ' + first:>12s} {'+ post':>10s}",
+        "+ post: with decode and NMS (numpy, or in the model); RAM: peak activation memory of a .tflite (yolo3 info FILE.tflite)",
+        f"{'format':<12s} {'mAP@0.5':>8s} {'COCO AP':>8s} {'size':>10s} {'gzip':>10s} {'RAM':>10s} {'latency':>10s} {'vs ' + first:>12s} {'+ post':>10s}",
     ]
     for r in report["rows"]:
         size = f"{r['bytes'] / 1e6:.2f} MB" if r.get("bytes") else "-"
         gz = f"{r['gzip_bytes'] / 1e6:.2f} MB" if r.get("gzip_bytes") else "-"
-        lines.append(f"{r['format']:<12s} {r['mAP50']:8.4f} {r['coco_AP']:8.4f} {size:>10s} {gz:>10s} {r['latency_ms']:8.2f}ms "
+        ram = f"{r['peak_activation_bytes'] / 1024:,.0f} KiB" if r.get("peak_activation_bytes") else "-"
+        lines.append(f"{r['format']:<12s} {r['mAP50']:8.4f} {r['coco_AP']:8.4f} {size:>10s} {gz:>10s} {ram:>10s} {r['latency_ms']:8.2f}ms "
                      f"{r['speedup']:11.2f}x {r['latency_with_postprocess_ms']:8.2f}ms")  # fmt: skip
     return "\n".join(lines)
 

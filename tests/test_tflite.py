@@ -329,3 +329,33 @@ def test_in_model_nms_gives_the_numpy_decodes_detections(tmp_path, synthetic_val
         fmt = kwargs.pop("fmt", "int8")
         with pytest.raises(UserError, match=message):
             convert_config(config, None, fmt, samples=4, out=str(tmp_path / "x.tflite"), **kwargs)
+
+
+def test_peak_activation_memory_of_a_hand_made_graph_is_the_hand_count():
+    from yolo3.tflite_memory import Step, lifetimes, peak_activation
+
+    # input 0 (100 B) -> A (reads constant 9) -> 1 (200 B) -> B -> 2 (50 B); C reads 1 and 2 -> output 3 (30 B)
+    steps = [Step("A", (0, 9), (1,)), Step("B", (1,), (2,)), Step("C", (1, 2), (3,))]
+    sizes = {0: 100, 1: 200, 2: 50, 3: 30, 9: 999}
+    assert lifetimes(steps, (0,), (3,)) == {0: (0, 2), 1: (0, 2), 2: (1, 2), 3: (2, 2)}  # the constant is flash, not RAM; the input lives on
+    assert peak_activation(steps, sizes, (0,), (3,)) == (100 + 200 + 50 + 30, 2)
+    # a chain frees as it goes: the peak is the largest neighbouring pair (plus the input, which LiteRT keeps)
+    chain = [Step("A", (0,), (1,)), Step("B", (1,), (2,)), Step("C", (2,), (3,))]
+    assert peak_activation(chain, {0: 10, 1: 400, 2: 300, 3: 5}, (0,), (3,)) == (10 + 400 + 300, 1)
+
+
+def test_memory_report_and_info_of_a_tflite(exported):
+    from yolo3.tflite_memory import memory_report
+
+    folder, _ = exported
+    path = folder / "model-int8.tflite"
+    r = memory_report(path)
+    assert r["flash_bytes"] == path.stat().st_size
+    # no arena can hold less than what is alive at the peak; the 96-px input and the first 16-channel maps dominate it
+    assert 96 * 96 * 16 <= r["peak_activation_bytes"] <= r["arena_span_bytes"]
+    assert r["operator_counts"]["CONV_2D"] >= 10 and r["operators"] == sum(r["operator_counts"].values())
+    out = subprocess.run([sys.executable, "-m", "yolo3", "info", str(path), "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout)["peak_activation_bytes"] == r["peak_activation_bytes"]
+    bad = subprocess.run([sys.executable, "-m", "yolo3", "info", str(folder / "model-int8.tflite"), "--size", "64"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "a .tflite has its own" in bad.stderr and "Traceback" not in bad.stderr

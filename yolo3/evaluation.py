@@ -215,6 +215,9 @@ def format_report(report: dict) -> str:
     if "latency" in report:
         extra.append(f"latency {report['latency']['median_ms']:.1f} ms (median of {report['latency']['runs']}, batch 1)")
     rows.append("   ".join(extra))
+    if report.get("peak_activation_bytes"):
+        rows.append(f"flash {report['bytes'] / 1024:,.0f} KiB   RAM: peak activation memory {report['peak_activation_bytes'] / 1024:,.0f} KiB "
+                    f"(LiteRT's arena spans {report['arena_span_bytes'] / 1024:,.0f} KiB)")  # fmt: skip
     if report.get("skipped_images"):
         rows.append(f"skipped {len(report['skipped_images'])} unreadable image(s): " + "; ".join(report["skipped_images"][:5]))
     return "\n".join(rows)
@@ -261,14 +264,15 @@ def make_predictor(config, model_path=None, architecture=None, threads: int = 2)
 
 
 def model_file_sizes(path) -> dict:
-    """``bytes`` and ``gzip_bytes`` of a model file (nothing for a model built in memory)."""
+    """``bytes`` and ``gzip_bytes`` of a model file (nothing for a model built in memory); for a .tflite also its RAM (peak activation memory)."""
     from pathlib import Path
 
     from .fileio import file_sizes
+    from .tflite_memory import ram_figures
 
     if path is None or not Path(path).is_file():
         return {}
-    return file_sizes(path)
+    return {**file_sizes(path), **ram_figures(path)}
 
 
 def measure_model_latency(predictor, runs: int = 20) -> dict:

@@ -16,6 +16,7 @@ from pathlib import Path
 from yolo3.fileio import atomic_write, atomic_write_text, file_sizes
 from yolo3.names import conv_index, conv_name
 from yolo3.reporting import write_json
+from yolo3.tflite_memory import ram_figures
 
 ROUNDS, RUNS = 10, 10  # interleaved timing of the final model against the unpruned int8 model
 
@@ -52,7 +53,7 @@ def build_report(ctx) -> dict:
             entry = {"stage": row["stage"], "file": path.name, "mAP50": scored["mAP50"], "coco_AP": scored["coco_AP"], "images": scored["images"],
                      "note": row["note"], "arch_latency": row["arch"]}  # fmt: skip
             if path.suffix == ".tflite":
-                entry.update(file_sizes(path))
+                entry.update(file_sizes(path), **ram_figures(path))
             else:
                 loaded = load_model(path)
                 t = totals(analyse(loaded.spec, *loaded.input_hw))
@@ -164,8 +165,8 @@ def format_markdown(r: dict) -> str:
                   f"{t['planned']:.3g}{'x' if t['kind'] == 'speedup' else ' MB'}, measured {t['measured']:.3g}."
                   for t in r.get("targets", []) if t.get("planned") is not None),
         "",
-        "| stage | mAP@0.5 | COCO AP | params | MACs | size | gzip | int8 latency of the architecture | note |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| stage | mAP@0.5 | COCO AP | params | MACs | size | gzip | RAM (peak activations) | int8 latency of the architecture | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in r["stages"]:
         params = f"{e['params']:,}" if "params" in e else ""
@@ -173,7 +174,8 @@ def format_markdown(r: dict) -> str:
         size = f"{e['bytes'] / 1e6:.2f} MB" if "bytes" in e else ""
         gz = f"{e['gzip_bytes'] / 1e6:.3f} MB" if "gzip_bytes" in e else ""
         lat = f"{e['int8_latency_ms']:.2f} ms" if e.get("int8_latency_ms") else ""
-        rows.append(f"| {e['stage']} | {e['mAP50']:.4f} | {e['coco_AP']:.4f} | {params} | {macs} | {size} | {gz} | {lat} | {e['note']} |")
+        ram = f"{e['peak_activation_bytes'] / 1024:,.0f} KiB" if e.get("peak_activation_bytes") else ""
+        rows.append(f"| {e['stage']} | {e['mAP50']:.4f} | {e['coco_AP']:.4f} | {params} | {macs} | {size} | {gz} | {ram} | {lat} | {e['note']} |")
     rows.append("")
     rows.append("Stage times: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["stage_seconds"].items()))
     for note in r["notes"]:
