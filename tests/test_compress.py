@@ -194,6 +194,10 @@ def test_changed_target_needs_force(finished_run, tmp_path):
     shutil.copytree(run_dir / "stages", fresh / "stages")
     r = subprocess.run(compress_cmd(config, "--target-speedup", "1.2", "--run-dir", str(fresh)), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "made from other inputs" in r.stderr and "--force" in r.stderr
+    # another runtime (built-in kernels instead of XNNPACK) changes what every timing stage measured
+    r = subprocess.run(compress_cmd(config, "--target-speedup", "1.3", "--no-xnnpack", "--run-dir", str(fresh)), cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 2 and "compress.xnnpack" in r.stderr and "--force" in r.stderr, r.stderr[-2000:]
 
 
 def test_planner_meets_a_macs_target_exactly_as_predicted():
@@ -357,6 +361,7 @@ def test_latency_model_fits_blocks(finished_run):
 
     _, run_dir, _ = finished_run
     model = LatencyModel.from_json(json.loads((run_dir / "latency-model.json").read_text()))
+    assert model.xnnpack and LatencyModel.from_json(model.to_json()) == model
     spec = parse_cfg(TOY_CFG, "toy.cfg")
     assert set(model.coefficients) == {b.layer for b in block_shapes(spec, 64)}
     assert {n["size"] for n in model.networks} == {64, 32} and len(model.networks) >= 4

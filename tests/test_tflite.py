@@ -359,3 +359,20 @@ def test_memory_report_and_info_of_a_tflite(exported):
     assert json.loads(out.stdout)["peak_activation_bytes"] == r["peak_activation_bytes"]
     bad = subprocess.run([sys.executable, "-m", "yolo3", "info", str(folder / "model-int8.tflite"), "--size", "64"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "a .tflite has its own" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_built_in_kernels_give_the_xnnpack_results(exported):
+    """--no-xnnpack / compress.xnnpack false: the same model on LiteRT's built-in kernels, timed by the same call compress uses."""
+    from compression.budget.latency_model import time_models
+    from yolo3.lite import TFLitePredictor
+
+    folder, _ = exported
+    path = folder / "model-int8.tflite"
+    image = np.random.default_rng(0).uniform(0, 1, (1, 96, 96, 3)).astype(np.float32)
+    a = TFLitePredictor(path, 1).invoke(image)
+    b = TFLitePredictor(path, 1, xnnpack=False).invoke(image)
+    for x, y in zip(a, b):
+        diff = np.abs(x.astype(np.float32) - y.astype(np.float32))  # int8 kernels round apart by a few output steps, rarely
+        assert diff.max() <= 0.05 * float(np.abs(x).max()) and diff.mean() <= 0.01 * float(np.abs(x).max())
+    ms = time_models([path, path], threads=1, rounds=2, runs=2, progress=False, xnnpack=False)
+    assert len(ms) == 2 and all(t > 0 for t in ms)

@@ -182,6 +182,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "compress": {
         "sizes": Key(list, [416, 352, 320, 288], "`compress.py`: input sizes the planner may choose (multiples of 32); those above `model.input_size` are ignored, and `model.input_size` is always one."),
         "threads": Key(int, 2, "`compress.py`: LiteRT threads of the device the latency model is measured for (this machine).", range=Range(1, 256)),
+        "xnnpack": Key(bool, True, "`compress.py` (`--no-xnnpack`): time every model with LiteRT's XNNPACK delegate (its default on x86 and ARM); false = its built-in kernels only, the runtime of builds without XNNPACK (some boards, microcontroller ports), where layers cost differently (depthwise convolutions far more)."),
         "sensitivity_ratios": Key(list, [0.25, 0.5, 0.75, 0.875], "`compress.py`: fractions of a unit's channels removed in the sensitivity analysis (each unit alone, no fine-tuning)."),
         "latency_levels": Key(list, [1.0, 0.5, 0.25, 0.125], "`compress.py`: channel fractions at which every block is timed as int8 for the latency model (input x output grid at the model's size; full and half at the other sizes)."),
         "round_to": Key(int, 8, "`compress.py`: channel counts the planner keeps are multiples of this (int8 kernels run fastest on multiples of 8).", range=Range(1, 1024)),

@@ -1,6 +1,6 @@
 """The edge runner: detect with a ``.tflite`` file using only numpy, Pillow and LiteRT.
 
-    python -m yolo3.lite MODEL.tflite IMAGE|FOLDER|VIDEO|CAMERA ... [--threads 2] [--score 0.25] [--json] [--draw OUT_DIR]
+    python -m yolo3.lite MODEL.tflite IMAGE|FOLDER|VIDEO|CAMERA ... [--threads 2] [--no-xnnpack] [--score 0.25] [--json] [--draw OUT_DIR]
 
 Prints one line per image or frame (boxes in image pixels, scores, class names, latency), or
 one JSON object with ``--json``.
@@ -45,6 +45,17 @@ def _interpreter_class():
         check_tflite_runtime_numpy()
         return _import_interpreter("tflite_runtime", "tflite-runtime")
     raise UserError("neither ai_edge_litert nor tflite_runtime is installed: pip install -r requirements.txt (see README.md)")
+
+
+def make_interpreter(path: str | Path | None = None, content: bytes | None = None, threads: int = 2, xnnpack: bool = True):
+    """LiteRT's interpreter (not yet allocated) with ``threads``; ``xnnpack=False`` runs its built-in kernels only, as a runtime without XNNPACK does."""
+    Interpreter = _interpreter_class()
+    options = {}
+    if not xnnpack:
+        options["experimental_op_resolver_type"] = sys.modules[Interpreter.__module__].OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    if content is not None:
+        return Interpreter(model_content=content, num_threads=threads, **options)
+    return Interpreter(model_path=str(path), num_threads=threads, **options)
 
 
 def check_tflite_runtime_numpy(numpy_version: str | None = None) -> None:
@@ -182,16 +193,15 @@ class TFLitePredictor:
 
     runtime = "litert"
 
-    def __init__(self, path: str | Path, threads: int = 2, heads: list[HeadSpec] | None = None):
+    def __init__(self, path: str | Path, threads: int = 2, heads: list[HeadSpec] | None = None, xnnpack: bool = True):
         self.path = Path(path)
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
             raise UserError("model file does not exist", path) from None
         self.metadata = parse_metadata(read_metadata(data), path)
-        Interpreter = _interpreter_class()
         try:
-            self.interpreter = Interpreter(model_content=data, num_threads=threads)
+            self.interpreter = make_interpreter(content=data, threads=threads, xnnpack=xnnpack)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as err:
             raise UserError(f"LiteRT cannot load this model: {err}", path) from None
@@ -312,6 +322,7 @@ def main(argv=None) -> int:
     parser.add_argument("model", help="a .tflite written by convert.py (labels, anchors and input size travel inside it)")
     parser.add_argument("inputs", nargs="+", help="image files, folders of images, video files, or a camera index (0)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-xnnpack", action="store_true", help="LiteRT's built-in kernels only (no XNNPACK delegate), as some runtimes run")
     parser.add_argument("--score", type=float, default=0.25, help="score threshold")
     parser.add_argument("--nms", type=float, default=0.45, help="NMS IoU threshold")
     parser.add_argument("--json", action="store_true", help="one JSON object per image or frame instead of a line of text")
@@ -327,7 +338,7 @@ def main(argv=None) -> int:
         if draw_dir.exists() and not draw_dir.is_dir():
             raise UserError("--draw: exists and is not a folder", draw_dir)
         draw_dir.mkdir(parents=True, exist_ok=True)
-    predictor = TFLitePredictor(args.model, args.threads)
+    predictor = TFLitePredictor(args.model, args.threads, xnnpack=not args.no_xnnpack)
     from .detection import iter_inputs
 
     failed = 0
@@ -357,7 +368,7 @@ def main(argv=None) -> int:
             draw_detections(image, dets, predictor.names).save(draw_dir / f"{stem}.jpg", quality=92)
     if model_times:
         print(f"{len(model_times)} image{'' if len(model_times) == 1 else 's'}: model latency median {float(np.median(model_times)):.1f} ms "
-              f"({args.threads} thread{'' if args.threads == 1 else 's'})", file=sys.stderr)  # fmt: skip
+              f"({args.threads} thread{'' if args.threads == 1 else 's'}{', built-in kernels' if args.no_xnnpack else ''})", file=sys.stderr)  # fmt: skip
     return 2 if failed else 0
 
 

@@ -75,17 +75,12 @@ def peak_activation(steps: list[Step], sizes: dict[int, int], graph_inputs: tupl
 def _load(path: Path):
     """LiteRT's interpreter for ``path`` with its built-in kernels (no delegate), tensors allocated; a bad file ends in one line."""
     from .errors import UserError
-    from .lite import _interpreter_class
+    from .lite import make_interpreter
 
     if not path.is_file():
         raise UserError("model file does not exist", path)
-    interpreter_class = _interpreter_class()
     try:
-        from ai_edge_litert.interpreter import OpResolverType
-    except ImportError:  # tflite_runtime names it the same way
-        from tflite_runtime.interpreter import OpResolverType
-    try:
-        interpreter = interpreter_class(model_path=str(path), experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        interpreter = make_interpreter(path, xnnpack=False)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as err:
         raise UserError(f"LiteRT cannot load this model ({str(err).strip().splitlines()[0] if str(err).strip() else 'no reason given'})", path) from None

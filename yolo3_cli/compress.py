@@ -39,6 +39,7 @@ def configure(parser) -> None:
     parser.add_argument("--sensitivity-only", action="store_true", help="only the sensitivity analysis (JSON and PNG in the run folder)")
     parser.add_argument("--run-dir", help="the run folder (default: train.run_dir + '-compress')")
     parser.add_argument("--threads", type=int, help="LiteRT threads the latency is measured and planned for (default: compress.threads)")
+    parser.add_argument("--no-xnnpack", action="store_true", help="measure and plan for LiteRT's built-in kernels, without XNNPACK (compress.xnnpack false)")
     parser.add_argument("--sizes", help="input sizes the planner may choose, e.g. 416,352,320 (default: compress.sizes)")
     parser.add_argument("--epochs", type=int, help="fine-tuning epochs after pruning (default: compress.finetune_epochs)")
     parser.add_argument("--measurements-from", metavar="RUN", help="reuse the baseline, cost models and sensitivity of another run folder "
@@ -83,7 +84,7 @@ def run(args) -> int:
         check_bundle_folder(args.bundle, args.force)
     options = CompressOptions(
         target=targets[0] if targets else None, also=tuple(targets[1:]), preset=args.preset, from_config=args.from_config, sensitivity_only=args.sensitivity_only,
-        run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, sizes=sizes, force=args.force,
+        run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, no_xnnpack=args.no_xnnpack, sizes=sizes, force=args.force,
         progress=not args.quiet, epochs={} if args.epochs is None else {"finetune": args.epochs},
         measurements_from=Path(args.measurements_from) if args.measurements_from else None, max_loss=args.max_loss, strict=args.strict,
         time_budget=args.time_budget,

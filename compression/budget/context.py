@@ -44,6 +44,7 @@ class CompressOptions:
     sensitivity_only: bool = False
     run_dir: Path | None = None
     threads: int | None = None
+    no_xnnpack: bool = False  # time with LiteRT's built-in kernels (compress.xnnpack false)
     sizes: list[int] | None = None
     force: bool = False
     progress: bool = True
@@ -124,6 +125,8 @@ class CompressJob:
         overrides = {EPOCH_KEYS[k]: int(v) for k, v in options.epochs.items()}
         if options.threads:
             overrides["compress.threads"] = options.threads
+        if options.no_xnnpack:
+            overrides["compress.xnnpack"] = False
         if options.time_budget is not None:
             check_time_budget(options.time_budget)
             overrides["compress.time_budget"] = float(options.time_budget)
@@ -144,6 +147,7 @@ class CompressJob:
         self.config = with_overrides(config, overrides) if overrides else config
         co = self.config.compress
         self.threads = co.threads
+        self.xnnpack = co.xnnpack
         base = self.config.model.input_size
         self.base_size = base
         sizes = {s for s in co.sizes if s <= base}

@@ -178,6 +178,7 @@ class LatencyModel:
     blocks: list[dict] = field(default_factory=list)  # every block variant measured: layer, size, channels, ms
     networks: list[dict] = field(default_factory=list)  # every whole network measured: size, filters, ms, sum of blocks
     seconds: float = 0.0
+    xnnpack: bool = True  # the runtime it was measured on: LiteRT with its XNNPACK delegate, or its built-in kernels
 
     def block_time(self, layer: int, kind: str, pixels: int, cin: int, cout: int) -> float:
         """Predicted milliseconds of one block with these channel counts (before the whole-network mapping)."""
@@ -197,14 +198,15 @@ class LatencyModel:
 
     def to_json(self) -> dict:
         return {
-            "threads": self.threads, "alpha": self.alpha, "beta": self.beta, "seconds": self.seconds,
+            "threads": self.threads, "xnnpack": self.xnnpack, "alpha": self.alpha, "beta": self.beta, "seconds": self.seconds,
             "coefficients": {str(k): v for k, v in self.coefficients.items()}, "blocks": self.blocks, "networks": self.networks,
         }  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict) -> LatencyModel:
         return cls(int(data["threads"]), {int(k): list(v) for k, v in data["coefficients"].items()}, float(data["alpha"]),
-                   float(data["beta"]), data.get("blocks", []), data.get("networks", []), float(data.get("seconds", 0.0)))  # fmt: skip
+                   float(data["beta"]), data.get("blocks", []), data.get("networks", []), float(data.get("seconds", 0.0)),
+                   bool(data.get("xnnpack", True)))  # fmt: skip
 
 
 def fit_blocks(spec: Spec, measured: list[tuple[Item, float]]) -> dict[int, list[float]]:
@@ -235,14 +237,13 @@ def fit_blocks(spec: Spec, measured: list[tuple[Item, float]]) -> dict[int, list
     return coefficients
 
 
-def time_models(paths: list[Path], threads: int, rounds: int = 5, runs: int = 5, progress: bool = True) -> list[float]:
-    """Median milliseconds of one invoke of every model, timed in interleaved rounds (this machine's load drifts)."""
-    from yolo3.lite import _interpreter_class, interleaved_latency
+def time_models(paths: list[Path], threads: int, rounds: int = 5, runs: int = 5, progress: bool = True, xnnpack: bool = True) -> list[float]:
+    """Median milliseconds of one invoke of every model, timed in interleaved rounds (this machine's load drifts); ``xnnpack=False``: built-in kernels."""
+    from yolo3.lite import interleaved_latency, make_interpreter
 
-    Interpreter = _interpreter_class()
     interpreters = []
     for p in paths:
-        it = Interpreter(model_path=str(p), num_threads=threads)
+        it = make_interpreter(p, threads=threads, xnnpack=xnnpack)
         it.allocate_tensors()
         for d in it.get_input_details():
             it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
@@ -289,7 +290,7 @@ def convert_items(spec: Spec, items: list[Item], folder: Path, progress: bool = 
 
 def measure_latency_model(
     spec: Spec, sizes: list[int], base_size: int, threads: int = 2, levels=LEVELS, round_to: int = 8, progress: bool = True,
-    rounds: int = 5, runs: int = 5,
+    rounds: int = 5, runs: int = 5, xnnpack: bool = True,
 ) -> LatencyModel:
     """Convert, time and fit (see the module docstring); a few minutes for YOLOv3-tiny."""
     start = time.perf_counter()
@@ -298,9 +299,9 @@ def measure_latency_model(
     networks = network_items(spec, sizes, base_size, round_to)
     with tempfile.TemporaryDirectory(prefix="yolo3-latency-") as tmp:
         paths = convert_items(spec, blocks + networks, Path(tmp), progress)
-        ms = time_models(paths, threads, rounds, runs, progress)
+        ms = time_models(paths, threads, rounds, runs, progress, xnnpack)
     block_ms, network_ms = ms[: len(blocks)], ms[len(blocks) :]
-    model = LatencyModel(threads, fit_blocks(spec, list(zip(blocks, block_ms))))
+    model = LatencyModel(threads, fit_blocks(spec, list(zip(blocks, block_ms))), xnnpack=xnnpack)
     model.blocks = [{"layer": it.layer, "size": it.size, "in_channels": [s[2] for s in it.in_shapes], "filters": it.filters, "ms": t}
                     for it, t in zip(blocks, block_ms)]  # fmt: skip
     sums = [sum(model.block_ms(with_filters(spec, it.filters), it.size).values()) for it in networks]
@@ -313,7 +314,8 @@ def measure_latency_model(
     return model
 
 
-def measure_networks(specs: list[tuple[Spec, int]], threads: int, progress: bool = True, rounds: int = 5, runs: int = 5) -> list[float]:
+def measure_networks(specs: list[tuple[Spec, int]], threads: int, progress: bool = True, rounds: int = 5, runs: int = 5,
+                     xnnpack: bool = True) -> list[float]:  # fmt: skip
     """int8 latency of whole architectures (random weights), timed interleaved: to check a plan or a lever before training it.
 
     The architectures may differ in channels (one network, pruned) or in layers
@@ -336,4 +338,4 @@ def measure_networks(specs: list[tuple[Spec, int]], threads: int, progress: bool
             folder.mkdir()
             for k, path in zip(indices, convert_items(base, items, folder, progress)):
                 paths[k] = path
-        return time_models(paths, threads, rounds, runs, progress)
+        return time_models(paths, threads, rounds, runs, progress, xnnpack)

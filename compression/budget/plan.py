@@ -211,7 +211,7 @@ def check_latency(inputs: Inputs, plan, cmap, points, size_loss, cost, target_va
         if not pending:
             break
         specs = [(cmap.spec, job.base_size)] + [(cmap.spec_with(plan.per_size[s].kept), s) for s in pending]
-        measured = measure_networks(specs, job.threads, job.options.progress)
+        measured = measure_networks(specs, job.threads, job.options.progress, xnnpack=job.xnnpack)
         for s, ms in zip(pending, measured[1:]):
             cand = plan.per_size[s]
             # the target in measured milliseconds: the same speed-up against the unpruned network timed in this run

@@ -62,7 +62,7 @@ def build_report(ctx) -> dict:
     by_file = {e["file"]: e for e in stages}
     float_base, int8_base, final = by_file["baseline.h5"], by_file["baseline-int8.tflite"], by_file["final-int8.tflite"]
 
-    times = time_models([ctx.input("baseline-int8.tflite"), ctx.input("final-int8.tflite")], job.threads, ROUNDS, RUNS, job.options.progress)
+    times = time_models([ctx.input("baseline-int8.tflite"), ctx.input("final-int8.tflite")], job.threads, ROUNDS, RUNS, job.options.progress, job.xnnpack)
     unpruned_ms, final_ms = times
     for e in stages:
         # rows of the plan's architecture share its timing only when the plan is what was delivered
@@ -93,6 +93,7 @@ def build_report(ctx) -> dict:
         "floor_message": floor["message"],
         "levers": ctx.result("levers")["names"] if delivered != "unpruned" else [],
         "threads": job.threads,
+        "xnnpack": job.xnnpack,
         "split": {"test_images": final["images"], "decisions": "validation split", "figures": "test split"},
         "stages": stages,
         "candidates": ctx.result("candidates"),
@@ -151,7 +152,7 @@ def format_markdown(r: dict) -> str:
     rows = [
         f"Target: {r['target']['text']}. Final model at input {r['input_size']}: "
         f"**{r['speedup_vs_unpruned_int8']:.2f}x** faster than the unpruned int8 model "
-        f"({r['latency_ms_final_int8']:.2f} ms against {r['latency_ms_unpruned_int8']:.2f} ms, {r['threads']} LiteRT threads, "
+        f"({r['latency_ms_final_int8']:.2f} ms against {r['latency_ms_unpruned_int8']:.2f} ms, {r['threads']} LiteRT threads{'' if r.get('xnnpack', True) else ', built-in kernels (no XNNPACK)'}, "
         + (f"predicted {r['predicted_latency_ms_final_int8']:.2f} ms), " if r["predicted_latency_ms_final_int8"] is not None else "no prediction), ") +
         f"**{r['size_ratio_vs_float_weights']:.1f}x** smaller than the float "
         f"`.weights` ({r['gzip_bytes_final_int8'] / 1e6:.3f} MB gzipped), mAP@0.5 **{r['map50_final_int8']:.4f}** against "

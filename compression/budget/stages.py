@@ -143,7 +143,7 @@ class LeversStage(CompressStage):
     def __init__(self, active: bool, budgeted: bool = False):
         self.active = active
         self.reads = (*FINETUNE_READS, "run.max_loss", "run.base_size", "compress.levers", "compress.lever_epochs",
-                      "compress.threads", *(("compress.time_budget",) if budgeted else ())) if active else ()  # fmt: skip
+                      "compress.threads", "compress.xnnpack", *(("compress.time_budget",) if budgeted else ())) if active else ()  # fmt: skip
 
     def run(self, ctx: StageContext) -> dict:
         from yolo3.spec import conv_params
@@ -163,7 +163,8 @@ class LeversStage(CompressStage):
         if not variants:
             return self._none(ctx, "the network has no conv + 2x2 max-pool pair and no LeakyReLU" if allowed else "compress.levers is []")
         size = job.base_size
-        times = measure_networks([(spec, size)] + [(v.apply_spec(spec), size) for v in variants], job.threads, job.options.progress)
+        times = measure_networks([(spec, size)] + [(v.apply_spec(spec), size) for v in variants], job.threads, job.options.progress,
+                                 xnnpack=job.xnnpack)  # fmt: skip
         half_floor = ctx.setting("run.max_loss") / 2
         epochs = ctx.setting("compress.lever_epochs")
         lr = ctx.setting("pruning.finetune_learning_rate")
@@ -257,7 +258,7 @@ def lever_model(source_h5: Path, levers, out: Path) -> None:
 
 class CostModels(CompressStage):
     name, title, measuring = "cost-models", "int8 latency of every block on this machine, bytes per weight", True
-    reads = ("run.sizes", "run.base_size", "compress.threads", "compress.latency_levels", "compress.round_to", "clustering.clusters")
+    reads = ("run.sizes", "run.base_size", "compress.threads", "compress.xnnpack", "compress.latency_levels", "compress.round_to", "clustering.clusters")
     needs = ("baseline", "levers")
     writes = ("latency-model.json", "size-model.json")
 
@@ -270,7 +271,7 @@ class CostModels(CompressStage):
         job = ctx.services
         loaded = load_model(start_h5(ctx))
         model = measure_latency_model(loaded.spec, job.sizes, job.base_size, job.threads, tuple(ctx.setting("compress.latency_levels")),
-                                      ctx.setting("compress.round_to"), progress=job.options.progress)  # fmt: skip
+                                      ctx.setting("compress.round_to"), progress=job.options.progress, xnnpack=job.xnnpack)  # fmt: skip
         write_json(ctx.output("latency-model.json"), model.to_json())
         size = measure_size_model(loaded.model, loaded.spec, ctx.setting("clustering.clusters"), ctx.result("baseline")["int8"]["gzip_bytes"])
         write_json(ctx.output("size-model.json"), size.to_json())
@@ -327,7 +328,7 @@ class PlanStage(CompressStage):
         if not searched:  # the plan is given: its ratios and size
             self.reads = (*common, "run.plan_size", "pruning.similarity_layer_ratios")
         else:  # searched; clustering settings change the plan only where it is planned for size
-            self.reads = (*common, "run.sizes", "compress.threads", "compress.cluster_budget")
+            self.reads = (*common, "run.sizes", "compress.threads", "compress.xnnpack", "compress.cluster_budget")
             if "size" in target_kinds:
                 self.reads += ("compress.cluster",)
 
@@ -594,7 +595,7 @@ class Floor(CompressStage):
     """
 
     name, title = "floor", "the accuracy floor on validation: the plan's int8 model, or the fastest model within the floor, becomes final-int8.tflite"
-    reads = ("@data", "run.max_loss", "run.strict", "run.target", "run.also", "compress.threads", "compress.calibration_samples")
+    reads = ("@data", "run.max_loss", "run.strict", "run.target", "run.also", "compress.threads", "compress.xnnpack", "compress.calibration_samples")
     needs = ("baseline", "levers", "plan", "candidates", "int8")
     writes = ("levered-int8.tflite", "final-int8.tflite")
 
@@ -626,7 +627,7 @@ class Floor(CompressStage):
             return ctx.output(file) if file in self.writes else ctx.input(file)
 
         if options[0]["loss_points"] > max_loss:
-            times = time_models([ctx.input("baseline-int8.tflite")] + [path(o["file"]) for o in options], job.threads, 5, 5, job.options.progress)
+            times = time_models([ctx.input("baseline-int8.tflite")] + [path(o["file"]) for o in options], job.threads, 5, 5, job.options.progress, job.xnnpack)
             for o, ms in zip(options, times[1:]):
                 o["speedup"] = times[0] / ms
         wanted = job.describe_targets()
@@ -694,7 +695,7 @@ class PlanConfig(CompressStage):
 
 class Report(CompressStage):
     name, title = "report", "every stage's model on the test split; the final model timed against the unpruned int8 model"
-    reads = ("@data", "compress.threads", "run.target", "run.also")
+    reads = ("@data", "compress.threads", "compress.xnnpack", "run.target", "run.also")
     writes = ("report.json", "report.md", "report.png")
 
     def __init__(self, needs: tuple[str, ...]):
