@@ -28,10 +28,13 @@ def main(argv=None) -> int:
     parser.add_argument("--model", action="append", default=[], help="CFG:WEIGHTS:SIZE[,SIZE...] (Darknet files)")
     parser.add_argument("--tflite", action="append", default=[], help="a .tflite to read as it is")
     parser.add_argument("--images", default="../shared/darknet/images", help="calibration images")
+    parser.add_argument("--levers", action="store_true", help="also each model with ReLU, with its first 3 pool->stride pairs, and with both")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
+    from compression.budget.levers import Levers, pool_stride_pairs
     from compression.quantize.tflite_export import export_tflite
+    from yolo3.keras_model import build_model, get_darknet_weights, set_darknet_weights
     from yolo3.models import load_model, save_model
     from yolo3.tflite_memory import memory_report
 
@@ -43,12 +46,23 @@ def main(argv=None) -> int:
             cfg, weights, sizes = item.rsplit(":", 2)
             for size in (int(s) for s in sizes.split(",")):
                 loaded = load_model(weights, architecture=cfg, size=size)
-                h5 = Path(tmp) / f"{Path(cfg).stem}-{size}.h5"
-                save_model(loaded.model, loaded.spec, h5)
-                out = Path(tmp) / f"{Path(cfg).stem}-{size}-int8.tflite"
-                names = [f"class{k}" for k in range(loaded.spec.num_classes)]
-                export_tflite(h5, out, "int8", images, names, size, loaded.spec)
-                files.append((f"{Path(cfg).stem} int8 at {size}", out))
+                pairs = tuple(pool_stride_pairs(loaded.spec)[:3])
+                variants = [("", Levers())]
+                if args.levers:
+                    variants += [(", ReLU", Levers(relu=True))] + ([(f", {len(pairs)} pool->stride", Levers(pairs)),
+                                                                    (f", {len(pairs)} pool->stride + ReLU", Levers(pairs, relu=True))] if pairs else [])  # fmt: skip
+                for k, (label, levers) in enumerate(variants):
+                    spec, model = loaded.spec, loaded.model
+                    if not levers.empty:
+                        spec, w = levers.apply(loaded.spec, get_darknet_weights(loaded.model, loaded.spec))
+                        model = build_model(spec, size=size)
+                        set_darknet_weights(model, spec, w)
+                    h5 = Path(tmp) / f"{Path(cfg).stem}-{size}-{k}.h5"
+                    save_model(model, spec, h5)
+                    out = h5.with_suffix(".tflite")
+                    names = [f"class{c}" for c in range(spec.num_classes)]
+                    export_tflite(h5, out, "int8", images, names, size, spec)
+                    files.append((f"{Path(cfg).stem} int8 at {size}{label}", out))
         files += [(str(p), Path(p)) for p in args.tflite]
         for title, path in files:
             r = memory_report(path)

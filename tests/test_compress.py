@@ -387,12 +387,13 @@ def test_other_finetune_epochs_redo_finetune_and_after_not_the_measurements(fini
 def test_levers_fold_max_pools_into_strides_and_the_plan_prunes_the_levered_model(tmp_path, synthetic_valid):
     """With levers allowed, the toy's two conv + max-pool pairs become stride-2 convolutions when the target asks for speed.
 
-    The same run holds an 8-minute time budget: it ends within it, and the time left buys fine-tuning epochs (up to 3x the configured one).
-    The stages before the fine-tune take about 4 minutes here; a tighter budget leaves the epochs to the machine's speed that day.
+    The same run holds a 12-minute time budget: it ends within it, and the time left buys fine-tuning epochs (up to 3x the configured one).
+    The stages before the fine-tune take 4 minutes on a fast machine and about twice that on an AVX2-only one under load; a tighter
+    budget leaves the epochs to the machine's speed that day.
     """
     from yolo3.spec import read_cfg
 
-    config = toy_config(tmp_path, synthetic_valid, finetune_epochs=1, cluster=False, time_budget=8.0, sizes=[64])  # one size: no candidates
+    config = toy_config(tmp_path, synthetic_valid, finetune_epochs=1, cluster=False, time_budget=12.0, sizes=[64])  # one size: no candidates
     run_dir = tmp_path / "out"
     r = subprocess.run(compress_cmd(config, "--target-speedup", "1.5", "--run-dir", str(run_dir)), cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -410,6 +411,6 @@ def test_levers_fold_max_pools_into_strides_and_the_plan_prunes_the_levered_mode
     pruned = read_cfg(run_dir / "pruned.cfg")
     assert pruned.layers[0].get_int("stride") == 2 and pruned.layers[1].type == "convolutional"
     assert report["max_loss"] == 1.0 and report["delivered"] in ("plan", "levers", "unpruned")
-    assert report["time_budget_min"] == 8.0 and report["seconds"] <= 1.1 * 8 * 60
+    assert report["time_budget_min"] == 12.0 and report["seconds"] <= 1.1 * 12 * 60
     finetune = json.loads((run_dir / "stages" / "finetune.json").read_text())["result"]
     assert finetune["schedule"] and finetune["epochs"] == 3, finetune["schedule"]  # the configured 1 epoch, tripled: time was left
