@@ -45,7 +45,7 @@ def bundle(tmp_path_factory):
 def test_bundle_holds_the_projects_own_runner(bundle):
     _, out = bundle
     assert sorted(p.name for p in (out / "yolo3").iterdir() if p.suffix == ".py") == sorted(
-        ["__init__.py", "errors.py", "preprocess.py", "postprocess.py", "draw.py", "detection.py", "lite.py"]
+        ["__init__.py", "errors.py", "preprocess.py", "postprocess.py", "draw.py", "detection.py", "lite.py", "board.py"]
     )
     for name in ("lite.py", "postprocess.py", "preprocess.py"):
         assert (out / "yolo3" / name).read_bytes() == (ROOT / "yolo3" / name).read_bytes()

@@ -1,6 +1,7 @@
 """TFLite export, evaluation of a .tflite, the edge runner without TensorFlow, detect.py."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -376,3 +377,53 @@ def test_built_in_kernels_give_the_xnnpack_results(exported):
         assert diff.max() <= 0.05 * float(np.abs(x).max()) and diff.mean() <= 0.01 * float(np.abs(x).max())
     ms = time_models([path, path], threads=1, rounds=2, runs=2, progress=False, xnnpack=False)
     assert len(ms) == 2 and all(t > 0 for t in ms)
+
+
+BLOCK_TENSORFLOW = (
+    "import sys, runpy\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
+    "            raise ImportError('tensorflow is not available on this device')\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "sys.argv = ['yolo3.lite'] + sys.argv[1:]\n"
+    "runpy.run_module('yolo3.lite', run_name='__main__')\n"
+)
+
+
+def test_profile_and_benchmark_on_the_device_without_tensorflow(exported, tmp_path):
+    """python -m yolo3.lite profile / benchmark: numpy + LiteRT only; an interrupted profile resumes; a foreign table is refused."""
+    folder, _ = exported
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    for name in ("block-0.tflite", "block-1.tflite", "network-0.tflite"):
+        shutil.copy(folder / "model-int8.tflite", probes / name)
+    (probes / "manifest.json").write_text(json.dumps({"probes": {"block-0.tflite": {"layer": 0}}}))
+    table = tmp_path / "table.json"
+
+    def lite(*args):
+        return subprocess.run([sys.executable, "-c", BLOCK_TENSORFLOW, *args], capture_output=True, text=True, cwd=ROOT)
+
+    r = lite("profile", str(probes), "--out", str(table), "--threads", "1", "--rounds", "1", "--runs", "1")
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(table.read_text())
+    assert sorted(data["probes"]) == ["block-0.tflite", "block-1.tflite", "network-0.tflite"] and all(t["median_ms"] > 0 for t in data["probes"].values())
+    assert data["device"]["threads"] == 1 and data["device"]["delegate"] == "xnnpack" and "litert" in data["device"]["runtime"]
+    assert data["manifest"] == {"probes": {"block-0.tflite": {"layer": 0}}}
+    del data["probes"]["block-1.tflite"]  # as if the profile had been stopped before the last chunk
+    table.write_text(json.dumps(data))
+    r = lite("profile", str(probes), "--out", str(table), "--threads", "1", "--rounds", "1", "--runs", "1")
+    assert r.returncode == 0 and "2 timed before, 1 to time" in r.stderr, r.stderr[-2000:]
+    assert len(json.loads(table.read_text())["probes"]) == 3
+    for args, message in (
+        (["profile", str(probes), "--out", str(table), "--threads", "2"], "other device settings"),
+        (["profile", str(tmp_path / "nowhere"), "--out", str(tmp_path / "t.json")], "does not exist"),
+        (["benchmark", str(probes / "missing.tflite")], "model file does not exist"),
+        (["benchmark", str(probes / "block-0.tflite"), "--threads", "0"], "--threads must be at least 1"),
+    ):
+        r = lite(*args)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-1000:])
+    r = lite("benchmark", str(probes / "block-0.tflite"), str(probes / "network-0.tflite"), "--no-xnnpack", "--rounds", "1", "--runs", "1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    timed = json.loads(r.stdout)
+    assert timed["device"]["delegate"] == "none (built-in kernels)" and len(timed["models"]) == 2

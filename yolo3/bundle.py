@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-RUNTIME_MODULES = ("errors.py", "preprocess.py", "postprocess.py", "draw.py", "detection.py", "lite.py")
+RUNTIME_MODULES = ("errors.py", "preprocess.py", "postprocess.py", "draw.py", "detection.py", "lite.py", "board.py")
 REQUIREMENTS = """# The runner needs numpy, Pillow and a TFLite runtime; no TensorFlow.
 # ai-edge-litert: x86-64 and aarch64 Linux, Python 3.9-3.12 on aarch64 (1.4.0 is its newest aarch64 wheel), 3.9-3.13 on x86-64.
 numpy>=1.23
@@ -54,6 +54,7 @@ python3 -m venv .venv && .venv/bin/pip install -r requirements.txt
 .venv/bin/python -m yolo3.lite model.tflite image.jpg                  # one line per image: boxes, scores, latency
 .venv/bin/python -m yolo3.lite model.tflite images/ --json --draw out/ # a folder, JSON lines, boxes drawn into out/
 .venv/bin/python -m yolo3.lite model.tflite video.mp4 --max-frames 100 # a video file, or 0 for the first camera (needs OpenCV)
+.venv/bin/python -m yolo3.lite benchmark model.tflite --threads 4       # the model's latency on this board (median, interleaved)
 ```
 
 Where ai-edge-litert has no wheel for the board (it has for x86-64 and aarch64 Linux, Python

@@ -315,8 +315,14 @@ def _describe(name: str, dets: Detections, names, model_ms: float, total_ms: flo
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("benchmark", "profile"):  # timing on the device: yolo3/board.py
+        from . import board
+
+        return board.benchmark_main(argv[1:]) if argv[0] == "benchmark" else board.profile_main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m yolo3.lite",
+        epilog="Also: python -m yolo3.lite benchmark MODEL.tflite ... | profile PROBES_DIR --out table.json (timing on this device).",
         description="Detect objects with a .tflite YOLOv3 written by this tool (numpy, Pillow and LiteRT only; OpenCV for video).",
     )
     parser.add_argument("model", help="a .tflite written by convert.py (labels, anchors and input size travel inside it)")
