@@ -448,3 +448,33 @@ def test_grouped_convolution_is_kept_whole_and_converts(tmp_path):
     interpreter = _interpreter_class()(model_content=convert_int8(model))
     interpreter.allocate_tensors()
     assert "CONV_2D" in {op["op_name"] for op in interpreter._get_ops_details()}
+
+
+def test_cross_layer_equalisation_keeps_the_outputs_and_equalises_the_ranges():
+    """CLE on conv -> conv 1x1 -> depthwise -> conv 1x1 (leaky, leaky, leaky, linear) -> ...: outputs unchanged within 1e-4, each pair's
+    ranges equal; the pair with ReLU6 between is left alone."""
+    from compression.quantize.equalize import _in_range, _out_range, equalizable_pairs, equalize
+    from yolo3.keras_model import build_model, set_darknet_weights
+
+    cfg = STEM + conv(16, 1) + conv(16, 3, groups=16) + conv(8, 1, activation="linear") + conv(8, 1, activation="relu6") + conv(8, 3) + HEAD
+    spec = parse_cfg(cfg, "cle.cfg")
+    weights = random_weights(spec, seed=3)
+    rng = np.random.default_rng(0)
+    for i in (1, 2):  # channels of very different scales, as a trained light backbone has
+        w = weights.convs[i]
+        weights.convs[i] = type(w)(w.kernel * rng.uniform(0.05, 20, w.filters).astype(np.float32), w.bias, w.bn)
+    pairs, skipped = equalizable_pairs(spec)
+    assert pairs == [(0, 1), (1, 2), (2, 3), (3, 4), (5, 6)] and len(skipped) == 1 and "relu6" in skipped[0] and "conv_4 -> conv_5" in skipped[0]
+    equalized, report = equalize(spec, weights, iterations=200, tolerance=1e-7)
+    before, after = build_model(spec), build_model(spec)
+    set_darknet_weights(before, spec, weights)
+    set_darknet_weights(after, spec, equalized)
+    x = rng.uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    a, b = np.asarray(before(x)), np.asarray(after(x))
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max()))
+    depthwise = {1: False, 2: True, 3: False, 4: False, 6: False}
+    for p, q in pairs:  # at convergence every pair's ranges agree channel by channel
+        np.testing.assert_allclose(_out_range(equalized.convs[p]), _in_range(equalized.convs[q], depthwise[q]), rtol=1e-3)
+    spread = lambda r: r.max() / r.min()  # noqa: E731
+    assert spread(_out_range(equalized.convs[1])) < spread(_out_range(weights.convs[1])) / 10  # the depthwise input is far more even
+    assert report["iterations"] <= 200 and report["pairs"][:3] == ["conv_0 -> conv_1", "conv_1 -> conv_2", "conv_2 -> conv_3"]

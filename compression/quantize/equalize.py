@@ -1,0 +1,124 @@
+"""Cross-layer equalisation (Nagel et al., "Data-Free Quantization", 2019): the same function, ranges int8 can hold.
+
+Two consecutive convolutions ``a -> b`` where ``b`` alone reads ``a``: scaling
+``a``'s output channel ``i`` by ``1/s_i`` and ``b``'s input channel ``i`` by
+``s_i`` leaves the network's function unchanged whenever the activation between
+them is positively homogeneous — ``f(x / s) = f(x) / s`` for ``s > 0``, true of
+linear, ReLU and LeakyReLU (``max(x, 0.1 x)``), false of ReLU6 (its clip at 6
+moves), Mish, Swish and the logistic, where this module leaves the pair alone.
+With batch norm, ``a``'s scale goes into gamma and beta (its BN-folded kernel
+and bias are what int8 sees), ``b``'s into its kernel's input channel; for a
+depthwise ``b`` that is channel ``i``'s own filter.
+
+``s_i = sqrt(r1_i / r2_i)``, with ``r1_i`` the range of ``a``'s BN-folded
+output channel ``i`` and ``r2_i`` the range of ``b``'s BN-folded weights that
+read channel ``i``, makes both ranges ``sqrt(r1_i r2_i)``: a channel whose
+weights were tiny next to its neighbours' (and lost to the shared int8 grid of
+an activation tensor downstream) is brought to their scale, and the scale it
+gave up moves to the next layer. Chains (``a -> b -> c``, the 1x1 -> depthwise
+-> 1x1 of a light backbone) are equalised pair by pair, repeatedly, until the
+scales settle.
+
+Example::
+
+    weights2, report = equalize(spec, weights)     # report: pairs, skipped pairs and why, iterations
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from yolo3.darknet import ConvWeights, DarknetWeights
+from yolo3.keras_model import BN_EPSILON
+from yolo3.spec import Spec, analyse, conv_params
+
+HOMOGENEOUS = ("linear", "relu", "leaky")  # f(x / s) = f(x) / s for s > 0
+
+
+def _readers(spec: Spec, index: int) -> list[int]:
+    from compression.budget.levers import _readers as readers
+
+    return readers(spec, index)
+
+
+def equalizable_pairs(spec: Spec) -> tuple[list[tuple[int, int]], list[str]]:
+    """The ``(a, b)`` convolution pairs CLE may scale, and for the rest of the conv -> conv pairs why not."""
+    infos = analyse(spec)
+    pairs, skipped = [], []
+    for a in spec.conv_indices():
+        b = a + 1
+        if b >= len(spec.layers) or spec.layers[b].type != "convolutional" or _readers(spec, a) != [b]:
+            continue
+        pa, pb = conv_params(spec.layers[a]), conv_params(spec.layers[b])
+        cin_b = infos[b].in_shape[2]
+        if pa.activation not in HOMOGENEOUS:
+            skipped.append(f"conv_{a} -> conv_{b}: {pa.activation} between them is not positively homogeneous, equalising would change the outputs")
+        elif pa.groups not in (1, pa.filters) or pb.groups not in (1, cin_b):
+            skipped.append(f"conv_{a} -> conv_{b}: grouped convolution (neither plain nor depthwise)")
+        elif pb.groups == cin_b and pb.filters != cin_b:
+            skipped.append(f"conv_{a} -> conv_{b}: depthwise with a channel multiplier")
+        else:
+            pairs.append((a, b))
+    return pairs, skipped
+
+
+def _out_scale(w: ConvWeights) -> np.ndarray:
+    """Per output channel, what batch norm multiplies the kernel by (1 without batch norm)."""
+    if w.bn is None:
+        return np.ones(w.filters)
+    gamma, _, _, var = w.bn
+    return np.abs(gamma) / np.sqrt(var + BN_EPSILON)
+
+
+def _out_range(w: ConvWeights) -> np.ndarray:
+    """Per output channel: the largest |BN-folded weight|."""
+    return np.abs(w.kernel).reshape(-1, w.filters).max(axis=0) * _out_scale(w)
+
+
+def _in_range(w: ConvWeights, depthwise: bool) -> np.ndarray:
+    """Per input channel: the largest |BN-folded weight| that reads it."""
+    folded = np.abs(w.kernel) * _out_scale(w)  # (kh, kw, in/groups, out)
+    if depthwise:
+        return folded.reshape(-1, w.filters).max(axis=0)
+    return folded.max(axis=(0, 1, 3))
+
+
+def _scale_out(w: ConvWeights, s: np.ndarray) -> ConvWeights:
+    """Output channels multiplied by ``s``."""
+    if w.bn is not None:
+        gamma, beta, mean, var = w.bn
+        return ConvWeights(w.kernel, None, (gamma * s, beta * s, mean, var))
+    return ConvWeights(w.kernel * s, None if w.bias is None else w.bias * s, None)
+
+
+def _scale_in(w: ConvWeights, s: np.ndarray, depthwise: bool) -> ConvWeights:
+    """Input channels multiplied by ``s`` (for a depthwise convolution, channel i's own filter)."""
+    kernel = w.kernel * (s[None, None, None, :] if depthwise else s[None, None, :, None])
+    return ConvWeights(kernel.astype(w.kernel.dtype), w.bias, w.bn)
+
+
+def equalize(spec: Spec, weights: DarknetWeights, iterations: int = 20, tolerance: float = 1e-4) -> tuple[DarknetWeights, dict]:
+    """CLE over every equalizable pair (see the module docstring); new weights and what was done."""
+    pairs, skipped = equalizable_pairs(spec)
+    convs = {i: ConvWeights(w.kernel.astype(np.float64), None if w.bias is None else w.bias.astype(np.float64),
+                            None if w.bn is None else tuple(np.asarray(x, np.float64) for x in w.bn))
+             for i, w in weights.convs.items()}  # fmt: skip
+    depthwise = {i: conv_params(spec.layers[i]).groups > 1 for i in spec.conv_indices()}
+    done = 0
+    while done < iterations:
+        done += 1
+        largest = 0.0
+        for a, b in pairs:
+            r1, r2 = _out_range(convs[a]), _in_range(convs[b], depthwise[b])
+            ok = (r1 > 0) & (r2 > 0)
+            s = np.ones_like(r1)
+            s[ok] = np.sqrt(r1[ok] / r2[ok])
+            convs[a] = _scale_out(convs[a], 1.0 / s)
+            convs[b] = _scale_in(convs[b], s, depthwise[b])
+            largest = max(largest, float(np.abs(np.log(s)).max()))
+        if largest < tolerance:
+            break
+    out = {i: ConvWeights(w.kernel.astype(np.float32), None if w.bias is None else w.bias.astype(np.float32),
+                          None if w.bn is None else tuple(x.astype(np.float32) for x in w.bn))
+           for i, w in convs.items()}  # fmt: skip
+    return DarknetWeights(out, weights.header), {"pairs": [f"conv_{a} -> conv_{b}" for a, b in pairs], "skipped": skipped, "iterations": done}
