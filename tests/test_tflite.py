@@ -427,3 +427,22 @@ def test_profile_and_benchmark_on_the_device_without_tensorflow(exported, tmp_pa
     assert r.returncode == 0, r.stderr[-2000:]
     timed = json.loads(r.stdout)
     assert timed["device"]["delegate"] == "none (built-in kernels)" and len(timed["models"]) == 2
+
+
+def test_convert_repair_keeps_the_better_int8_on_validation(exported, synthetic_valid, tmp_path):
+    """--repair cle: the model as converted and after cross-layer equalisation, both scored on validation, the better kept; bad steps end in one line."""
+    folder, _ = exported
+    config = _config(tmp_path, synthetic_valid, folder / "model.h5")
+    out = tmp_path / "r.tflite"
+    run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, cwd=ROOT)  # noqa: E731
+    r = run("convert.py", "-c", str(config), "--format", "int8", "--samples", "4", "--repair", "cle", "--out", str(out), "--json", str(tmp_path / "r.json"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    repair = json.loads((tmp_path / "r.json").read_text())["repair"]
+    steps = {s["step"]: s for s in repair["steps"]}
+    assert set(steps) == {"none", "cle"} and steps["cle"]["pairs"] > 0 and all(s["latency_ms"] > 0 for s in steps.values())
+    best = max(steps.values(), key=lambda s: s["valid_mAP50"])["valid_mAP50"]
+    assert steps[repair["kept"]]["valid_mAP50"] == best and (repair["kept"] == "none" or steps["cle"]["valid_mAP50"] > steps["none"]["valid_mAP50"])
+    assert "int8 repair (validation split)" in r.stdout and out.exists()
+    for args, message in ((["--repair", "adaround9"], "unknown step"), (["--repair", "cle", "--format", "float16"], "--repair is for a plain int8")):
+        bad = run("convert.py", "-c", str(config), *args, "--out", str(tmp_path / "x.tflite"))
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr[-1000:]

@@ -43,6 +43,8 @@ def configure(parser) -> None:
     parser.add_argument("--float-layers", metavar="LAYERS", help="int8: keep these layers in float, e.g. conv_0,conv_15, or auto:N for the N worst by --debug's report")
     parser.add_argument("--nms", action="store_true", help="the graph also decodes the boxes and runs NMS: outputs boxes (normalised), classes, scores, count")
     parser.add_argument("--input-type", default="int8", choices=("int8", "uint8"), help="int8 model input: int8 (default) or uint8 (camera bytes as they are)")
+    parser.add_argument("--repair", default="none", help="int8: none (default), auto, or steps (cle): convert as is and after each step, "
+                        "score each on the validation split, keep the best")
     parser.add_argument("--calibration", metavar="DIR", help="int8 / int16x8: calibrate on images of this folder (labelled or not) instead of the training split")
 
 
@@ -58,7 +60,7 @@ def run(args) -> int:
     report = convert_config(config, args.model, args.format, samples=args.samples, out=args.out, force=args.force, seed=args.seed,
                             qat=QatOptions(args.qat_epochs) if args.qat else None, progress=not args.quiet,
                             float_layers=args.float_layers, debug=args.debug, calibration=args.calibration,
-                            nms=args.nms, input_type=args.input_type)  # fmt: skip
+                            nms=args.nms, input_type=args.input_type, repair=args.repair)  # fmt: skip
     print(format_report(report))
     if report.get("debug") and args.debug:
         from pathlib import Path

@@ -33,7 +33,7 @@ class QatOptions:
 def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, samples: int = 200, out: str | None = None,
                    force: bool = False, seed: int = 0, qat: QatOptions | None = None, progress: bool = True,
                    float_layers: str | None = None, debug: bool = False, calibration: str | None = None,
-                   nms: bool = False, input_type: str = "int8") -> dict:  # fmt: skip
+                   nms: bool = False, input_type: str = "int8", repair: str = "none") -> dict:  # fmt: skip
     """Load the config's model (or ``model_path``), convert it to ``fmt``, verify it loads, and report.
 
     int8 is calibrated on ``samples`` images chosen with ``seed`` — from the
@@ -46,6 +46,10 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
     ``nms`` puts decode and NMS into the graph (:mod:`compression.quantize.tflite_nms`) with
     the config's ``valid.score_threshold``, ``valid.nms_iou`` and ``valid.max_detections``;
     ``input_type`` "uint8" makes an int8 model take a camera's bytes as they are.
+    ``repair`` ("none", "auto" or steps such as "cle") converts the model as it
+    is and after each repair step, scores every int8 file on the validation
+    split, keeps the best (:func:`repair_candidates`) and reports them all under
+    ``report["repair"]``.
 
     Example::
 
@@ -57,6 +61,9 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
     if qat is not None and fmt != "int8":
         raise UserError(f"--qat makes an int8 model; --format {fmt} does not go with it")
+    steps = parse_repair(repair)
+    if steps and (fmt not in ("int8", "int16x8") or qat is not None or float_layers):
+        raise UserError("--repair is for a plain int8 / int16x8 conversion (not with --qat or --float-layers)")
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if samples < 1:
@@ -95,8 +102,11 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
             debug_report = int8_error_report(h5, images[:DEBUG_IMAGES], config.model.input_size)
         chosen = resolve_float_layers(float_layers, loaded.spec, debug_report)
-        report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job,
-                               float_layers=chosen, options=options)  # fmt: skip
+        if steps:
+            report = repair_candidates(config, loaded, h5, out_path, fmt, images, options, steps, info, Path(tmp), progress)
+        else:
+            report = export_tflite(h5, out_path, fmt, images, config.labels, config.model.input_size, loaded.spec, qat=qat_job,
+                                   float_layers=chosen, options=options)  # fmt: skip
         if debug_report is not None:
             report["debug"] = debug_report
     if qat is not None:
@@ -111,6 +121,75 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
 
 DEBUG_IMAGES = 16  # calibration images the int8 debugger compares float and int8 on
+
+REPAIR_STEPS = ("cle",)  # in the order --repair auto tries them
+
+
+def parse_repair(text: str | None) -> list[str]:
+    """``none`` -> [], ``auto`` -> every step, ``cle,...`` -> those steps (checked); a bad name ends in one line."""
+    text = (text or "none").strip().lower()
+    if text == "none":
+        return []
+    if text == "auto":
+        return list(REPAIR_STEPS)
+    steps = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in steps if t not in REPAIR_STEPS]
+    if unknown or not steps:
+        raise UserError(f"--repair: unknown step {unknown[0] if unknown else text!r} (use none, auto or a list of: {', '.join(REPAIR_STEPS)})")
+    return steps
+
+
+def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images: list[str], options, steps: list[str], info: dict,
+                      tmp: Path, progress: bool) -> dict:  # fmt: skip
+    """The int8 model as converted and after each repair step, scored on the validation split; the best copied to ``out_path``.
+
+    A step that would undo what the model is (CLE rescales every kernel channel
+    by channel, so a clustered model would lose its shared values) is skipped
+    and says why. Ties keep the earlier candidate: a repair must win to be kept.
+    """
+    import shutil
+
+    from compression.budget.latency_model import time_models
+    from yolo3.evaluation import evaluate_config
+    from yolo3.keras_model import build_model, get_darknet_weights, set_darknet_weights
+    from yolo3.models import save_model
+
+    from .equalize import equalize
+    from .tflite_export import export_tflite
+
+    size = config.model.input_size
+    candidates = [("none", h5, {})]
+    for step in steps:
+        if step == "cle":
+            if "clustering" in info:
+                candidates.append(("cle", None, {"skipped": "the model is clustered: equalising would rescale its shared values channel by channel"}))
+                continue
+            weights, done = equalize(loaded.spec, get_darknet_weights(loaded.model, loaded.spec))
+            model = build_model(loaded.spec, size=size)
+            set_darknet_weights(model, loaded.spec, weights)
+            path = tmp / "model-cle.h5"
+            save_model(model, loaded.spec, path, info or None)
+            candidates.append(("cle", path, {"pairs": len(done["pairs"]), "skipped_pairs": done["skipped"]}))
+    rows, reports, files = [], {}, []
+    for step, model_h5, extra in candidates:
+        if model_h5 is None:
+            rows.append({"step": step, **extra})
+            continue
+        file = tmp / f"repair-{step}.tflite"
+        reports[step] = export_tflite(model_h5, file, fmt, images, config.labels, size, loaded.spec, options=options)
+        scored = evaluate_config(config, str(file), progress=False, latency_runs=0, split="valid")
+        rows.append({"step": step, "valid_mAP50": scored["mAP50"], **extra})
+        files.append((step, file))
+    latencies = time_models([f for _, f in files], config.compress.threads, rounds=5, runs=5, progress=False)
+    for (step, _), ms in zip(files, latencies):
+        next(r for r in rows if r["step"] == step)["latency_ms"] = ms
+    scored_rows = [r for r in rows if "valid_mAP50" in r]
+    best = max(scored_rows, key=lambda r: (r["valid_mAP50"], -scored_rows.index(r)))
+    shutil.copyfile(tmp / f"repair-{best['step']}.tflite", out_path)
+    report = reports[best["step"]]
+    report["path"] = str(out_path)
+    report["repair"] = {"steps": rows, "kept": best["step"], "split": "valid"}
+    return report
 
 
 def folder_images(folder: str | Path, samples: int, seed: int = 0) -> list[str]:
@@ -158,6 +237,14 @@ def resolve_float_layers(given: str | None, spec, debug_report: dict | None) -> 
     return sorted(set(chosen))
 
 
+def format_repair(repair: dict) -> str:
+    """The repair ladder: each step's validation mAP@0.5 and int8 latency, and which was kept."""
+    lines = ["int8 repair (validation split): " + "; ".join(
+        f"{r['step']}: skipped ({r['skipped']})" if "skipped" in r else f"{r['step']}: mAP@0.5 {r['valid_mAP50']:.4f}, {r['latency_ms']:.2f} ms"
+        for r in repair["steps"]) + f"; kept: {repair['kept']}"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def format_report(report: dict) -> str:
     def io(d):
         q = f", scale {d['scale']:.6g}, zero point {d['zero_point']}" if d["scale"] else ""
@@ -188,4 +275,6 @@ def format_report(report: dict) -> str:
         q = report["qat"]
         lines.insert(0, f"quantization-aware training ({q['scheme']}, {q['epochs']} epoch{'' if q['epochs'] == 1 else 's'} at lr {q['learning_rate']:g}): "
                         f"simulated int8 mAP@0.5 {q['mAP50']:.4f}; run {q['run']}")  # fmt: skip
+    if report.get("repair"):
+        lines.append(format_repair(report["repair"]))
     return "\n".join(lines)
