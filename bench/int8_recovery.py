@@ -6,8 +6,10 @@
 
 Rows (every one converted from --model, evaluated on the config's test split by the same code,
 timed together, interleaved): Keras float, int8 after calibration, int8 with the 1 / 2 / 4 layers
-of largest int8 error kept float (--float-layers auto:N, from QuantizationDebugger), int16x8, and
-int8 with decode + NMS in the graph (--nms). Latency: the model alone, and with decode + NMS
+of largest int8 error kept float (--float-layers auto:N, from QuantizationDebugger), int16x8,
+int8 with decode + NMS in the graph (--nms), and int8 after a repair step (``int8+repair:cle``:
+convert --repair cle, which keeps the equalised model only if it scores better on the validation
+split; the JSON holds both scores). Latency: the model alone, and with decode + NMS
 (numpy, or in the graph), batch 1, on the split's first image.
 """
 
@@ -24,12 +26,15 @@ VARIANTS = ("keras", "int8", "int8+auto:1", "int8+auto:2", "int8+auto:4", "int16
 
 
 def variant(label: str):
-    """``int8+auto:2`` -> int8 with --float-layers auto:2; ``int8-nms`` -> int8 with --nms; plain format names as they are."""
+    """``int8+auto:2`` -> int8 with --float-layers auto:2; ``int8+repair:cle`` -> int8 with --repair cle; ``int8-nms`` -> int8 with --nms;
+    plain format names as they are."""
     from compression.benchmark import Variant, parse_formats
 
     if "+" in label:
-        fmt, float_layers = label.split("+", 1)
-        return Variant(label, fmt, {"float_layers": float_layers})
+        fmt, option = label.split("+", 1)
+        if option.startswith("repair:"):
+            return Variant(label, fmt, {"repair": option.removeprefix("repair:")})
+        return Variant(label, fmt, {"float_layers": option})
     return parse_formats(label)[0]
 
 

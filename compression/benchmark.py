@@ -90,7 +90,7 @@ def run_benchmark(config, model_path: str | None, variants: list[Variant], folde
         else:
             file = folder / f"model-{variant.label.replace(':', '')}.tflite"
             conv = convert_config(with_overrides(config, variant.overrides), model_path, variant.format, samples=samples, out=str(file), force=True, progress=False, **variant.options)
-            sizes = {"bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"], **ram_figures(file)}
+            sizes = {"bytes": conv["bytes"], "gzip_bytes": conv["gzip_bytes"], **ram_figures(file), **({"repair": conv["repair"]} if "repair" in conv else {})}
         predictor, _ = make_predictor(config, str(file) if variant.format != "keras" else model_path, threads=threads)
         scored = evaluate(predictor, dataset, config.labels, v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress)
         rows.append({"format": variant.label, "file": str(file), "mAP50": scored["mAP50"], "coco_AP": scored["coco"]["AP"], **sizes})
