@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -413,4 +414,12 @@ def test_levers_fold_max_pools_into_strides_and_the_plan_prunes_the_levered_mode
     assert report["max_loss"] == 1.0 and report["delivered"] in ("plan", "levers", "unpruned")
     assert report["time_budget_min"] == 12.0 and report["seconds"] <= 1.1 * 12 * 60
     finetune = json.loads((run_dir / "stages" / "finetune.json").read_text())["result"]
-    assert finetune["schedule"] and finetune["epochs"] == 3, finetune["schedule"]  # the configured 1 epoch, tripled: time was left
+    # the epochs are what the time left buys: the configured 1 tripled on a machine that leaves room (4 of the 12 minutes used before
+    # the fine-tune on a fast one), fewer on one that does not; the schedule's own figures (rounded to 0.1 min) must give its choice
+    from compression.budget.schedule import bounded
+
+    left, kept, per_epoch = map(float, re.match(r"([\d.]+) min left, ([\d.]+) min kept for what follows, ([\d.]+) s per epoch", finetune["schedule"]).groups())
+    possible = {bounded((left + d1 - kept - d2) * 60 / per_epoch, 1) for d1 in (-0.05, 0.05) for d2 in (-0.05, 0.05)}
+    assert finetune["epochs"] in possible, finetune["schedule"]
+    if left - kept > 4 * per_epoch / 60:
+        assert finetune["epochs"] == 3, finetune["schedule"]  # time was left: it bought epochs
