@@ -189,7 +189,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "candidate_epochs": Key(int, 3, "`compress.py`: fine-tuning epochs (with distillation) of the plan found at each input size, to choose among them on the validation split; 0 = choose by predicted loss.", range=EPOCHS),
         "finetune_epochs": Key(int, 60, "`compress.py`: fine-tuning epochs after pruning, distilling from the unpruned model.", range=EPOCHS),
         "distillation": Key(float, 1.0, "`compress.py`: weight of knowledge distillation from the unpruned model in every fine-tuning (0 = off).", range=WEIGHT),
-        "feature_distillation": Key(float, 1.0, "`compress.py`: weight of fine-grained feature imitation (the neck features near the objects) from the unpruned model in every fine-tuning, beside `distillation` (0 = off).", range=WEIGHT),
+        "feature_distillation": Key(float, 0.0, "`compress.py`: weight of fine-grained feature imitation (the neck features near the objects) from the unpruned model in every fine-tuning, beside `distillation`; 0 = off, the default: on BCCD it did not beat output distillation alone on the validation split (docs/results.md).", range=WEIGHT),
         "cluster": Key(bool, True, "`compress.py`: cluster the pruned model's kernels (`clustering.clusters` values) where the validation split allows; false = skip the step."),
         "cluster_budget": Key(float, 0.005, "`compress.py`: mAP@0.5 that clustering may cost on the validation split before fine-tuning (0.005 = half a point); the most sensitive layers stay unclustered until it holds.", range=FRACTION),
         "cluster_first_layer": Key(bool, False, "`compress.py`: also cluster the first convolution (few weights, channels of very different scales: clustering it costs the most and saves the least)."),
