@@ -84,23 +84,26 @@ def test_tflite_outputs_match_keras(exported, small_model):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.95  # int8 tracks the float outputs
 
 
+# run python -m yolo3.lite as a device without TensorFlow would: any import of it fails
+BLOCK_TENSORFLOW = (
+    "import sys, runpy\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
+    "            raise ImportError('tensorflow is not available on this device')\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "sys.argv = ['yolo3.lite'] + sys.argv[1:]\n"
+    "runpy.run_module('yolo3.lite', run_name='__main__')\n"
+)
+
+
 def test_edge_runner_needs_no_tensorflow(exported, synthetic_valid, tmp_path):
     folder, _ = exported
     image = sorted((synthetic_valid / "images").glob("*.jpg"))[0]
-    block = (
-        "import sys, runpy\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
-        "            raise ImportError('tensorflow is not available on this device')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "sys.argv = ['yolo3.lite'] + sys.argv[1:]\n"
-        "runpy.run_module('yolo3.lite', run_name='__main__')\n"
-    )
     draw = tmp_path / "drawn"
     draw.mkdir()
     out = subprocess.run(
-        [sys.executable, "-c", block, str(folder / "model-int8.tflite"), str(image), "--score", "0.01", "--draw", str(draw), "--json"],
+        [sys.executable, "-c", BLOCK_TENSORFLOW, str(folder / "model-int8.tflite"), str(image), "--score", "0.01", "--draw", str(draw), "--json"],
         capture_output=True, text=True, cwd=ROOT,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
@@ -379,17 +382,6 @@ def test_built_in_kernels_give_the_xnnpack_results(exported):
     ms = time_models([path, path], threads=1, rounds=2, runs=2, progress=False, xnnpack=False)
     assert len(ms) == 2 and all(t > 0 for t in ms)
 
-
-BLOCK_TENSORFLOW = (
-    "import sys, runpy\n"
-    "class Block:\n"
-    "    def find_spec(self, name, path=None, target=None):\n"
-    "        if name.split('.')[0] in ('tensorflow', 'tf_keras', 'keras', 'tensorflow_model_optimization'):\n"
-    "            raise ImportError('tensorflow is not available on this device')\n"
-    "sys.meta_path.insert(0, Block())\n"
-    "sys.argv = ['yolo3.lite'] + sys.argv[1:]\n"
-    "runpy.run_module('yolo3.lite', run_name='__main__')\n"
-)
 
 
 def test_profile_and_benchmark_on_the_device_without_tensorflow(exported, tmp_path):
