@@ -26,6 +26,19 @@ def require_shared(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def probe_cache(tmp_path_factory):
+    """One cache of converted latency probes for the whole session (never the user's ~/.cache): the toy's blocks are converted once."""
+    folder = tmp_path_factory.mktemp("probe-cache")
+    old = os.environ.get("YOLO3_CACHE")
+    os.environ["YOLO3_CACHE"] = str(folder)  # the compress subprocesses inherit it
+    yield folder
+    if old is None:
+        os.environ.pop("YOLO3_CACHE", None)
+    else:
+        os.environ["YOLO3_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_coco():
     """The official YOLOv3-tiny COCO model as (spec, model), loaded once."""

@@ -424,6 +424,33 @@ def test_latency_model_probes_depthwise_layers_as_depthwise():
     assert 13 in coefficients and len(coefficients[13]) == 4
 
 
+def test_converted_probes_are_cached_by_what_they_are_and_shared_between_networks(tmp_path, monkeypatch):
+    """A block probe is converted once: a second conversion, and the same block in a levered network, come from the cache."""
+    from compression.budget.latency_model import Item, convert_items, probe_cache, probe_key
+    from compression.budget.levers import Levers
+    from yolo3.zoo import build_spec
+
+    monkeypatch.setenv("YOLO3_CACHE", str(tmp_path / "cache"))
+    spec = build_spec("yolov3-tiny", 3, 64)
+    shapes = ((4, 4, 256),)
+    items = [Item("block", 64, 10, shapes, 512), Item("block", 64, 10, shapes, 256)]  # conv_10 at two widths
+    assert probe_key(spec, items[0]) != probe_key(spec, items[1])
+    (tmp_path / "a").mkdir()
+    first = convert_items(spec, items, tmp_path / "a", progress=False)
+    assert [p.parent for p in first] == [tmp_path / "a"] * 2  # converted here, then copied into the cache
+    cached = sorted(probe_cache().glob("*.tflite"))
+    assert [p.name for p in cached] == sorted(f"{probe_key(spec, it)}.tflite" for it in items)
+    assert [p.read_bytes() for p in sorted(first, key=lambda p: probe_key(spec, items[first.index(p)]))] == [p.read_bytes() for p in cached]
+    # the levered network's conv_8 is the unlevered conv_10 (two max-pools folded away): the same probe, no conversion
+    levered = Levers((0, 2)).apply_spec(spec)
+    assert levered.layers[8].options == spec.layers[10].options
+    (tmp_path / "b").mkdir()
+    again = convert_items(levered, [Item("block", 64, 8, shapes, 512)], tmp_path / "b", progress=False)
+    assert again[0].parent == probe_cache() and not list((tmp_path / "b").iterdir())
+    monkeypatch.setenv("YOLO3_CACHE", "off")
+    assert probe_cache() is None
+
+
 def test_grouped_convolution_is_kept_whole_and_converts(tmp_path):
     """A grouped (not depthwise) convolution: its input and output channels are fixed for pruning; QAT wraps it; int8 converts it."""
     from compression.budget.latency_worker import convert_int8

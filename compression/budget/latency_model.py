@@ -30,8 +30,12 @@ Example::
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
+import os
+import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo3.errors import UserError
-from yolo3.spec import Spec, analyse, format_cfg, route_inputs, set_filters
+from yolo3.spec import Block, Spec, analyse, format_cfg, route_inputs, set_filters
 
 from ..prune.surgery import channel_groups, tied_depthwise
 from ..subprocesses import failure_reason, run_module
@@ -260,16 +264,94 @@ def time_models(paths: list[Path], threads: int, rounds: int = 5, runs: int = 5,
     return [t["median_ms"] for t in timed]
 
 
+PROBE_FORMAT = 1  # bump when the worker converts probes differently: cached probes of another format are not reused
+
+
+def probe_key(spec: Spec, item: Item) -> str:
+    """What a probe is, as a hash: the same block (its section, input shapes, filters) or network (its cfg, filters, size) gives the same key.
+
+    A block's key holds only the block and the shapes it reads, so that the
+    blocks two networks share (a levered and an unlevered tiny, the same
+    backbone with other heads) are converted once; the converter's version is
+    part of it.
+    """
+    if item.kind == "block":
+        block = spec.layers[item.layer]
+        if item.filters is not None:
+            block = Block(block.type, dict(block.options))
+            set_filters(block, int(item.filters))
+        what = {"block": [block.type, sorted(block.options.items())], "in": [list(s) for s in item.in_shapes], "size": item.size}
+    else:
+        what = {"cfg": format_cfg(with_filters(spec, item.filters or {})), "size": item.size}
+    text = json.dumps({**what, "kind": item.kind, "format": PROBE_FORMAT, "tensorflow": _converter_version()}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+@functools.cache
+def _converter_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tensorflow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def probe_cache() -> Path | None:
+    """Where converted probes are kept between runs (``YOLO3_CACHE``, else ``$XDG_CACHE_HOME/yolo3``, else ``~/.cache/yolo3``); None: off.
+
+    Converting is most of what the cost models take (TensorFlow's int8
+    converter, seconds per probe), and the probes of one architecture are the
+    same in every run on it: a second ``compress`` of the same model, for
+    another target or dataset, converts nothing again. ``YOLO3_CACHE=off``
+    turns the cache off.
+    """
+    value = os.environ.get("YOLO3_CACHE")
+    if value is not None and value.strip().lower() in ("", "off", "0", "none"):
+        return None
+    root = Path(value) if value else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "yolo3"
+    folder = root / "probes"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return folder if os.access(folder, os.W_OK) else None
+
+
 def convert_items(spec: Spec, items: list[Item], folder: Path, progress: bool = True, workers: int = 2, chunk: int = 25) -> list[Path]:
-    """Convert every item to an int8 ``.tflite`` in ``folder`` with worker processes; returns the paths in order."""
+    """Every item as an int8 ``.tflite``: from the probe cache where it holds it, else converted in ``folder`` by worker processes.
+
+    Returns the paths in the items' order (cached probes are read in place).
+    """
+    cache = probe_cache()
+    keys = [probe_key(spec, it) for it in items]
+    paths = [cache / f"{key}.tflite" if cache and (cache / f"{key}.tflite").is_file() else folder / f"item-{k:04d}.tflite"
+             for k, key in enumerate(keys)]  # fmt: skip
+    todo = [k for k, p in enumerate(paths) if p.parent == folder]
+    converted = _convert(spec, items, paths, todo, folder, progress, workers, chunk)
+    if cache:
+        for k in converted:
+            try:  # whole or not at all: another run may read the cache at the same time
+                tmp = cache / f".{keys[k]}.{os.getpid()}.tmp"
+                shutil.copyfile(paths[k], tmp)
+                os.replace(tmp, cache / f"{keys[k]}.tflite")
+            except OSError:
+                break  # a full or read-only disk: the run goes on without caching
+    return paths
+
+
+def _convert(spec: Spec, items: list[Item], paths: list[Path], todo: list[int], folder: Path, progress: bool, workers: int,
+             chunk: int) -> list[int]:  # fmt: skip
+    """Convert the items ``todo`` to their ``paths`` with worker processes; the indices converted."""
+    if not todo:
+        return []
     cfg = format_cfg(spec)
-    paths = [folder / f"item-{k:04d}.tflite" for k in range(len(items))]
-    chunks = [list(range(s, min(s + chunk, len(items)))) for s in range(0, len(items), chunk)]
+    chunks = [todo[s : s + chunk] for s in range(0, len(todo), chunk)]
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(items), desc="converting int8 blocks", unit="model", leave=False)
+        bar = tqdm(total=len(todo), desc="converting int8 blocks", unit="model", leave=False)
 
     def run(indices: list[int]) -> str | None:
         job = folder / f"job-{indices[0]:04d}.json"
@@ -285,7 +367,7 @@ def convert_items(spec: Spec, items: list[Item], folder: Path, progress: bool = 
         bar.close()
     if errors:
         raise UserError(f"converting the latency model's blocks failed: {errors[0]}")
-    return paths
+    return todo
 
 
 def measure_latency_model(
