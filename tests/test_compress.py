@@ -370,6 +370,50 @@ def test_latency_model_fits_blocks(finished_run):
     assert np.median(errors) < 0.5, model.networks
 
 
+def test_export_probes_writes_what_the_latency_model_times_and_the_board_profile_reads_it(finished_run, tmp_path):
+    """--export-probes: one file per distinct probe of the model and its lever variants, a manifest, nothing trained; profile times them all."""
+    from compression.budget.latency_model import block_items, network_items, probe_key
+    from compression.budget.levers import Levers
+    from compression.budget.probes import probe_set
+    from yolo3.spec import parse_cfg
+
+    config, _, _ = finished_run  # the same toy and sizes: its probes are in the session's cache, nothing is converted again
+    folder = tmp_path / "probes"
+    r = subprocess.run(compress_cmd(config, "--export-probes", str(folder)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "python -m yolo3.lite profile probes" in r.stdout
+    manifest = json.loads((folder / "manifest.json").read_text())
+    files = {p.name for p in folder.glob("*.tflite")}
+    assert files == set(manifest["probes"]) and manifest["sizes"] == [64, 32] and len(manifest["variants"]) == 1  # levers = [] here
+    spec = parse_cfg((Path(config).parent / "toy.cfg").read_text())
+    needed = {f"{probe_key(spec, it)}.tflite" for it in block_items(spec, [64, 32], 64, (1.0, 0.5), 8) + network_items(spec, [64, 32], 64, 8)}
+    assert needed == files  # exactly what the cost-models stage of this run times
+    # with levers, every variant's blocks and whole network are there once, shared blocks written once
+    variants, probes = probe_set(spec, [64, 32], 64, (1.0, 0.5), 8, ["pool_stride", "relu"])
+    assert variants[0] == Levers() and [v.pool_stride for v in variants[1:]] == [(0,), (0, 2), (0, 2)] and variants[-1].relu
+    keys = [p.key for p in probes]
+    assert len(keys) == len(set(keys)) and any(len(p.variants) > 1 for p in probes)
+    for v in variants:
+        levered = v.apply_spec(spec)
+        assert {probe_key(levered, it) for it in block_items(levered, [64, 32], 64, (1.0, 0.5), 8)} <= set(keys)
+    # on the board: the runner times every probe into a table that carries the manifest
+    table = tmp_path / "table.json"
+    r = subprocess.run([sys.executable, "-m", "yolo3.lite", "profile", str(folder), "--out", str(table), "--threads", "1", "--rounds", "1",
+                        "--runs", "1"], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(table.read_text())
+    assert set(data["probes"]) == files and data["manifest"]["probes"] == manifest["probes"]
+    assert all(t["median_ms"] > 0 for t in data["probes"].values())
+    # what a user can get wrong ends in one line
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    for args, message in ((["--export-probes", str(tmp_path / "mine")], "not probes of this tool"),
+                          (["--export-probes", str(folder), "--target-speedup", "2"], "give --target-speedup in a run of its own")):  # fmt: skip
+        r = subprocess.run(compress_cmd(config, *args), cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
 def test_other_finetune_epochs_redo_finetune_and_after_not_the_measurements(finished_run, tmp_path):
     config, run_dir, _ = finished_run
     fresh = tmp_path / "run"

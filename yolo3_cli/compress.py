@@ -47,6 +47,9 @@ def configure(parser) -> None:
     parser.add_argument("--force", action="store_true", help="redo the stages a changed input invalidates instead of refusing")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", help="also write the report to this file")
+    parser.add_argument("--export-probes", metavar="DIR", help="write the probe models the latency model needs (the model, its lever variants, "
+                        "every candidate input size) and a manifest to DIR, then stop: time them on the device with "
+                        "python -m yolo3.lite profile DIR --out table.json")  # fmt: skip
     parser.add_argument("--bundle", help="also write a folder for the device: final-int8.tflite, labels and a runner needing only numpy, Pillow and LiteRT")
 
 
@@ -72,6 +75,8 @@ def run(args) -> int:
     from compression.budget.report import format_markdown
     from yolo3.bundle import check_bundle_folder, write_bundle
 
+    if args.export_probes:
+        return export(args)
     targets = parse_targets(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
     check_max_loss(args.max_loss)
     if args.time_budget is not None:
@@ -100,4 +105,33 @@ def run(args) -> int:
             bundle = write_bundle(final, args.bundle, args.force)
             print(f"wrote the device bundle {bundle['folder']} ({len(bundle['files'])} files, {bundle['bytes']:,} bytes)")
     write_report(args.json, report)
+    return 0
+
+
+def export(args) -> int:
+    """``--export-probes DIR``: the probes for the device and the commands that come next; no target, no training."""
+    from pathlib import Path
+
+    from compression.budget.compress import CompressOptions
+    from compression.budget.context import CompressJob
+    from compression.budget.probes import check_probe_folder, export_probes
+    from yolo3.errors import UserError
+
+    given = [f for f in ("target_speedup", "target_latency", "target_size", "target_macs", "preset", "bundle") if getattr(args, f)]
+    if given or args.from_config or args.sensitivity_only:
+        flag = "--" + (given[0] if given else "from_config" if args.from_config else "sensitivity_only").replace("_", "-")
+        raise UserError(f"--export-probes only writes the probes for the device; give {flag} in a run of its own")
+    positive("--threads", args.threads)
+    folder = Path(args.export_probes)
+    check_probe_folder(folder)
+    config = load(args)
+    job = CompressJob(config, args.model, CompressOptions(sizes=parse_sizes(args.sizes), progress=not args.quiet))
+    co = job.config.compress
+    manifest = export_probes(job.source_spec(), job.sizes, job.base_size, tuple(co.latency_levels), co.round_to, co.levers, folder,
+                             str(job.source), progress=not args.quiet)  # fmt: skip
+    total = sum(p.stat().st_size for p in folder.glob("*.tflite"))
+    print(f"wrote {len(manifest['probes'])} probes ({total / 1e6:.1f} MB) and manifest.json to {folder}: input sizes "
+          f"{', '.join(map(str, manifest['sizes']))}, {len(manifest['variants'])} network variants ({len(manifest['variants']) - 1} with levers)")
+    print("on the device, from the bundle folder (python -m yolo3.lite needs numpy and LiteRT only):")
+    print(f"    python -m yolo3.lite profile {folder.name} --threads N [--no-xnnpack] [--delegate LIB] --out table.json")
     return 0

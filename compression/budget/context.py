@@ -171,11 +171,7 @@ class CompressJob:
         from .sizes import size_floor
 
         records = read_dataset(self.config.dataset("train"), self.config.labels).records
-        spec = self.spec(source) if source.suffix.lower() == ".h5" else None
-        if spec is None:
-            from yolo3.zoo import resolve_spec
-
-            spec = resolve_spec(self.config.model.architecture)
+        spec = self.source_spec()
         percent = self.config.compress.small_boxes
         if percent >= 100:
             return sizes
@@ -245,6 +241,15 @@ class CompressJob:
         return calibration_images(read_dataset(self.config.dataset("train"), self.config.labels).records, count)
 
     # -- what the measuring stages wrote ----------------------------------------------------------
+
+    def source_spec(self):
+        """The architecture of the model to compress: the cfg an .h5 of this tool embeds, else the config's."""
+        spec = self.spec(self.source) if self.source.suffix.lower() == ".h5" else None
+        if spec is None:
+            from yolo3.zoo import resolve_spec
+
+            spec = resolve_spec(self.config.model.architecture)
+        return spec
 
     def spec(self, baseline_h5: Path):
         from yolo3.models import spec_from_h5

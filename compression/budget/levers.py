@@ -139,3 +139,15 @@ class Levers:
         """Original convolution index -> its index in the levered architecture."""
         removed = sorted(i + 1 for i in self.pool_stride)
         return {i: i - sum(r < i for r in removed) for i in spec.conv_indices()}
+
+
+def lever_variants(spec: Spec, allowed) -> list[Levers]:
+    """The lever variants compress tries, simplest first: the first 1, 2, ... pool->stride pairs, then all of them with ReLU.
+
+    ``allowed`` is ``compress.levers`` (a subset of ``pool_stride``, ``relu``).
+    """
+    pairs = pool_stride_pairs(spec) if "pool_stride" in allowed else []
+    variants = [Levers(tuple(pairs[:k])) for k in range(1, len(pairs) + 1)]
+    if "relu" in allowed and any(conv_params(spec.layers[i]).activation == "leaky" for i in spec.conv_indices()):
+        variants.append(Levers(tuple(pairs), relu=True))
+    return variants

@@ -146,20 +146,15 @@ class LeversStage(CompressStage):
                       "compress.threads", "compress.xnnpack", *(("compress.time_budget",) if budgeted else ())) if active else ()  # fmt: skip
 
     def run(self, ctx: StageContext) -> dict:
-        from yolo3.spec import conv_params
-
         from .latency_model import measure_networks
-        from .levers import Levers, pool_stride_pairs
+        from .levers import lever_variants
 
         job = ctx.services
         if not self.active:
             return self._none(ctx, "no search: the plan is given")
         spec = job.spec(ctx.input("baseline.h5"))
         allowed = ctx.setting("compress.levers")
-        pairs = pool_stride_pairs(spec) if "pool_stride" in allowed else []
-        variants = [Levers(tuple(pairs[:k])) for k in range(1, len(pairs) + 1)]
-        if "relu" in allowed and any(conv_params(spec.layers[i]).activation == "leaky" for i in spec.conv_indices()):
-            variants.append(Levers(tuple(pairs), relu=True))
+        variants = lever_variants(spec, allowed)
         if not variants:
             return self._none(ctx, "the network has no conv + 2x2 max-pool pair and no LeakyReLU" if allowed else "compress.levers is []")
         size = job.base_size
