@@ -68,23 +68,11 @@ def device_description(threads: int, xnnpack: bool, delegate: str | None) -> dic
     }  # fmt: skip
 
 
-def _interpreter(path: Path, threads: int, xnnpack: bool, delegate: str | None):
-    from .lite import _interpreter_class, make_interpreter
+def ready_interpreter(path: Path, threads: int, xnnpack: bool = True, delegate: str | None = None):
+    """An allocated interpreter with zero inputs set: ready to be invoked and timed."""
+    from .lite import load_interpreter
 
-    try:
-        if delegate:
-            Interpreter = _interpreter_class()
-            module = sys.modules[Interpreter.__module__]
-            try:
-                loaded = module.load_delegate(delegate)
-            except (ValueError, OSError) as err:
-                raise UserError(f"--delegate: cannot load it ({str(err).strip().splitlines()[0] if str(err).strip() else 'no reason given'})", delegate) from None
-            it = Interpreter(model_path=str(path), num_threads=threads, experimental_delegates=[loaded])
-        else:
-            it = make_interpreter(path, threads=threads, xnnpack=xnnpack)
-        it.allocate_tensors()
-    except (ValueError, RuntimeError) as err:
-        raise UserError(f"LiteRT cannot load this model ({str(err).strip().splitlines()[0] if str(err).strip() else 'no reason given'})", path) from None
+    it = load_interpreter(path, threads=threads, xnnpack=xnnpack, delegate=delegate)
     for d in it.get_input_details():
         it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
     return it
@@ -94,7 +82,7 @@ def time_files(paths: list[Path], threads: int, xnnpack: bool = True, delegate: 
     """Median (and min, max) milliseconds of one invoke of every model, timed interleaved."""
     from .lite import interleaved_latency
 
-    interpreters = [_interpreter(p, threads, xnnpack, delegate) for p in paths]
+    interpreters = [ready_interpreter(p, threads, xnnpack, delegate) for p in paths]
     return interleaved_latency([lambda _, it=it: it.invoke() for it in interpreters], [None] * len(paths), rounds, runs)
 
 

@@ -58,6 +58,32 @@ def make_interpreter(path: str | Path | None = None, content: bytes | None = Non
     return Interpreter(model_path=str(path), num_threads=threads, **options)
 
 
+def load_interpreter(path: str | Path | None = None, content: bytes | None = None, threads: int = 2, xnnpack: bool = True,
+                     delegate: str | None = None):  # fmt: skip
+    """:func:`make_interpreter` (or with an external ``delegate`` library) with its tensors allocated; what LiteRT refuses ends in one line."""
+    def first_line(err: Exception) -> str:
+        return str(err).strip().splitlines()[0] if str(err).strip() else "no reason given"
+
+    where = path if path is not None else "<model bytes>"
+    if path is not None and content is None and not Path(path).is_file():
+        raise UserError("model file does not exist", path)
+    try:
+        if delegate:
+            Interpreter = _interpreter_class()
+            try:
+                loaded = sys.modules[Interpreter.__module__].load_delegate(delegate)
+            except (ValueError, OSError) as err:
+                raise UserError(f"--delegate: cannot load it ({first_line(err)})", delegate) from None
+            source = {"model_content": content} if content is not None else {"model_path": str(path)}
+            interpreter = Interpreter(**source, num_threads=threads, experimental_delegates=[loaded])
+        else:
+            interpreter = make_interpreter(path, content, threads, xnnpack)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as err:
+        raise UserError(f"LiteRT cannot load this model ({first_line(err)})", where) from None
+    return interpreter
+
+
 def check_tflite_runtime_numpy(numpy_version: str | None = None) -> None:
     """tflite-runtime (2.14 is its last release) was built against numpy 1: under numpy 2 it cannot load, so say what to install before it fails."""
     numpy_version = numpy_version or np.__version__
@@ -200,11 +226,7 @@ class TFLitePredictor:
         except FileNotFoundError:
             raise UserError("model file does not exist", path) from None
         self.metadata = parse_metadata(read_metadata(data), path)
-        try:
-            self.interpreter = make_interpreter(content=data, threads=threads, xnnpack=xnnpack)
-            self.interpreter.allocate_tensors()
-        except (ValueError, RuntimeError) as err:
-            raise UserError(f"LiteRT cannot load this model: {err}", path) from None
+        self.interpreter = load_interpreter(path, content=data, threads=threads, xnnpack=xnnpack)
         self.threads = threads
         self.input = self.interpreter.get_input_details()[0]
         outputs = self.interpreter.get_output_details()

@@ -74,17 +74,9 @@ def peak_activation(steps: list[Step], sizes: dict[int, int], graph_inputs: tupl
 
 def _load(path: Path):
     """LiteRT's interpreter for ``path`` with its built-in kernels (no delegate), tensors allocated; a bad file ends in one line."""
-    from .errors import UserError
-    from .lite import make_interpreter
+    from .lite import load_interpreter
 
-    if not path.is_file():
-        raise UserError("model file does not exist", path)
-    try:
-        interpreter = make_interpreter(path, xnnpack=False)
-        interpreter.allocate_tensors()
-    except (ValueError, RuntimeError) as err:
-        raise UserError(f"LiteRT cannot load this model ({str(err).strip().splitlines()[0] if str(err).strip() else 'no reason given'})", path) from None
-    return interpreter
+    return load_interpreter(path, xnnpack=False)
 
 
 def _steps(interpreter) -> list[Step]:

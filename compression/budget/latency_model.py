@@ -243,15 +243,10 @@ def fit_blocks(spec: Spec, measured: list[tuple[Item, float]]) -> dict[int, list
 
 def time_models(paths: list[Path], threads: int, rounds: int = 5, runs: int = 5, progress: bool = True, xnnpack: bool = True) -> list[float]:
     """Median milliseconds of one invoke of every model, timed in interleaved rounds (this machine's load drifts); ``xnnpack=False``: built-in kernels."""
-    from yolo3.lite import interleaved_latency, make_interpreter
+    from yolo3.board import ready_interpreter
+    from yolo3.lite import interleaved_latency
 
-    interpreters = []
-    for p in paths:
-        it = make_interpreter(p, threads=threads, xnnpack=xnnpack)
-        it.allocate_tensors()
-        for d in it.get_input_details():
-            it.set_tensor(d["index"], np.zeros(d["shape"], d["dtype"]))
-        interpreters.append(it)
+    interpreters = [ready_interpreter(p, threads, xnnpack) for p in paths]
     bar = None
     if progress:
         from tqdm import tqdm

@@ -52,6 +52,7 @@ def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size:
             "replicas": result["replicas"]}  # fmt: skip
 
 
+RUNTIME_READS = ("compress.threads", "compress.xnnpack")  # the runtime every timing is made on: a change redoes each stage that times
 FINETUNE_READS = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "pruning.finetune_learning_rate")
 TAIL_READS = ("compress.time_budget", "compress.cluster", "compress.cluster_epochs", "compress.qat", "quantization.qat_epochs")
 
@@ -143,7 +144,7 @@ class LeversStage(CompressStage):
     def __init__(self, active: bool, budgeted: bool = False):
         self.active = active
         self.reads = (*FINETUNE_READS, "run.max_loss", "run.base_size", "compress.levers", "compress.lever_epochs",
-                      "compress.threads", "compress.xnnpack", *(("compress.time_budget",) if budgeted else ())) if active else ()  # fmt: skip
+                      *RUNTIME_READS, *(("compress.time_budget",) if budgeted else ())) if active else ()  # fmt: skip
 
     def run(self, ctx: StageContext) -> dict:
         from .latency_model import measure_networks
@@ -253,7 +254,7 @@ def lever_model(source_h5: Path, levers, out: Path) -> None:
 
 class CostModels(CompressStage):
     name, title, measuring = "cost-models", "int8 latency of every block on this machine, bytes per weight", True
-    reads = ("run.sizes", "run.base_size", "compress.threads", "compress.xnnpack", "compress.latency_levels", "compress.round_to", "clustering.clusters")
+    reads = ("run.sizes", "run.base_size", *RUNTIME_READS, "compress.latency_levels", "compress.round_to", "clustering.clusters")
     needs = ("baseline", "levers")
     writes = ("latency-model.json", "size-model.json")
 
@@ -323,7 +324,7 @@ class PlanStage(CompressStage):
         if not searched:  # the plan is given: its ratios and size
             self.reads = (*common, "run.plan_size", "pruning.similarity_layer_ratios")
         else:  # searched; clustering settings change the plan only where it is planned for size
-            self.reads = (*common, "run.sizes", "compress.threads", "compress.xnnpack", "compress.cluster_budget")
+            self.reads = (*common, "run.sizes", *RUNTIME_READS, "compress.cluster_budget")
             if "size" in target_kinds:
                 self.reads += ("compress.cluster",)
 
@@ -590,7 +591,7 @@ class Floor(CompressStage):
     """
 
     name, title = "floor", "the accuracy floor on validation: the plan's int8 model, or the fastest model within the floor, becomes final-int8.tflite"
-    reads = ("@data", "run.max_loss", "run.strict", "run.target", "run.also", "compress.threads", "compress.xnnpack", "compress.calibration_samples")
+    reads = ("@data", "run.max_loss", "run.strict", "run.target", "run.also", *RUNTIME_READS, "compress.calibration_samples")
     needs = ("baseline", "levers", "plan", "candidates", "int8")
     writes = ("levered-int8.tflite", "final-int8.tflite")
 
@@ -690,7 +691,7 @@ class PlanConfig(CompressStage):
 
 class Report(CompressStage):
     name, title = "report", "every stage's model on the test split; the final model timed against the unpruned int8 model"
-    reads = ("@data", "compress.threads", "compress.xnnpack", "run.target", "run.also")
+    reads = ("@data", *RUNTIME_READS, "run.target", "run.also")
     writes = ("report.json", "report.md", "report.png")
 
     def __init__(self, needs: tuple[str, ...]):
