@@ -25,8 +25,9 @@ demo: $(STAMP)
 	$(VENV)/bin/yolo3 evaluate -c config.json --model runs/demo/best-int8.tflite --quiet --json runs/demo/evaluate-int8.json
 	$(VENV)/bin/yolo3 compare runs/demo/evaluate.json runs/demo/evaluate-int8.json
 
+# Two workers (this machine's cores), whole modules each: a module's fixtures (one compress run shared by its tests) are made once.
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=25 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -24,6 +24,6 @@ setup(
         "h5py>=3.10,<4",
         "tensorboard>=2.20,<2.22",
     ],
-    extras_require={"dev": ["pytest>=8,<10", "ruff>=0.6"]},
+    extras_require={"dev": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "ruff>=0.6"]},
     entry_points={"console_scripts": ["yolo3=yolo3_cli.main:entry"]},
 )
