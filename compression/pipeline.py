@@ -16,7 +16,8 @@ error handling):
   **skipped**, and its result is read back from the record;
 - a **stale** stage (its record has another fingerprint) is cleared — record
   and files — with ``force``, and refused without it, naming the settings
-  that changed;
+  that changed (a ``rewritable`` stage, a document made from the others'
+  results, is redone without asking);
 - a stage that was **interrupted** resumes from the files it left (its
   training folders), unless it was started from other inputs: then they are
   cleared first;
@@ -73,6 +74,8 @@ class Stage:
     needs: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     measuring: ClassVar[bool] = False  # a measurement another run folder may lend (--measurements-from)
+    # a stage that only writes a document from the others' results (the report): redone when its inputs change without --force
+    rewritable: ClassVar[bool] = False
     version: ClassVar[int] = 1  # raise when the stage computes something else from the same inputs
 
     def run(self, ctx: StageContext) -> dict:
@@ -233,8 +236,9 @@ class Pipeline:
 
     def _clear_stale(self, force: bool) -> None:
         stale = [(s, r) for s in self.stages if (r := self.record(s.name)) is not None and r.get("fingerprint") != self.fingerprints[s.name]]
-        if stale and not force:
-            first, rec = stale[0]
+        asks = [(s, r) for s, r in stale if not s.rewritable]
+        if asks and not force:
+            first, rec = asks[0]
             raise UserError(f"this run folder holds stage {first.name!r} made from other inputs (changed: {', '.join(self._changed(first, rec)[:4])}); "
                             f"stages that would be redone: {', '.join(s.name for s, _ in stale)}. Pass --force to redo them, "
                             "or choose another --run-dir", self.run_dir)  # fmt: skip

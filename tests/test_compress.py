@@ -227,6 +227,60 @@ def test_planner_meets_a_macs_target_exactly_as_predicted():
     assert plan_budget(cmap, points, {64: 0.0}, cost, 0.001 * full, [64], pruning).best is None
 
 
+def fake_board_table(spec, expensive: int | None = None, factor: float = 50.0):
+    """A latency table as a board's profile would give it, made up: every block costs its MACs, ``expensive`` ``factor`` times more."""
+    from compression.budget.latency_model import block_items, block_shapes, network_items, with_filters
+    from compression.budget.latency_table import LatencyTable
+
+    table = LatencyTable(Path("board.json"), {"cpu": "a made-up board", "machine": "aarch64", "threads": 1, "delegate": "none (built-in kernels)"},
+                         {"format": 1, "tensorflow": "2.0 on another machine", "sizes": [64]}, {})  # fmt: skip
+
+    def block_ms(layer, pixels, cin, cout):
+        t = 0.01 + 1e-7 * pixels * (cin + cout + cin * cout)
+        return t * factor if layer == expensive else t
+
+    types = {i: b.type for i, b in enumerate(spec.layers)}
+    out_hw = {b.layer: b.out_shape for b in block_shapes(spec, 64)}
+    for it in block_items(spec, [64], 64, (1.0, 0.5, 0.25), 8) + network_items(spec, [64], 64, 8):
+        if it.kind == "block":
+            cin = sum(s[2] for s in it.in_shapes)
+            cout = it.filters if it.filters is not None else cin if types[it.layer] == "route" else it.in_shapes[0][2]
+            ms = block_ms(it.layer, out_hw[it.layer][0] * out_hw[it.layer][1], cin, cout)
+        else:
+            net = with_filters(spec, it.filters)
+            ms = 0.05 + sum(block_ms(b.layer, b.out_shape[0] * b.out_shape[1], sum(s[2] for s in b.in_shapes), b.out_shape[2])
+                            for b in block_shapes(net, it.size))  # fmt: skip
+        table.ms[table.key(spec, it)] = ms
+    return table
+
+
+def test_a_plan_from_a_board_table_cuts_the_layer_that_board_makes_expensive():
+    """--latency-table: the latency model is fitted to the board's timings (nothing converted or timed here) and the plan follows them."""
+    from compression.budget.latency_model import Item, measure_latency_model
+    from compression.budget.planner import ChannelMap, LatencyCost, plan_budget
+    from yolo3.config import Section
+    from yolo3.errors import UserError
+    from yolo3.spec import parse_cfg
+
+    spec = parse_cfg(TOY_CFG, "toy.cfg")
+    cmap = ChannelMap(spec)
+    pruning = Section({"min_channels": 8, "round_to": 8, "similarity_w1": 0.5, "similarity_w2": 0.5})
+    points = {u: [{"kept": c // 2, "loss": 0.01}, {"kept": c // 4, "loss": 0.02}] for u, c in cmap.units.items()}
+    kept = {}
+    for expensive in (None, 6):
+        model = measure_latency_model(spec, [64], 64, levels=(1.0, 0.5, 0.25), progress=False, table=fake_board_table(spec, expensive))
+        assert model.device["cpu"] == "a made-up board" and model.threads == 1 and not model.xnnpack
+        whole = next(n for n in model.networks if not n["filters"])
+        assert abs(whole["predicted_ms"] - whole["ms"]) < 0.05 * whole["ms"]
+        cost = LatencyCost(model, cmap)
+        kept[expensive] = plan_budget(cmap, points, {64: 0.0}, cost, cost(cmap.full(), 64) / 1.5, [64], pruning).best.kept
+    assert kept[None][6] == 64 and kept[None][4] < 64  # on a board where time follows MACs, the 3x3 of layer 4 is cut, the 1x1 after it kept
+    assert kept[6][6] < 64 and kept[6][4] == 64  # where that 1x1 costs 50 times its MACs, it is cut instead
+    # a probe the table lacks (another model, other sizes) is one line that says how to export the right ones
+    with pytest.raises(UserError, match="holds no timing for 1 of the 1 probes needed here, e.g. the whole network at 32 px.*--export-probes"):
+        fake_board_table(spec).lookup(spec, [Item("network", 32, filters={})])
+
+
 def test_two_targets_at_once_are_both_met_by_the_plan():
     """A MACs budget and a parameter budget together: the greedy search stops only when both hold."""
     from compression.budget.planner import ChannelMap, CombinedCost, MacsCost, plan_budget
@@ -412,6 +466,60 @@ def test_export_probes_writes_what_the_latency_model_times_and_the_board_profile
         r = subprocess.run(compress_cmd(config, *args), cwd=ROOT, capture_output=True, text=True, timeout=300)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_planned_from_a_board_table_reports_the_board_and_takes_its_measurement(finished_run, tmp_path):
+    """--latency-table: the probes profiled on a "board" (this machine, built-in kernels, one thread) plan the run; the report gives
+    the board's predicted figures and the command that times them there; --board-measured puts that measurement in, redoing the
+    report alone; a table or measurement that is not this run's ends in one line."""
+    config, run_dir, _ = finished_run
+    folder, table = tmp_path / "probes", tmp_path / "table.json"
+    r = subprocess.run(compress_cmd(config, "--export-probes", str(folder)), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = subprocess.run([sys.executable, "-m", "yolo3.lite", "profile", str(folder), "--out", str(table), "--threads", "1", "--no-xnnpack",
+                        "--rounds", "2", "--runs", "2"], cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    fresh = tmp_path / "run"
+    base = compress_cmd(config, "--target-speedup", "1.3", "--run-dir", str(fresh), "--latency-table", str(table))
+    r = subprocess.run([*base, "--measurements-from", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "baseline: done before, skipped" in r.stderr  # lent by the host run; every stage that times (and those after) is the board's
+    report = json.loads((fresh / "report.json").read_text())
+    assert report["latency_basis"] == "the board, predicted from its latency table" and report["threads"] == 1 and not report["xnnpack"]
+    board = report["board"]
+    assert board["device"]["delegate"] == "none (built-in kernels)" and board["predicted"]["final_ms"] == report["latency_ms_final_int8"]
+    assert board["command"] == "python -m yolo3.lite benchmark baseline-int8.tflite final-int8.tflite --threads 1 --no-xnnpack --json > board.json"
+    assert report["latency_host"]["threads"] == 1 and report["latency_host"]["xnnpack"]  # this machine's timing, beside
+    assert json.loads((fresh / "latency-model.json").read_text())["device"] == board["device"]
+    assert json.loads((fresh / "plan.json").read_text())["latency_checked"].startswith("not timed: planned for the board")
+    assert "Time it on the board" in r.stdout and "--board-measured board.json" in r.stdout
+    # on the board: the command the report gives, then the measurement back into the report (the report stage alone is redone)
+    r = subprocess.run([sys.executable, "-m", "yolo3.lite", *board["command"].split(" > ")[0].split()[3:], "--rounds", "2", "--runs", "2"],
+                       cwd=fresh, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    (fresh / "board.json").write_text(r.stdout)
+    r = subprocess.run([*base, "--board-measured", str(fresh / "board.json")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "floor: done before, skipped" in r.stderr and "] report ..." in r.stderr
+    measured = json.loads((fresh / "report.json").read_text())
+    assert measured["latency_basis"] == "the board, measured (--board-measured)"
+    m = measured["board"]["measured"]
+    assert measured["speedup_vs_unpruned_int8"] == pytest.approx(m["unpruned_ms"] / m["final_ms"]) and "Measured on the board" in r.stdout
+    # what a user can get wrong: a measurement of other files, a table that is not JSON, a table of other probes
+    other = json.loads((fresh / "board.json").read_text())
+    next(v for k, v in other["models"].items() if k.endswith("final-int8.tflite"))["sha1"] = "0" * 40
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    (tmp_path / "broken.json").write_text("{not json")
+    foreign = json.loads(table.read_text())
+    foreign["probes"] = dict(list(foreign["probes"].items())[:3])
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    for args, message in (([*base, "--board-measured", str(tmp_path / "other.json")], "is not this run's"),
+                          ([*base[:-1], str(tmp_path / "broken.json")], "not a JSON latency table"),
+                          ([*base[:-1], str(tmp_path / "foreign.json")], "probes this run needs"),
+                          ([*base, "--threads", "2"], "give one or the other")):  # fmt: skip
+        r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (message, r.stderr[-2000:])
+    assert json.loads((fresh / "report.json").read_text())["latency_basis"] == "the board, measured (--board-measured)"  # nothing was cleared
 
 
 def test_other_finetune_epochs_redo_finetune_and_after_not_the_measurements(finished_run, tmp_path):

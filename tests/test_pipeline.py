@@ -44,7 +44,8 @@ def _stages(calls: list[str]):
             return {}
 
     class Report(Stage):
-        name, needs, writes = "report", ("train", "side"), ("report.txt",)
+        name, reads, needs, writes = "report", ("d",), ("train", "side"), ("report.txt",)
+        rewritable = True  # a document of the others' results
 
         def run(self, ctx):
             calls.append(self.name)
@@ -58,7 +59,7 @@ def test_pipeline_skips_done_stages_and_redoes_only_what_a_change_reaches(tmp_pa
     from compression.pipeline import Pipeline
     from yolo3.errors import UserError
 
-    settings = {"a": 1, "b.epochs": 3, "b.lr": 0.1, "c": "x"}
+    settings = {"a": 1, "b.epochs": 3, "b.lr": 0.1, "c": "x", "d": 0}
     calls: list[str] = []
     Pipeline(_stages(calls), settings, tmp_path, log=lambda m: None).run_all()
     assert calls == ["data", "train", "side", "report"]
@@ -73,6 +74,9 @@ def test_pipeline_skips_done_stages_and_redoes_only_what_a_change_reaches(tmp_pa
     calls.clear()
     Pipeline(_stages(calls), {**changed, "c": "y"}, tmp_path, force=True, log=lambda m: None).run_all()
     assert calls == ["side", "report"]
+    calls.clear()
+    Pipeline(_stages(calls), {**changed, "c": "y", "d": 1}, tmp_path, log=lambda m: None).run_all()
+    assert calls == ["report"]  # a rewritable stage alone is redone without --force
     record = json.loads((tmp_path / "stages" / "train.json").read_text())
     assert record["settings"] == {"b.epochs": 3, "b.lr": 0.2} and record["needs"] == ["data"] and record["seconds"] >= 0
 

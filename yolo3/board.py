@@ -86,6 +86,17 @@ def time_files(paths: list[Path], threads: int, xnnpack: bool = True, delegate: 
     return interleaved_latency([lambda _, it=it: it.invoke() for it in interpreters], [None] * len(paths), rounds, runs)
 
 
+def file_sha1(path: Path) -> str:
+    """The SHA-1 of a file, read in chunks (what a timed model was, recorded beside its timing)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _write_json(path: Path, data: dict) -> None:
     """Whole or not at all: a temporary file beside ``path``, then a rename."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -150,7 +161,8 @@ def benchmark_main(argv: list[str]) -> int:
     timed = time_files(paths, args.threads, not args.no_xnnpack, args.delegate, args.rounds, args.runs)
     device = device_description(args.threads, not args.no_xnnpack, args.delegate)
     if args.json:
-        print(json.dumps({"device": device, "models": {str(p): t for p, t in zip(paths, timed)}}, indent=2))
+        # each file's SHA-1, so that compress --board-measured can tell the timed files are its run's
+        print(json.dumps({"device": device, "models": {str(p): {**t, "sha1": file_sha1(p)} for p, t in zip(paths, timed)}}, indent=2))
     else:
         print(f"{device['cpu']} ({device['machine']}), {device['runtime']}, {args.threads} thread(s), {device['delegate']}; "
               f"median of {args.rounds} x {args.runs} runs, interleaved")  # fmt: skip

@@ -5,6 +5,8 @@
     yolo3 compress -c config.json --model IN.h5 --sensitivity-only
     yolo3 compress -c config.json --model IN.h5 --preset late-heavy
     yolo3 compress -c RUN/plan-config.json --from-config            (a plan, edited or not, run again)
+    yolo3 compress -c config.json --model IN.h5 --export-probes DIR  (then on the board: python -m yolo3.lite profile DIR --out table.json)
+    yolo3 compress -c config.json --model IN.h5 --target-speedup 2 --latency-table table.json   (planned for that board)
 
 The run folder (--run-dir; default: train.run_dir + "-compress") ends with final-int8.tflite,
 report.json / .md / .png and plan-config.json, the plan as an ordinary config. The same
@@ -23,9 +25,10 @@ def configure(parser) -> None:
     add_config(parser)
     parser.add_argument("--model", help="the trained float model (.h5 written by this tool, or .weights); default: model.weights")
     target = parser.add_argument_group("the budget (one or several: one speed target, a MACs and a size target may go together)")
-    target.add_argument("--target-speedup", metavar="X", help="X times faster than the unpruned int8 model (int8 LiteRT, this machine); "
+    target.add_argument("--target-speedup", metavar="X", help="X times faster than the unpruned int8 model (int8 LiteRT, this machine or the "
+                        "--latency-table's board); "
                         "max: the fastest model within --max-loss")
-    target.add_argument("--target-latency", type=float, metavar="MS", help="int8 latency of at most MS milliseconds on this machine")
+    target.add_argument("--target-latency", type=float, metavar="MS", help="int8 latency of at most MS milliseconds on this machine (or the --latency-table's board)")
     target.add_argument("--target-size", metavar="MB", help="gzipped int8 .tflite of at most MB megabytes; min: the smallest within --max-loss")
     target.add_argument("--target-macs", type=float, metavar="FRACTION", help="at most this fraction of the original MACs (0.3 = 70 %% fewer)")
     parser.add_argument("--max-loss", type=float, default=1.0, metavar="POINTS",
@@ -50,6 +53,10 @@ def configure(parser) -> None:
     parser.add_argument("--export-probes", metavar="DIR", help="write the probe models the latency model needs (the model, its lever variants, "
                         "every candidate input size) and a manifest to DIR, then stop: time them on the device with "
                         "python -m yolo3.lite profile DIR --out table.json")  # fmt: skip
+    parser.add_argument("--latency-table", metavar="TABLE", help="plan for the device that timed the probes: the table python -m yolo3.lite "
+                        "profile wrote there replaces this machine's timing (the report gives predicted board latency and the command to measure it)")
+    parser.add_argument("--board-measured", metavar="FILE", help="the board's timing of this run's final model (python -m yolo3.lite benchmark "
+                        "baseline-int8.tflite final-int8.tflite --json), put into the report beside the prediction")
     parser.add_argument("--bundle", help="also write a folder for the device: final-int8.tflite, labels and a runner needing only numpy, Pillow and LiteRT")
 
 
@@ -92,7 +99,8 @@ def run(args) -> int:
         run_dir=Path(args.run_dir) if args.run_dir else None, threads=args.threads, no_xnnpack=args.no_xnnpack, sizes=sizes, force=args.force,
         progress=not args.quiet, epochs={} if args.epochs is None else {"finetune": args.epochs},
         measurements_from=Path(args.measurements_from) if args.measurements_from else None, max_loss=args.max_loss, strict=args.strict,
-        time_budget=args.time_budget,
+        time_budget=args.time_budget, latency_table=Path(args.latency_table) if args.latency_table else None,
+        board_measured=Path(args.board_measured) if args.board_measured else None,
     )  # fmt: skip
     report = run_compress(config, args.model, options)
     if args.sensitivity_only:
@@ -117,7 +125,8 @@ def export(args) -> int:
     from compression.budget.probes import check_probe_folder, export_probes
     from yolo3.errors import UserError
 
-    given = [f for f in ("target_speedup", "target_latency", "target_size", "target_macs", "preset", "bundle") if getattr(args, f)]
+    given = [f for f in ("target_speedup", "target_latency", "target_size", "target_macs", "preset", "bundle", "latency_table", "board_measured")
+             if getattr(args, f)]  # fmt: skip
     if given or args.from_config or args.sensitivity_only:
         flag = "--" + (given[0] if given else "from_config" if args.from_config else "sensitivity_only").replace("_", "-")
         raise UserError(f"--export-probes only writes the probes for the device; give {flag} in a run of its own")

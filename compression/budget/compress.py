@@ -71,6 +71,18 @@ def stages_markdown() -> str:
     return stages_table(build_stages(CompressOptions(target=Target("speedup", 2.0))), GROUPS)
 
 
+def check_table_covers(job: CompressJob, stages: list[Stage]) -> None:
+    """Before anything runs: a ``--latency-table`` holds every probe this run will look up (its sizes, its lever variants)."""
+    if job.latency_table is None or job.options.sensitivity_only:
+        return
+    from .probes import probe_set
+
+    co = job.config.compress
+    levered = any(isinstance(s, LeversStage) and s.active for s in stages)
+    _, probes = probe_set(job.source_spec(), job.sizes, job.base_size, tuple(co.latency_levels), co.round_to, co.levers if levered else [])
+    job.latency_table.check_covers([(p.spec, p.item) for p in probes])
+
+
 def run_compress(config, model_path: str | None, options: CompressOptions) -> dict:
     """The whole chain for one model (see the module docstring); returns the report (or the sensitivity summary)."""
     if not options.sensitivity_only and options.target is None and not options.preset and not options.from_config:
@@ -82,7 +94,11 @@ def run_compress(config, model_path: str | None, options: CompressOptions) -> di
 
     job = CompressJob(config, model_path, options)
     check_fixed_plan(job)  # before the run folder is made
-    pipeline = Pipeline(build_stages(options, bool(job.config.compress.time_budget)), job.settings, job.run_dir, groups=GROUPS, force=options.force, log=log, services=job)
+    stages = build_stages(options, bool(job.config.compress.time_budget))
+    check_table_covers(job, stages)
+    if job.board_measured is not None:  # before the report it would replace is cleared
+        job.board_measured.check_files(job.run_dir)
+    pipeline = Pipeline(stages, job.settings, job.run_dir, groups=GROUPS, force=options.force, log=log, services=job)
     write_json(pipeline.run_dir / "job.json", {"settings": job.settings, "stages": [s.name for s in pipeline.stages],
                                                "fingerprints": pipeline.fingerprints})  # fmt: skip
     if options.measurements_from:

@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -53,6 +52,8 @@ class CompressOptions:
     time_budget: float | None = None  # minutes (default: compress.time_budget); 0 = the configured epochs as given
     max_loss: float = 1.0  # mAP@0.5 points the delivered model may lose on validation against the unpruned float model
     strict: bool = False  # stop when the target needs more loss than max_loss, instead of delivering the best model within it
+    latency_table: Path | None = None  # plan with the board's timings (python -m yolo3.lite profile) instead of this machine's
+    board_measured: Path | None = None  # the board's timing of the final model (python -m yolo3.lite benchmark --json), for the report
 
 
 def check_max_loss(points: float) -> None:
@@ -76,11 +77,10 @@ def log(message: str) -> None:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    """A short SHA-1 of a file: what the run's settings record of an input file, so that a changed file redoes what read it."""
+    from yolo3.board import file_sha1
+
+    return file_sha1(path)[:16]
 
 
 def native_size(source: Path, config) -> int:
@@ -123,6 +123,19 @@ class CompressJob:
         self._scorer = None
         self._cache: dict = {}
         overrides = {EPOCH_KEYS[k]: int(v) for k, v in options.epochs.items()}
+        self.latency_table = None
+        if options.latency_table is not None:
+            from .latency_table import LatencyTable
+
+            if options.threads or options.no_xnnpack:
+                raise UserError("--latency-table plans for the device it was profiled on (its threads and delegate); "
+                                "--threads / --no-xnnpack choose this machine's timing: give one or the other")  # fmt: skip
+            self.latency_table = LatencyTable.load(options.latency_table)
+        self.board_measured = None
+        if options.board_measured is not None:
+            from .board_timing import BoardMeasurement
+
+            self.board_measured = BoardMeasurement.load(options.board_measured)
         if options.threads:
             overrides["compress.threads"] = options.threads
         if options.no_xnnpack:
@@ -162,6 +175,8 @@ class CompressJob:
             "run.target": options.target.to_json() if options.target else None, "run.also": [t.to_json() for t in options.also],
             "run.preset": options.preset,
             "run.from_config": options.from_config, "run.max_loss": options.max_loss, "run.strict": options.strict,
+            "run.latency_table": {"path": str(options.latency_table.resolve()), "sha1": file_digest(options.latency_table)} if self.latency_table else None,
+            "run.board_measured": self.board_measured.to_json() if self.board_measured else None,
         }  # fmt: skip
 
     def _above_box_floor(self, sizes: set[int], source: Path) -> set[int]:

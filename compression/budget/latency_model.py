@@ -183,6 +183,7 @@ class LatencyModel:
     networks: list[dict] = field(default_factory=list)  # every whole network measured: size, filters, ms, sum of blocks
     seconds: float = 0.0
     xnnpack: bool = True  # the runtime it was measured on: LiteRT with its XNNPACK delegate, or its built-in kernels
+    device: dict | None = None  # the board it was measured on (its latency table's description); None: this machine
 
     def block_time(self, layer: int, kind: str, pixels: int, cin: int, cout: int) -> float:
         """Predicted milliseconds of one block with these channel counts (before the whole-network mapping)."""
@@ -202,7 +203,7 @@ class LatencyModel:
 
     def to_json(self) -> dict:
         return {
-            "threads": self.threads, "xnnpack": self.xnnpack, "alpha": self.alpha, "beta": self.beta, "seconds": self.seconds,
+            "threads": self.threads, "xnnpack": self.xnnpack, "device": self.device, "alpha": self.alpha, "beta": self.beta, "seconds": self.seconds,
             "coefficients": {str(k): v for k, v in self.coefficients.items()}, "blocks": self.blocks, "networks": self.networks,
         }  # fmt: skip
 
@@ -210,7 +211,7 @@ class LatencyModel:
     def from_json(cls, data: dict) -> LatencyModel:
         return cls(int(data["threads"]), {int(k): list(v) for k, v in data["coefficients"].items()}, float(data["alpha"]),
                    float(data["beta"]), data.get("blocks", []), data.get("networks", []), float(data.get("seconds", 0.0)),
-                   bool(data.get("xnnpack", True)))  # fmt: skip
+                   bool(data.get("xnnpack", True)), data.get("device"))  # fmt: skip
 
 
 def fit_blocks(spec: Spec, measured: list[tuple[Item, float]]) -> dict[int, list[float]]:
@@ -262,13 +263,14 @@ def time_models(paths: list[Path], threads: int, rounds: int = 5, runs: int = 5,
 PROBE_FORMAT = 1  # bump when the worker converts probes differently: cached probes of another format are not reused
 
 
-def probe_key(spec: Spec, item: Item) -> str:
+def probe_key(spec: Spec, item: Item, tensorflow: str | None = None) -> str:
     """What a probe is, as a hash: the same block (its section, input shapes, filters) or network (its cfg, filters, size) gives the same key.
 
     A block's key holds only the block and the shapes it reads, so that the
     blocks two networks share (a levered and an unlevered tiny, the same
     backbone with other heads) are converted once; the converter's version is
-    part of it.
+    part of it (``tensorflow``: the version another machine exported with,
+    to find its probes in a board's table).
     """
     if item.kind == "block":
         block = spec.layers[item.layer]
@@ -278,7 +280,7 @@ def probe_key(spec: Spec, item: Item) -> str:
         what = {"block": [block.type, sorted(block.options.items())], "in": [list(s) for s in item.in_shapes], "size": item.size}
     else:
         what = {"cfg": format_cfg(with_filters(spec, item.filters or {})), "size": item.size}
-    text = json.dumps({**what, "kind": item.kind, "format": PROBE_FORMAT, "tensorflow": _converter_version()}, sort_keys=True)
+    text = json.dumps({**what, "kind": item.kind, "format": PROBE_FORMAT, "tensorflow": tensorflow or _converter_version()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -367,18 +369,27 @@ def _convert(spec: Spec, items: list[Item], paths: list[Path], todo: list[int], 
 
 def measure_latency_model(
     spec: Spec, sizes: list[int], base_size: int, threads: int = 2, levels=LEVELS, round_to: int = 8, progress: bool = True,
-    rounds: int = 5, runs: int = 5, xnnpack: bool = True,
+    rounds: int = 5, runs: int = 5, xnnpack: bool = True, table=None,
 ) -> LatencyModel:
-    """Convert, time and fit (see the module docstring); a few minutes for YOLOv3-tiny."""
+    """Convert, time and fit (see the module docstring); a few minutes for YOLOv3-tiny.
+
+    ``table`` (a :class:`~.latency_table.LatencyTable`): the timings are the
+    board's, looked up by probe key, and nothing is converted or timed here.
+    """
     start = time.perf_counter()
     sizes = sorted(set(sizes) | {base_size}, reverse=True)
     blocks = block_items(spec, sizes, base_size, levels, round_to)
     networks = network_items(spec, sizes, base_size, round_to)
-    with tempfile.TemporaryDirectory(prefix="yolo3-latency-") as tmp:
-        paths = convert_items(spec, blocks + networks, Path(tmp), progress)
-        ms = time_models(paths, threads, rounds, runs, progress, xnnpack)
+    if table is not None:
+        ms = table.lookup(spec, blocks + networks)
+        threads, xnnpack = table.threads, table.xnnpack
+    else:
+        with tempfile.TemporaryDirectory(prefix="yolo3-latency-") as tmp:
+            paths = convert_items(spec, blocks + networks, Path(tmp), progress)
+            ms = time_models(paths, threads, rounds, runs, progress, xnnpack)
     block_ms, network_ms = ms[: len(blocks)], ms[len(blocks) :]
-    model = LatencyModel(threads, fit_blocks(spec, list(zip(blocks, block_ms))), xnnpack=xnnpack)
+    model = LatencyModel(threads, fit_blocks(spec, list(zip(blocks, block_ms))), xnnpack=xnnpack,
+                         device=table.device if table is not None else None)  # fmt: skip
     model.blocks = [{"layer": it.layer, "size": it.size, "in_channels": [s[2] for s in it.in_shapes], "filters": it.filters, "ms": t}
                     for it, t in zip(blocks, block_ms)]  # fmt: skip
     sums = [sum(model.block_ms(with_filters(spec, it.filters), it.size).values()) for it in networks]
@@ -392,15 +403,19 @@ def measure_latency_model(
 
 
 def measure_networks(specs: list[tuple[Spec, int]], threads: int, progress: bool = True, rounds: int = 5, runs: int = 5,
-                     xnnpack: bool = True) -> list[float]:  # fmt: skip
+                     xnnpack: bool = True, table=None) -> list[float]:  # fmt: skip
     """int8 latency of whole architectures (random weights), timed interleaved: to check a plan or a lever before training it.
 
     The architectures may differ in channels (one network, pruned) or in layers
     (levers: a max-pool folded into a stride); each distinct layer structure
     is converted on its own, and all are timed in the same interleaved rounds.
+    ``table``: the board's timings of these networks instead (each must be one
+    the probes hold: an unpruned network or lever variant at a probed size).
     """
     if not specs:
         return []
+    if table is not None:
+        return [table.network_ms(spec, size) for spec, size in specs]
     with tempfile.TemporaryDirectory(prefix="yolo3-latency-") as tmp:
         paths: list[Path | None] = [None] * len(specs)
         by_structure: dict[str, list[int]] = {}

@@ -161,7 +161,8 @@ def search_plan(inputs: Inputs) -> dict:
         cost, target_value = budget_cost(inputs, cmap)
     plan = plan_budget(cmap, points, size_loss, cost, target_value, job.sizes, job.pruning())
     checks = {}
-    if target.kind in ("speedup", "latency") and plan.feasible and resolution is None:  # an extreme target's value is an aim, not a promise
+    # an extreme target's value is an aim, not a promise; a board's plan cannot be timed here (its table's prediction stands)
+    if target.kind in ("speedup", "latency") and plan.feasible and resolution is None and job.latency_table is None:
         # the speed target's own (cost, value): the first part of a combination (the primary target is first)
         latency_target = cost.parts[0] if isinstance(cost, CombinedCost) else (cost, target_value)
         plan, checks = check_latency(inputs, plan, cmap, points, size_loss, cost, target_value, latency_target)
@@ -181,6 +182,8 @@ def search_plan(inputs: Inputs) -> dict:
         "candidates": candidates, "best_by_prediction": plan.best.size,
         "trace": [c.to_json() | {"predicted_ms": unit_ms(c.kept, c.size)} for c in plan.trace],
         "method": "greedy, NetAdapt-style, loss from the sensitivity analysis, cost from the measured models",
+        "latency_checked": (f"not timed: planned for the board of {job.latency_table.path} ({job.latency_table.describe()}); its latency model's "
+                            "prediction stands") if job.latency_table else "each size's plan timed as int8 on this machine" if checks else "not timed",
     }  # fmt: skip
 
 

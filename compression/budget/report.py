@@ -63,7 +63,15 @@ def build_report(ctx) -> dict:
     float_base, int8_base, final = by_file["baseline.h5"], by_file["baseline-int8.tflite"], by_file["final-int8.tflite"]
 
     times = time_models([ctx.input("baseline-int8.tflite"), ctx.input("final-int8.tflite")], job.threads, ROUNDS, RUNS, job.options.progress, job.xnnpack)
-    unpruned_ms, final_ms = times
+    host = {"unpruned_ms": times[0], "final_ms": times[1], "speedup": times[0] / times[1], "threads": job.threads, "xnnpack": job.xnnpack}
+    board = board_figures(ctx, delivered, size)
+    # the figures the targets are judged on: the device planned for (the board's measurement, else its table's prediction), else this machine
+    if board and board.get("measured") and board.get("predicted"):
+        unpruned_ms, final_ms, basis = board["measured"]["unpruned_ms"], board["measured"]["final_ms"], "the board, measured (--board-measured)"
+    elif board and board.get("predicted"):
+        unpruned_ms, final_ms, basis = board["predicted"]["unpruned_ms"], board["predicted"]["final_ms"], "the board, predicted from its latency table"
+    else:
+        unpruned_ms, final_ms, basis = times[0], times[1], "this machine, measured"
     for e in stages:
         # rows of the plan's architecture share its timing only when the plan is what was delivered
         e["int8_latency_ms"] = {"unpruned": unpruned_ms, "final": final_ms if delivered == "plan" else None, "delivered": final_ms}.get(e.pop("arch_latency"))
@@ -92,8 +100,11 @@ def build_report(ctx) -> dict:
         "delivered": delivered,
         "floor_message": floor["message"],
         "levers": ctx.result("levers")["names"] if delivered != "unpruned" else [],
-        "threads": job.threads,
-        "xnnpack": job.xnnpack,
+        "threads": board["threads"] if board and board.get("predicted") else job.threads,
+        "xnnpack": board["xnnpack"] if board and board.get("predicted") else job.xnnpack,
+        "latency_basis": basis,
+        "latency_host": host,
+        "board": board,
         "split": {"test_images": final["images"], "decisions": "validation split", "figures": "test split"},
         "stages": stages,
         "candidates": ctx.result("candidates"),
@@ -112,6 +123,39 @@ def build_report(ctx) -> dict:
     plot_report(report, plan, ctx.output("report.png"), job.size_model(ctx.input("size-model.json")), job.spec(ctx.input("levered.h5")),
                 sens_base, set(cluster.get("excluded", [])) if "skipped" not in cluster else None)  # fmt: skip
     return report
+
+
+def board_figures(ctx, delivered: str, size: int) -> dict | None:
+    """The board's figures when the run was planned from a latency table or given a board measurement; None otherwise.
+
+    ``predicted``: the unpruned and the delivered int8 model on the board by
+    the table (the unpruned and levered networks are probes it timed whole; a
+    pruned plan is the latency model's prediction); ``command``: what times
+    both on the board; ``measured``: what that command printed, when given
+    with ``--board-measured`` (checked to be this run's files).
+    """
+    from .board_timing import board_command
+    from .stages import board_ms
+
+    job = ctx.services
+    table, measured = job.latency_table, job.board_measured
+    if table is None and measured is None:
+        return None
+    out: dict = {}
+    if table is not None:
+        delegate = table.device.get("delegate")
+        out.update(device=table.device, table=str(table.path), threads=table.threads, xnnpack=table.xnnpack,
+                   predicted={"unpruned_ms": board_ms(ctx, "unpruned", size), "final_ms": board_ms(ctx, delivered, size)},
+                   command=board_command(table.threads, table.xnnpack, None if delegate in ("xnnpack", "none (built-in kernels)") else delegate))  # fmt: skip
+        out["predicted"]["speedup"] = out["predicted"]["unpruned_ms"] / out["predicted"]["final_ms"]
+    else:
+        out["command"] = board_command(job.threads, job.xnnpack)
+    if measured is not None:
+        measured.check_files(ctx.run_dir)
+        out["measured"] = {**measured.to_json()}
+        if table is not None and {k: v for k, v in measured.device.items() if k != "system"} != {k: v for k, v in table.device.items() if k != "system"}:
+            out["measured"]["note"] = "timed with other device settings than the latency table's (threads, delegate, runtime or CPU)"
+    return out
 
 
 def targets_met(targets, report: dict, by_file: dict, delivered: str, ctx) -> list[dict]:
@@ -148,11 +192,47 @@ def targets_met(targets, report: dict, by_file: dict, delivered: str, ctx) -> li
     return out
 
 
+def where(r: dict) -> str:
+    """Where the headline latency was measured or predicted, in words."""
+    runtime = f"{r['threads']} LiteRT threads{'' if r.get('xnnpack', True) else ', built-in kernels (no XNNPACK)'}"
+    basis = r.get("latency_basis", "this machine, measured")
+    if basis.startswith("this machine"):
+        return f"this machine, {runtime}"
+    how = "measured there" if "measured" in basis else "predicted from its latency table"
+    return f"the board ({r['board']['device'].get('cpu', '?')}, {runtime}), {how}"
+
+
+def board_markdown(r: dict) -> str:
+    """The board's paragraph: predicted and measured figures side by side, this machine's for comparison, the command to time it there."""
+    board = r.get("board")
+    if not board:
+        return ""
+    host = r["latency_host"]
+    parts = []
+    if board.get("predicted"):
+        p = board["predicted"]
+        parts.append(f"Planned for {board['device'].get('cpu', '?')} ({board['device'].get('machine', '?')}, {board['device'].get('runtime', '?')}, "
+                     f"{board['threads']} thread(s), {board['device'].get('delegate', '?')}) from the latency table {board['table']}: predicted "
+                     f"{p['final_ms']:.2f} ms against {p['unpruned_ms']:.2f} ms ({p['speedup']:.2f}x).")  # fmt: skip
+    if board.get("measured"):
+        m = board["measured"]
+        parts.append(f"Measured on the board ({m['device'].get('cpu', '?')}, {m['device'].get('threads', '?')} thread(s), "
+                     f"{m['device'].get('delegate', '?')}; {m['file']}): {m['final_ms']:.2f} ms against {m['unpruned_ms']:.2f} ms "
+                     f"(**{m['speedup']:.2f}x**)" + (f"; {m['note']}" if m.get("note") else "") + ".")  # fmt: skip
+    else:
+        parts.append(f"Time it on the board, in the run folder's copy: `{board['command']}`, then give `--board-measured board.json` to the same "
+                     "compress command to put the measurement here.")  # fmt: skip
+    if not r.get("latency_basis", "").startswith("this machine"):
+        parts.append(f"On this machine ({host['threads']} threads{'' if host['xnnpack'] else ', built-in kernels'}): {host['final_ms']:.2f} ms against "
+                     f"{host['unpruned_ms']:.2f} ms ({host['speedup']:.2f}x).")  # fmt: skip
+    return "\n\n" + " ".join(parts)
+
+
 def format_markdown(r: dict) -> str:
     rows = [
         f"Target: {r['target']['text']}. Final model at input {r['input_size']}: "
         f"**{r['speedup_vs_unpruned_int8']:.2f}x** faster than the unpruned int8 model "
-        f"({r['latency_ms_final_int8']:.2f} ms against {r['latency_ms_unpruned_int8']:.2f} ms, {r['threads']} LiteRT threads{'' if r.get('xnnpack', True) else ', built-in kernels (no XNNPACK)'}, "
+        f"({r['latency_ms_final_int8']:.2f} ms against {r['latency_ms_unpruned_int8']:.2f} ms on {where(r)}, "
         + (f"predicted {r['predicted_latency_ms_final_int8']:.2f} ms), " if r["predicted_latency_ms_final_int8"] is not None else "no prediction), ") +
         f"**{r['size_ratio_vs_float_weights']:.1f}x** smaller than the float "
         f"`.weights` ({r['gzip_bytes_final_int8'] / 1e6:.3f} MB gzipped), mAP@0.5 **{r['map50_final_int8']:.4f}** against "
@@ -161,7 +241,9 @@ def format_markdown(r: dict) -> str:
         f"(floor {r['max_loss']:g}); levers: {', '.join(r['levers']) or 'none'}. Whole run: {r['seconds'] / 60:.0f} min"
         + (f" (time budget {r['time_budget_min']:g} min)." if r.get("time_budget_min") else ".")
         + (f"\n\n**Not met within the floor:** {r['floor_message']}." if r.get("floor_message") else "")
-        + "".join(f"\n\nNot met: {t['text']} (measured {t['measured']:.3g})." for t in r.get("targets", []) if not t["met"])
+        + board_markdown(r)
+        + "".join(f"\n\nNot met: {t['text']} ({'predicted' if r.get('latency_basis', '').endswith('table') and t['kind'] in ('speedup', 'latency') else 'measured'} "
+                  f"{t['measured']:.3g})." for t in r.get("targets", []) if not t["met"])
         + "".join(f"\n\n{t['text'][0].upper()}{t['text'][1:]}: planned from the sensitivity analysis' predicted losses as "
                   f"{t['planned']:.3g}{'x' if t['kind'] == 'speedup' else ' MB'}, measured {t['measured']:.3g}."
                   for t in r.get("targets", []) if t.get("planned") is not None),

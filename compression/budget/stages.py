@@ -52,7 +52,8 @@ def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size:
             "replicas": result["replicas"]}  # fmt: skip
 
 
-RUNTIME_READS = ("compress.threads", "compress.xnnpack")  # the runtime every timing is made on: a change redoes each stage that times
+# the runtime every timing is made on (or the board's latency table that replaces it): a change redoes each stage that times
+RUNTIME_READS = ("compress.threads", "compress.xnnpack", "run.latency_table")
 FINETUNE_READS = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "pruning.finetune_learning_rate")
 TAIL_READS = ("compress.time_budget", "compress.cluster", "compress.cluster_epochs", "compress.qat", "quantization.qat_epochs")
 
@@ -160,7 +161,7 @@ class LeversStage(CompressStage):
             return self._none(ctx, "the network has no conv + 2x2 max-pool pair and no LeakyReLU" if allowed else "compress.levers is []")
         size = job.base_size
         times = measure_networks([(spec, size)] + [(v.apply_spec(spec), size) for v in variants], job.threads, job.options.progress,
-                                 xnnpack=job.xnnpack)  # fmt: skip
+                                 xnnpack=job.xnnpack, table=job.latency_table)  # fmt: skip
         half_floor = ctx.setting("run.max_loss") / 2
         epochs = ctx.setting("compress.lever_epochs")
         lr = ctx.setting("pruning.finetune_learning_rate")
@@ -253,7 +254,7 @@ def lever_model(source_h5: Path, levers, out: Path) -> None:
 
 
 class CostModels(CompressStage):
-    name, title, measuring = "cost-models", "int8 latency of every block on this machine, bytes per weight", True
+    name, title, measuring = "cost-models", "int8 latency of every block on this machine (or from the board's latency table), bytes per weight", True
     reads = ("run.sizes", "run.base_size", *RUNTIME_READS, "compress.latency_levels", "compress.round_to", "clustering.clusters")
     needs = ("baseline", "levers")
     writes = ("latency-model.json", "size-model.json")
@@ -267,13 +268,15 @@ class CostModels(CompressStage):
         job = ctx.services
         loaded = load_model(start_h5(ctx))
         model = measure_latency_model(loaded.spec, job.sizes, job.base_size, job.threads, tuple(ctx.setting("compress.latency_levels")),
-                                      ctx.setting("compress.round_to"), progress=job.options.progress, xnnpack=job.xnnpack)  # fmt: skip
+                                      ctx.setting("compress.round_to"), progress=job.options.progress, xnnpack=job.xnnpack,
+                                      table=job.latency_table)  # fmt: skip
         write_json(ctx.output("latency-model.json"), model.to_json())
         size = measure_size_model(loaded.model, loaded.spec, ctx.setting("clustering.clusters"), ctx.result("baseline")["int8"]["gzip_bytes"])
         write_json(ctx.output("size-model.json"), size.to_json())
         full = next(n for n in model.networks if n["size"] == job.base_size and not n["filters"])
         return {"unpruned_ms": full["ms"], "unpruned_predicted_ms": full["predicted_ms"], "alpha": model.alpha, "beta": model.beta,
-                "blocks_timed": len(model.blocks), "networks_timed": len(model.networks), "seconds": model.seconds}  # fmt: skip
+                "blocks_timed": len(model.blocks), "networks_timed": len(model.networks), "seconds": model.seconds,
+                "timed_on": job.latency_table.describe() if job.latency_table else "this machine"}  # fmt: skip
 
 
 class Reach(CompressStage):
@@ -561,6 +564,19 @@ class Int8(CompressStage):
         return rows
 
 
+def board_ms(ctx: StageContext, what: str, plan_size: int) -> float:
+    """With a latency table: the board's int8 milliseconds of ``what`` ("unpruned", "levers" or "plan").
+
+    The unpruned and the levered networks are probes the board timed whole;
+    the plan is pruned, so its figure is the latency model's prediction (fitted
+    to the same table).
+    """
+    job = ctx.services
+    if what == "plan":
+        return float(ctx.result("plan")["predicted_ms"][str(plan_size)])
+    return job.latency_table.network_ms(job.spec(ctx.input("levered.h5" if what == "levers" else "baseline.h5")), job.base_size)
+
+
 def floor_choice(options: list[dict], max_loss: float, wanted: str) -> tuple[dict, str | None]:
     """The model to deliver and, when the plan breaks the floor, the message that says so.
 
@@ -623,7 +639,11 @@ class Floor(CompressStage):
             return ctx.output(file) if file in self.writes else ctx.input(file)
 
         if options[0]["loss_points"] > max_loss:
-            times = time_models([ctx.input("baseline-int8.tflite")] + [path(o["file"]) for o in options], job.threads, 5, 5, job.options.progress, job.xnnpack)
+            if job.latency_table:  # planned for a board: its table (and the plan's prediction) rank the fallbacks
+                times = [board_ms(ctx, "unpruned", size)] + [board_ms(ctx, o["name"], size) for o in options]
+            else:
+                times = time_models([ctx.input("baseline-int8.tflite")] + [path(o["file"]) for o in options], job.threads, 5, 5, job.options.progress,
+                                    job.xnnpack)  # fmt: skip
             for o, ms in zip(options, times[1:]):
                 o["speedup"] = times[0] / ms
         wanted = job.describe_targets()
@@ -690,8 +710,9 @@ class PlanConfig(CompressStage):
 
 
 class Report(CompressStage):
-    name, title = "report", "every stage's model on the test split; the final model timed against the unpruned int8 model"
-    reads = ("@data", *RUNTIME_READS, "run.target", "run.also")
+    name, title = "report", "every stage's model on the test split; the final model timed against the unpruned int8 model (and the board's figures)"
+    reads = ("@data", *RUNTIME_READS, "run.board_measured", "run.target", "run.also")
+    rewritable = True  # a new --board-measured redoes the report alone, without --force
     writes = ("report.json", "report.md", "report.png")
 
     def __init__(self, needs: tuple[str, ...]):
