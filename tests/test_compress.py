@@ -146,6 +146,8 @@ def test_max_speedup_runs_to_the_end_and_reports_what_it_planned(finished_run, t
         (["--target-speedup", "2", "--target-size", "-1"], "must be a positive number"),
         (["--target-speedup", "fast"], "must be a positive number or max"),
         (["--target-size", "max"], "must be a positive number or min"),
+        (["--target-ram", "0"], "--target-ram must be a positive number"),
+        (["--target-flash", "-100"], "--target-flash must be a positive number"),
         (["--target-speedup", "max", "--target-size", "1"], "goes alone"),
         ([], "give a target"),
         (["--preset", "late-heavy", "--target-speedup", "2"], "one of a target"),
@@ -520,6 +522,44 @@ def test_a_run_planned_from_a_board_table_reports_the_board_and_takes_its_measur
         r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (message, r.stderr[-2000:])
     assert json.loads((fresh / "report.json").read_text())["latency_basis"] == "the board, measured (--board-measured)"  # nothing was cleared
+
+
+def test_ram_and_flash_of_the_int8_graph_are_counted_from_the_cfg_and_a_ram_target_is_met(finished_run, tmp_path):
+    """The int8 graph's peak activation memory and flash, counted from the cfg, are the toy's .tflite's own; a plan for a RAM budget
+    meets it by that count; out of reach names the least the planner gets; a RAM target runs to the end and is measured on the file."""
+    from compression.budget.memory_model import MemoryModel, estimated_peak
+    from compression.budget.planner import ChannelMap, FlashCost, RamCost, plan_budget
+    from yolo3.config import Section
+    from yolo3.spec import parse_cfg
+    from yolo3.tflite_memory import memory_report
+
+    config, run_dir, _ = finished_run
+    spec = parse_cfg(TOY_CFG, "toy.cfg")
+    measured = memory_report(run_dir / "baseline-int8.tflite")
+    # 64x64x16 from the first convolution and as much again from its LeakyReLU, alive together: 131072 bytes, + the 12288-byte image
+    assert estimated_peak(spec, 64) == measured["peak_activation_bytes"] == 2 * 64 * 64 * 16 + 64 * 64 * 3
+    model = MemoryModel.measure(spec, 64, run_dir / "baseline-int8.tflite")
+    assert model.ram_scale == 1.0 and model.flash(spec) == measured["flash_bytes"]
+    cmap = ChannelMap(spec)
+    pruning = Section({"min_channels": 8, "round_to": 8, "similarity_w1": 0.5, "similarity_w2": 0.5})
+    points = {u: [{"kept": c // 2, "loss": 0.01}] for u, c in cmap.units.items()}
+    ram = RamCost(model, cmap)
+    plan = plan_budget(cmap, points, {64: 0.0}, ram, 0.6 * ram(cmap.full(), 64), [64], pruning).best
+    assert plan.kept[0] < 16 and ram(plan.kept, 64) <= 0.6 * ram(cmap.full(), 64)  # the first layer's channels hold the peak
+    flash = FlashCost(model, cmap)
+    assert flash(plan.kept, 64) < flash(cmap.full(), 64)
+    # end to end, the measurements lent: out of reach in one line; within reach, measured on the delivered file
+    r = subprocess.run(compress_cmd(config, "--target-ram", "1", "--run-dir", str(tmp_path / "none"), "--measurements-from", str(run_dir)), cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert r.returncode == 2 and "peak activation memory (RAM) of at most 1 KiB cannot be reached" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    budget = 0.5 * measured["peak_activation_bytes"] / 1024
+    r = subprocess.run(compress_cmd(config, "--target-ram", f"{budget:g}", "--run-dir", str(tmp_path / "ram"), "--measurements-from", str(run_dir),
+                                    "--max-loss", "100"), cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "ram" / "report.json").read_text())
+    final = next(e for e in report["stages"] if e["file"] == "final-int8.tflite")
+    (met,) = report["targets"]
+    assert met["kind"] == "ram" and met["measured"] == final["peak_activation_bytes"] / 1024 and met["met"], report["targets"]
 
 
 def test_other_finetune_epochs_redo_finetune_and_after_not_the_measurements(finished_run, tmp_path):

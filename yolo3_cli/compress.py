@@ -1,7 +1,7 @@
 """Compress a trained YOLOv3 to an int8 .tflite that meets a speed or size budget; the tool finds the settings.
 
     yolo3 compress -c config.json --model IN(.h5|.weights) --target-speedup 3
-    yolo3 compress -c config.json --model IN.h5 --target-latency 12 | --target-size 1.0 | --target-macs 0.3
+    yolo3 compress -c config.json --model IN.h5 --target-latency 12 | --target-size 1.0 | --target-macs 0.3 | --target-ram 512 | --target-flash 900
     yolo3 compress -c config.json --model IN.h5 --sensitivity-only
     yolo3 compress -c config.json --model IN.h5 --preset late-heavy
     yolo3 compress -c RUN/plan-config.json --from-config            (a plan, edited or not, run again)
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .common import add_config, load, positive, write_report
 
-HELP = "meet a budget (--target-speedup/-latency/-size/-macs): the tool plans pruning and input size, then runs the chain"
+HELP = "meet a budget (--target-speedup/-latency/-size/-macs/-ram/-flash): the tool plans pruning and input size, then runs the chain"
 
 
 def configure(parser) -> None:
@@ -31,6 +31,9 @@ def configure(parser) -> None:
     target.add_argument("--target-latency", type=float, metavar="MS", help="int8 latency of at most MS milliseconds on this machine (or the --latency-table's board)")
     target.add_argument("--target-size", metavar="MB", help="gzipped int8 .tflite of at most MB megabytes; min: the smallest within --max-loss")
     target.add_argument("--target-macs", type=float, metavar="FRACTION", help="at most this fraction of the original MACs (0.3 = 70 %% fewer)")
+    target.add_argument("--target-ram", type=float, metavar="KIB", help="peak activation memory of the int8 model (the tensor arena's floor) "
+                        "of at most KIB KiB")
+    target.add_argument("--target-flash", type=float, metavar="KIB", help="int8 .tflite of at most KIB KiB (what flash holds)")
     parser.add_argument("--max-loss", type=float, default=1.0, metavar="POINTS",
                         help="the accuracy floor: mAP@0.5 points the delivered model may lose on the validation split against the unpruned "
                         "float model (default 1.0); a target that needs more ends in a message and the fastest model within the floor")
@@ -84,7 +87,7 @@ def run(args) -> int:
 
     if args.export_probes:
         return export(args)
-    targets = parse_targets(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
+    targets = parse_targets(args.target_speedup, args.target_latency, args.target_size, args.target_macs, args.target_ram, args.target_flash)
     check_max_loss(args.max_loss)
     if args.time_budget is not None:
         check_time_budget(args.time_budget)
@@ -125,7 +128,8 @@ def export(args) -> int:
     from compression.budget.probes import check_probe_folder, export_probes
     from yolo3.errors import UserError
 
-    given = [f for f in ("target_speedup", "target_latency", "target_size", "target_macs", "preset", "bundle", "latency_table", "board_measured")
+    given = [f for f in ("target_speedup", "target_latency", "target_size", "target_macs", "target_ram", "target_flash", "preset", "bundle",
+                         "latency_table", "board_measured")
              if getattr(args, f)]  # fmt: skip
     if given or args.from_config or args.sensitivity_only:
         flag = "--" + (given[0] if given else "from_config" if args.from_config else "sensitivity_only").replace("_", "-")

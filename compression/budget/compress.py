@@ -50,9 +50,9 @@ __all__ = ["CompressOptions", "Target", "parse_target", "parse_targets", "run_co
 def build_stages(options: CompressOptions, budgeted: bool = True) -> list[Stage]:
     """The stages a compress job runs, in order, for its options; ``budgeted``: a time budget chooses the training epochs."""
     searched = not (options.preset or options.from_config)
-    # levers change the architecture: for a speed or MACs target only (they buy no size), never for a given plan
+    # levers change the architecture: for a speed, MACs or RAM target only (they buy no size), never for a given plan
     kinds = tuple(t.kind for t in ([options.target, *options.also] if options.target else []))
-    levered = searched and bool({"speedup", "latency", "macs"} & set(kinds))
+    levered = searched and bool({"speedup", "latency", "macs", "ram"} & set(kinds))  # a stride for a max-pool, a fused ReLU: less RAM too
     if options.sensitivity_only:
         return [Baseline(), LeversStage(False), Sensitivity()]
     stages: list[Stage] = [Baseline(), LeversStage(levered, budgeted), CostModels()]
@@ -86,7 +86,7 @@ def check_table_covers(job: CompressJob, stages: list[Stage]) -> None:
 def run_compress(config, model_path: str | None, options: CompressOptions) -> dict:
     """The whole chain for one model (see the module docstring); returns the report (or the sensitivity summary)."""
     if not options.sensitivity_only and options.target is None and not options.preset and not options.from_config:
-        raise UserError("give a target (--target-speedup, --target-latency, --target-size or --target-macs), --preset NAME, "
+        raise UserError("give a target (--target-speedup, --target-latency, --target-size, --target-macs, --target-ram or --target-flash), --preset NAME, "
                         "--from-config or --sensitivity-only")  # fmt: skip
     if sum(bool(x) for x in (options.target, options.preset, options.from_config)) > 1:
         raise UserError("give one of a target, --preset and --from-config")

@@ -42,6 +42,7 @@ class Inputs:
     size_model: object | None = None
     sensitivity: dict | None = None
     lever_speedup: float = 1.0  # what the levers stage already gained, measured: the spec above is the levered network
+    memory: object | None = None  # MemoryModel: RAM and flash of any variant (for --target-ram / --target-flash)
 
 
 def predicted_ms(inputs: Inputs, kept: dict[int, int], size: int) -> float:
@@ -81,11 +82,13 @@ def budget_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False, targets=
 
 def target_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False, target=None):
     """(the cost ``target`` (default: the primary one) is measured in, the target's value in it)."""
-    from .planner import LatencyCost, MacsCost, SizeCost
+    from .planner import FlashCost, LatencyCost, MacsCost, RamCost, SizeCost
 
     job = inputs.job
     target = target or job.options.target
     full = cmap.full()
+    if target.kind in ("ram", "flash"):
+        return (RamCost if target.kind == "ram" else FlashCost)(inputs.memory, cmap), target.value * 1024
     if target.kind in ("speedup", "latency"):
         cost = LatencyCost(inputs.latency, cmap)
         # the levered network is already lever_speedup times faster than the unpruned one: the plan needs the rest
@@ -273,6 +276,8 @@ def unreachable(job, plan, cost, full, lever_speedup: float = 1.0, target=None) 
         best = f"{reach:.2f} ms (predicted)"
     elif target.kind == "size":
         best = f"{reach / 1e6:.3f} MB (predicted)"
+    elif target.kind in ("ram", "flash"):
+        best = f"{reach / 1024:,.0f} KiB (predicted; the unpruned model: {unpruned / 1024:,.0f} KiB)"
     else:
         best = f"{reach / unpruned:.1%} of the MACs"
     raise UserError(f"{target.describe()} cannot be reached: the most the planner can reach is {best}, with every unit at "

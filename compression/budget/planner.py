@@ -256,6 +256,32 @@ class CombinedCost:
         return max(cost(kept, size) / value for cost, value in self.parts)
 
 
+class RamCost:
+    """Peak activation bytes of the int8 graph (:class:`~.memory_model.MemoryModel`, calibrated on the baseline int8 file)."""
+
+    name, unit = "peak activation memory", "bytes"
+
+    def __init__(self, model, cmap: ChannelMap):
+        self.model = model
+        self.cmap = cmap
+
+    def __call__(self, kept: dict[int, int], size: int) -> float:
+        return self.model.ram(self.cmap.spec_with(kept), size)
+
+
+class FlashCost:
+    """Bytes of the int8 .tflite: weights, per-channel quantization data and the graph (:class:`~.memory_model.MemoryModel`)."""
+
+    name, unit = "int8 .tflite size (flash)", "bytes"
+
+    def __init__(self, model, cmap: ChannelMap):
+        self.model = model
+        self.cmap = cmap
+
+    def __call__(self, kept: dict[int, int], size: int) -> float:
+        return self.model.flash(self.cmap.spec_with(kept))
+
+
 class SizeCost:
     name, unit = "gzipped int8 size", "bytes"
 

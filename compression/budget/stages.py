@@ -30,13 +30,15 @@ class CompressStage(Stage):
 
 
 def plan_inputs(ctx: StageContext):
+    from .memory_model import MemoryModel
     from .plan import Inputs
 
     job = ctx.services
     sens = json.loads(ctx.input("sensitivity.json").read_text()) if ctx.has("sensitivity") else None
     size_model = job.size_model(ctx.input("size-model.json"))
+    memory = MemoryModel.from_json(json.loads(ctx.input("memory-model.json").read_text()))
     return Inputs(job, job.spec(start_h5(ctx)), job.latency_model(ctx.input("latency-model.json")), size_model, sens,
-                  ctx.result("levers")["measured_speedup"])  # fmt: skip
+                  ctx.result("levers")["measured_speedup"], memory)  # fmt: skip
 
 
 def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size: int, learning_rate: float) -> dict:
@@ -254,15 +256,18 @@ def lever_model(source_h5: Path, levers, out: Path) -> None:
 
 
 class CostModels(CompressStage):
-    name, title, measuring = "cost-models", "int8 latency of every block on this machine (or from the board's latency table), bytes per weight", True
+    name, measuring = "cost-models", True
+    version = 2  # 2: also memory-model.json
+    title = "int8 latency of every block on this machine (or from the board's latency table), bytes per weight, RAM and flash of the int8 graph"
     reads = ("run.sizes", "run.base_size", *RUNTIME_READS, "compress.latency_levels", "compress.round_to", "clustering.clusters")
     needs = ("baseline", "levers")
-    writes = ("latency-model.json", "size-model.json")
+    writes = ("latency-model.json", "size-model.json", "memory-model.json")
 
     def run(self, ctx: StageContext) -> dict:
         from yolo3.models import load_model
 
         from .latency_model import measure_latency_model
+        from .memory_model import MemoryModel
         from .planner import measure_size_model
 
         job = ctx.services
@@ -273,6 +278,8 @@ class CostModels(CompressStage):
         write_json(ctx.output("latency-model.json"), model.to_json())
         size = measure_size_model(loaded.model, loaded.spec, ctx.setting("clustering.clusters"), ctx.result("baseline")["int8"]["gzip_bytes"])
         write_json(ctx.output("size-model.json"), size.to_json())
+        memory = MemoryModel.measure(job.spec(ctx.input("baseline.h5")), job.base_size, ctx.input("baseline-int8.tflite"))
+        write_json(ctx.output("memory-model.json"), memory.to_json())
         full = next(n for n in model.networks if n["size"] == job.base_size and not n["filters"])
         return {"unpruned_ms": full["ms"], "unpruned_predicted_ms": full["predicted_ms"], "alpha": model.alpha, "beta": model.beta,
                 "blocks_timed": len(model.blocks), "networks_timed": len(model.networks), "seconds": model.seconds,

@@ -1,10 +1,11 @@
 """The budget of a compress run: what the final int8 model must meet.
 
 ``speedup`` (x, against the unpruned int8 model), ``latency`` (ms), ``size``
-(MB gzipped) or ``macs`` (fraction kept), each checked at the door so that a
+(MB gzipped), ``macs`` (fraction kept), ``ram`` (KiB of peak activation
+memory) or ``flash`` (KiB of .tflite), each checked at the door so that a
 nonsense value ends in one message. Several may be given at once (one speed
-target at most); the first in the order speed, MACs, size is the primary one,
-the others are met beside it (:func:`parse_targets`).
+target at most); the first in the order speed, MACs, RAM, flash, size is the
+primary one, the others are met beside it (:func:`parse_targets`).
 
 Example::
 
@@ -44,6 +45,8 @@ class Target:
             "latency": f"int8 latency of at most {self.value:g} ms",
             "size": f"gzipped int8 .tflite of at most {self.value:g} MB",
             "macs": f"at most {self.value:.0%} of the original MACs",
+            "ram": f"peak activation memory (RAM) of at most {self.value:g} KiB",
+            "flash": f"int8 .tflite (flash) of at most {self.value:g} KiB",
         }[self.kind]
 
     def resolved(self, value: float) -> Target:
@@ -57,14 +60,15 @@ class Target:
 
 
 def parse_targets(speedup: float | str | None = None, latency: float | None = None, size: float | str | None = None,
-                  macs: float | None = None) -> list[Target]:  # fmt: skip
-    """Every target given, checked, the primary first (speed, then MACs, then size); at most one speed target.
+                  macs: float | None = None, ram: float | None = None, flash: float | None = None) -> list[Target]:  # fmt: skip
+    """Every target given, checked, the primary first (speed, then MACs, RAM, flash, size); at most one speed target.
 
     ``speedup`` may be ``"max"`` and ``size`` ``"min"`` (alone: as fast / small as the floor allows).
     """
     if speedup is not None and latency is not None:
         raise UserError("--target-speedup and --target-latency both set the speed: give one of them")
-    given = [(k, v) for k, v in (("speedup", speedup), ("latency", latency), ("macs", macs), ("size", size)) if v is not None]
+    given = [(k, v) for k, v in (("speedup", speedup), ("latency", latency), ("macs", macs), ("ram", ram), ("flash", flash), ("size", size))
+             if v is not None]  # fmt: skip
     targets = [_checked(kind, value) for kind, value in given]
     extreme = [t for t in targets if t.extreme]
     if extreme and len(targets) > 1:
