@@ -2,7 +2,8 @@
 
 RAM is the peak activation memory (:mod:`yolo3.tflite_memory`): the largest
 sum of int8 tensors alive while one operator runs. The int8 graph of a cfg is
-known layer by layer — a convolution writes its output, and a LeakyReLU (or
+known layer by layer — a convolution writes its output (after a padded copy
+of its input where the padding is not the kernel's own "same"), and a LeakyReLU (or
 any activation LiteRT does not fuse into the convolution: all but ReLU,
 ReLU6 and linear) writes a second tensor of the same shape; a max-pool,
 upsample, concatenation or addition writes one; a one-layer [route] is the
@@ -52,9 +53,15 @@ def activation_graph(spec: Spec, size: int) -> tuple[list[Step], dict[int, int],
         h, w, c = info.out_shape
         prev = out_of[i - 1] if i else 0
         if block.type == "convolutional":
+            p = conv_params(block)
+            if p.padding and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2):  # explicit padding, as the Keras model has
+                ih, iw, ic = info.in_shape
+                padded = new((ih + 2 * p.padding) * (iw + 2 * p.padding) * ic)
+                steps.append(Step("PAD", (prev,), (padded,)))
+                prev = padded
             t = new(h * w * c)
             steps.append(Step("CONV_2D", (prev,), (t,)))
-            if conv_params(block).activation not in FUSED:
+            if p.activation not in FUSED:
                 a = new(h * w * c)
                 steps.append(Step("ACTIVATION", (t,), (a,)))
                 t = a
