@@ -41,7 +41,7 @@ from collections.abc import Mapping, Sequence
 from .darknet import ConvWeights, DarknetWeights, Header
 from .errors import UserError
 from .kerasenv import keras
-from .layers import ChannelSlice, DarknetMaxPool, Mish
+from .layers import ChannelSlice, DarknetMaxPool, HardSwish, Mish
 from .names import bn_name, conv_name, layer_name
 from .spec import (
     Spec,
@@ -166,6 +166,8 @@ def apply_activation(x, activation: str, i: int):
         return layers.ReLU(max_value=6.0, name=name)(x)
     if activation == "mish":
         return Mish(name=name)(x)
+    if activation == "h_swish":
+        return HardSwish(name=name)(x)
     if activation == "swish":
         return layers.Activation(activation, name=name)(x)
     if activation == "logistic":

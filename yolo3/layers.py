@@ -72,4 +72,13 @@ class Mish(keras.layers.Layer):
         return inputs * tf.tanh(softplus)
 
 
-CUSTOM_LAYERS = (ChannelSlice, DarknetMaxPool, Mish)
+@keras.utils.register_keras_serializable(package="yolo3")
+class HardSwish(keras.layers.Layer):
+    """``h_swish`` of the MobileNetV3 YOLOs, ``x * relu6(x + 3) / 6`` (the multi-backbone suite's ``HardSwish``), in the form
+    LiteRT's converter recognises as its own HARD_SWISH operator."""
+
+    def call(self, inputs):
+        return inputs * tf.nn.relu6(inputs + 3.0) * (1.0 / 6.0)
+
+
+CUSTOM_LAYERS = (ChannelSlice, DarknetMaxPool, Mish, HardSwish)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from .errors import UserError
 
-BLOCK_TYPES = ("net", "convolutional", "shortcut", "route", "upsample", "maxpool", "dropout", "yolo")
-ACTIVATIONS = ("leaky", "linear", "relu", "relu6", "mish", "swish", "logistic")
+BLOCK_TYPES = ("net", "convolutional", "depthwise", "shortcut", "route", "upsample", "maxpool", "dropout", "yolo")
+ACTIVATIONS = ("leaky", "linear", "relu", "relu6", "mish", "swish", "logistic", "h_swish")
 PASS_THROUGH = ("upsample", "maxpool", "dropout")  # one input, same channels (order kept)
 
 
@@ -33,6 +33,7 @@ class Block:
     type: str
     options: dict[str, str] = field(default_factory=dict)
     line: int = 0
+    origin: str = ""  # the section it was written as, where that is not its type: "depthwise" (a [convolutional] with a group per channel)
 
     def _raw(self, key: str) -> str | None:
         return self.options.get(key)
@@ -162,7 +163,10 @@ def parse_cfg(text: str, source: str = "<cfg>") -> Spec:
                 name = "net"
             if name not in BLOCK_TYPES:
                 raise UserError(f"unsupported section [{name}] (supported: {', '.join(BLOCK_TYPES)})", source, lineno)
-            blocks.append(Block(name, {}, lineno))
+            if name == "depthwise":  # the multi-backbone suite's depthwise convolution: one group per channel
+                blocks.append(Block("convolutional", {}, lineno, origin="depthwise"))
+            else:
+                blocks.append(Block(name, {}, lineno))
             continue
         if not blocks:
             raise UserError(f"{line!r} appears before any [section]", source, lineno)
@@ -181,6 +185,11 @@ def parse_cfg(text: str, source: str = "<cfg>") -> Spec:
             raise UserError("a second [net] section", source, block.line)
     if len(blocks) == 1:
         raise UserError("the cfg has a [net] section but no layers", source)
+    for block in blocks:
+        if block.origin == "depthwise":
+            if "groups" in block.options:
+                raise UserError("[depthwise] takes no 'groups' (it has one group per channel)", source, block.line)
+            block.options["groups"] = block.options.get("filters", "1")
     spec = Spec(blocks[0], blocks[1:], source)
     try:
         height, width, channels = spec.height, spec.width, spec.channels
@@ -209,8 +218,8 @@ def format_cfg(spec: Spec) -> str:
     """Write a Spec as Darknet cfg text (options in their original order)."""
     out: list[str] = []
     for block in [spec.net, *spec.layers]:
-        out.append(f"[{block.type}]")
-        out.extend(f"{k}={v}" for k, v in block.options.items())
+        out.append(f"[{block.origin or block.type}]")
+        out.extend(f"{k}={v}" for k, v in block.options.items() if not (block.origin == "depthwise" and k == "groups"))
         out.append("")
     return "\n".join(out)
 
@@ -420,6 +429,8 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
     src = (i - 1,)
     if block.type == "convolutional":
         p = conv_params(block)
+        if block.origin == "depthwise" and p.filters != c:
+            raise ValueError(f"[depthwise] filters={p.filters} differ from its {c} input channels (a depth multiplier is not supported)")
         if c % p.groups or p.filters % p.groups:
             raise ValueError(f"groups={p.groups} must divide the input channels ({c}) and filters ({p.filters})")
         oh = (h + 2 * p.padding - p.size) // p.stride + 1

@@ -185,6 +185,8 @@ def _act(x: np.ndarray, activation: str) -> np.ndarray:
         return x / (1.0 + np.exp(-x))
     if activation == "mish":
         return x * np.tanh(np.logaddexp(0.0, x))
+    if activation == "h_swish":
+        return x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
     return x
 
 
