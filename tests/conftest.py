@@ -61,7 +61,7 @@ def synthetic_valid(tmp_path_factory):
 
 def random_weights(spec, seed=0, header=None):
     """Plausible Darknet weights for ``spec`` (positive BN variances, small kernels)."""
-    from yolo3.darknet import ConvWeights, DarknetWeights, Header, conv_shapes
+    from yolo3.darknet import ConvWeights, DarknetWeights, Header, conv_shapes, se_shapes
 
     rng = np.random.RandomState(seed)
     convs = {}
@@ -79,7 +79,9 @@ def random_weights(spec, seed=0, header=None):
             convs[i] = ConvWeights(kernel, None, stats)
         else:
             convs[i] = ConvWeights(kernel, rng.uniform(-0.1, 0.1, cout).astype(np.float32), None)
-    return DarknetWeights(convs, header or Header())
+    se = {i: ((rng.randn(hidden, c) / np.sqrt(c)).astype(np.float32), (rng.randn(c, hidden) / np.sqrt(hidden)).astype(np.float32))
+          for i, (c, hidden) in se_shapes(spec).items()}  # fmt: skip
+    return DarknetWeights(convs, header or Header(), se)
 
 
 # A toy YOLO with every kind of block the latency model times: convolutions, max-pools, a route of two layers, an upsample, two heads.

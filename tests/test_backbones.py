@@ -137,3 +137,260 @@ def test_malformed_depthwise_ends_in_one_line_naming_the_line(cfg_edit, message)
     with pytest.raises(UserError) as err:
         parse_cfg(cfg_edit(SUITE_BLOCK), "suite.cfg")
     assert message in str(err.value) and "suite.cfg" in str(err.value)
+
+
+SE_NET = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=h_swish
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation=relu6
+
+[depthwise]
+batch_normalize=1
+filters=32
+size=3
+stride=2
+pad=1
+activation=relu6
+
+[se]
+filters=32
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=1
+activation=linear
+
+[se]
+reduction=2
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=18
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=1
+num=3
+"""
+
+
+def _se_reference(x: np.ndarray, fc1: np.ndarray, fc2: np.ndarray) -> np.ndarray:
+    """The suite's SE (utils/layers.py): avg pool, Linear(c, c/r, no bias), ReLU, Linear(c/r, c, no bias), HardSigmoid, x * y."""
+    y = x.mean(axis=(0, 1))
+    y = np.maximum(fc1 @ y, 0.0)
+    y = np.clip(fc2 @ y + 3.0, 0.0, 6.0) / 6.0
+    return x * y
+
+
+def test_se_blocks_equal_the_suites_definition_and_round_trip(tmp_path):
+    """[se] with filters (reduction 4) and with reduction: parameters, the Keras model against numpy, .weights byte-identical."""
+    from yolo3.darknet import read_weights, weights_to_bytes
+    from yolo3.keras_model import build_model, get_darknet_weights, set_darknet_weights
+    from yolo3.spec import analyse, parse_cfg
+
+    spec = parse_cfg(SE_NET, "se.cfg")
+    infos = analyse(spec)
+    assert infos[3].params == 2 * 32 * 8 and infos[3].out_shape == (16, 16, 32)  # fc 32 -> 8 -> 32
+    assert infos[5].params == 2 * 16 * 8  # reduction 2 on 16 channels
+    weights = random_weights(spec, seed=5)
+    data = weights_to_bytes(spec, weights)
+    (tmp_path / "se.weights").write_bytes(data)
+    read = read_weights(tmp_path / "se.weights", spec)
+    assert weights_to_bytes(spec, read) == data and set(read.se) == {3, 5}
+    model = build_model(spec)
+    set_darknet_weights(model, spec, read)
+    assert weights_to_bytes(spec, get_darknet_weights(model, spec)) == data  # through Keras and back
+    # numpy: the backbone computed layer by layer, then the SEs
+    import tensorflow as tf
+
+    image = np.random.RandomState(1).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    before_se = tf.keras.Model(model.input, model.get_layer("relu6_2").output)(image).numpy()[0]
+    se_out = tf.keras.Model(model.input, model.get_layer("se_3").output)(image).numpy()[0]
+    assert np.abs(se_out - _se_reference(before_se.astype(np.float64), *read.se[3])).max() < 1e-4
+    conv4 = tf.keras.Model(model.input, model.get_layer("bn_4").output)(image).numpy()[0]
+    se5 = tf.keras.Model(model.input, model.get_layer("se_5").output)(image).numpy()[0]
+    assert np.abs(se5 - _se_reference(conv4.astype(np.float64), *read.se[5])).max() < 1e-4
+
+
+BNECK = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=h_swish
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=1
+activation=relu6
+
+[depthwise]
+batch_normalize=1
+filters=32
+size=3
+stride=1
+pad=1
+activation=relu6
+
+[se]
+filters=32
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=1
+activation=linear
+
+[shortcut]
+from=-5
+activation=linear
+{second_se}
+[convolutional]
+batch_normalize=1
+filters=32
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=18
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=1
+num=3
+"""
+
+
+def test_pruning_keeps_the_channels_an_se_scales_and_the_model_equal():
+    """A MobileNetV3 bottleneck (expand, depthwise, SE, project, residual): the channels an [se] reads are not pruned (its weights
+    are indexed by them); the residual's are, and with only zero-scale channels removed the pruned model computes the same."""
+    from compression.prune.surgery import channel_groups, prune_channels
+    from yolo3.darknet import ConvWeights
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import parse_cfg
+
+    spec = parse_cfg(BNECK.format(second_se=""), "bneck.cfg")
+    groups = {g.id: g for g in channel_groups(spec)}
+    assert groups[0].members == [0, 4] and groups[0].prunable  # the stem and the projection, added by the shortcut
+    assert groups[1].members == [1, 2] and not groups[1].prunable  # the expansion and its depthwise convolution feed the SE
+    with_se = {g.id: g for g in channel_groups(parse_cfg(BNECK.format(second_se="\n[se]\nreduction=2\n"), "bneck.cfg"))}
+    assert not with_se[0].prunable  # an SE on the residual sum holds the stem and the projection
+    weights = random_weights(spec, seed=2)
+    dead = [3, 7]
+    for i in (0, 4):
+        gamma = weights.convs[i].bn[0].copy()
+        gamma[dead] = 0.0
+        weights.convs[i] = ConvWeights(weights.convs[i].kernel, None, (gamma, *weights.convs[i].bn[1:]))
+    keep = np.ones(16, bool)
+    keep[dead] = False
+    result = prune_channels(spec, weights, {0: keep})
+    assert set(result.weights.se) == {3} and all(np.array_equal(a, b) for a, b in zip(result.weights.se[3], weights.se[3]))
+    original, pruned = build_model(spec), build_model(result.spec)
+    set_darknet_weights(original, spec, weights)
+    set_darknet_weights(pruned, result.spec, result.weights)
+    image = np.random.RandomState(0).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    assert np.abs(original.predict(image, verbose=0) - pruned.predict(image, verbose=0)).max() < 1e-4
+
+
+def test_memory_count_of_an_se_network_equals_its_int8_file(tmp_path):
+    """The RAM count of the compress planner on a network with [depthwise], [se] and h_swish, against the converted file."""
+    from compression.budget.memory_model import estimated_peak
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import parse_cfg
+    from yolo3.tflite_memory import memory_report
+
+    spec = parse_cfg(BNECK.format(second_se="\n[se]\nreduction=2\n"), "bneck.cfg")
+    model = build_model(spec)
+    set_darknet_weights(model, spec, random_weights(spec, seed=1))
+    path = tmp_path / "se-int8.tflite"
+    _int8(model, path)
+    report = memory_report(path)
+    assert report["operator_counts"].get("HARD_SWISH") == 1 and report["operator_counts"].get("DEPTHWISE_CONV_2D") == 1
+    assert abs(estimated_peak(spec, 64) - report["peak_activation_bytes"]) <= 0.02 * report["peak_activation_bytes"], report
+
+
+def _int8(model, path) -> None:
+    import tensorflow as tf
+
+    def representative():
+        rng = np.random.RandomState(0)
+        for _ in range(4):
+            yield [rng.uniform(0, 1, (1, *model.input.shape[1:])).astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    path.write_bytes(converter.convert())
+
+
+def test_builtin_tiny_mobilenetv3_small_is_the_suites_cfg_and_runs_as_int8(tmp_path):
+    """The built-in equals the suite's yolov3tiny-mobilenet-small-coco.cfg (61 layers; the counts below are that cfg's, read by
+    this tool); its .weights round trip, its channel groups (SE-scaled ones held), its int8 model (HARD_SWISH, depthwise, SE)."""
+    from compression.prune.surgery import channel_groups
+    from yolo3.darknet import expected_floats, read_weights, weights_to_bytes
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import analyse, format_cfg, parse_cfg, totals
+    from yolo3.tflite_memory import memory_report
+    from yolo3.zoo import build_spec
+
+    spec = build_spec("yolov3-tiny-mobilenetv3-small")
+    t = totals(analyse(spec))
+    assert len(spec.layers) == 61 and t.trainable_params == 3_041_430 and t.macs == 797_051_552
+    text = format_cfg(spec)
+    assert text.count("[depthwise]") == 11 and text.count("[se]") == 9 and text.count("activation=h_swish") == 18
+    small = build_spec("yolov3-tiny-mobilenetv3-small", classes=2, size=96)
+    weights = random_weights(small, seed=4)
+    data = weights_to_bytes(small, weights)
+    assert len(data) == 20 + 4 * expected_floats(small)
+    (tmp_path / "m.weights").write_bytes(data)
+    assert weights_to_bytes(parse_cfg(format_cfg(small)), read_weights(tmp_path / "m.weights", parse_cfg(format_cfg(small)))) == data
+    groups = channel_groups(small)
+    assert any(g.prunable for g in groups) and not any(g.prunable and 2 in g.members for g in groups)  # layer 2 feeds an SE
+    model = build_model(small)
+    set_darknet_weights(model, small, weights)
+    _int8(model, tmp_path / "m.tflite")
+    ops = memory_report(tmp_path / "m.tflite")["operator_counts"]
+    assert ops["DEPTHWISE_CONV_2D"] == 11 and ops["HARD_SWISH"] == 18 and ops["MEAN"] == 9

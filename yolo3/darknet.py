@@ -5,7 +5,10 @@ the tests alike. The layout (see ``shared/darknet/WEIGHTS_FORMAT.md``): a
 header of int32 major, minor, revision and ``seen`` (uint64 when
 ``major*10+minor >= 2``, else int32), then per [convolutional] layer in cfg
 order: biases (the BN beta when batch-normalised), then if BN: scales, rolling
-mean, rolling variance; then the kernel as (out, in/groups, kh, kw).
+mean, rolling variance; then the kernel as (out, in/groups, kh, kw). An [se]
+(the multi-backbone suite's squeeze-and-excitation) holds, in its place in that
+order, its two fully connected weights as the suite's ``save_weights`` writes
+them: (hidden, channels), then (channels, hidden), no biases.
 
 Example::
 
@@ -64,10 +67,34 @@ class Header:
 
 @dataclass
 class DarknetWeights:
-    """Every convolution's weights, keyed by its layer index in the Spec, plus the file header."""
+    """Every convolution's weights (and every [se]'s: (fc1 (hidden, c), fc2 (c, hidden))), keyed by layer index, plus the header."""
 
     convs: dict[int, ConvWeights]
     header: Header = field(default_factory=Header)
+    se: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+
+    def with_convs(self, convs: dict[int, ConvWeights]) -> DarknetWeights:
+        """The same file with other convolution weights (the [se] weights and header kept)."""
+        return DarknetWeights(convs, self.header, dict(self.se))
+
+    def renumbered(self, where) -> DarknetWeights:
+        """Every layer's weights moved to ``where(index)`` (None: the layer is gone), for edits that remove layers."""
+        convs = {where(i): w for i, w in self.convs.items() if where(i) is not None}
+        return DarknetWeights(convs, self.header, {where(i): w for i, w in self.se.items() if where(i) is not None})
+
+
+def se_shapes(spec: Spec) -> dict[int, tuple[int, int]]:
+    """Per [se]: (channels, hidden units)."""
+    from .spec import se_params
+
+    infos = analyse(spec, spec.height, spec.width)
+    return {i: se_params(b, infos[i].in_shape[2]) for i, b in enumerate(spec.layers) if b.type == "se"}
+
+
+def _layout(spec: Spec) -> list[tuple[str, int, object]]:
+    """The layers that hold weights, in file order: ("conv", i, (shape, bn)) and ("se", i, (channels, hidden))."""
+    items = [("conv", i, v) for i, v in conv_shapes(spec).items()] + [("se", i, v) for i, v in se_shapes(spec).items()]
+    return sorted(items, key=lambda t: t[1])
 
 
 def conv_shapes(spec: Spec) -> dict[int, tuple[tuple[int, int, int, int], bool]]:
@@ -83,7 +110,7 @@ def conv_shapes(spec: Spec) -> dict[int, tuple[tuple[int, int, int, int], bool]]
 
 def expected_floats(spec: Spec) -> int:
     """How many float32 values the body of a ``.weights`` file for ``spec`` holds."""
-    total = 0
+    total = sum(2 * c * hidden for c, hidden in se_shapes(spec).values())
     for (kh, kw, cin, cout), bn in conv_shapes(spec).values():
         total += cout * (4 if bn else 1) + kh * kw * cin * cout
     return total
@@ -136,7 +163,13 @@ def read_weights(path: str | Path, spec: Spec) -> DarknetWeights:
         return arr
 
     convs: dict[int, ConvWeights] = {}
-    for i, ((kh, kw, cin, cout), bn) in conv_shapes(spec).items():
+    se: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for kind, i, shape in _layout(spec):
+        if kind == "se":
+            c, hidden = shape
+            se[i] = (take(hidden * c).reshape(hidden, c), take(c * hidden).reshape(c, hidden))
+            continue
+        (kh, kw, cin, cout), bn = shape
         biases = take(cout)
         if bn:
             gamma, mean, var = take(cout), take(cout), take(cout)
@@ -145,7 +178,7 @@ def read_weights(path: str | Path, spec: Spec) -> DarknetWeights:
             convs[i] = ConvWeights(np.ascontiguousarray(kernel), None, (gamma, biases, mean, var))
         else:
             convs[i] = ConvWeights(np.ascontiguousarray(kernel), biases, None)
-    return DarknetWeights(convs, header)
+    return DarknetWeights(convs, header, se)
 
 
 def weights_to_bytes(spec: Spec, weights: DarknetWeights) -> bytes:
@@ -153,7 +186,14 @@ def weights_to_bytes(spec: Spec, weights: DarknetWeights) -> bytes:
     h = weights.header
     parts = [np.array([h.major, h.minor, h.revision], "<i4").tobytes()]
     parts.append(np.array([h.seen], "<u8" if h.wide_seen else "<i4").tobytes())
-    for i, (shape, bn) in conv_shapes(spec).items():
+    for kind, i, layout in _layout(spec):
+        if kind == "se":
+            c, hidden = layout
+            if i not in weights.se or tuple(weights.se[i][0].shape) != (hidden, c) or tuple(weights.se[i][1].shape) != (c, hidden):
+                raise UserError(f"no [se] weights of shapes ({hidden}, {c}) and ({c}, {hidden}) for layer {i}", spec.source)
+            parts.extend(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in weights.se[i])
+            continue
+        shape, bn = layout
         if i not in weights.convs:
             raise UserError(f"no weights for convolution {i}", spec.source)
         cw = weights.convs[i]

@@ -38,10 +38,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+
 from .darknet import ConvWeights, DarknetWeights, Header
 from .errors import UserError
 from .kerasenv import keras
-from .layers import ChannelSlice, DarknetMaxPool, HardSwish, Mish
+from .layers import ChannelSlice, DarknetMaxPool, HardSigmoid, HardSwish, Mish
 from .names import bn_name, conv_name, layer_name
 from .spec import (
     Spec,
@@ -50,6 +52,7 @@ from .spec import (
     maxpool_params,
     route_group,
     route_inputs,
+    se_params,
     shortcut_activation,
     shortcut_input,
 )
@@ -142,6 +145,15 @@ def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool =
     if block.type == "shortcut":
         x = layers.Add(name=layer_name("shortcut", i))([x, outs[shortcut_input(spec, i)]])
         return apply_activation(x, shortcut_activation(block), i)
+    if block.type == "se":  # the suite's SE: pool, FC (ReLU), FC, hard sigmoid, scale; no biases
+        channels, hidden = se_params(block, int(x.shape[-1]))
+        # the fully connected layers as 1x1 convolutions on the pooled 1x1 map: plain CONV_2D in LiteRT (a Dense on a 4-D
+        # tensor converts with a dynamic reshape around it)
+        s = layers.GlobalAveragePooling2D(keepdims=True, name=layer_name("se_pool", i))(x)
+        s = layers.Conv2D(hidden, 1, use_bias=False, activation="relu", name=layer_name("se_fc1", i))(s)
+        s = layers.Conv2D(channels, 1, use_bias=False, name=layer_name("se_fc2", i))(s)
+        s = HardSigmoid(name=layer_name("h_sigmoid", i))(s)
+        return layers.Multiply(name=layer_name("se", i))([x, s])
     if block.type == "yolo":
         return x  # decoding happens outside the model
     raise spec.error(i, f"unsupported layer type [{block.type}]")  # pragma: no cover - the Spec parser rejects other types
@@ -223,6 +235,12 @@ def set_darknet_weights(model: keras.Model, spec: Spec, weights: DarknetWeights)
             model.get_layer(bn_name(i)).set_weights(list(cw.bn))
         else:
             conv.set_weights([kernel, cw.bias])
+    for i, (fc1, fc2) in weights.se.items():  # PyTorch Linear weights (out, in); the 1x1 kernels are (1, 1, in, out)
+        model.get_layer(layer_name("se_fc1", i)).set_weights([np.ascontiguousarray(fc1.T)[None, None]])
+        model.get_layer(layer_name("se_fc2", i)).set_weights([np.ascontiguousarray(fc2.T)[None, None]])
+    missing = [i for i, b in enumerate(spec.layers) if b.type == "se" and i not in weights.se]
+    if missing:
+        raise UserError(f"no weights for [se] layer {missing[0]}", spec.source)
 
 
 def get_darknet_weights(model: keras.Model, spec: Spec, header: Header | None = None) -> DarknetWeights:
@@ -237,4 +255,6 @@ def get_darknet_weights(model: keras.Model, spec: Spec, header: Header | None = 
         else:
             bn = model.get_layer(bn_name(i)).get_weights()
             convs[i] = ConvWeights(values[0], None, tuple(bn))
-    return DarknetWeights(convs, header or Header())
+    se = {i: tuple(np.ascontiguousarray(model.get_layer(layer_name(fc, i)).get_weights()[0][0, 0].T) for fc in ("se_fc1", "se_fc2"))
+          for i, b in enumerate(spec.layers) if b.type == "se"}  # fmt: skip
+    return DarknetWeights(convs, header or Header(), se)

@@ -81,4 +81,12 @@ class HardSwish(keras.layers.Layer):
         return inputs * tf.nn.relu6(inputs + 3.0) * (1.0 / 6.0)
 
 
-CUSTOM_LAYERS = (ChannelSlice, DarknetMaxPool, Mish, HardSwish)
+@keras.utils.register_keras_serializable(package="yolo3")
+class HardSigmoid(keras.layers.Layer):
+    """The gate of the suite's SE, ``relu6(x + 3) / 6`` (its ``HardSigmoid``; Keras' own hard_sigmoid has another slope)."""
+
+    def call(self, inputs):
+        return tf.nn.relu6(inputs + 3.0) * (1.0 / 6.0)
+
+
+CUSTOM_LAYERS = (ChannelSlice, DarknetMaxPool, Mish, HardSwish, HardSigmoid)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-BLOCK_TYPES = ("net", "convolutional", "depthwise", "shortcut", "route", "upsample", "maxpool", "dropout", "yolo")
+BLOCK_TYPES = ("net", "convolutional", "depthwise", "se", "shortcut", "route", "upsample", "maxpool", "dropout", "yolo")
 ACTIVATIONS = ("leaky", "linear", "relu", "relu6", "mish", "swish", "logistic", "h_swish")
 PASS_THROUGH = ("upsample", "maxpool", "dropout")  # one input, same channels (order kept)
 
@@ -279,6 +279,8 @@ def conv_params(block: Block) -> ConvParams:
         padding = size // 2
     groups = block.get_int("groups", 1)
     activation = block.get_str("activation", "logistic")
+    if activation == "none":  # the multi-backbone suite's cfgs write it for no activation
+        activation = "linear"
     if filters < 1 or size < 1 or stride < 1 or groups < 1 or padding < 0:
         raise ValueError("filters, size, stride and groups must be positive and padding not negative")
     if filters > MAX_FILTERS or size > MAX_KERNEL or stride > MAX_KERNEL or padding > MAX_KERNEL:
@@ -363,9 +365,31 @@ def shortcut_input(spec: Spec, index: int) -> int:
 
 def shortcut_activation(block: Block) -> str:
     activation = block.get_str("activation", "linear")
+    if activation == "none":  # as in conv_params
+        activation = "linear"
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation} is not supported (use one of {', '.join(ACTIVATIONS)})")
     return activation
+
+
+def se_params(block: Block, channels: int) -> tuple[int, int]:
+    """(channels, hidden units) of an [se] on ``channels`` input channels, as the multi-backbone suite builds it.
+
+    Squeeze-and-excitation (the suite's ``SE``): global average pool, a fully
+    connected layer to ``channels // reduction`` units (ReLU), one back to
+    ``channels`` (hard sigmoid, ``relu6(x + 3) / 6``), the input scaled by
+    the result; neither layer has a bias. ``reduction`` defaults to 4; the
+    suite reads ``filters`` as the channel count, which must be the input's.
+    """
+    reduction = block.get_int("reduction", 4)
+    if reduction < 1:
+        raise ValueError(f"[se] reduction={reduction} must be at least 1")
+    if "reduction" not in block.options and block.get_int("filters", channels) != channels:
+        raise ValueError(f"[se] filters={block.get_int('filters')} differ from its {channels} input channels")
+    hidden = channels // reduction
+    if hidden < 1:
+        raise ValueError(f"[se] {channels} channels / reduction {reduction} leaves no hidden unit")
+    return channels, hidden
 
 
 def dropout_probability(block: Block) -> float:
@@ -457,6 +481,10 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
     if block.type == "dropout":
         dropout_probability(block)
         return LayerInfo(i, block.type, src, prev, prev)
+    if block.type == "se":
+        _, hidden = se_params(block, c)
+        weights = 2 * c * hidden
+        return LayerInfo(i, block.type, src, prev, prev, weights, weights, weights + h * w * c)
     if block.type == "route":
         inputs = route_inputs(spec, i)
         groups, _ = route_group(block)
@@ -519,6 +547,8 @@ def layer_table(spec: Spec, infos: list[LayerInfo]) -> str:
             rows.append(f"{info.index:5d} upsample                 {info.stride}x  {io}")
         elif info.type == "dropout":
             rows.append(f"{info.index:5d} dropout       p = {dropout_probability(block):.3f}  {io}")
+        elif info.type == "se":
+            rows.append(f"{info.index:5d} se        {ic:5d}->{se_params(block, ic)[1]}->{ic:<5d}  {io}  {2 * info.macs / 1e9:7.3f}")
         elif info.type == "route":
             groups, group_id = route_group(block)
             part = f" {group_id}/{groups}" if groups > 1 else ""

@@ -30,6 +30,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Step:
@@ -92,8 +94,14 @@ def memory_report(path: str | Path) -> dict:
     outputs = tuple(d["index"] for d in interpreter.get_output_details())
     life = lifetimes(steps, inputs, outputs)
     sizes, spans = {}, []
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
     for t in life:
-        view = interpreter.tensor(t)()
+        try:
+            view = interpreter.tensor(t)()
+        except ValueError:  # no buffer of its own in the arena (LiteRT let it alias another): counted by its shape, no span
+            d = details[t]
+            sizes[t] = int(np.prod(d["shape"])) * np.dtype(d["dtype"]).itemsize
+            continue
         sizes[t] = int(view.nbytes)
         start = int(view.__array_interface__["data"][0])
         spans.append((start, start + int(view.nbytes)))

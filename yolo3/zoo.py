@@ -5,8 +5,11 @@ with the same layer sequence as the reference Darknet cfgs, so weights trained
 with Darknet load into it: ``yolov3``, ``yolov3-spp``, ``yolov3-tiny``, the
 light ``yolov4-tiny`` (CSP route groups, ``scale_x_y=1.05``) and
 ``yolo-fastest`` (Yolo-Fastest 1.0: depthwise blocks, dropout; 320 px in its
-authors' cfg), and ``yolov3-tiny-relu`` (YOLOv3-tiny with ReLU, for
-accelerators without LeakyReLU such as the Edge TPU).
+authors' cfg), ``yolov3-tiny-relu`` (YOLOv3-tiny with ReLU, for
+accelerators without LeakyReLU such as the Edge TPU), and
+``yolov3-tiny-mobilenetv3-small`` (the multi-backbone suite's
+YOLOv3tiny-MobileNetV3-small: MobileNetV3-small bottlenecks with [depthwise],
+[se] and h_swish under YOLOv3-tiny's heads, layer for layer its cfg).
 
 Example::
 
@@ -67,6 +70,17 @@ class _Builder:
 
     def depthwise(self, channels: int, size: int = 3, stride: int = 1) -> int:
         return self.conv(channels, size, stride, groups=channels)
+
+    def suite_depthwise(self, channels: int, size: int, stride: int, activation: str) -> int:
+        """The multi-backbone suite's [depthwise] section (written back as such)."""
+        opts = {"batch_normalize": "1", "filters": str(channels), "size": str(size), "stride": str(stride), "pad": "1",
+                "activation": activation, "groups": str(channels)}  # fmt: skip
+        self.layers.append(Block("convolutional", opts, origin="depthwise"))
+        return self.last
+
+    def se(self, channels: int) -> int:
+        self.layers.append(Block("se", {"filters": str(channels)}))
+        return self.last
 
     def dropout(self, probability: str) -> int:
         self.layers.append(Block("dropout", {"probability": probability}))
@@ -240,6 +254,46 @@ def _fastest_layers(classes: int) -> list[Block]:
     return b.layers
 
 
+# MobileNetV3-small's bottlenecks (Howard et al., 2019, table 2) as the suite writes them: expansion, output, kernel, stride,
+# activation, squeeze-and-excitation
+MOBILENETV3_SMALL = (
+    (16, 16, 3, 2, "relu6", True), (72, 24, 3, 2, "relu6", False), (88, 24, 3, 1, "relu6", False),
+    (96, 40, 5, 2, "h_swish", True), (240, 40, 5, 1, "h_swish", True), (240, 40, 5, 1, "h_swish", True),
+    (120, 48, 5, 1, "h_swish", True), (144, 48, 5, 1, "h_swish", True),
+    (288, 96, 5, 2, "h_swish", True), (576, 96, 5, 1, "h_swish", True), (576, 96, 5, 1, "h_swish", True),
+)  # fmt: skip
+
+
+def _tiny_mobilenetv3_small_layers(classes: int) -> list[Block]:
+    """The suite's yolov3tiny-mobilenet-small cfg: a h_swish stem, the bottlenecks (a residual where shape allows), tiny's heads."""
+    b = _Builder(TINY_ANCHORS, 6)
+    b.conv(16, 3, 2, activation="h_swish")
+    channels, tap = 16, None
+    for expand, out, size, stride, activation, se in MOBILENETV3_SMALL:
+        start = b.last
+        b.conv(expand, 1, activation=activation)
+        b.suite_depthwise(expand, size, stride, activation)
+        if se:
+            b.se(expand)
+        b.conv(out, 1, activation="linear")
+        if stride == 1 and out == channels:
+            b.shortcut(start - b.last - 1)
+        channels = out
+        if out == 48:
+            tap = b.last  # the stride-16 output the small-object head reads
+    b.conv(1024, 1, activation="h_swish")
+    b.conv(256, 1)
+    b.conv(512, 3)
+    b.yolo("3,4,5", classes)
+    b.route(-4)
+    b.conv(128, 1)
+    b.upsample(2)
+    b.route(-1, tap)
+    b.conv(256, 3)
+    b.yolo("0,1,2", classes)
+    return b.layers
+
+
 BUILTIN = {
     "yolov3": lambda classes: _yolov3_layers(classes, spp=False),
     "yolov3-spp": lambda classes: _yolov3_layers(classes, spp=True),
@@ -247,6 +301,7 @@ BUILTIN = {
     "yolov3-tiny-relu": lambda classes: _tiny_layers(classes, "relu"),
     "yolov4-tiny": _yolov4_tiny_layers,
     "yolo-fastest": _fastest_layers,
+    "yolov3-tiny-mobilenetv3-small": _tiny_mobilenetv3_small_layers,
 }
 
 

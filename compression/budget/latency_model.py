@@ -50,7 +50,7 @@ from yolo3.spec import Block, Spec, analyse, format_cfg, route_inputs, set_filte
 from ..prune.surgery import channel_groups, tied_depthwise
 from ..subprocesses import failure_reason, run_module
 
-COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut")
+COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut", "se")
 LEVELS = (1.0, 0.5, 0.25, 0.125)
 
 

@@ -85,8 +85,7 @@ def _without_layer(spec: Spec, weights: DarknetWeights, removed: int) -> tuple[S
             new_target = target - 1 if target > removed else target
             refs.append(new_target - j if r < 0 else new_target)
         block.set(key, refs)
-    convs = {(i - 1 if i > removed else i): w for i, w in weights.convs.items()}
-    return new, DarknetWeights(convs, weights.header)
+    return new, weights.renumbered(lambda i: i - 1 if i > removed else i)
 
 
 @dataclass(frozen=True)

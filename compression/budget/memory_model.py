@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from yolo3.spec import Spec, analyse, conv_params, route_inputs
+from yolo3.spec import Spec, analyse, conv_params, route_inputs, se_params
 from yolo3.tflite_memory import Step, peak_activation
 
 FUSED = ("linear", "relu", "relu6")  # activations LiteRT folds into the convolution: no tensor of their own
@@ -81,6 +81,12 @@ def activation_graph(spec: Spec, size: int) -> tuple[list[Step], dict[int, int],
             outputs.append(prev)
         elif block.type == "dropout":
             out_of[i] = prev
+        elif block.type == "se":  # pool, two small fully connected layers, the gate, then the scaled copy: the input lives until then
+            _, hidden = se_params(block, c)
+            pooled, fc1, fc2, gate = new(c), new(hidden), new(c), new(c)
+            out_of[i] = new(h * w * c)
+            steps += [Step("MEAN", (prev,), (pooled,)), Step("FULLY_CONNECTED", (pooled,), (fc1,)), Step("FULLY_CONNECTED", (fc1,), (fc2,)),
+                      Step("HARD_SIGMOID", (fc2,), (gate,)), Step("MUL", (prev, gate), (out_of[i],))]  # fmt: skip
         else:  # maxpool, upsample
             out_of[i] = new(h * w * c)
             steps.append(Step(block.type.upper(), (prev,), (out_of[i],)))

@@ -346,8 +346,7 @@ def remove_layers(spec: Spec, weights: DarknetWeights, start: int, stop: int) ->
             b.set("from", remap(ref) - ni if b.get_ints("from")[0] < 0 else remap(ref))
         layers.append(b)
     new.layers = layers
-    convs = {remap(i): cw for i, cw in weights.convs.items() if not start <= i <= stop}
-    return new, DarknetWeights(convs, weights.header)
+    return new, weights.renumbered(lambda i: None if start <= i <= stop else remap(i))
 
 
 def layer_prune(spec: Spec, weights: DarknetWeights, blocks: int) -> tuple[Spec, DarknetWeights, list[ResidualBlock]]:

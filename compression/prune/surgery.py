@@ -27,7 +27,8 @@ Spec and weights:
   input's group, loses the same channels, and its ``groups`` follows.
 - **fixed**: channels read by a grouped (not depthwise) convolution, a
   depthwise one with a depth multiplier, or a ``[route]`` with ``groups``
-  (YOLOv4-tiny's channel split) keep every channel, so the slices stay equal.
+  (YOLOv4-tiny's channel split) keep every channel, so the slices stay equal;
+  so do the channels an ``[se]`` scales (its weights are indexed by them).
 
 Example::
 
@@ -119,6 +120,9 @@ def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind, set[in
                 fixed.add(i)
             segments.append([(i, p.filters)])
         elif block.type in (*PASS_THROUGH, "yolo"):
+            segments.append(prev)
+        elif block.type == "se":  # its weights are indexed by these channels: they stay whole (SE-aware pruning is not done)
+            fixed.update(space for space, _ in prev)
             segments.append(prev)
         elif block.type == "route":
             groups, _ = route_group(block)
@@ -227,7 +231,7 @@ def prune_channels(
         values.append(prev if propagate is None else propagate(surgery, i, prev, values, new))
     analyse(new)  # the result must be consistent
     kept = {gid: np.flatnonzero(m) for gid, m in keep.items()}
-    return PruneResult(new, DarknetWeights(surgery.new_convs, weights.header), kept, surgery.carriers)
+    return PruneResult(new, weights.with_convs(surgery.new_convs), kept, surgery.carriers)
 
 
 def _checked_masks(spec: Spec, groups: dict[int, Group], masks: dict[int, np.ndarray], merges: dict[int, dict[int, int]]) -> dict[int, np.ndarray]:

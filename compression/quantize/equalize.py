@@ -121,4 +121,4 @@ def equalize(spec: Spec, weights: DarknetWeights, iterations: int = 20, toleranc
     out = {i: ConvWeights(w.kernel.astype(np.float32), None if w.bias is None else w.bias.astype(np.float32),
                           None if w.bn is None else tuple(x.astype(np.float32) for x in w.bn))
            for i, w in convs.items()}  # fmt: skip
-    return DarknetWeights(out, weights.header), {"pairs": [f"conv_{a} -> conv_{b}" for a, b in pairs], "skipped": skipped, "iterations": done}
+    return weights.with_convs(out), {"pairs": [f"conv_{a} -> conv_{b}" for a, b in pairs], "skipped": skipped, "iterations": done}

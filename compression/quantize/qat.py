@@ -137,22 +137,26 @@ def quantize_model(model, scheme: str):
     The weightless layers of :mod:`yolo3.layers` (a [route] channel group,
     Darknet's max-pool padding) are annotated as pass-through: TFMOT's
     registry does not know them, and their outputs keep their input's range.
-    Activations it does not know (mish, swish) get an output quantizer.
+    Activations it does not know (mish, swish, h_swish, the SE's hard sigmoid)
+    and the SE's scaling multiply get an output quantizer.
     """
     import tensorflow_model_optimization as tfmot
 
     from yolo3.kerasenv import keras
-    from yolo3.layers import CUSTOM_LAYERS, Mish
+    from yolo3.layers import CUSTOM_LAYERS, HardSigmoid, HardSwish, Mish
 
     pass_through, output = _quantize_configs()
     q = tfmot.quantization.keras
+    # layers that compute new values TFMOT's registry does not know: their outputs are quantized as the converter will
+    computing = (Mish, HardSwish, HardSigmoid, keras.layers.Multiply)
 
     def unknown_activation(layer) -> bool:
-        return isinstance(layer, keras.layers.Activation) and keras.activations.serialize(layer.activation) in UNKNOWN_TO_TFMOT
+        return (isinstance(layer, keras.layers.Activation) and keras.activations.serialize(layer.activation) in UNKNOWN_TO_TFMOT
+                or isinstance(layer, keras.layers.Multiply))  # fmt: skip
 
     def annotate(layer):
         layer = layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, Mish):
+        if isinstance(layer, computing):
             return q.quantize_annotate_layer(layer, output())
         if isinstance(layer, CUSTOM_LAYERS):
             return q.quantize_annotate_layer(layer, pass_through())
