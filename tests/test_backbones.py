@@ -394,3 +394,19 @@ def test_builtin_tiny_mobilenetv3_small_is_the_suites_cfg_and_runs_as_int8(tmp_p
     _int8(model, tmp_path / "m.tflite")
     ops = memory_report(tmp_path / "m.tflite")["operator_counts"]
     assert ops["DEPTHWISE_CONV_2D"] == 11 and ops["HARD_SWISH"] == 18 and ops["MEAN"] == 9
+
+
+def test_latency_probes_of_an_se_network_build():
+    """The latency model's probes of a network with [se]: an SE is probed at its own channels (pruning keeps them), and every
+    probe block builds."""
+    from compression.budget.latency_model import block_items
+    from compression.budget.latency_worker import block_model
+    from yolo3.spec import parse_cfg
+
+    spec = parse_cfg(BNECK.format(second_se="\n[se]\nreduction=2\n"), "bneck.cfg")
+    items = block_items(spec, [64, 32], 64, levels=(1.0, 0.5))
+    se_items = [it for it in items if spec.layers[it.layer].type == "se"]
+    assert se_items and all(it.in_shapes[0][2] in (32, 16) for it in se_items)
+    for it in se_items:
+        model = block_model(spec, it.layer, [list(s) for s in it.in_shapes], it.filters)
+        assert model.output.shape[-1] == it.in_shapes[0][2]

@@ -138,8 +138,8 @@ def block_items(spec: Spec, sizes: list[int], base_size: int, levels=LEVELS, rou
                 for li, lo in dict.fromkeys(pairs):
                     shapes = tuple(_scaled(s, li, round_to) for s in b.in_shapes)
                     items.append(Item("block", size, b.layer, shapes, _round_up(b.out_shape[2] * lo, round_to, b.out_shape[2])))
-            else:
-                for li in in_levels:
+            else:  # an [se] is built for its channels (its weights are indexed by them; pruning keeps them whole)
+                for li in (1.0,) if b.type == "se" else in_levels:
                     items.append(Item("block", size, b.layer, tuple(_scaled(s, li, round_to) for s in b.in_shapes)))
     return list(dict.fromkeys(items))
 
