@@ -104,7 +104,8 @@ def test_unreachable_target_names_the_best_reach(finished_run, tmp_path):
     config, run_dir, _ = finished_run
     fresh = tmp_path / "run"
     (fresh / "stages").mkdir(parents=True)
-    for name in ("baseline.h5", "baseline-int8.tflite", "latency-model.json", "size-model.json", "stages/baseline.json", "stages/cost-models.json"):
+    for name in ("baseline.h5", "baseline-int8.tflite", "latency-model.json", "size-model.json", "memory-model.json", "stages/baseline.json",
+                 "stages/cost-models.json"):
         shutil.copyfile(run_dir / name, fresh / name)
     r = subprocess.run(compress_cmd(config, "--target-speedup", "1000", "--run-dir", str(fresh)), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2, r.stderr[-2000:]

@@ -29,6 +29,19 @@ def chosen(ctx) -> tuple[int, dict[int, int]]:
     return size, kept
 
 
+def board_ms(ctx, what: str, plan_size: int) -> float:
+    """With a latency table: the board's int8 milliseconds of ``what`` ("unpruned", "levers" or "plan").
+
+    The unpruned and the levered networks are probes the board timed whole;
+    the plan is pruned, so its figure is the latency model's prediction (fitted
+    to the same table).
+    """
+    job = ctx.services
+    if what == "plan":
+        return float(ctx.result("plan")["predicted_ms"][str(plan_size)])
+    return job.latency_table.network_ms(job.spec(ctx.input("levered.h5" if what == "levers" else "baseline.h5")), job.base_size)
+
+
 SLACK = 0.07  # a plan timed this much faster than its speed target is searched again to prune less
 
 
@@ -88,6 +101,9 @@ def target_cost(inputs: Inputs, cmap, reach_all_clusters: bool = False, target=N
     target = target or job.options.target
     full = cmap.full()
     if target.kind in ("ram", "flash"):
+        if inputs.memory is None:
+            raise UserError(f"{target.describe()}: this run folder's cost models were measured before RAM and flash planning "
+                            "(no memory-model.json); run again with --force to measure them", job.run_dir)  # fmt: skip
         return (RamCost if target.kind == "ram" else FlashCost)(inputs.memory, cmap), target.value * 1024
     if target.kind in ("speedup", "latency"):
         cost = LatencyCost(inputs.latency, cmap)

@@ -135,7 +135,7 @@ def board_figures(ctx, delivered: str, size: int) -> dict | None:
     with ``--board-measured`` (checked to be this run's files).
     """
     from .board_timing import board_command
-    from .stages import board_ms
+    from .plan import board_ms
 
     job = ctx.services
     table, measured = job.latency_table, job.board_measured

@@ -36,7 +36,8 @@ def plan_inputs(ctx: StageContext):
     job = ctx.services
     sens = json.loads(ctx.input("sensitivity.json").read_text()) if ctx.has("sensitivity") else None
     size_model = job.size_model(ctx.input("size-model.json"))
-    memory = MemoryModel.from_json(json.loads(ctx.input("memory-model.json").read_text()))
+    path = ctx.input("memory-model.json")  # None in a run folder whose cost models predate RAM and flash planning
+    memory = MemoryModel.from_json(json.loads(path.read_text())) if path.is_file() else None
     return Inputs(job, job.spec(start_h5(ctx)), job.latency_model(ctx.input("latency-model.json")), size_model, sens,
                   ctx.result("levers")["measured_speedup"], memory)  # fmt: skip
 
@@ -571,19 +572,6 @@ class Int8(CompressStage):
         return rows
 
 
-def board_ms(ctx: StageContext, what: str, plan_size: int) -> float:
-    """With a latency table: the board's int8 milliseconds of ``what`` ("unpruned", "levers" or "plan").
-
-    The unpruned and the levered networks are probes the board timed whole;
-    the plan is pruned, so its figure is the latency model's prediction (fitted
-    to the same table).
-    """
-    job = ctx.services
-    if what == "plan":
-        return float(ctx.result("plan")["predicted_ms"][str(plan_size)])
-    return job.latency_table.network_ms(job.spec(ctx.input("levered.h5" if what == "levers" else "baseline.h5")), job.base_size)
-
-
 def floor_choice(options: list[dict], max_loss: float, wanted: str) -> tuple[dict, str | None]:
     """The model to deliver and, when the plan breaks the floor, the message that says so.
 
@@ -623,6 +611,7 @@ class Floor(CompressStage):
 
         from ..quantize.tflite_export import export_tflite
         from .latency_model import time_models
+        from .plan import board_ms
 
         job = ctx.services
         max_loss = ctx.setting("run.max_loss")
