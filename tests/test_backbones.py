@@ -9,6 +9,20 @@ import pytest
 
 from conftest import random_weights
 
+HEAD = """[convolutional]
+size=1
+stride=1
+pad=1
+filters=18
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=1
+num=3
+"""  # a one-class head closing every test network
+
 SUITE_BLOCK = """[net]
 width=64
 height=64
@@ -38,19 +52,7 @@ stride=1
 pad=1
 activation=linear
 
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=18
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=10,14, 23,27, 37,58
-classes=1
-num=3
-"""
+""" + HEAD
 
 
 def _conv(x: np.ndarray, kernel: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
@@ -182,19 +184,7 @@ activation=linear
 [se]
 reduction=2
 
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=18
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=10,14, 23,27, 37,58
-classes=1
-num=3
-"""
+""" + HEAD
 
 
 def _se_reference(x: np.ndarray, fc1: np.ndarray, fc2: np.ndarray) -> np.ndarray:
@@ -287,19 +277,7 @@ stride=2
 pad=1
 activation=leaky
 
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=18
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=10,14, 23,27, 37,58
-classes=1
-num=3
-"""
+""" + HEAD
 
 
 def test_pruning_keeps_the_channels_an_se_scales_and_the_model_equal():

@@ -68,6 +68,11 @@ def device_description(threads: int, xnnpack: bool, delegate: str | None) -> dic
     }  # fmt: skip
 
 
+def same_device(a: dict, b: dict) -> bool:
+    """Two device descriptions name the same device and runtime settings (the OS build string may differ)."""
+    return {k: v for k, v in a.items() if k != "system"} == {k: v for k, v in b.items() if k != "system"}
+
+
 def ready_interpreter(path: Path, threads: int, xnnpack: bool = True, delegate: str | None = None):
     """An allocated interpreter with zero inputs set: ready to be invoked and timed."""
     from .lite import load_interpreter
@@ -124,8 +129,7 @@ def profile(folder: Path, out: Path, threads: int, xnnpack: bool = True, delegat
             before = json.loads(out.read_text())
         except ValueError:
             raise UserError("exists and is not a table this command wrote; give another --out or delete it", out) from None
-        same = {k: v for k, v in before.get("device", {}).items() if k != "system"} == {k: v for k, v in device.items() if k != "system"}
-        if not same:
+        if not same_device(before.get("device", {}), device):
             raise UserError("was profiled with other device settings (threads, delegate, runtime or CPU); give another --out", out)
         table["probes"] = {k: v for k, v in before.get("probes", {}).items() if (folder / k).is_file()}
     todo = [p for p in probes if p.name not in table["probes"]]

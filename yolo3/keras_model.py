@@ -49,6 +49,7 @@ from .spec import (
     Spec,
     conv_params,
     dropout_probability,
+    explicit_padding,
     maxpool_params,
     route_group,
     route_inputs,
@@ -106,7 +107,7 @@ def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool =
     block = spec.layers[i]
     if block.type == "convolutional":
         p = conv_params(block)
-        if p.padding and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2):
+        if explicit_padding(p):
             x = layers.ZeroPadding2D(p.padding, name=layer_name("pad", i))(x)
             mode = "valid"
         else:

@@ -307,6 +307,12 @@ def set_filters(block: Block, count: int) -> None:
     block.set("filters", int(count))
 
 
+def explicit_padding(p: ConvParams) -> bool:
+    """Whether a convolution pads other than TensorFlow's ``same`` does (stride 1, odd kernel, half-kernel padding): then the
+    Keras model pads explicitly (``ZeroPadding2D``, a ``PAD`` operator in TFLite) and convolves ``valid``."""
+    return bool(p.padding) and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2)
+
+
 def maxpool_params(block: Block) -> tuple[int, int, int]:
     """(size, stride, padding) of a [maxpool] with Darknet's defaults."""
     stride = block.get_int("stride", 1)

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from yolo3.spec import Spec, analyse, conv_params, route_inputs, se_params
+from yolo3.spec import Spec, analyse, conv_params, explicit_padding, route_inputs, se_params
 from yolo3.tflite_memory import Step, peak_activation
 
 FUSED = ("linear", "relu", "relu6")  # activations LiteRT folds into the convolution: no tensor of their own
@@ -54,7 +54,7 @@ def activation_graph(spec: Spec, size: int) -> tuple[list[Step], dict[int, int],
         prev = out_of[i - 1] if i else 0
         if block.type == "convolutional":
             p = conv_params(block)
-            if p.padding and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2):  # explicit padding, as the Keras model has
+            if explicit_padding(p):  # a padded copy of the input, as the Keras model makes
                 ih, iw, ic = info.in_shape
                 padded = new((ih + 2 * p.padding) * (iw + 2 * p.padding) * ic)
                 steps.append(Step("PAD", (prev,), (padded,)))

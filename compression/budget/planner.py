@@ -256,30 +256,35 @@ class CombinedCost:
         return max(cost(kept, size) / value for cost, value in self.parts)
 
 
-class RamCost:
-    """Peak activation bytes of the int8 graph (:class:`~.memory_model.MemoryModel`, calibrated on the baseline int8 file)."""
+class _MemoryCost:
+    """A cost a :class:`~.memory_model.MemoryModel` counts on the architecture the kept channels describe."""
 
-    name, unit = "peak activation memory", "bytes"
-
-    def __init__(self, model, cmap: ChannelMap):
-        self.model = model
-        self.cmap = cmap
-
-    def __call__(self, kept: dict[int, int], size: int) -> float:
-        return self.model.ram(self.cmap.spec_with(kept), size)
-
-
-class FlashCost:
-    """Bytes of the int8 .tflite: weights, per-channel quantization data and the graph (:class:`~.memory_model.MemoryModel`)."""
-
-    name, unit = "int8 .tflite size (flash)", "bytes"
+    name, unit = "", "bytes"
 
     def __init__(self, model, cmap: ChannelMap):
         self.model = model
         self.cmap = cmap
 
     def __call__(self, kept: dict[int, int], size: int) -> float:
-        return self.model.flash(self.cmap.spec_with(kept))
+        return self.count(self.cmap.spec_with(kept), size)
+
+
+class RamCost(_MemoryCost):
+    """Peak activation bytes of the int8 graph (calibrated on the baseline int8 file)."""
+
+    name = "peak activation memory"
+
+    def count(self, spec, size: int) -> float:
+        return self.model.ram(spec, size)
+
+
+class FlashCost(_MemoryCost):
+    """Bytes of the int8 .tflite: weights, per-channel quantization data and the graph."""
+
+    name = "int8 .tflite size (flash)"
+
+    def count(self, spec, size: int) -> float:
+        return self.model.flash(spec)
 
 
 class SizeCost:

@@ -134,6 +134,8 @@ def board_figures(ctx, delivered: str, size: int) -> dict | None:
     both on the board; ``measured``: what that command printed, when given
     with ``--board-measured`` (checked to be this run's files).
     """
+    from yolo3.board import same_device
+
     from .board_timing import board_command
     from .plan import board_ms
 
@@ -153,7 +155,7 @@ def board_figures(ctx, delivered: str, size: int) -> dict | None:
     if measured is not None:
         measured.check_files(ctx.run_dir)
         out["measured"] = {**measured.to_json()}
-        if table is not None and {k: v for k, v in measured.device.items() if k != "system"} != {k: v for k, v in table.device.items() if k != "system"}:
+        if table is not None and not same_device(measured.device, table.device):
             out["measured"]["note"] = "timed with other device settings than the latency table's (threads, delegate, runtime or CPU)"
     return out
 
