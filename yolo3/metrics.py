@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -48,25 +49,35 @@ def average_precision(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
 
 
-def voc_evaluation(
-    records: Sequence[Record], detections: Sequence[Detections], num_classes: int, iou_threshold: float = 0.5, curves: bool = False
-) -> dict[int, dict]:
-    """Per class: AP, ground-truth count (without difficult), detections, true and false positives.
+@dataclass(frozen=True)
+class ClassMatches:
+    """One class's detections in score order, each a hit, a false alarm or neither (matched a difficult box), and its ground truth per image.
 
-    With ``curves`` each class also gets its precision–recall curve (``recall``,
-    ``precision``, ``score`` at every detection in score order, at most
-    :data:`CURVE_POINTS` points) for plotting.
+    The matching of a detection depends only on its own image's boxes and the
+    higher-scored detections of that image, so these flags hold for any
+    re-weighting of the images — what :mod:`yolo3.resampling` relies on.
     """
+
+    scores: np.ndarray  # (D,), descending
+    image: np.ndarray  # (D,) image index of each detection
+    hit: np.ndarray  # (D,) 1.0 for a true positive
+    false_alarm: np.ndarray  # (D,) 1.0 for a false positive
+    ground_truth: np.ndarray  # (N,) boxes of this class per image, difficult ones not counted
+
+
+def match_detections(
+    records: Sequence[Record], detections: Sequence[Detections], num_classes: int, iou_threshold: float = 0.5
+) -> list[ClassMatches]:
+    """Every class's detections matched to ground truth the VOC way (in score order, each box at most once)."""
     if len(records) != len(detections):
         raise ValueError(f"{len(records)} images but {len(detections)} detection lists")
-    result = {}
+    out = []
     for cls in range(num_classes):
-        n_gt = 0
-        gts = []
-        for r in records:
+        gts, n_gt = [], np.zeros(len(records))
+        for k, r in enumerate(records):
             sel = r.classes == cls
             gts.append((r.boxes[sel], r.difficult[sel], np.zeros(int(sel.sum()), bool)))
-            n_gt += int((~r.difficult[sel]).sum())
+            n_gt[k] = int((~r.difficult[sel]).sum())
         scores, image_ids, boxes = [], [], []
         for k, d in enumerate(detections):
             sel = d.classes == cls
@@ -96,24 +107,40 @@ def voc_evaluation(
                     fp[rank] = 1
             else:
                 fp[rank] = 1
-        ctp, cfp = np.cumsum(tp), np.cumsum(fp)
+        out.append(ClassMatches(scores[order], image_ids[order].astype(int), tp, fp, n_gt))
+    return out
+
+
+def voc_evaluation(
+    records: Sequence[Record], detections: Sequence[Detections], num_classes: int, iou_threshold: float = 0.5, curves: bool = False
+) -> dict[int, dict]:
+    """Per class: AP, ground-truth count (without difficult), detections, true and false positives.
+
+    With ``curves`` each class also gets its precision–recall curve (``recall``,
+    ``precision``, ``score`` at every detection in score order, at most
+    :data:`CURVE_POINTS` points) for plotting.
+    """
+    result = {}
+    for cls, m in enumerate(match_detections(records, detections, num_classes, iou_threshold)):
+        n_gt = int(m.ground_truth.sum())
+        ctp, cfp = np.cumsum(m.hit), np.cumsum(m.false_alarm)
         if n_gt:
             recall = ctp / n_gt
             precision = ctp / np.maximum(ctp + cfp, np.finfo(np.float64).eps)
-            ap = average_precision(recall, precision) if len(order) else 0.0
+            ap = average_precision(recall, precision) if len(m.scores) else 0.0
         else:
             ap = float("nan")
         result[cls] = {
             "ap": ap,
             "ground_truth": n_gt,
-            "detections": int(len(order)),
-            "true_positives": int(tp.sum()),
-            "false_positives": int(fp.sum()),
+            "detections": int(len(m.scores)),
+            "true_positives": int(m.hit.sum()),
+            "false_positives": int(m.false_alarm.sum()),
         }
-        if curves and n_gt and len(order):
-            keep = np.unique(np.linspace(0, len(order) - 1, min(len(order), CURVE_POINTS)).astype(int))
+        if curves and n_gt and len(m.scores):
+            keep = np.unique(np.linspace(0, len(m.scores) - 1, min(len(m.scores), CURVE_POINTS)).astype(int))
             result[cls]["curve"] = {"recall": recall[keep].tolist(), "precision": precision[keep].tolist(),
-                                    "score": scores[order][keep].tolist()}  # fmt: skip
+                                    "score": m.scores[keep].tolist()}  # fmt: skip
     return result
 
 
