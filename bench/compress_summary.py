@@ -36,14 +36,17 @@ def row(path: Path) -> tuple[dict, str]:
         f"{r['size_ratio_vs_float_weights']:.1f}x ({r['gzip_bytes_final_int8'] / 1e6:.2f} MB) {'✓' if r['size_ratio_vs_float_weights'] >= 40 else '✗'}",
         f"{r['latency_ms_final_int8']:.2f} / {r['latency_ms_unpruned_int8']:.2f} ms"
         + (f" (predicted {r['predicted_latency_ms_final_int8']:.2f})" if r.get("predicted_latency_ms_final_int8") is not None else ""),
-        f"{r.get('delivered', 'plan')}; {r['map50_loss_validation']:.2f} (floor {r['max_loss']:g})" if "max_loss" in r else "-",
+        f"{r.get('delivered', 'plan')}; {r['map50_loss_validation']:.2f}"
+        + (f" (≤ {r['map50_loss_bound']:.2f} at {100 * r['floor_confidence']:.0f} %)" if r.get("floor_confidence", 0.5) > 0.5 else "")
+        + f" (floor {r['max_loss']:g})" if "max_loss" in r else "-",
         ", ".join(r.get("levers") or []) or "none",
         f"{r['seconds'] / 60:.0f} min" + (f" (budget {r['time_budget_min']:g})" if r.get("time_budget_min") else ""),
     ]  # fmt: skip
     return {"run": name, "file": str(path), **{k: r[k] for k in ("target", "input_size", "speedup_vs_unpruned_int8", "map50_float_unpruned",
             "map50_final_int8", "map50_points_vs_float", "size_ratio_vs_float_weights", "gzip_bytes_final_int8", "latency_ms_final_int8",
             "latency_ms_unpruned_int8", "predicted_latency_ms_final_int8", "seconds")},
-            **{k: r.get(k) for k in ("max_loss", "map50_loss_validation", "levers", "delivered", "time_budget_min", "targets")},
+            **{k: r.get(k) for k in ("max_loss", "map50_loss_validation", "map50_loss_bound", "floor_confidence", "validation_images",
+                                "map50_points_vs_float_interval", "levers", "delivered", "time_budget_min", "targets")},
             "machine": r.get("machine")}, "| " + " | ".join(cells) + " |"  # fmt: skip
 
 

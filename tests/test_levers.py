@@ -87,6 +87,32 @@ def test_floor_choice_delivers_the_plan_or_the_fastest_model_within_the_floor():
     assert "3x faster costs 4.00 mAP@0.5 points" in message and "the levers alone: 2.40x faster" in message
     pick, message = floor_choice([{**plan, "loss_points": 4.0}, {**levers, "loss_points": 2.0}, {**unpruned, "loss_points": 1.5}], 1.0, "3x")
     assert pick["name"] == "unpruned" and "no model holds the floor" in message
+    # judged at the bound: a measured loss of 0.4 that may be 1.6 does not hold a floor of 1
+    pick, message = floor_choice([{**plan, "loss_bound": 1.6}, {**levers, "loss_bound": 0.9}, unpruned], 1.0, "3x", confidence=0.9)
+    assert pick["name"] == "levers" and "0.40 mAP@0.5 points (at most 1.60 with 90 % confidence) on validation" in message
+
+
+def test_judge_losses_bounds_a_small_noisy_split_above_the_measured_loss():
+    """Paired bootstrap over the validation images: the bound is at least the measured loss, and a model equal to the reference loses 0."""
+    import numpy as np
+    from test_resampling import CLASSES, random_set
+
+    from compression.budget.stages import judge_losses
+    from yolo3.metrics import match_detections
+
+    records, good = random_set(7, images=16, noise=2.0)
+    _, worse = random_set(7, images=16, noise=9.0)
+    ref = match_detections(records, good, CLASSES)
+    options = [{"name": "plan"}, {"name": "unpruned"}]
+    images = judge_losses(ref, options, [match_detections(records, worse, CLASSES), ref], 0.9, rounds=400)
+    assert images == 16
+    plan, same = options
+    assert plan["loss_points"] > 0 and plan["loss_bound"] > plan["loss_points"] and plan["loss_spread"] > 0
+    assert same["loss_points"] == 0 and same["loss_bound"] == 0
+    measured_only = [{"name": "plan"}]
+    judge_losses(ref, measured_only, [match_detections(records, worse, CLASSES)], 0.5)
+    assert measured_only[0]["loss_bound"] == measured_only[0]["loss_points"] == plan["loss_points"]
+    assert np.isfinite(plan["valid"])
 
 
 def test_a_lever_variant_is_trained_only_if_it_beats_every_simpler_one():

@@ -79,7 +79,7 @@ OPTIONAL_SECTIONS = ("test",)
 SCHEMA: dict[str, dict[str, Key]] = {
     "model": {
         "architecture": Key(
-            str, "yolov3-tiny", "Built-in name (`yolov3`, `yolov3-spp`, `yolov3-tiny`, `yolov3-tiny-relu`, `yolov4-tiny`, `yolo-fastest`) or a Darknet `.cfg` path."
+            str, "yolov3-tiny", "Built-in name (`yolov3`, `yolov3-spp`, `yolov3-tiny`, `yolov3-tiny-relu`, `yolov4-tiny`, `yolo-fastest`, `yolov3-tiny-mobilenetv3-small`, `yolov3-mobilenetv3`) or a Darknet `.cfg` path."
         ),
         "weights": Key(
             OPT_PATH,
@@ -202,6 +202,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "small_boxes": Key(float, 10.0, "`compress.py`: percent of the training boxes whose shorter side may fall under one cell of the finest detection head at the smallest input size considered; smaller sizes are left out (100 = no floor from the boxes).", range=Range(0, 100, lo_open=True)),
         "time_budget": Key(float, 90.0, "`compress.py` (`--time-budget`): minutes the whole run may take; after the measurements the candidates' and the fine-tune's epochs are chosen to fill it (between 1 and 3x their configured epochs); 0 = the configured epochs as given.", range=Range(0, 10080)),
         "levers": Key(list, ["pool_stride", "relu"], "`compress.py` with a speed or MACs target: architecture levers it may use beside channels and input size: `pool_stride` (a 3x3 convolution + 2x2 max-pool becomes the convolution with stride 2), `relu` (ReLU instead of LeakyReLU); [] = channels and input size only."),
+        "floor_confidence": Key(float, 0.9, "`compress.py`: how sure the accuracy floor must be: the delivered model's loss against the unpruned float model is judged at this quantile of a paired bootstrap over the validation images (0.9: at most `--max-loss` points with 90 % confidence); a small validation split then cannot pass a loss it cannot tell from noise. 0.5 = the loss as measured.", range=Range(0.5, 1, hi_open=True)),
         "lever_epochs": Key(int, 5, "`compress.py`: distilled fine-tuning epochs of each lever variant before its validation loss decides whether it is used.", range=EPOCHS),
     },
     "valid": {

@@ -263,6 +263,23 @@ def make_predictor(config, model_path=None, architecture=None, threads: int = 2)
     return KerasPredictor(loaded), loaded.summary()
 
 
+def detect_split(config, model_path, split: str = "valid", threads: int = 2, progress: bool = False) -> DetectionRun:
+    """Every image of a split through a model file, with the config's evaluation settings: the detections to compare models image by image."""
+    from .datasets import read_dataset
+
+    dataset = read_dataset(config.dataset(split), config.labels)
+    if not dataset.records:
+        raise UserError(f"the {split} split has no images", dataset.source)
+    predictor, _ = make_predictor(config, model_path, None, threads)
+    if predictor.heads[0].classes != len(config.labels):
+        raise UserError(f"the model predicts {predictor.heads[0].classes} classes but the config has {len(config.labels)} labels", model_path)
+    v = config.valid
+    run = run_detection(predictor, dataset.records, v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress)
+    if not run.records:
+        raise UserError(f"no image of the {split} split could be read", dataset.source)
+    return run
+
+
 def model_file_sizes(path) -> dict:
     """``bytes`` and ``gzip_bytes`` of a model file (nothing for a model built in memory); for a .tflite also its RAM (peak activation memory)."""
     from pathlib import Path

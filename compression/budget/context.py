@@ -191,9 +191,11 @@ class CompressJob:
         if percent >= 100:
             return sizes
         floor, why = size_floor(records, spec, percent)
-        dropped = sorted(s for s in sizes if s < floor)
+        base = self.config.model.input_size
+        dropped = sorted(s for s in sizes if s < floor and s != base)  # the model's own size is always a candidate
         if dropped:
-            self.notes.append(f"input sizes {', '.join(map(str, dropped))} not considered: {why}")
+            kept = f"; the model's own size, {base}, stays the only candidate" if floor > base else ""
+            self.notes.append(f"input sizes {', '.join(map(str, dropped))} not considered: {why}{kept}")
         return {s for s in sizes if s >= floor}
 
     @property
@@ -240,11 +242,32 @@ class CompressJob:
         return self._scorer
 
     def evaluate(self, path: Path, split: str, config=None) -> dict:
-        """mAP@0.5 and COCO AP of a model file (Keras or .tflite) on a split; the same code for every stage."""
-        from yolo3.evaluation import evaluate_config
+        """mAP@0.5 and COCO AP of a model file (Keras or .tflite) on a split; the same code for every stage.
 
-        report = evaluate_config(config or self.config, str(path), progress=False, threads=self.threads, latency_runs=0, split=split)
-        return {"mAP50": report["mAP50"], "coco_AP": report["coco"]["AP"], "images": report["images"]}
+        The detections, matched to the ground truth, are kept for
+        :meth:`matches` (paired comparisons of two models on the same images).
+        """
+        from yolo3.evaluation import detect_split
+        from yolo3.metrics import evaluate_detections, match_detections
+
+        config = config or self.config
+        run = detect_split(config, str(path), split, self.threads)
+        self._cache[self._matches_key(path, split, config)] = match_detections(run.records, run.detections, len(config.labels))
+        report = evaluate_detections(run.records, run.detections, config.labels)
+        return {"mAP50": report["mAP50"], "coco_AP": report["coco"]["AP"], "images": len(run.records)}
+
+    @staticmethod
+    def _matches_key(path: Path, split: str, config) -> tuple:
+        stat = Path(path).stat()  # a file rewritten under the same name (a candidate trained on) is evaluated again
+        return ("matches", str(path), stat.st_mtime_ns, stat.st_size, split, config.model.input_size)
+
+    def matches(self, path: Path, split: str, config=None) -> list:
+        """A model file's detections on a split matched to the ground truth per class (:func:`yolo3.metrics.match_detections`), for paired comparisons."""
+        config = config or self.config
+        key = self._matches_key(path, split, config)
+        if key not in self._cache:
+            self.evaluate(path, split, config)
+        return self._cache[key]
 
     def calibration(self, count: int | None = None) -> list[str]:
         """``count`` training images (default compress.calibration_samples), chosen with a fixed seed."""
