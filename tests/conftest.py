@@ -6,8 +6,9 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
+
+from yolo3.darknet import random_weights  # noqa: F401  (the tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -57,31 +58,6 @@ def synthetic_valid(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, 24, ["circle", "square", "triangle"], seed=5)
     return root
-
-
-def random_weights(spec, seed=0, header=None):
-    """Plausible Darknet weights for ``spec`` (positive BN variances, small kernels)."""
-    from yolo3.darknet import ConvWeights, DarknetWeights, Header, conv_shapes, se_shapes
-
-    rng = np.random.RandomState(seed)
-    convs = {}
-    for i, (shape, bn) in conv_shapes(spec).items():
-        fan_in = shape[0] * shape[1] * shape[2]
-        kernel = (rng.randn(*shape) / np.sqrt(fan_in)).astype(np.float32)
-        cout = shape[-1]
-        if bn:
-            stats = (
-                rng.uniform(0.5, 1.5, cout).astype(np.float32),
-                rng.uniform(-0.2, 0.2, cout).astype(np.float32),
-                rng.uniform(-0.2, 0.2, cout).astype(np.float32),
-                rng.uniform(0.5, 2.0, cout).astype(np.float32),
-            )
-            convs[i] = ConvWeights(kernel, None, stats)
-        else:
-            convs[i] = ConvWeights(kernel, rng.uniform(-0.1, 0.1, cout).astype(np.float32), None)
-    se = {i: ((rng.randn(hidden, c) / np.sqrt(c)).astype(np.float32), (rng.randn(c, hidden) / np.sqrt(hidden)).astype(np.float32))
-          for i, (c, hidden) in se_shapes(spec).items()}  # fmt: skip
-    return DarknetWeights(convs, header or Header(), se)
 
 
 # A toy YOLO with every kind of block the latency model times: convolutions, max-pools, a route of two layers, an upsample, two heads.

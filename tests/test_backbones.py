@@ -388,3 +388,27 @@ def test_latency_probes_of_an_se_network_build():
     for it in se_items:
         model = block_model(spec, it.layer, [list(s) for s in it.in_shapes], it.filters)
         assert model.output.shape[-1] == it.in_shapes[0][2]
+
+
+def test_builtin_yolov3_mobilenetv3_is_the_suites_cfg_and_builds(tmp_path):
+    """The built-in equals the suite's yolov3-mobilenet-coco.cfg (97 layers, MobileNetV3-large under YOLOv3's heads; the counts
+    are that cfg's as this tool reads it, compared option by option when it was written); .weights round trip; Keras builds."""
+    from yolo3.darknet import expected_floats, read_weights, weights_to_bytes
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import analyse, format_cfg, parse_cfg, totals
+    from yolo3.zoo import build_spec
+
+    spec = build_spec("yolov3-mobilenetv3")
+    t = totals(analyse(spec))
+    assert len(spec.layers) == 97 and t.trainable_params == 24_209_877 and t.macs == 9_021_784_384
+    text = format_cfg(spec)
+    assert (text.count("[depthwise]"), text.count("[se]"), text.count("activation=h_swish"), text.count("activation=relu6")) == (15, 8, 20, 12)
+    small = build_spec("yolov3-mobilenetv3", classes=2, size=64)
+    weights = random_weights(small, seed=5)
+    data = weights_to_bytes(small, weights)
+    assert len(data) == 20 + 4 * expected_floats(small)
+    (tmp_path / "m.weights").write_bytes(data)
+    assert weights_to_bytes(parse_cfg(format_cfg(small)), read_weights(tmp_path / "m.weights", parse_cfg(format_cfg(small)))) == data
+    model = build_model(small)
+    set_darknet_weights(model, small, weights)
+    assert [tuple(o.shape[1:3]) for o in model.outputs] == [(2, 2), (4, 4), (8, 8)]

@@ -216,3 +216,29 @@ def weights_to_bytes(spec: Spec, weights: DarknetWeights) -> bytes:
 def write_weights(path: str | Path, spec: Spec, weights: DarknetWeights) -> None:
     """Write a ``.weights`` file atomically."""
     atomic_write_bytes(path, weights_to_bytes(spec, weights))
+
+
+def random_weights(spec: Spec, seed: int = 0, header: Header | None = None) -> DarknetWeights:
+    """Plausible random Darknet weights for ``spec`` (positive BN variances, kernels scaled by fan-in, SE blocks too).
+
+    For tests and reference comparisons that need every weight non-trivial, which a fresh Keras model (BN at identity) is not.
+    """
+    rng = np.random.RandomState(seed)
+    convs = {}
+    for i, (shape, bn) in conv_shapes(spec).items():
+        fan_in = shape[0] * shape[1] * shape[2]
+        kernel = (rng.randn(*shape) / np.sqrt(fan_in)).astype(np.float32)
+        cout = shape[-1]
+        if bn:
+            stats = (
+                rng.uniform(0.5, 1.5, cout).astype(np.float32),
+                rng.uniform(-0.2, 0.2, cout).astype(np.float32),
+                rng.uniform(-0.2, 0.2, cout).astype(np.float32),
+                rng.uniform(0.5, 2.0, cout).astype(np.float32),
+            )
+            convs[i] = ConvWeights(kernel, None, stats)
+        else:
+            convs[i] = ConvWeights(kernel, rng.uniform(-0.1, 0.1, cout).astype(np.float32), None)
+    se = {i: ((rng.randn(hidden, c) / np.sqrt(c)).astype(np.float32), (rng.randn(c, hidden) / np.sqrt(hidden)).astype(np.float32))
+          for i, (c, hidden) in se_shapes(spec).items()}  # fmt: skip
+    return DarknetWeights(convs, header or Header(), se)

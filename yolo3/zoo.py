@@ -9,7 +9,9 @@ authors' cfg), ``yolov3-tiny-relu`` (YOLOv3-tiny with ReLU, for
 accelerators without LeakyReLU such as the Edge TPU), and
 ``yolov3-tiny-mobilenetv3-small`` (the multi-backbone suite's
 YOLOv3tiny-MobileNetV3-small: MobileNetV3-small bottlenecks with [depthwise],
-[se] and h_swish under YOLOv3-tiny's heads, layer for layer its cfg).
+[se] and h_swish under YOLOv3-tiny's heads, layer for layer its cfg) and
+``yolov3-mobilenetv3`` (the suite's YOLOv3-MobileNetV3: MobileNetV3-large under
+YOLOv3's three heads, layer for layer its ``yolov3-mobilenet-coco.cfg``).
 
 Example::
 
@@ -137,6 +139,12 @@ def _darknet53(b: _Builder) -> tuple[int, int]:
 def _yolov3_layers(classes: int, spp: bool) -> list[Block]:
     b = _Builder(YOLOV3_ANCHORS, 9)
     s8, s16 = _darknet53(b)
+    _yolov3_heads(b, s8, s16, classes, spp)
+    return b.layers
+
+
+def _yolov3_heads(b: _Builder, s8: int, s16: int, classes: int, spp: bool = False) -> None:
+    """YOLOv3's three heads (strides 32, 16, 8) on a backbone whose stride-8 and stride-16 outputs are layers ``s8``, ``s16``."""
     # Large-object head (stride 32)
     b.conv(512, 1)
     b.conv(1024, 3)
@@ -163,7 +171,6 @@ def _yolov3_layers(classes: int, spp: bool) -> list[Block]:
             b.conv(filters, 1)
             b.conv(filters * 2, 3)
         b.yolo(mask, classes)
-    return b.layers
 
 
 def _tiny_layers(classes: int, activation: str = "leaky") -> list[Block]:
@@ -254,7 +261,7 @@ def _fastest_layers(classes: int) -> list[Block]:
     return b.layers
 
 
-# MobileNetV3-small's bottlenecks (Howard et al., 2019, table 2) as the suite writes them: expansion, output, kernel, stride,
+# MobileNetV3's bottlenecks (Howard et al., 2019, tables 1 and 2) as the suite writes them: expansion, output, kernel, stride,
 # activation, squeeze-and-excitation
 MOBILENETV3_SMALL = (
     (16, 16, 3, 2, "relu6", True), (72, 24, 3, 2, "relu6", False), (88, 24, 3, 1, "relu6", False),
@@ -262,25 +269,38 @@ MOBILENETV3_SMALL = (
     (120, 48, 5, 1, "h_swish", True), (144, 48, 5, 1, "h_swish", True),
     (288, 96, 5, 2, "h_swish", True), (576, 96, 5, 1, "h_swish", True), (576, 96, 5, 1, "h_swish", True),
 )  # fmt: skip
+MOBILENETV3_LARGE = (
+    (16, 16, 3, 1, "relu6", False), (64, 24, 3, 2, "relu6", False), (72, 24, 3, 1, "relu6", False),
+    (72, 40, 5, 2, "relu6", True), (120, 40, 5, 1, "relu6", True), (120, 40, 5, 1, "relu6", True),
+    (240, 80, 3, 2, "h_swish", False), (200, 80, 3, 1, "h_swish", False), (184, 80, 3, 1, "h_swish", False),
+    (184, 80, 3, 1, "h_swish", False), (480, 112, 3, 1, "h_swish", True), (672, 112, 3, 1, "h_swish", True),
+    (672, 160, 5, 2, "h_swish", True), (960, 160, 5, 1, "h_swish", True), (960, 160, 5, 1, "h_swish", True),
+)  # fmt: skip
 
 
-def _tiny_mobilenetv3_small_layers(classes: int) -> list[Block]:
-    """The suite's yolov3tiny-mobilenet-small cfg: a h_swish stem, the bottlenecks (a residual where shape allows), tiny's heads."""
-    b = _Builder(TINY_ANCHORS, 6)
+def _mobilenetv3(b: _Builder, bottlenecks) -> dict[int, int]:
+    """The suite's MobileNetV3 backbone: a h_swish stem, then each bottleneck as 1x1 expand, depthwise, [se], 1x1 linear
+    project, with a residual where stride and width allow; returns the last layer at each stride (the heads' taps)."""
     b.conv(16, 3, 2, activation="h_swish")
-    channels, tap = 16, None
-    for expand, out, size, stride, activation, se in MOBILENETV3_SMALL:
+    channels, stride, taps = 16, 2, {}
+    for expand, out, size, step, activation, se in bottlenecks:
         start = b.last
         b.conv(expand, 1, activation=activation)
-        b.suite_depthwise(expand, size, stride, activation)
+        b.suite_depthwise(expand, size, step, activation)
         if se:
             b.se(expand)
         b.conv(out, 1, activation="linear")
-        if stride == 1 and out == channels:
+        if step == 1 and out == channels:
             b.shortcut(start - b.last - 1)
-        channels = out
-        if out == 48:
-            tap = b.last  # the stride-16 output the small-object head reads
+        channels, stride = out, stride * step
+        taps[stride] = b.last
+    return taps
+
+
+def _tiny_mobilenetv3_small_layers(classes: int) -> list[Block]:
+    """The suite's yolov3tiny-mobilenet-small cfg: MobileNetV3-small, a 1x1 h_swish conv, tiny's heads."""
+    b = _Builder(TINY_ANCHORS, 6)
+    taps = _mobilenetv3(b, MOBILENETV3_SMALL)
     b.conv(1024, 1, activation="h_swish")
     b.conv(256, 1)
     b.conv(512, 3)
@@ -288,9 +308,18 @@ def _tiny_mobilenetv3_small_layers(classes: int) -> list[Block]:
     b.route(-4)
     b.conv(128, 1)
     b.upsample(2)
-    b.route(-1, tap)
+    b.route(-1, taps[16])
     b.conv(256, 3)
     b.yolo("0,1,2", classes)
+    return b.layers
+
+
+def _yolov3_mobilenetv3_layers(classes: int) -> list[Block]:
+    """The suite's yolov3-mobilenet cfg: MobileNetV3-large, a 1x1 h_swish conv, YOLOv3's three heads."""
+    b = _Builder(YOLOV3_ANCHORS, 9)
+    taps = _mobilenetv3(b, MOBILENETV3_LARGE)
+    b.conv(1024, 1, activation="h_swish")
+    _yolov3_heads(b, taps[8], taps[16], classes)
     return b.layers
 
 
@@ -302,6 +331,7 @@ BUILTIN = {
     "yolov4-tiny": _yolov4_tiny_layers,
     "yolo-fastest": _fastest_layers,
     "yolov3-tiny-mobilenetv3-small": _tiny_mobilenetv3_small_layers,
+    "yolov3-mobilenetv3": _yolov3_mobilenetv3_layers,
 }
 
 
