@@ -423,18 +423,20 @@ def test_profile_and_benchmark_on_the_device_without_tensorflow(exported, tmp_pa
 
 
 def test_convert_repair_keeps_the_better_int8_on_validation(exported, synthetic_valid, tmp_path):
-    """--repair cle: the model as converted and after cross-layer equalisation, both scored on validation, the better kept; bad steps end in one line."""
+    """--repair auto: the model as converted, after cross-layer equalisation, then with activation ranges by quantization error on
+    top of the better, each scored on validation, the best kept; bad steps end in one line."""
     folder, _ = exported
     config = _config(tmp_path, synthetic_valid, folder / "model.h5")
     out = tmp_path / "r.tflite"
     run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, cwd=ROOT)  # noqa: E731
-    r = run("convert.py", "-c", str(config), "--format", "int8", "--samples", "4", "--repair", "cle", "--out", str(out), "--json", str(tmp_path / "r.json"))
+    r = run("convert.py", "-c", str(config), "--format", "int8", "--samples", "4", "--repair", "auto", "--out", str(out), "--json", str(tmp_path / "r.json"))
     assert r.returncode == 0, r.stderr[-2000:]
     repair = json.loads((tmp_path / "r.json").read_text())["repair"]
     steps = {s["step"]: s for s in repair["steps"]}
-    assert set(steps) == {"none", "cle"} and steps["cle"]["pairs"] > 0 and all(s["latency_ms"] > 0 for s in steps.values())
+    assert set(steps) == {"none", "cle", "ranges"} and steps["cle"]["pairs"] > 0 and all(s["latency_ms"] > 0 for s in steps.values())
+    assert steps["ranges"]["on"] in ("none", "cle") and steps["ranges"]["activation_ranges"]["tensors"] > 0
     best = max(steps.values(), key=lambda s: s["valid_mAP50"])["valid_mAP50"]
-    assert steps[repair["kept"]]["valid_mAP50"] == best and (repair["kept"] == "none" or steps["cle"]["valid_mAP50"] > steps["none"]["valid_mAP50"])
+    assert steps[repair["kept"]]["valid_mAP50"] == best and (repair["kept"] == "none" or steps[repair["kept"]]["valid_mAP50"] > steps["none"]["valid_mAP50"])
     assert "int8 repair (validation split)" in r.stdout and out.exists()
     for args, message in ((["--repair", "adaround9"], "unknown step"), (["--repair", "cle", "--format", "float16"], "--repair is for a plain int8")):
         bad = run("convert.py", "-c", str(config), *args, "--out", str(tmp_path / "x.tflite"))

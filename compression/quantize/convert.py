@@ -122,7 +122,7 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
 DEBUG_IMAGES = 16  # calibration images the int8 debugger compares float and int8 on
 
-REPAIR_STEPS = ("cle",)  # in the order --repair auto tries them
+REPAIR_STEPS = ("cle", "ranges")  # in the order --repair auto tries them, each on top of the best so far
 
 
 def parse_repair(text: str | None) -> list[str]:
@@ -141,12 +141,17 @@ def parse_repair(text: str | None) -> list[str]:
 
 def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images: list[str], options, steps: list[str], info: dict,
                       tmp: Path, progress: bool) -> dict:  # fmt: skip
-    """The int8 model as converted and after each repair step, scored on the validation split; the best copied to ``out_path``.
+    """The repair ladder: the int8 model as converted, then each step on top of the best so far, scored on the validation split.
 
-    A step that would undo what the model is (CLE rescales every kernel channel
-    by channel, so a clustered model would lose its shared values) is skipped
-    and says why. Ties keep the earlier candidate: a repair must win to be kept.
+    ``cle`` equalises the float weights (:mod:`compression.quantize.equalize`);
+    ``ranges`` converts the best model so far with each inner activation's range
+    chosen by quantization error (:mod:`compression.quantize.ranges`). A step is
+    kept only if it beats the best so far (ties keep the earlier: a repair must
+    win); the best file is copied to ``out_path``. A step that would undo what
+    the model is (CLE rescales every kernel channel by channel, so a clustered
+    model would lose its shared values) is skipped and says why.
     """
+    import dataclasses
     import shutil
 
     from compression.budget.latency_model import time_models
@@ -158,33 +163,41 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     from .tflite_export import export_tflite
 
     size = config.model.input_size
-    candidates = [("none", h5, {})]
+    rows, reports, files = [], {}, []
+
+    def try_step(step: str, model_h5: Path, step_options, extra: dict) -> dict:
+        file = tmp / f"repair-{step}.tflite"
+        reports[step] = export_tflite(model_h5, file, fmt, images, config.labels, size, loaded.spec, options=step_options)
+        scored = evaluate_config(config, str(file), progress=False, latency_runs=0, split="valid")
+        row = {"step": step, "valid_mAP50": scored["mAP50"], **extra}
+        if reports[step].get("activation_ranges"):
+            row["activation_ranges"] = reports[step]["activation_ranges"]
+        rows.append(row)
+        files.append((step, file))
+        return {"step": step, "h5": model_h5, "options": step_options, "mAP50": scored["mAP50"]}
+
+    best = try_step("none", h5, options, {})
     for step in steps:
         if step == "cle":
             if "clustering" in info:
-                candidates.append(("cle", None, {"skipped": "the model is clustered: equalising would rescale its shared values channel by channel"}))
+                rows.append({"step": "cle", "skipped": "the model is clustered: equalising would rescale its shared values channel by channel"})
                 continue
             weights, done = equalize(loaded.spec, get_darknet_weights(loaded.model, loaded.spec))
             model = build_model(loaded.spec, size=size)
             set_darknet_weights(model, loaded.spec, weights)
             path = tmp / "model-cle.h5"
             save_model(model, loaded.spec, path, info or None)
-            candidates.append(("cle", path, {"pairs": len(done["pairs"]), "skipped_pairs": done["skipped"]}))
-    rows, reports, files = [], {}, []
-    for step, model_h5, extra in candidates:
-        if model_h5 is None:
-            rows.append({"step": step, **extra})
-            continue
-        file = tmp / f"repair-{step}.tflite"
-        reports[step] = export_tflite(model_h5, file, fmt, images, config.labels, size, loaded.spec, options=options)
-        scored = evaluate_config(config, str(file), progress=False, latency_runs=0, split="valid")
-        rows.append({"step": step, "valid_mAP50": scored["mAP50"], **extra})
-        files.append((step, file))
+            tried = try_step("cle", path, best["options"], {"on": best["step"], "pairs": len(done["pairs"]), "skipped_pairs": done["skipped"]})
+        elif step == "ranges":
+            if fmt != "int8":
+                rows.append({"step": "ranges", "skipped": f"activation ranges are chosen for int8 activations, not {fmt}"})
+                continue
+            tried = try_step("ranges", best["h5"], dataclasses.replace(best["options"], activation_ranges="mse"), {"on": best["step"]})
+        if tried["mAP50"] > best["mAP50"]:
+            best = tried
     latencies = time_models([f for _, f in files], config.compress.threads, rounds=5, runs=5, progress=False)
     for (step, _), ms in zip(files, latencies):
         next(r for r in rows if r["step"] == step)["latency_ms"] = ms
-    scored_rows = [r for r in rows if "valid_mAP50" in r]
-    best = max(scored_rows, key=lambda r: (r["valid_mAP50"], -scored_rows.index(r)))
     shutil.copyfile(tmp / f"repair-{best['step']}.tflite", out_path)
     report = reports[best["step"]]
     report["path"] = str(out_path)
@@ -240,7 +253,8 @@ def resolve_float_layers(given: str | None, spec, debug_report: dict | None) -> 
 def format_repair(repair: dict) -> str:
     """The repair ladder: each step's validation mAP@0.5 and int8 latency, and which was kept."""
     lines = ["int8 repair (validation split): " + "; ".join(
-        f"{r['step']}: skipped ({r['skipped']})" if "skipped" in r else f"{r['step']}: mAP@0.5 {r['valid_mAP50']:.4f}, {r['latency_ms']:.2f} ms"
+        f"{r['step']}: skipped ({r['skipped']})" if "skipped" in r else
+        f"{r['step']}{' on ' + r['on'] if r.get('on') not in (None, 'none') else ''}: mAP@0.5 {r['valid_mAP50']:.4f}, {r['latency_ms']:.2f} ms"
         for r in repair["steps"]) + f"; kept: {repair['kept']}"]  # fmt: skip
     return "\n".join(lines)
 

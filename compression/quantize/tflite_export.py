@@ -40,6 +40,7 @@ FORMATS = ("int8", "int16x8", "float16", "dynamic", "float32")
 
 
 INPUT_TYPES = ("int8", "uint8")
+ACTIVATION_RANGES = ("minmax", "mse")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class ExportOptions:
     nms_iou: float = 0.45
     max_detections: int = 100
     nms_classes_per_box: int = 5  # quantization.nms_classes_per_box
+    activation_ranges: str = "minmax"  # int8: "mse" chooses each inner activation's range by quantization error (compression.quantize.ranges)
 
     def check(self, fmt: str) -> None:
         """One line for a combination that cannot be made, before any work is done."""
@@ -67,6 +69,8 @@ class ExportOptions:
             raise UserError(f"--input-type {self.input_type} is for --format int8, not {fmt}")
         if self.nms and fmt == "int16x8":
             raise UserError("--nms does not go with --format int16x8 (LiteRT's detection post-processing takes 8-bit or float inputs)")
+        if self.activation_ranges not in ACTIVATION_RANGES:
+            raise UserError(f"activation ranges must be {' or '.join(ACTIVATION_RANGES)}, got {self.activation_ranges!r}")
 
     def nms_job(self) -> dict | None:
         if not self.nms:
@@ -111,7 +115,7 @@ def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int
         job.write_text(json.dumps({  # absolute paths: the worker runs in the project's folder
             "model": str(Path(h5).resolve()), "format": fmt, "out": str(Path(out).resolve()), "images": [str(Path(p).resolve()) for p in images],
             "input_size": input_size, "metadata": metadata, "qat": qat, "float_layers": list(float_layers or []),
-            "input_type": options.input_type, "nms": options.nms_job(),
+            "input_type": options.input_type, "nms": options.nms_job(), "ranges": options.activation_ranges,
         }))  # fmt: skip
         proc = run_module("compression.quantize.tflite_worker", str(job))
     if proc.returncode != 0:
@@ -223,13 +227,16 @@ def export_tflite(
     if fmt not in ("int8", "int16x8"):
         images = []
 
+    written: dict = {}
+
     def write(tmp: Path) -> None:
         run_worker(model_path, fmt, tmp, images, input_size, metadata, qat, float_layers, options)
         predictor = TFLitePredictor(tmp, threads=1)  # loads with LiteRT and runs once before we keep it
         predictor.invoke(np.full((1, *predictor.input_hw, 3), 0.5, np.float32))
+        written.update(predictor.metadata)
 
     atomic_write(out, write)
     report = describe_tflite(out)
     report.update(format=fmt, calibration_images=len(images), path=str(out), float_layers=[f"conv_{i}" for i in float_layers or []],
-                  in_model_nms=metadata.get("postprocess"))  # fmt: skip
+                  in_model_nms=metadata.get("postprocess"), activation_ranges=written.get("activation_ranges"))  # fmt: skip
     return report
