@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--measurements-from", help="reuse the measuring stages of another run folder (same model and config)")
     parser.add_argument("--no-xnnpack", action="store_true", help="time with LiteRT's built-in kernels (compress.xnnpack false)")
+    parser.add_argument("--force", action="store_true", help="redo the stages whose inputs changed (as yolo3 compress --force)")
     parser.add_argument("--out", required=True, help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     targets = parse_targets(args.target_speedup, args.target_latency, args.target_size, args.target_macs)
     report = run_compress(config, args.model, CompressOptions(target=targets[0] if targets else None, also=tuple(targets[1:]), preset=args.preset, run_dir=Path(args.run_dir), progress=False,
                                                                measurements_from=args.measurements_from, max_loss=args.max_loss,
-                                                               time_budget=args.time_budget, no_xnnpack=args.no_xnnpack))
+                                                               time_budget=args.time_budget, no_xnnpack=args.no_xnnpack, force=args.force))
     stages = json.loads((Path(args.run_dir) / "stages" / "sensitivity.json").read_text()) if (Path(args.run_dir) / "stages" / "sensitivity.json").exists() else None
     data = {"command": "python bench/compress.py " + " ".join(argv or sys.argv[1:]), "machine": machine(), **report,
             "sensitivity_seconds": stages["seconds"] if stages else None}  # fmt: skip

@@ -599,7 +599,7 @@ def floor_choice(options: list[dict], max_loss: float, wanted: str, confidence: 
     head = f"{wanted} costs {told(options[0]).replace(' points', ' mAP@0.5 points', 1)} on validation, more than the floor of {max_loss:g} (--max-loss)"
     if within:
         return pick, f"{head}; the fastest model within the floor is {pick['what']}: {pick['speedup']:.2f}x faster than the unpruned int8 model at {told(pick)}"
-    return pick, f"{head}; no model holds the floor, not even the unpruned int8 model ({told(options[-1])}); the best on validation is {pick['what']}"
+    return pick, f"{head}; no model holds the floor, not even the unpruned int8 model at {told(options[-1])}; the best on validation is {pick['what']}"
 
 
 def judge_losses(reference: list, options: list[dict], matches: list[list], confidence: float, rounds: int = 1000) -> int:
