@@ -106,33 +106,42 @@ class Int8Files:
     qat_dir: Path
     qat: Path
     final: Path
+    ranges: Path | None = None  # post-training int8 with activation ranges by quantization error
 
     @classmethod
     def beside(cls, folder: Path, prefix: str = "") -> Int8Files:
-        return cls(folder / f"{prefix}ptq-int8.tflite", folder / f"{prefix}qat", folder / f"{prefix}qat-int8.tflite", folder / f"{prefix}final-int8.tflite")
+        return cls(folder / f"{prefix}ptq-int8.tflite", folder / f"{prefix}qat", folder / f"{prefix}qat-int8.tflite", folder / f"{prefix}final-int8.tflite",
+                   folder / f"{prefix}ranges-int8.tflite")  # fmt: skip
 
 
 def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], files: Int8Files, *, qat_epochs: int,
-                     score: Callable[[Path], float], progress: bool = True) -> dict:  # fmt: skip
-    """Post-training int8 and, with ``qat_epochs``, quantization-aware training; the better on ``score`` (the validation split) is copied to ``files.final``.
+                     score: Callable[[Path], float], progress: bool = True, ranges: bool = False) -> dict:  # fmt: skip
+    """Post-training int8, with ``ranges`` also with activation ranges by quantization error, and with ``qat_epochs``
+    quantization-aware training; the best on ``score`` (the validation split) is copied to ``files.final``.
 
     ``config`` is the run's config at input ``size``; QAT keeps the zeros and
     clusters the model's record names and starts its activation ranges from
-    calibration images.
+    calibration images; the refitted ranges leave the weights as they are.
+    Ties keep the plain post-training model.
     """
     from yolo3.models import load_model
 
     from .quantize.qat import qat_finetune
-    from .quantize.tflite_export import export_tflite
+    from .quantize.tflite_export import ExportOptions, export_tflite
 
     loaded = load_model(model_h5)
     export_tflite(model_h5, files.ptq, "int8", calibration, config.labels, size, loaded.spec)
     results = {"ptq": {"valid": score(files.ptq), "file": files.ptq.name}}
+    paths = {"ptq": files.ptq, "qat": files.qat, "ranges": files.ranges}
+    if ranges and files.ranges is not None:
+        report = export_tflite(model_h5, files.ranges, "int8", calibration, config.labels, size, loaded.spec,
+                               options=ExportOptions(activation_ranges="mse"))  # fmt: skip
+        results["ranges"] = {"valid": score(files.ranges), "file": files.ranges.name, "activation_ranges": report["activation_ranges"]}
     if qat_epochs:
         trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64])
         export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,
                       qat={"scheme": trained["scheme"], "weights": trained["weights"]})  # fmt: skip
         results["qat"] = {"valid": score(files.qat), "scheme": trained["scheme"], "file": files.qat.name}
-    chosen = max(results, key=lambda k: results[k]["valid"])
-    shutil.copyfile(files.ptq if chosen == "ptq" else files.qat, files.final)
+    chosen = max(results, key=lambda k: results[k]["valid"])  # the first of equals: plain post-training
+    shutil.copyfile(paths[chosen], files.final)
     return {"results": results, "chosen": chosen, "calibration_images": len(calibration)}

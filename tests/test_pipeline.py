@@ -153,6 +153,7 @@ def _fixed_config(folder: Path, data: Path) -> Path:
     raw["model"]["input_size"] = 32
     raw["pruning"] = {"similarity_layer_ratios": {"conv_4": 0.5, "conv_7": 0.5, "conv_11": 0.5}}
     raw["compress"]["feature_distillation"] = 0.0  # the reference was recorded with output distillation alone
+    raw["compress"]["int8_ranges"] = False  # and with min/max activation ranges only
     config.write_text(json.dumps(raw))
     return config
 
