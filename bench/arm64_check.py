@@ -11,10 +11,7 @@ that platform and Python, nothing installed (``pip install --dry-run --only-bina
 requirement resolves to, or the line pip failed with. It needs the package index (PyPI),
 not the board.
 
-Running the bundle itself on an emulated arm64 board (qemu-user and an arm64 Debian root,
-``-cpu cortex-a76``; qemu 7.2's default CPU gives the guest the host's /proc/cpuinfo and
-LiteRT crashes in allocate_tensors) is described in docs/compression.md; it is not part of
-this script.
+Running the bundle itself on an emulated arm64 board is bench/arm64_board.py.
 """
 
 from __future__ import annotations
@@ -29,10 +26,9 @@ from pathlib import Path
 from common import machine, write_results
 from yolo3.errors import run_cli
 
-PLATFORMS = {
-    "aarch64": ["manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_28_aarch64", "manylinux_2_34_aarch64"],
-    "x86_64": ["manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"],
-}
+# pip matches platform tags exactly: a board with glibc 2.36 (Debian 12, Raspberry Pi OS bookworm) takes every manylinux_2_N up to it
+GLIBC_MINOR = 36
+PLATFORMS = {arch: [f"manylinux2014_{arch}", *(f"manylinux_2_{minor}_{arch}" for minor in range(17, GLIBC_MINOR + 1))] for arch in ("aarch64", "x86_64")}
 # the Python versions the bundle README promises for each runtime (yolo3/bundle.py)
 PROMISED = {"requirements.txt": ["3.9", "3.10", "3.11", "3.12"], "requirements-tflite-runtime.txt": ["3.9", "3.10", "3.11"]}
 
@@ -72,7 +68,7 @@ def main(argv=None) -> int:
                     print(f"{name}, {platform}, Python {python} ...", file=sys.stderr, flush=True)
                     results.setdefault(name, {}).setdefault(platform, {})[python] = resolve(path, platform, python, work)
     runtime = {"requirements.txt": "ai-edge-litert", "requirements-tflite-runtime.txt": "tflite-runtime"}
-    md = [f"The bundle's requirements resolved per platform and Python version, binary wheels only (pip --dry-run); {machine()}", "",
+    md = [f"The bundle's requirements resolved per platform and Python version, binary wheels only (pip --dry-run), for a board with glibc 2.{GLIBC_MINOR} (manylinux2014, manylinux_2_17 to 2_{GLIBC_MINOR}); {machine()}", "",
           "| requirements | platform | Python | runtime wheel | numpy | Pillow |", "|---|---|---|---|---|---|"]  # fmt: skip
     failures = 0
     for name, platforms in results.items():

@@ -24,7 +24,7 @@ from .errors import UserError
 
 RUNTIME_MODULES = ("errors.py", "preprocess.py", "postprocess.py", "draw.py", "detection.py", "lite.py", "board.py")
 REQUIREMENTS = """# The runner needs numpy, Pillow and a TFLite runtime; no TensorFlow.
-# ai-edge-litert: x86-64 and aarch64 Linux, Python 3.9-3.12 on aarch64 (1.4.0 is its newest aarch64 wheel), 3.9-3.13 on x86-64.
+# ai-edge-litert: x86-64 and aarch64 Linux, Python 3.9-3.12 on aarch64 (2.3.0 on a glibc 2.36 board; 2.1.0 under Python 3.9), 3.9-3.13 on x86-64.
 numpy>=1.23
 Pillow>=9
 ai-edge-litert>=1.2
