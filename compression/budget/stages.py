@@ -42,12 +42,15 @@ def plan_inputs(ctx: StageContext):
                   ctx.result("levers")["measured_speedup"], memory)  # fmt: skip
 
 
-def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size: int, learning_rate: float) -> dict:
-    """Fine-tune ``start`` at input ``size`` in ``folder`` (resumes there), distilling from the baseline; best epoch on validation."""
+def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size: int, learning_rate: float, eval_every: int | None = None) -> dict:
+    """Fine-tune ``start`` at input ``size`` in ``folder`` (resumes there), distilling from the baseline; best epoch on validation.
+
+    Validation runs every ``eval_every`` epochs (default: about six times in the run, at most every 5 epochs).
+    """
     from ..steps import finetune
 
     job = ctx.services
-    config = job.derived({"model.input_size": size, "train.eval_every": max(1, min(5, epochs // 6 or 1))})
+    config = job.derived({"model.input_size": size, "train.eval_every": eval_every or max(1, min(5, epochs // 6 or 1))})
     result = finetune(config, start, folder, epochs, progress=job.options.progress, learning_rate=learning_rate, freeze_backbone_epochs=0,
                       teacher=ctx.input("baseline.h5"), distill_weight=ctx.setting("compress.distillation"),
                       feature_weight=ctx.setting("compress.feature_distillation"))  # fmt: skip
@@ -367,6 +370,7 @@ class Candidates(CompressStage):
 
     def run(self, ctx: StageContext) -> dict:
         from ..steps import prune_to_plan
+        from .halving import rank, survivors
 
         job = ctx.services
         plan = ctx.result("plan")
@@ -399,9 +403,9 @@ class Candidates(CompressStage):
                 tuned = finetune_in(ctx, folder / "pruned.h5", folder / "run", trained, size, ctx.setting("pruning.finetune_learning_rate"))
                 runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": plan["predicted_ms"][str(size)],
                                    "epochs": trained, "epoch_seconds": tuned["seconds"] / epochs}  # fmt: skip
-            alive.sort(key=lambda s: (-round(runs[str(s)]["mAP50"], 4), runs[str(s)]["predicted_ms"]))
-            rounds.append({"epochs": trained, "valid_mAP50": {str(s): runs[str(s)]["mAP50"] for s in alive}})
-            alive = alive[: (len(alive) + 1) // 2]
+            order = rank([str(s) for s in alive], {str(s): runs[str(s)]["mAP50"] for s in alive}, plan["predicted_ms"])
+            rounds.append({"epochs": trained, "valid_mAP50": {n: runs[n]["mAP50"] for n in order}})
+            alive = [int(n) for n in survivors(order)]
             if len(alive) == 1:
                 break
         return {"chosen": alive[0], "why": f"successive halving on validation mAP@0.5: {len(sizes)} plans after {epochs} epochs, the better half "
