@@ -505,3 +505,44 @@ def test_cross_layer_equalisation_keeps_the_outputs_and_equalises_the_ranges():
     spread = lambda r: r.max() / r.min()  # noqa: E731
     assert spread(_out_range(equalized.convs[1])) < spread(_out_range(weights.convs[1])) / 10  # the depthwise input is far more even
     assert report["iterations"] <= 200 and report["pairs"][:3] == ["conv_0 -> conv_1", "conv_1 -> conv_2", "conv_2 -> conv_3"]
+
+
+def test_adaround_weights_convert_to_exactly_the_int8_values_it_chose():
+    """AdaRound on conv -> 1x1 -> depthwise 3x3 stride 2 -> 1x1 -> head: the BN-folded weights it writes back sit on the converter's
+    per-channel grid, the int8 kernels in the .tflite are those integers, some differ from round-to-nearest, and no layer's output
+    error on its patches is worse than round-to-nearest's."""
+    from compression.budget.latency_worker import convert_int8
+    from compression.quantize.adaround import adaround, channel_scales, fold, nearest
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.lite import _interpreter_class
+
+    spec = parse_cfg(STEM + conv(16, 1) + conv(16, 3, 2, groups=16) + conv(24, 1, activation="linear") + HEAD, "adaround.cfg")
+    weights = random_weights(spec, seed=7)
+    model = build_model(spec)
+    set_darknet_weights(model, spec, weights)
+    rng = np.random.default_rng(1)
+    batches = [rng.uniform(0, 1, (1, 64, 64, 3)).astype(np.float32) for _ in range(3)]
+    rounded, report = adaround(model, spec, weights, batches, iterations=60)
+    assert [r["layer"] for r in report["layers"]] == [f"conv_{i}" for i in spec.conv_indices()]
+    assert all(r["error_adaround"] <= r["error_nearest"] for r in report["layers"]) and report["improved"] >= 1
+    chosen, changed = {}, 0
+    for i in spec.conv_indices():
+        folded, _ = fold(rounded.convs[i])
+        q = folded / channel_scales(folded)
+        np.testing.assert_allclose(q, np.round(q), atol=1e-3)  # on the grid
+        chosen[i] = np.round(q).astype(np.int8)
+        before, _ = fold(weights.convs[i])
+        changed += int((chosen[i] != nearest(before, channel_scales(before))).sum())
+    assert changed > 0
+    set_darknet_weights(model, spec, rounded)
+    interpreter = _interpreter_class()(model_content=convert_int8(model))
+    interpreter.allocate_tensors()
+    found = {}
+    for t in interpreter.get_tensor_details():
+        if t["dtype"] == np.int8 and len(t["shape"]) == 4 and len(t["quantization_parameters"]["scales"]) > 1:
+            k = interpreter.get_tensor(t["index"])
+            found[tuple(np.transpose(k, (1, 2, 3, 0)).shape)] = np.transpose(k, (1, 2, 3, 0))  # (out|1, kh, kw, in|C) -> Darknet layout
+    for i, q in chosen.items():
+        key = q.shape if q.shape in found else (q.shape[0], q.shape[1], q.shape[3], q.shape[2])  # depthwise: TFLite (1, kh, kw, C)
+        got = found[key] if key == q.shape else np.transpose(found[key], (0, 1, 3, 2))
+        np.testing.assert_array_equal(got, q, err_msg=f"conv_{i}")

@@ -122,7 +122,8 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
 DEBUG_IMAGES = 16  # calibration images the int8 debugger compares float and int8 on
 
-REPAIR_STEPS = ("cle", "ranges")  # in the order --repair auto tries them, each on top of the best so far
+REPAIR_STEPS = ("cle", "ranges", "adaround")  # in the order --repair auto tries them, each on top of the best so far
+ADAROUND_IMAGES = 64  # calibration images AdaRound samples each layer's input patches from
 
 
 def parse_repair(text: str | None) -> list[str]:
@@ -146,7 +147,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     ``cle`` equalises the float weights (:mod:`compression.quantize.equalize`);
     ``ranges`` converts the best model so far with each inner activation's range
     chosen by quantization error (:mod:`compression.quantize.ranges`), and the
-    unrepaired model too when the best so far is another step's (steps need not stack). A step is
+    unrepaired model too when the best so far is another step's (steps need not stack);
+    ``adaround`` chooses the int8 rounding of the best model's weights
+    (:mod:`compression.quantize.adaround`) and converts it as the best so far was. A step is
     kept only if it beats the best so far (ties keep the earlier: a repair must
     win); the best file is copied to ``out_path``. A step that would undo what
     the model is (CLE rescales every kernel channel by channel, so a clustered
@@ -197,6 +200,15 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             if best["step"] != "none":  # the steps need not stack (on BCCD's Yolo-Fastest ranges won 3 points alone, less after CLE)
                 alone = try_step("ranges-alone", h5, dataclasses.replace(options, activation_ranges="mse"), {"on": "none"})
                 tried = max((tried, alone), key=lambda t: t["mAP50"])
+        elif step == "adaround":
+            if fmt != "int8":
+                rows.append({"step": "adaround", "skipped": f"AdaRound rounds int8 weights, not {fmt}"})
+                continue
+            if "clustering" in info:
+                rows.append({"step": "adaround", "skipped": "the model is clustered: rounding each weight on its own would undo the shared values"})
+                continue
+            path, done = adarounded(best["h5"], loaded.spec, images[:ADAROUND_IMAGES], size, config.quantization.adaround_iterations, tmp, info, progress)
+            tried = try_step("adaround", path, best["options"], {"on": best["step"], "layers": done["improved"], "seconds": round(done["seconds"], 1)})
         if tried["mAP50"] > best["mAP50"]:
             best = tried
     latencies = time_models([f for _, f in files], config.compress.threads, rounds=5, runs=5, progress=False)
@@ -207,6 +219,23 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     report["path"] = str(out_path)
     report["repair"] = {"steps": rows, "kept": best["step"], "split": "valid"}
     return report
+
+
+def adarounded(h5: Path, spec, images: list[str], size: int, iterations: int, tmp: Path, info: dict, progress: bool) -> tuple[Path, dict]:
+    """``h5`` with every convolution's int8 rounding chosen by AdaRound on ``images`` (:mod:`compression.quantize.adaround`)."""
+    from yolo3.keras_model import get_darknet_weights, set_darknet_weights
+    from yolo3.models import load_model, save_model
+    from yolo3.preprocess import letterbox, load_image
+
+    from .adaround import adaround
+
+    model = load_model(h5, size=size).model
+    batches = [letterbox(load_image(p), size)[0][None].astype(np.float32) for p in images]
+    weights, done = adaround(model, spec, get_darknet_weights(model, spec), batches, iterations, log=print if progress else None)
+    set_darknet_weights(model, spec, weights)
+    path = tmp / f"model-adaround-{h5.stem}.h5"
+    save_model(model, spec, path, info or None)
+    return path, done
 
 
 def folder_images(folder: str | Path, samples: int, seed: int = 0) -> list[str]:
