@@ -107,6 +107,8 @@ class Int8Files:
     qat: Path
     final: Path
     ranges: Path | None = None  # post-training int8 with activation ranges by quantization error
+    adaround_h5: Path | None = None  # the model with AdaRound's int8 rounding written into its weights
+    adaround: Path | None = None  # its post-training int8 model
 
     @classmethod
     def beside(cls, folder: Path, prefix: str = "") -> Int8Files:
@@ -115,17 +117,21 @@ class Int8Files:
 
 
 def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], files: Int8Files, *, qat_epochs: int,
-                     score: Callable[[Path], float], progress: bool = True, ranges: bool = False) -> dict:  # fmt: skip
-    """Post-training int8, with ``ranges`` also with activation ranges by quantization error, and with ``qat_epochs``
-    quantization-aware training; the best on ``score`` (the validation split) is copied to ``files.final``.
+                     score: Callable[[Path], float], progress: bool = True, ranges: bool = False, adaround_iterations: int = 0) -> dict:  # fmt: skip
+    """Post-training int8, with ``ranges`` also with activation ranges by quantization error, with ``adaround_iterations``
+    also with AdaRound's rounding of the weights, and with ``qat_epochs`` quantization-aware training; the best on ``score``
+    (the validation split) is copied to ``files.final``.
 
     ``config`` is the run's config at input ``size``; QAT keeps the zeros and
     clusters the model's record names and starts its activation ranges from
     calibration images; the refitted ranges leave the weights as they are.
+    AdaRound is converted with the refitted ranges when those beat min/max, and
+    is not tried on a clustered model (it would undo the shared values).
     Ties keep the plain post-training model.
     """
-    from yolo3.models import load_model
+    from yolo3.models import compression_info, load_model
 
+    from .quantize.convert import ADAROUND_IMAGES, adarounded
     from .quantize.qat import qat_finetune
     from .quantize.tflite_export import ExportOptions, export_tflite
 
@@ -137,6 +143,15 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
         report = export_tflite(model_h5, files.ranges, "int8", calibration, config.labels, size, loaded.spec,
                                options=ExportOptions(activation_ranges="mse"))  # fmt: skip
         results["ranges"] = {"valid": score(files.ranges), "file": files.ranges.name, "activation_ranges": report["activation_ranges"]}
+    info = compression_info(model_h5)
+    if adaround_iterations and files.adaround is not None and "clustering" not in info:
+        done = adarounded(model_h5, loaded.spec, calibration[:ADAROUND_IMAGES], size, adaround_iterations, files.adaround_h5, info, progress)
+        with_ranges = "ranges" in results and results["ranges"]["valid"] > results["ptq"]["valid"]
+        export_tflite(files.adaround_h5, files.adaround, "int8", calibration, config.labels, size, loaded.spec,
+                      options=ExportOptions(activation_ranges="mse" if with_ranges else "minmax"))  # fmt: skip
+        results["adaround"] = {"valid": score(files.adaround), "file": files.adaround.name, "ranges": "mse" if with_ranges else "minmax",
+                               "layers_improved": done["improved"], "seconds": done["seconds"]}  # fmt: skip
+        paths["adaround"] = files.adaround
     if qat_epochs:
         trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64])
         export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,

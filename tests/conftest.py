@@ -195,6 +195,7 @@ def toy_config(folder: Path, data: Path, **compress) -> Path:
                   "run_dir": str(folder / "run")},
         "valid": {"valid_image_folder": str(data / "images"), "valid_annot_folder": str(data / "annotations")},
         "clustering": {"clusters": 8},
+        "quantization": {"adaround_iterations": 20},
         "compress": {**COMPRESS, **compress},
     }  # fmt: skip
     path = folder / "config.json"

@@ -546,3 +546,33 @@ def test_adaround_weights_convert_to_exactly_the_int8_values_it_chose():
         key = q.shape if q.shape in found else (q.shape[0], q.shape[1], q.shape[3], q.shape[2])  # depthwise: TFLite (1, kh, kw, C)
         got = found[key] if key == q.shape else np.transpose(found[key], (0, 1, 3, 2))
         np.testing.assert_array_equal(got, q, err_msg=f"conv_{i}")
+
+
+def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_path, synthetic_valid):
+    """compress's int8 step: plain, refitted ranges and AdaRound (converted with the ranges when those won), the best on the score
+    kept as the final file; a clustered model is not AdaRounded."""
+    from types import SimpleNamespace
+
+    from compression.steps import Int8Files, int8_keep_better
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.models import save_model
+
+    spec = parse_cfg(STEM + conv(16, 3, 2, groups=8) + conv(8, 1) + HEAD, "int8.cfg")
+    model = build_model(spec)
+    set_darknet_weights(model, spec, random_weights(spec, seed=2))
+    images = sorted(str(p) for p in (synthetic_valid / "images").glob("*.jpg"))[:3]
+    config = SimpleNamespace(labels=["a", "b"])
+    scores = {"ptq-int8.tflite": 0.5, "ranges-int8.tflite": 0.6, "adaround-int8.tflite": 0.7}
+    for clustered in (False, True):
+        folder = tmp_path / str(clustered)
+        folder.mkdir()
+        save_model(model, spec, folder / "m.h5", {"clustering": {"clusters": 8}} if clustered else None)
+        files = Int8Files(*(folder / n for n in ("ptq-int8.tflite", "qat", "qat-int8.tflite", "final.tflite", "ranges-int8.tflite", "adaround.h5",
+                                                  "adaround-int8.tflite")))  # fmt: skip
+        result = int8_keep_better(config, folder / "m.h5", 64, images, files, qat_epochs=0, score=lambda p: scores[p.name], progress=False,
+                                  ranges=not clustered, adaround_iterations=10)  # fmt: skip
+        if clustered:
+            assert set(result["results"]) == {"ptq"} and not files.adaround_h5.exists()
+        else:
+            assert result["chosen"] == "adaround" and result["results"]["adaround"]["ranges"] == "mse"
+            assert files.final.read_bytes() == files.adaround.read_bytes() and files.adaround_h5.exists()

@@ -154,6 +154,7 @@ def _fixed_config(folder: Path, data: Path) -> Path:
     raw["pruning"] = {"similarity_layer_ratios": {"conv_4": 0.5, "conv_7": 0.5, "conv_11": 0.5}}
     raw["compress"]["feature_distillation"] = 0.0  # the reference was recorded with output distillation alone
     raw["compress"]["int8_ranges"] = False  # and with min/max activation ranges only
+    raw["compress"]["int8_adaround"] = False  # and round-to-nearest weights
     config.write_text(json.dumps(raw))
     return config
 

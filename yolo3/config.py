@@ -196,6 +196,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "cluster_first_layer": Key(bool, False, "`compress.py`: also cluster the first convolution (few weights, channels of very different scales: clustering it costs the most and saves the least)."),
         "cluster_epochs": Key(int, 5, "`compress.py`: cluster-preserving fine-tuning epochs.", range=EPOCHS),
         "int8_ranges": Key(bool, True, "`compress.py`: also try post-training int8 with each inner activation's range chosen by quantization error on the calibration images (`convert --repair ranges`) and keep the best int8 model on the validation split."),
+        "int8_adaround": Key(bool, True, "`compress.py`: also try post-training int8 of the model with AdaRound's rounding of its weights (`convert --repair adaround`, `quantization.adaround_iterations` steps per layer; not for a clustered model, whose shared values it would undo) and keep the best int8 model on the validation split."),
         "qat": Key(bool, True, "`compress.py`: also try quantization-aware training (the scheme that keeps zeros and clusters) and keep the better int8 model on the validation split."),
         "holdout_fraction": Key(float, 0.2, "`compress.py` with a config that has no test split: the share of the training images held out as the validation split (`train.holdout_fraction`), the `valid` section becoming the test split.", range=Range(0, 1, lo_open=True, hi_open=True)),
         "calibration_samples": Key(int, 200, "`compress.py`: training images that calibrate int8 quantization.", range=COUNT),

@@ -551,11 +551,11 @@ class ClusterFinetune(CompressStage):
 
 
 class Int8(CompressStage):
-    name, title = "int8", "post-training int8 (min/max and refitted activation ranges) and quantization-aware training; the best on validation is plan-int8.tflite"
-    reads = ("@data", "@train", "compress.qat", "compress.int8_ranges", "compress.calibration_samples", "quantization.*")
+    name, title = "int8", "post-training int8 (min/max and refitted activation ranges, AdaRound) and quantization-aware training; the best on validation is plan-int8.tflite"
+    reads = ("@data", "@train", "compress.qat", "compress.int8_ranges", "compress.int8_adaround", "compress.calibration_samples", "quantization.*")
     needs = ("baseline", "plan", "candidates", "finetune", "cluster", "cluster-finetune")
-    writes = ("ptq-int8.tflite", "ranges-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
-    version = 2  # 2: also activation ranges by quantization error
+    writes = ("ptq-int8.tflite", "ranges-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
+    version = 3  # 2: also activation ranges by quantization error; 3: also AdaRound
 
     def run(self, ctx: StageContext) -> dict:
         from ..steps import Int8Files, int8_keep_better
@@ -565,11 +565,12 @@ class Int8(CompressStage):
         config = job.at_size(size)
         start = ctx.input(ctx.result("cluster-finetune")["model"])
         files = Int8Files(ctx.output("ptq-int8.tflite"), ctx.output("qat"), ctx.output("qat-int8.tflite"), ctx.output("plan-int8.tflite"),
-                          ctx.output("ranges-int8.tflite"))  # fmt: skip
+                          ctx.output("ranges-int8.tflite"), ctx.output("adaround.h5"), ctx.output("adaround-int8.tflite"))  # fmt: skip
         qat_epochs = ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
+        adaround = ctx.setting("quantization.adaround_iterations") if ctx.setting("compress.int8_adaround") else 0
         result = int8_keep_better(config, start, size, job.calibration(), files, qat_epochs=qat_epochs,
                                   score=lambda p: job.evaluate(p, "valid", config)["mAP50"], progress=job.options.progress,
-                                  ranges=ctx.setting("compress.int8_ranges"))  # fmt: skip
+                                  ranges=ctx.setting("compress.int8_ranges"), adaround_iterations=adaround)  # fmt: skip
         return {"start": start.name, **result}
 
     def report_rows(self, ctx, result):
@@ -578,6 +579,10 @@ class Int8(CompressStage):
             r = result["results"]["ranges"]["activation_ranges"]
             rows.append({"stage": "int8, refitted activation ranges", "file": "ranges-int8.tflite", "arch": "final",
                          "note": f"{r['narrowed']} of {r['tensors']} ranges narrowed by quantization error"})  # fmt: skip
+        if "adaround" in result["results"]:
+            r = result["results"]["adaround"]
+            rows.append({"stage": "int8, AdaRound", "file": "adaround-int8.tflite", "arch": "final",
+                         "note": f"learned rounding of the weights ({r['layers_improved']} layers improved), activation ranges {r['ranges']}"})  # fmt: skip
         if "qat" in result["results"]:
             rows.append({"stage": "int8, quantization-aware training", "file": "qat-int8.tflite", "note": result["results"]["qat"]["scheme"], "arch": "final"})
         return rows
@@ -671,7 +676,8 @@ class Floor(CompressStage):
         confidence = ctx.setting("compress.floor_confidence")
         int8 = ctx.result("int8")
         size, _ = chosen(ctx)
-        how = {"ptq": "post-training int8", "ranges": "post-training int8, refitted activation ranges", "qat": "quantization-aware training"}
+        how = {"ptq": "post-training int8", "ranges": "post-training int8, refitted activation ranges", "adaround": "post-training int8, AdaRound",
+               "qat": "quantization-aware training"}  # fmt: skip
         options = [{"name": "plan", "file": "plan-int8.tflite", "size": size, "what": f"the plan at {size} px ({how.get(int8['chosen'], int8['chosen'])})"}]
         levers = ctx.result("levers")
         if levers["names"]:

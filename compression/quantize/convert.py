@@ -207,7 +207,8 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             if "clustering" in info:
                 rows.append({"step": "adaround", "skipped": "the model is clustered: rounding each weight on its own would undo the shared values"})
                 continue
-            path, done = adarounded(best["h5"], loaded.spec, images[:ADAROUND_IMAGES], size, config.quantization.adaround_iterations, tmp, info, progress)
+            path = tmp / f"model-adaround-{best['step']}.h5"
+            done = adarounded(best["h5"], loaded.spec, images[:ADAROUND_IMAGES], size, config.quantization.adaround_iterations, path, info, progress)
             tried = try_step("adaround", path, best["options"], {"on": best["step"], "layers": done["improved"], "seconds": round(done["seconds"], 1)})
         if tried["mAP50"] > best["mAP50"]:
             best = tried
@@ -221,8 +222,8 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     return report
 
 
-def adarounded(h5: Path, spec, images: list[str], size: int, iterations: int, tmp: Path, info: dict, progress: bool) -> tuple[Path, dict]:
-    """``h5`` with every convolution's int8 rounding chosen by AdaRound on ``images`` (:mod:`compression.quantize.adaround`)."""
+def adarounded(h5: Path, spec, images: list[str], size: int, iterations: int, out: Path, info: dict | None, progress: bool) -> dict:
+    """``h5`` with every convolution's int8 rounding chosen by AdaRound on ``images`` (:mod:`compression.quantize.adaround`), saved as ``out``."""
     from yolo3.keras_model import get_darknet_weights, set_darknet_weights
     from yolo3.models import load_model, save_model
     from yolo3.preprocess import letterbox, load_image
@@ -233,9 +234,8 @@ def adarounded(h5: Path, spec, images: list[str], size: int, iterations: int, tm
     batches = [letterbox(load_image(p), size)[0][None].astype(np.float32) for p in images]
     weights, done = adaround(model, spec, get_darknet_weights(model, spec), batches, iterations, log=print if progress else None)
     set_darknet_weights(model, spec, weights)
-    path = tmp / f"model-adaround-{h5.stem}.h5"
-    save_model(model, spec, path, info or None)
-    return path, done
+    save_model(model, spec, out, info or None)
+    return done
 
 
 def folder_images(folder: str | Path, samples: int, seed: int = 0) -> list[str]:
