@@ -150,6 +150,21 @@ def run_detection(
     return run
 
 
+def detect_dataset(
+    predictor, dataset: Dataset, classes: int, score_threshold: float, nms_iou: float, max_detections: int, batch_size: int,
+    progress: bool = False, prepared: PreparedImages | None = None, split: str = "validation",
+) -> DetectionRun:  # fmt: skip
+    """Every image of ``dataset`` through ``predictor``, after the checks a user's mistake can fail (class count, no images)."""
+    if predictor.heads[0].classes != classes:
+        raise UserError(f"the model predicts {predictor.heads[0].classes} classes but the dataset has {classes} names")
+    if not dataset.records:
+        raise UserError(f"the {split} split has no images", dataset.source)
+    run = run_detection(predictor, dataset.records, score_threshold, nms_iou, max_detections, batch_size, progress, prepared)
+    if not run.records:
+        raise UserError(f"no image of the {split} split could be read", dataset.source)
+    return run
+
+
 def evaluate(
     predictor,
     dataset: Dataset,
@@ -161,22 +176,16 @@ def evaluate(
     progress: bool = True,
     prepared: PreparedImages | None = None,
     curves: bool = False,
+    split: str = "validation",
 ) -> dict:
-    """Metrics, counts and timing of ``predictor`` on ``dataset`` as one JSON-ready dict.
+    """Metrics, counts and timing of ``predictor`` on ``dataset`` (the ``split`` its messages name) as one JSON-ready dict.
 
     ``prepared`` (the dataset's images already letterboxed for the predictor's
     input size) skips decoding them again; ``curves`` adds the precision–recall
     curves and the confusion matrix (for :func:`yolo3.plots.write_plots`).
     """
     names = list(names if names is not None else dataset.names)
-    classes = predictor.heads[0].classes
-    if classes != len(names):
-        raise UserError(f"the model predicts {classes} classes but the dataset has {len(names)} names")
-    if not dataset.records:
-        raise UserError("the validation set has no images", dataset.source)
-    run = run_detection(predictor, dataset.records, score_threshold, nms_iou, max_detections, batch_size, progress, prepared)
-    if not run.records:
-        raise UserError("no validation image could be read", dataset.source)
+    run = detect_dataset(predictor, dataset, len(names), score_threshold, nms_iou, max_detections, batch_size, progress, prepared, split)
     report = evaluate_detections(run.records, run.detections, names, curves=curves)
     n = len(run.records)
     report.update(
@@ -268,16 +277,9 @@ def detect_split(config, model_path, split: str = "valid", threads: int = 2, pro
     from .datasets import read_dataset
 
     dataset = read_dataset(config.dataset(split), config.labels)
-    if not dataset.records:
-        raise UserError(f"the {split} split has no images", dataset.source)
     predictor, _ = make_predictor(config, model_path, None, threads)
-    if predictor.heads[0].classes != len(config.labels):
-        raise UserError(f"the model predicts {predictor.heads[0].classes} classes but the config has {len(config.labels)} labels", model_path)
     v = config.valid
-    run = run_detection(predictor, dataset.records, v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress)
-    if not run.records:
-        raise UserError(f"no image of the {split} split could be read", dataset.source)
-    return run
+    return detect_dataset(predictor, dataset, len(config.labels), v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress, split=split)
 
 
 def model_file_sizes(path) -> dict:
@@ -324,6 +326,7 @@ def evaluate_config(
         config.valid.batch_size,
         progress,
         curves=curves,
+        split=split,
     )
     report.update(summary)
     report["model"] = predictor.name

@@ -112,16 +112,18 @@ def match_detections(
 
 
 def voc_evaluation(
-    records: Sequence[Record], detections: Sequence[Detections], num_classes: int, iou_threshold: float = 0.5, curves: bool = False
-) -> dict[int, dict]:
+    records: Sequence[Record], detections: Sequence[Detections], num_classes: int, iou_threshold: float = 0.5, curves: bool = False,
+    matches: Sequence[ClassMatches] | None = None,
+) -> dict[int, dict]:  # fmt: skip
     """Per class: AP, ground-truth count (without difficult), detections, true and false positives.
 
     With ``curves`` each class also gets its precision–recall curve (``recall``,
     ``precision``, ``score`` at every detection in score order, at most
-    :data:`CURVE_POINTS` points) for plotting.
+    :data:`CURVE_POINTS` points) for plotting. ``matches``: the detections
+    already matched at ``iou_threshold`` (:func:`match_detections`), not matched again.
     """
     result = {}
-    for cls, m in enumerate(match_detections(records, detections, num_classes, iou_threshold)):
+    for cls, m in enumerate(matches if matches is not None else match_detections(records, detections, num_classes, iou_threshold)):
         n_gt = int(m.ground_truth.sum())
         ctp, cfp = np.cumsum(m.hit), np.cumsum(m.false_alarm)
         if n_gt:
@@ -244,13 +246,15 @@ COCO_STATS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 
 
 def evaluate_detections(
-    records: Sequence[Record], detections: Sequence[Detections], names: Sequence[str], iou_threshold: float = 0.5, curves: bool = False
-) -> dict:
+    records: Sequence[Record], detections: Sequence[Detections], names: Sequence[str], iou_threshold: float = 0.5, curves: bool = False,
+    matches: Sequence[ClassMatches] | None = None,
+) -> dict:  # fmt: skip
     """VOC mAP@0.5 with a per-class table, and COCO AP (with small / medium / large and AR), as one JSON-ready dict.
 
     With ``curves``: every class's precision–recall curve and the confusion matrix (``confusion``) too.
+    ``matches``: the VOC matching already done (:func:`match_detections`), reused.
     """
-    per = voc_evaluation(records, detections, len(names), iou_threshold, curves)
+    per = voc_evaluation(records, detections, len(names), iou_threshold, curves, matches)
     with_gt = [v["ap"] for v in per.values() if v["ground_truth"] > 0]
     return {
         "mAP50": float(np.mean(with_gt)) if with_gt else 0.0,

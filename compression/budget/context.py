@@ -252,8 +252,9 @@ class CompressJob:
 
         config = config or self.config
         run = detect_split(config, str(path), split, self.threads)
-        self._cache[self._matches_key(path, split, config)] = match_detections(run.records, run.detections, len(config.labels))
-        report = evaluate_detections(run.records, run.detections, config.labels)
+        matches = match_detections(run.records, run.detections, len(config.labels))
+        self._cache[self._matches_key(path, split, config)] = matches
+        report = evaluate_detections(run.records, run.detections, config.labels, matches=matches)
         return {"mAP50": report["mAP50"], "coco_AP": report["coco"]["AP"], "images": len(run.records)}
 
     @staticmethod
