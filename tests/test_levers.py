@@ -104,9 +104,10 @@ def test_judge_losses_bounds_a_small_noisy_split_above_the_measured_loss():
     _, worse = random_set(7, images=16, noise=9.0)
     ref = match_detections(records, good, CLASSES)
     options = [{"name": "plan"}, {"name": "unpruned"}]
-    images = judge_losses(ref, options, [match_detections(records, worse, CLASSES), ref], 0.9, rounds=400)
+    images, ref_map = judge_losses(ref, options, [match_detections(records, worse, CLASSES), ref], 0.9, rounds=400)
     assert images == 16
     plan, same = options
+    assert same["valid"] == ref_map and plan["valid"] == pytest.approx(ref_map - plan["loss_points"] / 100)
     assert plan["loss_points"] > 0 and plan["loss_bound"] > plan["loss_points"] and plan["loss_spread"] > 0
     assert same["loss_points"] == 0 and same["loss_bound"] == 0
     measured_only = [{"name": "plan"}]

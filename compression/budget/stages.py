@@ -618,12 +618,12 @@ def floor_choice(options: list[dict], max_loss: float, wanted: str, confidence: 
     return pick, f"{head}; no model holds the floor, not even the unpruned int8 model at {told(options[-1])}; the best on validation is {pick['what']}"
 
 
-def judge_losses(reference: list, options: list[dict], matches: list[list], confidence: float, rounds: int = 1000) -> int:
+def judge_losses(reference: list, options: list[dict], matches: list[list], confidence: float, rounds: int = 1000) -> tuple[int, float]:
     """Each option's validation mAP, loss and loss bound against the reference, from detections matched on the same images.
 
     The bound is the ``confidence`` quantile of a paired bootstrap over the
     validation images (:mod:`yolo3.resampling`); at 0.5 it is the loss as
-    measured. Returns the number of validation images.
+    measured. Returns the number of validation images and the reference's mAP@0.5.
     """
     import numpy as np
 
@@ -641,7 +641,7 @@ def judge_losses(reference: list, options: list[dict], matches: list[list], conf
             o["loss_spread"] = float(np.std(samples))
         else:
             o["loss_bound"] = o["loss_points"]
-    return images
+    return images, ref_map
 
 
 class Floor(CompressStage):
@@ -692,8 +692,7 @@ class Floor(CompressStage):
 
         log(f"   judging {len(options)} model(s) on validation against the unpruned float model (paired bootstrap, {100 * confidence:.0f} % confidence)")
         reference = job.matches(ctx.input("baseline.h5"), "valid")
-        images = judge_losses(reference, options, [job.matches(path(o["file"]), "valid", job.at_size(o["size"])) for o in options], confidence)
-        base_valid = options[0]["valid"] + options[0]["loss_points"] / 100
+        images, base_valid = judge_losses(reference, options, [job.matches(path(o["file"]), "valid", job.at_size(o["size"])) for o in options], confidence)
         if options[0]["loss_bound"] > max_loss:
             if job.latency_table:  # planned for a board: its table (and the plan's prediction) rank the fallbacks
                 times = [board_ms(ctx, "unpruned", size)] + [board_ms(ctx, o["name"], size) for o in options]
