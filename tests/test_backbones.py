@@ -344,13 +344,24 @@ def _int8(model, path) -> None:
     path.write_bytes(converter.convert())
 
 
+def assert_weights_round_trip(spec, weights, folder) -> None:
+    """The .weights bytes have the size the cfg implies and read back (through the written cfg) to the same bytes."""
+    from yolo3.darknet import expected_floats, read_weights, weights_to_bytes
+    from yolo3.spec import format_cfg, parse_cfg
+
+    data = weights_to_bytes(spec, weights)
+    assert len(data) == 20 + 4 * expected_floats(spec)
+    (folder / "m.weights").write_bytes(data)
+    again = parse_cfg(format_cfg(spec))
+    assert weights_to_bytes(again, read_weights(folder / "m.weights", again)) == data
+
+
 def test_builtin_tiny_mobilenetv3_small_is_the_suites_cfg_and_runs_as_int8(tmp_path):
     """The built-in equals the suite's yolov3tiny-mobilenet-small-coco.cfg (61 layers; the counts below are that cfg's, read by
     this tool); its .weights round trip, its channel groups (SE-scaled ones held), its int8 model (HARD_SWISH, depthwise, SE)."""
     from compression.prune.surgery import channel_groups
-    from yolo3.darknet import expected_floats, read_weights, weights_to_bytes
     from yolo3.keras_model import build_model, set_darknet_weights
-    from yolo3.spec import analyse, format_cfg, parse_cfg, totals
+    from yolo3.spec import analyse, format_cfg, totals
     from yolo3.tflite_memory import memory_report
     from yolo3.zoo import build_spec
 
@@ -361,10 +372,7 @@ def test_builtin_tiny_mobilenetv3_small_is_the_suites_cfg_and_runs_as_int8(tmp_p
     assert text.count("[depthwise]") == 11 and text.count("[se]") == 9 and text.count("activation=h_swish") == 18
     small = build_spec("yolov3-tiny-mobilenetv3-small", classes=2, size=96)
     weights = random_weights(small, seed=4)
-    data = weights_to_bytes(small, weights)
-    assert len(data) == 20 + 4 * expected_floats(small)
-    (tmp_path / "m.weights").write_bytes(data)
-    assert weights_to_bytes(parse_cfg(format_cfg(small)), read_weights(tmp_path / "m.weights", parse_cfg(format_cfg(small)))) == data
+    assert_weights_round_trip(small, weights, tmp_path)
     groups = channel_groups(small)
     assert any(g.prunable for g in groups) and not any(g.prunable and 2 in g.members for g in groups)  # layer 2 feeds an SE
     model = build_model(small)
@@ -393,9 +401,8 @@ def test_latency_probes_of_an_se_network_build():
 def test_builtin_yolov3_mobilenetv3_is_the_suites_cfg_and_builds(tmp_path):
     """The built-in equals the suite's yolov3-mobilenet-coco.cfg (97 layers, MobileNetV3-large under YOLOv3's heads; the counts
     are that cfg's as this tool reads it, compared option by option when it was written); .weights round trip; Keras builds."""
-    from yolo3.darknet import expected_floats, read_weights, weights_to_bytes
     from yolo3.keras_model import build_model, set_darknet_weights
-    from yolo3.spec import analyse, format_cfg, parse_cfg, totals
+    from yolo3.spec import analyse, format_cfg, totals
     from yolo3.zoo import build_spec
 
     spec = build_spec("yolov3-mobilenetv3")
@@ -405,10 +412,7 @@ def test_builtin_yolov3_mobilenetv3_is_the_suites_cfg_and_builds(tmp_path):
     assert (text.count("[depthwise]"), text.count("[se]"), text.count("activation=h_swish"), text.count("activation=relu6")) == (15, 8, 20, 12)
     small = build_spec("yolov3-mobilenetv3", classes=2, size=64)
     weights = random_weights(small, seed=5)
-    data = weights_to_bytes(small, weights)
-    assert len(data) == 20 + 4 * expected_floats(small)
-    (tmp_path / "m.weights").write_bytes(data)
-    assert weights_to_bytes(parse_cfg(format_cfg(small)), read_weights(tmp_path / "m.weights", parse_cfg(format_cfg(small)))) == data
+    assert_weights_round_trip(small, weights, tmp_path)
     model = build_model(small)
     set_darknet_weights(model, small, weights)
     assert [tuple(o.shape[1:3]) for o in model.outputs] == [(2, 2), (4, 4), (8, 8)]
