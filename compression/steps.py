@@ -125,8 +125,8 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     ``config`` is the run's config at input ``size``; QAT keeps the zeros and
     clusters the model's record names and starts its activation ranges from
     calibration images; the refitted ranges leave the weights as they are.
-    AdaRound is converted with the refitted ranges when those beat min/max, and
-    is not tried on a clustered model (it would undo the shared values).
+    AdaRound is converted with the refitted ranges, and QAT starts from them,
+    when those beat min/max; AdaRound is not tried on a clustered model (it would undo the shared values).
     Ties keep the plain post-training model.
     """
     from yolo3.models import compression_info, load_model
@@ -144,19 +144,19 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
                                options=ExportOptions(activation_ranges="mse"))  # fmt: skip
         results["ranges"] = {"valid": score(files.ranges), "file": files.ranges.name, "activation_ranges": report["activation_ranges"]}
     info = compression_info(model_h5)
+    with_ranges = "ranges" in results and results["ranges"]["valid"] > results["ptq"]["valid"]
     if adaround_iterations and files.adaround is not None and "clustering" not in info:
         done = adarounded(model_h5, loaded.spec, calibration[:ADAROUND_IMAGES], size, adaround_iterations, files.adaround_h5, info, progress)
-        with_ranges = "ranges" in results and results["ranges"]["valid"] > results["ptq"]["valid"]
         export_tflite(files.adaround_h5, files.adaround, "int8", calibration, config.labels, size, loaded.spec,
                       options=ExportOptions(activation_ranges="mse" if with_ranges else "minmax"))  # fmt: skip
         results["adaround"] = {"valid": score(files.adaround), "file": files.adaround.name, "ranges": "mse" if with_ranges else "minmax",
                                "layers_improved": done["improved"], "seconds": done["seconds"]}  # fmt: skip
         paths["adaround"] = files.adaround
     if qat_epochs:
-        trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64])
+        trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64], refit_ranges=with_ranges)
         export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,
                       qat={"scheme": trained["scheme"], "weights": trained["weights"]})  # fmt: skip
-        results["qat"] = {"valid": score(files.qat), "scheme": trained["scheme"], "file": files.qat.name}
+        results["qat"] = {"valid": score(files.qat), "scheme": trained["scheme"], "file": files.qat.name, "start_ranges": trained["start_ranges"]}
     chosen = max(results, key=lambda k: results[k]["valid"])  # the first of equals: plain post-training
     shutil.copyfile(paths[chosen], files.final)
     return {"results": results, "chosen": chosen, "calibration_images": len(calibration)}

@@ -125,6 +125,16 @@ def test_activation_ranges_start_from_calibration(compressed):
     assert ranges["quant_conv_13/post_activation_min"] == pytest.approx(min(head.min(), 0.0), rel=1e-5)
     assert all(v != 6.0 and v != -6.0 for v in ranges.values())  # none left at TFMOT's starting range
     assert [v for k, v in ranges.items() if k.startswith("quantize_layer")] in ([0.0, 1.0], [1.0, 0.0])
+    # refit: each range starts at the one of least int8 error on the same outputs, inside min..max (the head's: all its values)
+    from compression.quantize.ranges import mse_range
+
+    calibrate_ranges(qat, model, images, refit=True)
+    refitted = {w.name.split(":")[0]: float(w.numpy()) for w in qat.weights if w.name.endswith(("_min:0", "_max:0")) and "kernel" not in w.name}
+    lo, hi = mse_range(head.ravel(), min(head.min(), 0.0), head.max())
+    assert refitted["quant_conv_13/post_activation_max"] == pytest.approx(hi, rel=1e-5)
+    assert refitted["quant_conv_13/post_activation_min"] == pytest.approx(lo, rel=1e-5)
+    narrowed = [k for k in ranges if not k.startswith("quantize_layer") and abs(refitted[k]) < abs(ranges[k]) * (1 - 1e-6)]
+    assert narrowed and all(abs(refitted[k]) <= abs(ranges[k]) * (1 + 1e-6) for k in ranges)
 
 
 def test_finetune_qat_writes_the_int8_model_in_its_run(compressed, synthetic_valid, tmp_path):

@@ -117,7 +117,7 @@ def _config(tmp_path, synthetic_valid, model):
         "model": {"architecture": "yolov3-tiny", "input_size": 96, "labels": NAMES, "weights": str(model)},
         "train": {"train_image_folder": str(synthetic_valid / "images"), "train_annot_folder": str(synthetic_valid / "annotations")},
         "valid": {"valid_image_folder": str(synthetic_valid / "images"), "valid_annot_folder": str(synthetic_valid / "annotations")},
-        "quantization": {"adaround_iterations": 20},
+        "quantization": {"adaround_iterations": 20, "qat_epochs": 1},
     }
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
@@ -425,7 +425,7 @@ def test_profile_and_benchmark_on_the_device_without_tensorflow(exported, tmp_pa
 
 def test_convert_repair_keeps_the_better_int8_on_validation(exported, synthetic_valid, tmp_path):
     """--repair auto: the model as converted, after cross-layer equalisation, then with activation ranges by quantization error on
-    top of the better, then AdaRound on the best so far, each scored on validation, the best kept; bad steps end in one line."""
+    top of the better, then AdaRound and QAT on the best so far, each scored on validation, the best kept; bad steps end in one line."""
     folder, _ = exported
     config = _config(tmp_path, synthetic_valid, folder / "model.h5")
     out = tmp_path / "r.tflite"
@@ -435,8 +435,10 @@ def test_convert_repair_keeps_the_better_int8_on_validation(exported, synthetic_
     repair = json.loads((tmp_path / "r.json").read_text())["repair"]
     steps = {s["step"]: s for s in repair["steps"]}
     # ranges on top of the better of none and CLE, and, when CLE won, on the unrepaired model as well (steps need not stack)
-    assert set(steps) == {"none", "cle", "ranges", "adaround"} | ({"ranges-alone"} if steps["ranges"]["on"] == "cle" else set())
+    assert set(steps) == {"none", "cle", "ranges", "adaround", "qat"} | ({"ranges-alone"} if steps["ranges"]["on"] == "cle" else set())
     assert steps["adaround"]["on"] in ("none", "cle", "ranges", "ranges-alone") and steps["adaround"]["layers"] >= 0
+    refitted = lambda step: step in ("ranges", "ranges-alone") or (step == "adaround" and refitted(steps["adaround"]["on"]))  # noqa: E731
+    assert steps["qat"]["epochs"] == 1 and steps["qat"]["start_ranges"] == ("mse" if refitted(steps["qat"]["on"]) else "minmax")
     assert steps["cle"]["pairs"] > 0 and all(s["latency_ms"] > 0 for s in steps.values())
     assert steps["ranges"]["on"] in ("none", "cle") and steps["ranges"]["activation_ranges"]["tensors"] > 0
     best = max(steps.values(), key=lambda s: s["valid_mAP50"])["valid_mAP50"]

@@ -584,7 +584,9 @@ class Int8(CompressStage):
             rows.append({"stage": "int8, AdaRound", "file": "adaround-int8.tflite", "arch": "final",
                          "note": f"learned rounding of the weights ({r['layers_improved']} layers improved), activation ranges {r['ranges']}"})  # fmt: skip
         if "qat" in result["results"]:
-            rows.append({"stage": "int8, quantization-aware training", "file": "qat-int8.tflite", "note": result["results"]["qat"]["scheme"], "arch": "final"})
+            q = result["results"]["qat"]
+            rows.append({"stage": "int8, quantization-aware training", "file": "qat-int8.tflite", "arch": "final",
+                         "note": f"{q['scheme']}, activation ranges started at {'the refitted ranges' if q.get('start_ranges') == 'mse' else 'min/max'}"})  # fmt: skip
         return rows
 
 

@@ -122,7 +122,7 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
 DEBUG_IMAGES = 16  # calibration images the int8 debugger compares float and int8 on
 
-REPAIR_STEPS = ("cle", "ranges", "adaround")  # in the order --repair auto tries them, each on top of the best so far
+REPAIR_STEPS = ("cle", "ranges", "adaround", "qat")  # in the order --repair auto tries them, each on top of the best so far
 ADAROUND_IMAGES = 64  # calibration images AdaRound samples each layer's input patches from
 
 
@@ -149,7 +149,10 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     chosen by quantization error (:mod:`compression.quantize.ranges`), and the
     unrepaired model too when the best so far is another step's (steps need not stack);
     ``adaround`` chooses the int8 rounding of the best model's weights
-    (:mod:`compression.quantize.adaround`) and converts it as the best so far was. A step is
+    (:mod:`compression.quantize.adaround`) and converts it as the best so far was;
+    ``qat`` fine-tunes the best model with simulated int8
+    (``quantization.qat_epochs``), its activation ranges starting where the
+    best so far had them (refitted or min/max). A step is
     kept only if it beats the best so far (ties keep the earlier: a repair must
     win); the best file is copied to ``out_path``. A step that would undo what
     the model is (CLE rescales every kernel channel by channel, so a clustered
@@ -169,9 +172,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     size = config.model.input_size
     rows, reports, files = [], {}, []
 
-    def try_step(step: str, model_h5: Path, step_options, extra: dict) -> dict:
+    def try_step(step: str, model_h5: Path, step_options, extra: dict, qat: dict | None = None) -> dict:
         file = tmp / f"repair-{step}.tflite"
-        reports[step] = export_tflite(model_h5, file, fmt, images, config.labels, size, loaded.spec, options=step_options)
+        reports[step] = export_tflite(model_h5, file, fmt, images, config.labels, size, loaded.spec, qat=qat, options=step_options)
         scored = evaluate_config(config, str(file), progress=False, latency_runs=0, split="valid")
         row = {"step": step, "valid_mAP50": scored["mAP50"], **extra}
         if reports[step].get("activation_ranges"):
@@ -210,6 +213,19 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             path = tmp / f"model-adaround-{best['step']}.h5"
             done = adarounded(best["h5"], loaded.spec, images[:ADAROUND_IMAGES], size, config.quantization.adaround_iterations, path, info, progress)
             tried = try_step("adaround", path, best["options"], {"on": best["step"], "layers": done["improved"], "seconds": round(done["seconds"], 1)})
+        elif step == "qat":
+            if fmt != "int8":
+                rows.append({"step": "qat", "skipped": f"quantization-aware training simulates int8, not {fmt}"})
+                continue
+            from yolo3.models import load_model
+
+            from .qat import qat_finetune
+
+            refit = best["options"].activation_ranges == "mse"  # start from the ranges the ladder found best
+            trained = qat_finetune(config, best["h5"], load_model(best["h5"]).model, tmp / "qat", None, progress, None, images[:64], refit_ranges=refit)
+            tried = try_step("qat", best["h5"], dataclasses.replace(best["options"], activation_ranges="minmax"),
+                             {"on": best["step"], "scheme": trained["scheme"], "epochs": trained["epochs"], "start_ranges": trained["start_ranges"]},
+                             qat={"scheme": trained["scheme"], "weights": trained["weights"]})  # fmt: skip
         if tried["mAP50"] > best["mAP50"]:
             best = tried
     latencies = time_models([f for _, f in files], config.compress.threads, rounds=5, runs=5, progress=False)

@@ -196,8 +196,12 @@ def copy_float_weights(qat_model, plain_model) -> None:
 RANGE_LEAVES = ("output_min", "output_max", "post_activation_min", "post_activation_max")
 
 
-def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8) -> int:
+def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8, refit: bool = False) -> int:
     """Start every activation range of ``qat_model`` at what ``float_model`` outputs on ``images``; returns how many.
+
+    ``refit``: start each at the range with the smallest int8 error on those
+    outputs (:func:`compression.quantize.ranges.mse_range`, the ranges of
+    ``convert --repair ranges``) instead of their min/max.
 
     TFMOT starts each activation range at [-6, 6] and moves it by an
     exponential average with decay 0.999 per training step, so over the few
@@ -221,15 +225,25 @@ def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8)
             targets.setdefault(owner[len("quant_"):], []).append((leaf.endswith("_min"), w))
     names = [n for n in targets if n in {layer.name for layer in float_model.layers}]
     probe = keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in names])
+    from .ranges import SAMPLES_PER_TENSOR, mse_range
+
     lo = np.full(len(names), np.inf)
     hi = np.full(len(names), -np.inf)
+    rng = np.random.default_rng(0)
+    per_batch = max(1, SAMPLES_PER_TENSOR * batch // max(len(images), 1))
+    samples: list[list[np.ndarray]] = [[] for _ in names]
     for start in range(0, len(images), batch):
         outs = probe(images[start : start + batch], training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for k, out in enumerate(outs):
-            out = out.numpy()
+            out = out.numpy().ravel()
             lo[k] = min(lo[k], float(out.min()))
             hi[k] = max(hi[k], float(out.max()))
+            if refit:
+                samples[k].append(out if out.size <= per_batch else rng.choice(out, per_batch, replace=False))
+    if refit:
+        for k in range(len(names)):
+            lo[k], hi[k] = mse_range(np.concatenate(samples[k]), lo[k], hi[k])
     for k, name in enumerate(names):
         for is_min, var in targets[name]:
             var.assign(np.float32(min(lo[k], 0.0) if is_min else max(hi[k], 0.0)))
@@ -246,11 +260,13 @@ class QatWrapper(TrainingHook):
     model's record so that a later fine-tune still keeps clusters and zeros.
     """
 
-    def __init__(self, scheme: str, compression: dict | None = None, calibration: np.ndarray | None = None, best_from_epoch: int = 1):
+    def __init__(self, scheme: str, compression: dict | None = None, calibration: np.ndarray | None = None, best_from_epoch: int = 1,
+                 refit_ranges: bool = False):  # fmt: skip
         if scheme not in SCHEMES:
             raise ValueError(f"unknown QAT scheme {scheme!r}")
         self.scheme = scheme
         self.calibration = calibration  # preprocessed images (N, H, W, 3) that set the starting activation ranges
+        self.refit_ranges = refit_ranges  # start them at the ranges of least int8 error, not at min/max
         self.compression = dict(compression or {})
         self.best_from_epoch = best_from_epoch  # only the last epoch's QAT model is converted
         self.plain = None
@@ -260,7 +276,7 @@ class QatWrapper(TrainingHook):
         self.plain = model
         self.qat_model = quantize_model(model, self.scheme)
         if self.calibration is not None:
-            calibrate_ranges(self.qat_model, model, self.calibration)
+            calibrate_ranges(self.qat_model, model, self.calibration, refit=self.refit_ranges)
         return self.qat_model
 
     def unwrap(self, model):
@@ -271,12 +287,13 @@ class QatWrapper(TrainingHook):
 
 def qat_finetune(
     config, start_h5: Path, start_model, run_dir: Path, epochs: int | None = None, progress: bool = True, learning_rate: float | None = None,
-    calibration: list[str] | None = None,
+    calibration: list[str] | None = None, refit_ranges: bool = False,
 ) -> dict:
     """Quantization-aware fine-tuning of ``start_h5`` in ``run_dir``; writes ``run_dir/qat-weights.h5``.
 
     ``start_model`` is the same model loaded (its kernels decide the scheme);
-    ``calibration`` images set the starting activation ranges (:func:`calibrate_ranges`).
+    ``calibration`` images set the starting activation ranges (:func:`calibrate_ranges`;
+    with ``refit_ranges`` the ranges of least int8 error, as ``convert --repair ranges`` chooses them).
     The run is an ordinary training run (checkpoints, resume, history); only
     its last epoch counts, since the QAT model converted is the final one.
     """
@@ -295,7 +312,7 @@ def qat_finetune(
 
         size = config.model.input_size
         images = np.stack([letterbox(load_image(path), size)[0] for path in calibration]).astype(np.float32)
-    wrapper = QatWrapper(scheme, info, images, best_from_epoch=epochs)
+    wrapper = QatWrapper(scheme, info, images, best_from_epoch=epochs, refit_ranges=refit_ranges)
     options = RunOptions(str(start_h5), True, epochs, str(run_dir), progress, learning_rate=lr, freeze_backbone_epochs=0,
                          hooks=(wrapper,))  # fmt: skip
     result = train(config, options)
@@ -303,5 +320,5 @@ def qat_finetune(
     atomic_write(weights, lambda tmp: wrapper.qat_model.save_weights(str(tmp)))
     return {
         "scheme": scheme, "epochs": epochs, "learning_rate": lr, "mAP50": result["best_mAP50"],
-        "run": str(run_dir), "weights": str(weights), "seconds": result["seconds"],
+        "run": str(run_dir), "weights": str(weights), "seconds": result["seconds"], "start_ranges": "mse" if refit_ranges else "minmax",
     }  # fmt: skip
