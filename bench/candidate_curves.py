@@ -24,6 +24,7 @@ from common import machine, write_results
 from yolo3.errors import run_cli
 
 RUNGS = (1, 2, 3, 5, 8, 10)
+HORIZON = 60  # compress.finetune_epochs' default: the epochs the extrapolated replay ranks the plans at
 
 
 def curves_stage(epochs: int):
@@ -84,7 +85,9 @@ def analyse(plans: dict, epochs: int) -> dict:
         if rung * (len(plans) - 1).bit_length() > epochs:
             break
         chosen, rounds = simulate_halving(curves, rung, predicted)
-        halving[str(rung)] = {"chosen": chosen, "rounds": rounds, "epochs_spent": epochs_trained(rounds)}
+        ahead, ahead_rounds = simulate_halving(curves, rung, predicted, horizon=HORIZON)
+        halving[str(rung)] = {"chosen": chosen, "rounds": rounds, "epochs_spent": epochs_trained(rounds),
+                              "chosen_extrapolated": ahead, "rounds_extrapolated": ahead_rounds}  # fmt: skip
     return {"best_after_all_epochs_valid": best_valid, "best_after_all_epochs_test": best_test, "halving": halving}
 
 
@@ -108,10 +111,11 @@ def markdown(data: dict) -> str:
     a = data["analysis"]
     lines += ["", f"Best after {epochs} epochs: {a['best_after_all_epochs_valid']} px on validation"
               + (f", {a['best_after_all_epochs_test']} px on test." if a["best_after_all_epochs_test"] else "."), "",
-              "| first round (epochs) | rounds: epochs and order | plan kept | candidate epochs trained |", "|---|---|---|---|"]  # fmt: skip
+              f"| first round (epochs) | rounds: epochs and order | plan kept | ranked by a - b/t at epoch {HORIZON}: plan kept | candidate epochs trained |",
+              "|---|---|---|---|---|"]  # fmt: skip
     for rung, h in a["halving"].items():
         order = "; ".join(f"{r['epochs']}: " + " > ".join(r["valid_mAP50"]) for r in h["rounds"])
-        lines.append(f"| {rung} | {order} | {h['chosen']} px | {h['epochs_spent']} |")
+        lines.append(f"| {rung} | {order} | {h['chosen']} px | {h['chosen_extrapolated']} px | {h['epochs_spent']} |")
     return "\n".join(lines)
 
 

@@ -1,6 +1,8 @@
 """Successive halving replayed on learning curves: the ranking the candidates stage uses, and what a short first round drops."""
 
-from compression.budget.halving import best_so_far, epochs_trained, rank, simulate_halving, survivors
+import pytest
+
+from compression.budget.halving import best_so_far, epochs_trained, extrapolated, rank, simulate_halving, survivors
 
 
 def test_rank_prefers_score_then_the_faster_plan():
@@ -22,3 +24,10 @@ def test_a_short_first_round_drops_the_slow_starter_a_longer_one_keeps_it():
     chosen, rounds = simulate_halving(curves, 3, ms)
     assert chosen == "416" and [r["epochs"] for r in rounds] == [3, 6]
     assert epochs_trained(rounds) == 3 * 3 + 2 * 3
+
+
+def test_extrapolation_follows_a_saturating_curve_and_needs_two_points():
+    curve = [0.9 - 0.6 / t for t in range(1, 7)]
+    assert extrapolated(curve, 3, 60) == pytest.approx(0.9 - 0.6 / 60)
+    assert extrapolated(curve, 1, 60) == curve[0]  # one point: the score as measured
+    assert extrapolated([0.5, 0.4, 0.3], 3, 60) == 0.5  # a falling curve is not extrapolated below its best

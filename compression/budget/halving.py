@@ -14,6 +14,8 @@ Example::
 
 from __future__ import annotations
 
+import numpy as np
+
 
 def rank(names: list[str], scores: dict[str, float], predicted_ms: dict[str, float]) -> list[str]:
     """``names`` best first: the higher score, then the lower predicted latency."""
@@ -31,21 +33,38 @@ def best_so_far(curve: list[float], epochs: int) -> float:
     return max(seen) if seen else 0.0
 
 
-def simulate_halving(curves: dict[str, list[float]], rung: int, predicted_ms: dict[str, float]) -> tuple[str, list[dict]]:
+def extrapolated(curve: list[float], epochs: int, horizon: int) -> float:
+    """The score a learning curve points to after ``horizon`` epochs, from its first ``epochs``: ``a - b / t`` fitted by least squares.
+
+    A two-parameter saturating curve: with fewer than two validated epochs it
+    is the best score so far; the result stays between the best so far and 1.
+    """
+    points = [(t + 1, v) for t, v in enumerate(curve[:epochs]) if v is not None]
+    seen = best_so_far(curve, epochs)
+    if len(points) < 2:
+        return seen
+    x = np.array([1.0 / t for t, _ in points])
+    y = np.array([v for _, v in points])
+    slope, intercept = np.polyfit(x, y, 1)  # y = intercept + slope / t, slope = -b
+    return float(min(1.0, max(seen, intercept + slope / horizon)))
+
+
+def simulate_halving(curves: dict[str, list[float]], rung: int, predicted_ms: dict[str, float], horizon: int | None = None) -> tuple[str, list[dict]]:
     """The plan successive halving keeps when the first round trains ``rung`` epochs, replayed on learning curves.
 
     ``curves[name][e - 1]`` is the validation score after epoch ``e`` of one
     long run. A real round restarts the learning-rate schedule for its own
     length, so the replay is an approximation: the order of plans at epoch
     ``e`` of a long run, not of a run that ends at ``e``. Rounds that would
-    train past the curves' length stop at their end.
+    train past the curves' length stop at their end. With ``horizon`` the plans
+    are ranked by :func:`extrapolated` scores at that epoch instead of the best so far.
     """
     alive = list(curves)
     length = min(len(c) for c in curves.values())
     trained, rounds = 0, []
     while len(alive) > 1:
         trained = min(trained + rung, length)
-        scores = {n: best_so_far(curves[n], trained) for n in alive}
+        scores = {n: extrapolated(curves[n], trained, horizon) if horizon else best_so_far(curves[n], trained) for n in alive}
         ranked = rank(alive, scores, predicted_ms)
         rounds.append({"epochs": trained, "valid_mAP50": {n: scores[n] for n in ranked}})
         alive = survivors(ranked)
