@@ -165,26 +165,40 @@ def optimise_rounding(folded: np.ndarray, scale: np.ndarray, patches: np.ndarray
     return chosen, {"error_nearest": before, "error_adaround": after, "changed": float(np.mean(chosen != q_near))}
 
 
-def layer_patches(model, index: int, batches: list[np.ndarray], depthwise: bool, rng: np.random.Generator) -> np.ndarray:
-    """``PATCHES`` input patches of convolution ``index`` (as its kernel reads them), sampled over the calibration images."""
+def layer_patches(model, layers: dict[int, bool], batches: list[np.ndarray], rng: np.random.Generator, batch: int = 8) -> dict[int, np.ndarray]:
+    """For each convolution ``index -> depthwise``: ``PATCHES`` input patches (as its kernel reads them) over the calibration images.
+
+    One graph-mode pass of the float model per ``batch`` images gives every
+    layer's input at once; each layer keeps an equal share of random patch
+    positions from every image. Plain layers: ``(N, kh * kw * cin)``;
+    depthwise ones: ``(N, kh * kw, C)``.
+    """
     from yolo3.kerasenv import keras, tf
     from yolo3.names import conv_name
 
-    layer = model.get_layer(conv_name(index))
-    feed = keras.Model(model.inputs, layer.input)
-    kh, kw = layer.kernel_size
-    sh, sw = layer.strides
-    per_image = max(1, PATCHES // len(batches))
-    out = []
-    for image in batches:
-        x = feed(image, training=False)
-        p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, 1, 1, 1], layer.padding.upper()).numpy()
-        p = p.reshape(-1, p.shape[-1])
-        out.append(p[rng.choice(len(p), min(per_image, len(p)), replace=False)])
-    patches = np.concatenate(out)
-    if depthwise:  # (row, col, channel) order -> (N, kh*kw, C)
-        return patches.reshape(len(patches), kh * kw, -1)
-    return patches
+    convs = {i: model.get_layer(conv_name(i)) for i in layers}
+    feed = keras.Model(model.inputs, [c.input for c in convs.values()])
+    run = tf.function(lambda x: feed(x, training=False))
+    per_image = max(1, PATCHES // max(len(batches), 1))
+    kept: dict[int, list[np.ndarray]] = {i: [] for i in convs}
+    for start in range(0, len(batches), batch):
+        x = np.concatenate(batches[start : start + batch])
+        outs = run(tf.constant(x))
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        for (i, layer), out in zip(convs.items(), outs):
+            kh, kw = layer.kernel_size
+            sh, sw = layer.strides
+            p = tf.image.extract_patches(out, [1, kh, kw, 1], [1, sh, sw, 1], [1, 1, 1, 1], layer.padding.upper()).numpy()
+            p = p.reshape(len(x), -1, p.shape[-1])
+            take = min(per_image, p.shape[1])
+            for image in p:
+                kept[i].append(image[rng.choice(len(image), take, replace=False)])
+    out = {}
+    for i, layer in convs.items():
+        patches = np.concatenate(kept[i]).astype(np.float32)
+        kh, kw = layer.kernel_size
+        out[i] = patches.reshape(len(patches), kh * kw, -1) if layers[i] else patches  # depthwise: (row, col, channel) -> (N, kh*kw, C)
+    return out
 
 
 def adaround(model, spec: Spec, weights: DarknetWeights, batches: list[np.ndarray], iterations: int = ITERATIONS, log=None,
@@ -198,24 +212,28 @@ def adaround(model, spec: Spec, weights: DarknetWeights, batches: list[np.ndarra
     infos = analyse(spec)
     rng = np.random.default_rng(seed)
     convs, layers, t0 = dict(weights.convs), [], time.perf_counter()
+    rounded: dict[int, bool] = {}  # index -> depthwise
     for i in spec.conv_indices():
         p = conv_params(spec.layers[i])
-        cin = infos[i].in_shape[2]
-        depthwise = p.groups > 1 and p.groups == cin == p.filters
+        depthwise = p.groups > 1 and p.groups == infos[i].in_shape[2] == p.filters
         if p.groups > 1 and not depthwise:
             layers.append({"layer": f"conv_{i}", "skipped": "grouped convolution"})
-            continue
+        else:
+            rounded[i] = depthwise
+    patches = layer_patches(model, rounded, batches, rng)
+    for i, depthwise in rounded.items():
+        p = conv_params(spec.layers[i])
         w = convs[i]
         folded, factor = fold(w)
         scale = channel_scales(folded)
         flat = folded.reshape(-1, p.filters)  # (kh*kw*cin, C); depthwise: (kh*kw, C)
-        patches = layer_patches(model, i, batches, depthwise, rng)
-        q, info = optimise_rounding(flat, scale, patches, depthwise, iterations, seed + i)
+        q, info = optimise_rounding(flat, scale, patches.pop(i), depthwise, iterations, seed + i)
         convs[i] = write_back(w, q.reshape(folded.shape), scale, factor)
         layers.append({"layer": f"conv_{i}", **info})
         if log:
             log(f"   AdaRound conv_{i}: output error {info['error_nearest']:.3g} -> {info['error_adaround']:.3g} (relative), "
                 f"{info['changed']:.1%} of the weights rounded the other way")  # fmt: skip
+    layers.sort(key=lambda r: int(r["layer"].removeprefix("conv_")))
     done = [r for r in layers if "skipped" not in r]
     return weights.with_convs(convs), {"layers": layers, "iterations": iterations, "images": len(batches),
                                        "improved": sum(r["error_adaround"] < r["error_nearest"] for r in done),
