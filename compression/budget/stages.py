@@ -205,7 +205,11 @@ class LeversStage(CompressStage):
         measured = sorted([t["epoch_seconds"] for t in tried if t["epoch_seconds"]] + ([control["seconds"] / epochs] if control else []))
         epoch_seconds = measured[len(measured) // 2] if measured else None  # at the model's size, for the time budget
         if pick is None:
-            data["why"] = f"no variant stayed within half the floor ({half_floor:g} points) after {epochs} epochs"
+            if order:
+                data["why"] = f"no variant stayed within half the floor ({half_floor:g} points) after {epochs} epochs"
+            else:  # none was trained: none was worth its accuracy cost in time
+                data["why"] = (f"no variant was {100 * (MIN_GAIN - 1):.0f} % faster than the one before it as int8 ("
+                               + ", ".join(f"{'; '.join(t['names'])}: {t['speedup']:.2f}x" for t in timed) + ")")  # fmt: skip
             return {**self._none(ctx, data["why"], data), "epoch_seconds": epoch_seconds}
         shutil.copyfile(pick["model"], ctx.output("levered.h5"))
         why = f"the fastest variant within half the floor ({half_floor:g} points on validation after {epochs} epochs)"
@@ -702,7 +706,8 @@ class Floor(CompressStage):
                 times = time_models([ctx.input("baseline-int8.tflite")] + [path(o["file"]) for o in options], job.threads, 5, 5, job.options.progress,
                                     job.xnnpack)  # fmt: skip
             for o, ms in zip(options, times[1:]):
-                o["speedup"] = times[0] / ms
+                # the unpruned int8 model is the reference itself: timing it twice measures only the noise
+                o["speedup"] = 1.0 if o["file"] == "baseline-int8.tflite" else times[0] / ms
         wanted = job.describe_targets()
         if job.options.target is not None and job.options.target.extreme:
             planned = ctx.result("plan")["target"]
