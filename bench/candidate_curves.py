@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: does comparing compress's candidate plans after a few epochs pick the plan that is best after a full fine-tune?
 
-    python bench/candidate_curves.py -c bench/configs/bccd-yolov3-tiny.json --model runs/bccd-yolov3-tiny/best.h5 \\
-        --target-speedup 3 --epochs 20 --run-dir runs/curves-bccd --out bench/results/candidate-curves-bccd
+    python bench/candidate_curves.py -c bench/configs/raccoon-yolov3-tiny.json --model runs/raccoon-yolov3-tiny/best.h5 \\
+        --target-speedup 3 --epochs 12 --set compress.time_budget=50 --measurements-from runs/compress-raccoon-two \\
+        --run-dir runs/curves-raccoon --out bench/results/candidate-curves-raccoon
 
 Runs compress's own stages up to the plan (one plan per input size for the
 target), then fine-tunes every size's plan for ``--epochs`` epochs with the
@@ -11,7 +12,10 @@ every epoch, and scores each plan's best epoch on the test split. From these
 learning curves it replays successive halving (:mod:`compression.budget.halving`)
 with a first round of 1, 2, 3, 5 ... epochs and reports which plan each would
 keep, against the plan that is best after all ``--epochs`` (on validation, and
-on test). Nothing here is timed, so another job may run beside it.
+on test). The stages are built as compress builds them, so with the time budget
+of an earlier compress run of the same model (``--set compress.time_budget``)
+``--measurements-from`` reuses its measuring stages. Nothing after them is
+timed, so another job may run beside it.
 """
 
 from __future__ import annotations
@@ -137,12 +141,12 @@ def main(argv=None) -> int:
     from compression.pipeline import Pipeline
     from yolo3.config import load_config, parse_overrides
 
-    config = load_config(args.config, parse_overrides([*args.set, "compress.time_budget=0"]))
+    config = load_config(args.config, parse_overrides(args.set))
     targets = parse_targets(args.target_speedup, None, args.target_size, None)
     options = CompressOptions(target=targets[0], also=tuple(targets[1:]), run_dir=Path(args.run_dir), progress=False,
                               measurements_from=args.measurements_from)  # fmt: skip
     job = CompressJob(config, args.model, options)
-    stages = build_stages(options, budgeted=False)
+    stages = build_stages(options, budgeted=bool(config.compress.time_budget))  # as compress builds them: --measurements-from reuses its stages
     upto = [s.name for s in stages].index("plan") + 1
     pipeline = Pipeline(
         [*stages[:upto], curves_stage(args.epochs)], job.settings, job.run_dir, groups=GROUPS, log=log, services=job
