@@ -441,8 +441,13 @@ def test_convert_repair_keeps_the_better_int8_on_validation(exported, synthetic_
     assert steps["qat"]["epochs"] == 1 and steps["qat"]["start_ranges"] == ("mse" if refitted(steps["qat"]["on"]) else "minmax")
     assert steps["cle"]["pairs"] > 0 and all(s["latency_ms"] > 0 for s in steps.values())
     assert steps["ranges"]["on"] in ("none", "cle") and steps["ranges"]["activation_ranges"]["tensors"] > 0
-    best = max(steps.values(), key=lambda s: s["valid_mAP50"])["valid_mAP50"]
-    assert steps[repair["kept"]]["valid_mAP50"] == best and (repair["kept"] == "none" or steps[repair["kept"]]["valid_mAP50"] > steps["none"]["valid_mAP50"])
+    # a rung is kept only if it beats the best so far with 90 % confidence (paired bootstrap over the validation images)
+    judged = {k: s for k, s in steps.items() if "sure_gain_points" in s}
+    assert repair["confidence"] == 0.9 and judged and all(s["sure_gain_points"] <= s["gain_points"] for s in judged.values())
+    if repair["kept"] == "none":
+        assert not any(s["sure_gain_points"] > 0 and s["gain_points"] > 0 for s in judged.values())
+    else:
+        assert judged[repair["kept"]]["sure_gain_points"] > 0 and judged[repair["kept"]]["gain_points"] > 0
     assert "int8 repair (validation split)" in r.stdout and out.exists()
     for args, message in ((["--repair", "adaround9"], "unknown step"), (["--repair", "cle", "--format", "float16"], "--repair is for a plain int8")):
         bad = run("convert.py", "-c", str(config), *args, "--out", str(tmp_path / "x.tflite"))

@@ -172,6 +172,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "qat_epochs": Key(int, 2, "Quantization-aware training epochs of `convert.py --qat` / `finetune.py --qat` (TFMOT; keeps zeros and clusters).", range=AT_LEAST_ONE_EPOCH),
         "nms_classes_per_box": Key(int, 5, "In-model NMS (`convert --nms`): each box it keeps reports its K best classes (at most the class count; `count` then counts box-class entries). 1 is the SSD models' one class per box, which loses the boxes' other classes: YOLOv3-tiny int8 on coco128's 80 classes lost 2.0 points of mAP@0.5 against the numpy path with 1, none with 5.", range=Range(1, 100)),
         "adaround_iterations": Key(int, 1000, "`convert --repair adaround`: optimisation steps per convolution of AdaRound (learned up/down rounding of the int8 weights against the layer's float output on the calibration images).", range=Range(10, 100_000)),
+        "repair_confidence": Key(float, 0.9, "`convert --repair`: a rung is kept only if it beats the best so far on the validation split with this confidence (paired bootstrap over the images: its gain's lower quantile above 0); a gain the split cannot tell from noise keeps the simpler model. 0.5 = any measured gain.", range=Range(0.5, 1, hi_open=True)),
         "qat_learning_rate": Key(float, 1e-5, "Peak learning rate of quantization-aware training (a nudge around the rounding, not re-training).", range=RATE),
     },
     "test": {
