@@ -34,8 +34,7 @@ HORIZON = 60  # compress.finetune_epochs' default: the epochs the extrapolated r
 def curves_stage(epochs: int):
     """A stage (of this benchmark only) after the plan: every size's plan fine-tuned ``epochs`` epochs, validated each epoch."""
     from compression.budget.context import log
-    from compression.budget.stages import FINETUNE_READS, CompressStage, finetune_in, start_h5
-    from yolo3.names import conv_index
+    from compression.budget.stages import FINETUNE_READS, CompressStage, train_plan
 
     class Curves(CompressStage):
         name, title = "curves", "each input size's plan fine-tuned, validated after every epoch"
@@ -44,27 +43,12 @@ def curves_stage(epochs: int):
         writes = ("curves",)
 
         def run(self, ctx):
-            from compression.steps import prune_to_plan
-
             job = ctx.services
             plan = ctx.result("plan")
             out = {}
             for size in plan["sizes"]:
-                folder = ctx.output("curves") / str(size)
-                folder.mkdir(parents=True, exist_ok=True)
-                if not (folder / "pruned.h5").exists():
-                    kept = {conv_index(k): v for k, v in plan["kept"][str(size)].items()}
-                    prune_to_plan(start_h5(ctx), kept, size, folder / "pruned.h5", job.pruning())
                 log(f"   plan at {size}: {epochs} epochs")
-                tuned = finetune_in(
-                    ctx,
-                    folder / "pruned.h5",
-                    folder / "run",
-                    epochs,
-                    size,
-                    ctx.setting("pruning.finetune_learning_rate"),
-                    eval_every=1,
-                )
+                tuned = train_plan(ctx, size, ctx.output("curves") / str(size), epochs, eval_every=1)
                 by_epoch = {int(h["epoch"]): h.get("mAP50") for h in tuned["history"]}
                 test = job.evaluate(Path(tuned["best_model"]), "test", job.at_size(size))
                 out[str(size)] = {"valid_mAP50": [by_epoch.get(e) for e in range(1, epochs + 1)], "best_valid_mAP50": tuned["best_mAP50"],

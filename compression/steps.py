@@ -117,46 +117,64 @@ class Int8Files:
 
 
 def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], files: Int8Files, *, qat_epochs: int,
-                     score: Callable[[Path], float], progress: bool = True, ranges: bool = False, adaround_iterations: int = 0) -> dict:  # fmt: skip
+                     score: Callable[[Path], float], progress: bool = True, ranges: bool = False, adaround_iterations: int = 0,
+                     matches: Callable[[Path], list] | None = None, confidence: float = 0.5) -> dict:  # fmt: skip
     """Post-training int8, with ``ranges`` also with activation ranges by quantization error, with ``adaround_iterations``
     also with AdaRound's rounding of the weights, and with ``qat_epochs`` quantization-aware training; the best on ``score``
     (the validation split) is copied to ``files.final``.
 
+    Each is tried in that order and kept only if it beats the best so far: by
+    :func:`yolo3.resampling.sure_gain` with ``confidence`` when ``matches``
+    gives each file's matched detections (the repair ladder's rule), else by
+    any gain in ``score``; ties keep the plain post-training model.
     ``config`` is the run's config at input ``size``; QAT keeps the zeros and
-    clusters the model's record names and starts its activation ranges from
-    calibration images; the refitted ranges leave the weights as they are.
-    AdaRound is converted with the refitted ranges, and QAT starts from them,
-    when those beat min/max; AdaRound is not tried on a clustered model (it would undo the shared values).
-    Ties keep the plain post-training model.
+    clusters the model's record names; AdaRound is converted with the refitted
+    ranges, and QAT starts from them, when those were kept; AdaRound is not
+    tried on a clustered model (it would undo the shared values).
     """
     from yolo3.models import compression_info, load_model
+    from yolo3.resampling import sure_gain
 
     from .quantize.convert import ADAROUND_IMAGES, adarounded
     from .quantize.qat import qat_finetune
     from .quantize.tflite_export import ExportOptions, export_tflite
 
     loaded = load_model(model_h5)
+    results: dict[str, dict] = {}
+    paths = {"ptq": files.ptq, "qat": files.qat, "ranges": files.ranges, "adaround": files.adaround}
+    best = "ptq"
+
+    def judge(name: str, extra: dict) -> None:
+        nonlocal best
+        results[name] = {"valid": score(paths[name]), "file": paths[name].name, **extra}
+        if name == "ptq":
+            return
+        new, old = results[name], results[best]
+        if matches is not None:
+            measured, sure = sure_gain(matches(paths[best]), matches(paths[name]), old["valid"], new["valid"], confidence)
+        else:
+            measured = sure = 100.0 * (new["valid"] - old["valid"])
+        new.update(vs=best, gain_points=measured, sure_gain_points=sure)
+        if measured > 0 and sure > 0:
+            best = name
+
     export_tflite(model_h5, files.ptq, "int8", calibration, config.labels, size, loaded.spec)
-    results = {"ptq": {"valid": score(files.ptq), "file": files.ptq.name}}
-    paths = {"ptq": files.ptq, "qat": files.qat, "ranges": files.ranges}
+    judge("ptq", {})
     if ranges and files.ranges is not None:
         report = export_tflite(model_h5, files.ranges, "int8", calibration, config.labels, size, loaded.spec,
                                options=ExportOptions(activation_ranges="mse"))  # fmt: skip
-        results["ranges"] = {"valid": score(files.ranges), "file": files.ranges.name, "activation_ranges": report["activation_ranges"]}
+        judge("ranges", {"activation_ranges": report["activation_ranges"]})
     info = compression_info(model_h5)
-    with_ranges = "ranges" in results and results["ranges"]["valid"] > results["ptq"]["valid"]
+    with_ranges = best == "ranges"
     if adaround_iterations and files.adaround is not None and "clustering" not in info:
         done = adarounded(model_h5, loaded.spec, calibration[:ADAROUND_IMAGES], size, adaround_iterations, files.adaround_h5, info, progress)
         export_tflite(files.adaround_h5, files.adaround, "int8", calibration, config.labels, size, loaded.spec,
                       options=ExportOptions(activation_ranges="mse" if with_ranges else "minmax"))  # fmt: skip
-        results["adaround"] = {"valid": score(files.adaround), "file": files.adaround.name, "ranges": "mse" if with_ranges else "minmax",
-                               "layers_improved": done["improved"], "seconds": done["seconds"]}  # fmt: skip
-        paths["adaround"] = files.adaround
+        judge("adaround", {"ranges": "mse" if with_ranges else "minmax", "layers_improved": done["improved"], "seconds": done["seconds"]})
     if qat_epochs:
         trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64], refit_ranges=with_ranges)
         export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,
                       qat={"scheme": trained["scheme"], "weights": trained["weights"]})  # fmt: skip
-        results["qat"] = {"valid": score(files.qat), "scheme": trained["scheme"], "file": files.qat.name, "start_ranges": trained["start_ranges"]}
-    chosen = max(results, key=lambda k: results[k]["valid"])  # the first of equals: plain post-training
-    shutil.copyfile(paths[chosen], files.final)
-    return {"results": results, "chosen": chosen, "calibration_images": len(calibration)}
+        judge("qat", {"scheme": trained["scheme"], "start_ranges": trained["start_ranges"]})
+    shutil.copyfile(paths[best], files.final)
+    return {"results": results, "chosen": best, "calibration_images": len(calibration), "confidence": confidence if matches is not None else 0.5}

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 from test_opencv import opencv_outputs
+from test_resampling import random_set
 
 from conftest import SHARED, random_weights, require_shared
 from yolo3.darknet import read_weights, weights_to_bytes, write_weights
@@ -555,6 +556,7 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
 
     from compression.steps import Int8Files, int8_keep_better
     from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.metrics import match_detections
     from yolo3.models import save_model
 
     spec = parse_cfg(STEM + conv(16, 3, 2, groups=8) + conv(8, 1) + HEAD, "int8.cfg")
@@ -563,16 +565,25 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
     images = sorted(str(p) for p in (synthetic_valid / "images").glob("*.jpg"))[:3]
     config = SimpleNamespace(labels=["a", "b"])
     scores = {"ptq-int8.tflite": 0.5, "ranges-int8.tflite": 0.6, "adaround-int8.tflite": 0.7}
-    for clustered in (False, True):
-        folder = tmp_path / str(clustered)
+    # the same matched detections for every file: the score's gains are then nothing a paired bootstrap can confirm
+    records, detections = random_set(7)
+    same = match_detections(records, detections, 3)
+    for case in ("plain", "clustered", "unsure"):
+        folder = tmp_path / case
         folder.mkdir()
-        save_model(model, spec, folder / "m.h5", {"clustering": {"clusters": 8}} if clustered else None)
+        save_model(model, spec, folder / "m.h5", {"clustering": {"clusters": 8}} if case == "clustered" else None)
         files = Int8Files(*(folder / n for n in ("ptq-int8.tflite", "qat", "qat-int8.tflite", "final.tflite", "ranges-int8.tflite", "adaround.h5",
                                                   "adaround-int8.tflite")))  # fmt: skip
+        judged = {"matches": lambda p: same, "confidence": 0.9} if case == "unsure" else {}
         result = int8_keep_better(config, folder / "m.h5", 64, images, files, qat_epochs=0, score=lambda p: scores[p.name], progress=False,
-                                  ranges=not clustered, adaround_iterations=10)  # fmt: skip
-        if clustered:
+                                  ranges=case != "clustered", adaround_iterations=10, **judged)  # fmt: skip
+        if case == "clustered":
             assert set(result["results"]) == {"ptq"} and not files.adaround_h5.exists()
-        else:
+        elif case == "plain":
             assert result["chosen"] == "adaround" and result["results"]["adaround"]["ranges"] == "mse"
             assert files.final.read_bytes() == files.adaround.read_bytes() and files.adaround_h5.exists()
+        else:  # measured +10 points each, sure 0: plain post-training kept, AdaRound converted with min/max
+            r = result["results"]
+            assert result["chosen"] == "ptq" and result["confidence"] == 0.9 and r["adaround"]["ranges"] == "minmax"
+            assert r["ranges"]["gain_points"] == pytest.approx(10) and r["ranges"]["sure_gain_points"] == 0 and r["adaround"]["vs"] == "ptq"
+            assert files.final.read_bytes() == files.ptq.read_bytes()

@@ -8,7 +8,7 @@ import pytest
 from yolo3.datasets import Record
 from yolo3.metrics import evaluate_detections, match_detections
 from yolo3.postprocess import Detections
-from yolo3.resampling import loss_bound, paired_map_loss, weighted_map50
+from yolo3.resampling import loss_bound, paired_map_loss, sure_gain, weighted_map50
 
 CLASSES = 3
 
@@ -72,3 +72,16 @@ def test_unmatched_image_sets_are_refused():
     ref = match_detections(records, detections, CLASSES)
     with pytest.raises(ValueError):
         paired_map_loss(ref, match_detections(records[:-1], detections[:-1], CLASSES))
+
+
+def test_a_gain_is_sure_only_when_the_bootstrap_confirms_it():
+    """sure_gain: nothing against itself, never above the measured gain, positive for a clearly better model, as measured at 0.5."""
+    records, good = random_set(5, images=20, noise=2.0)
+    _, bad = random_set(5, images=20, noise=12.0)
+    better, worse = match_detections(records, good, CLASSES), match_detections(records, bad, CLASSES)
+    m_good, m_bad = (weighted_map50(m, np.ones((1, 20)))[0] for m in (better, worse))
+    assert sure_gain(worse, worse, m_bad, m_bad, 0.9) == (0.0, 0.0)
+    measured, sure = sure_gain(worse, better, m_bad, m_good, 0.9)
+    assert measured == pytest.approx(100 * (m_good - m_bad)) and 0 < sure < measured
+    assert sure_gain(worse, better, m_bad, m_good, 0.5) == (measured, measured)
+    assert sure_gain(better, worse, m_good, m_bad, 0.9)[1] < 0

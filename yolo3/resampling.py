@@ -85,3 +85,19 @@ def paired_map_loss(
 def loss_bound(samples: np.ndarray, confidence: float) -> float:
     """The loss (points) not exceeded with ``confidence``: the bootstrap quantile."""
     return float(np.quantile(samples, confidence))
+
+
+def sure_gain(best: Sequence[ClassMatches], tried: Sequence[ClassMatches], best_map50: float, tried_map50: float,
+              confidence: float) -> tuple[float, float]:  # fmt: skip
+    """(measured gain, gain reached with ``confidence``) in mAP@0.5 points of ``tried`` over ``best`` on the same images.
+
+    The second is the lower bootstrap quantile of the gain (never above the
+    measured one); a model is better with that confidence when both are above 0.
+    ``confidence`` 0.5 takes the measured gain as it is. One rule for every
+    "keep the better model" choice (the repair ladder, compress's int8 stage):
+    on BCCD's 87 validation images a +0.1-point QAT "gain" was 0.8 points worse on test.
+    """
+    measured = 100.0 * (tried_map50 - best_map50)
+    if confidence <= 0.5:
+        return measured, measured
+    return measured, min(measured, -loss_bound(paired_map_loss(best, tried), confidence))

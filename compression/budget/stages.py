@@ -58,6 +58,16 @@ def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size:
             "replicas": result["replicas"]}  # fmt: skip
 
 
+def train_plan(ctx: StageContext, size: int, folder: Path, epochs: int, eval_every: int | None = None) -> dict:
+    """The plan's model at input ``size`` pruned once into ``folder`` and fine-tuned there to ``epochs`` (resumes a run begun there)."""
+    from ..steps import prune_to_plan
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "pruned.h5").exists():
+        kept = {conv_index(k): v for k, v in ctx.result("plan")["kept"][str(size)].items()}
+        prune_to_plan(start_h5(ctx), kept, size, folder / "pruned.h5", ctx.services.pruning())
+    return finetune_in(ctx, folder / "pruned.h5", folder / "run", epochs, size, ctx.setting("pruning.finetune_learning_rate"), eval_every)
+
 # the runtime every timing is made on (or the board's latency table that replaces it): a change redoes each stage that times
 RUNTIME_READS = ("compress.threads", "compress.xnnpack", "run.latency_table")
 FINETUNE_READS = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "pruning.finetune_learning_rate")
@@ -373,7 +383,6 @@ class Candidates(CompressStage):
     writes = ("candidates",)
 
     def run(self, ctx: StageContext) -> dict:
-        from ..steps import prune_to_plan
         from .halving import rank, survivors
 
         job = ctx.services
@@ -398,13 +407,8 @@ class Candidates(CompressStage):
         while True:  # successive halving: every plan trains `epochs`, the better half `epochs` more, ... until one is left
             trained += epochs
             for size in alive:
-                folder = ctx.output("candidates") / str(size)
-                folder.mkdir(parents=True, exist_ok=True)
-                if not (folder / "pruned.h5").exists():
-                    kept = {conv_index(k): v for k, v in plan["kept"][str(size)].items()}
-                    prune_to_plan(start_h5(ctx), kept, size, folder / "pruned.h5", job.pruning())
                 log(f"   candidate at {size}: to {trained} epochs")
-                tuned = finetune_in(ctx, folder / "pruned.h5", folder / "run", trained, size, ctx.setting("pruning.finetune_learning_rate"))
+                tuned = train_plan(ctx, size, ctx.output("candidates") / str(size), trained)
                 runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": plan["predicted_ms"][str(size)],
                                    "epochs": trained, "epoch_seconds": tuned["seconds"] / epochs}  # fmt: skip
             order = rank([str(s) for s in alive], {str(s): runs[str(s)]["mAP50"] for s in alive}, plan["predicted_ms"])
@@ -555,11 +559,11 @@ class ClusterFinetune(CompressStage):
 
 
 class Int8(CompressStage):
-    name, title = "int8", "post-training int8 (min/max and refitted activation ranges, AdaRound) and quantization-aware training; the best on validation is plan-int8.tflite"
+    name, title = "int8", "post-training int8 (min/max and refitted activation ranges, AdaRound) and quantization-aware training, each kept only if it beats the best so far on validation with quantization.repair_confidence; the kept one is plan-int8.tflite"
     reads = ("@data", "@train", "compress.qat", "compress.int8_ranges", "compress.int8_adaround", "compress.calibration_samples", "quantization.*")
     needs = ("baseline", "plan", "candidates", "finetune", "cluster", "cluster-finetune")
     writes = ("ptq-int8.tflite", "ranges-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
-    version = 3  # 2: also activation ranges by quantization error; 3: also AdaRound
+    version = 4  # 2: also activation ranges by quantization error; 3: also AdaRound; 4: a step kept only if it wins with quantization.repair_confidence
 
     def run(self, ctx: StageContext) -> dict:
         from ..steps import Int8Files, int8_keep_better
@@ -574,23 +578,36 @@ class Int8(CompressStage):
         adaround = ctx.setting("quantization.adaround_iterations") if ctx.setting("compress.int8_adaround") else 0
         result = int8_keep_better(config, start, size, job.calibration(), files, qat_epochs=qat_epochs,
                                   score=lambda p: job.evaluate(p, "valid", config)["mAP50"], progress=job.options.progress,
-                                  ranges=ctx.setting("compress.int8_ranges"), adaround_iterations=adaround)  # fmt: skip
+                                  ranges=ctx.setting("compress.int8_ranges"), adaround_iterations=adaround,
+                                  matches=lambda p: job.matches(p, "valid", config), confidence=ctx.setting("quantization.repair_confidence"))  # fmt: skip
         return {"start": start.name, **result}
 
     def report_rows(self, ctx, result):
+        tried = result["results"]
+
+        def verdict(name: str) -> str:
+            r = tried[name]
+            if "gain_points" not in r:
+                return ""
+            kept = "kept" if result["chosen"] == name else "not kept"
+            return f"; {kept}: {r['gain_points']:+.2f} points over {r['vs']} on validation" + (
+                f" ({r['sure_gain_points']:+.2f} with {100 * result['confidence']:.0f} % confidence)" if result.get("confidence", 0.5) > 0.5 else "")
+
         rows = [{"stage": "int8, post-training", "file": "ptq-int8.tflite", "note": "calibrated on training images", "arch": "final"}]
-        if "ranges" in result["results"]:
-            r = result["results"]["ranges"]["activation_ranges"]
+        if "ranges" in tried:
+            r = tried["ranges"]["activation_ranges"]
             rows.append({"stage": "int8, refitted activation ranges", "file": "ranges-int8.tflite", "arch": "final",
-                         "note": f"{r['narrowed']} of {r['tensors']} ranges narrowed by quantization error"})  # fmt: skip
-        if "adaround" in result["results"]:
-            r = result["results"]["adaround"]
+                         "note": f"{r['narrowed']} of {r['tensors']} ranges narrowed by quantization error" + verdict("ranges")})  # fmt: skip
+        if "adaround" in tried:
+            r = tried["adaround"]
             rows.append({"stage": "int8, AdaRound", "file": "adaround-int8.tflite", "arch": "final",
-                         "note": f"learned rounding of the weights ({r['layers_improved']} layers improved), activation ranges {r['ranges']}"})  # fmt: skip
-        if "qat" in result["results"]:
-            q = result["results"]["qat"]
+                         "note": f"learned rounding of the weights ({r['layers_improved']} layers improved), activation ranges {r['ranges']}"
+                         + verdict("adaround")})  # fmt: skip
+        if "qat" in tried:
+            q = tried["qat"]
             rows.append({"stage": "int8, quantization-aware training", "file": "qat-int8.tflite", "arch": "final",
-                         "note": f"{q['scheme']}, activation ranges started at {'the refitted ranges' if q.get('start_ranges') == 'mse' else 'min/max'}"})  # fmt: skip
+                         "note": f"{q['scheme']}, activation ranges started at {'the refitted ranges' if q.get('start_ranges') == 'mse' else 'min/max'}"
+                         + verdict("qat")})  # fmt: skip
         return rows
 
 
