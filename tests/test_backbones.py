@@ -416,3 +416,154 @@ def test_builtin_yolov3_mobilenetv3_is_the_suites_cfg_and_builds(tmp_path):
     model = build_model(small)
     set_darknet_weights(model, small, weights)
     assert [tuple(o.shape[1:3]) for o in model.outputs] == [(2, 2), (4, 4), (8, 8)]
+
+
+# EfficientNet's MBConv as AlexeyAB's cfgs write it (the suite's yolov3tiny-efficientnetB0.cfg): expand, depthwise, SE as
+# [avgpool] + two 1x1 convolutions with biases + [scale_channels] from=-4, project, residual.
+MBCONV = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=swish
+
+[convolutional]
+batch_normalize=1
+filters=32
+size=1
+stride=1
+pad=0
+activation=swish
+
+[convolutional]
+batch_normalize=1
+groups=32
+filters=32
+size=3
+stride=1
+pad=1
+activation=swish
+
+[avgpool]
+
+[convolutional]
+filters=8
+size=1
+stride=1
+activation=swish
+
+[convolutional]
+filters=32
+size=1
+stride=1
+activation=logistic
+
+[scale_channels]
+from=-4
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=0
+activation=linear
+
+[shortcut]
+from=-8
+activation=linear
+
+""" + HEAD
+
+
+def test_avgpool_and_scale_channels_match_opencv_and_their_counts(tmp_path):
+    """[avgpool] + [scale_channels] (EfficientNet's SE) against OpenCV DNN, which reads both; shapes, parameters and MACs as
+    Darknet counts them (the SE's 1x1 convolutions with biases, the product one multiply per element); .weights round trip."""
+    from test_light import check_against_opencv
+
+    from yolo3.spec import analyse, parse_cfg
+
+    spec = parse_cfg(MBCONV, "mbconv.cfg")
+    infos = analyse(spec)
+    assert infos[3].out_shape == (1, 1, 32) and infos[6].out_shape == (32, 32, 32) and infos[6].inputs == (5, 2)
+    assert (infos[4].params, infos[5].params, infos[6].macs) == (32 * 8 + 8, 8 * 32 + 32, 32 * 32 * 32)
+    weights = random_weights(spec, seed=5)
+    assert check_against_opencv(spec, weights, tmp_path) < 1e-3
+    assert_weights_round_trip(spec, weights, tmp_path)
+
+
+def test_pruning_an_mbconv_keeps_the_scaled_channels_and_the_model_equal():
+    """The channels [scale_channels] multiplies (expand + depthwise) and the excitation's stay whole; the residual's are pruned,
+    and with only zero-scale channels removed the model computes the same."""
+    from compression.prune.surgery import channel_groups, prune_channels
+    from yolo3.darknet import ConvWeights
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import parse_cfg
+
+    spec = parse_cfg(MBCONV, "mbconv.cfg")
+    groups = {g.id: g for g in channel_groups(spec)}
+    assert groups[0].members == [0, 7] and groups[0].prunable
+    assert not groups[1].prunable and 2 in groups[1].members and not groups[5].prunable and groups[4].prunable
+    weights = random_weights(spec, seed=2)
+    dead = [3, 7]
+    for i in (0, 7):
+        gamma = weights.convs[i].bn[0].copy()
+        gamma[dead] = 0.0
+        weights.convs[i] = ConvWeights(weights.convs[i].kernel, None, (gamma, *weights.convs[i].bn[1:]))
+    keep = np.ones(16, bool)
+    keep[dead] = False
+    result = prune_channels(spec, weights, {0: keep})
+    assert result.weights.convs[7].kernel.shape[-1] == 14 and result.weights.convs[1].kernel.shape[2] == 14
+    original, pruned = build_model(spec), build_model(result.spec)
+    set_darknet_weights(original, spec, weights)
+    set_darknet_weights(pruned, result.spec, result.weights)
+    image = np.random.RandomState(0).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    assert np.abs(original.predict(image, verbose=0) - pruned.predict(image, verbose=0)).max() < 1e-4
+
+
+def test_mbconv_as_int8_its_memory_count_and_latency_probes(tmp_path):
+    """int8 conversion (MEAN and MUL for the SE), the planner's RAM count against the file, and the latency model's probes of
+    [avgpool] and [scale_channels] (at their own channels) build."""
+    from compression.budget.latency_model import block_items
+    from compression.budget.latency_worker import block_model
+    from compression.budget.memory_model import estimated_peak
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import parse_cfg
+    from yolo3.tflite_memory import memory_report
+
+    spec = parse_cfg(MBCONV, "mbconv.cfg")
+    model = build_model(spec)
+    set_darknet_weights(model, spec, random_weights(spec, seed=1))
+    _int8(model, tmp_path / "m.tflite")
+    report = memory_report(tmp_path / "m.tflite")
+    assert report["operator_counts"].get("MEAN") == 1 and report["operator_counts"].get("MUL", 0) >= 1
+    assert abs(estimated_peak(spec, 64) - report["peak_activation_bytes"]) <= 0.02 * report["peak_activation_bytes"], report
+    items = [it for it in block_items(spec, [64, 32], 64, levels=(1.0, 0.5)) if spec.layers[it.layer].type in ("avgpool", "scale_channels")]
+    assert {spec.layers[it.layer].type for it in items} == {"avgpool", "scale_channels"}
+    for it in items:
+        assert all(s[2] == 32 for s in it.in_shapes)
+        built = block_model(spec, it.layer, [list(s) for s in it.in_shapes], it.filters)
+        assert built.output.shape[-1] == 32
+
+
+@pytest.mark.parametrize(
+    "cfg_edit, message",
+    [
+        (lambda t: t.replace("from=-4", "from=-2"), "[scale_channels] scales layer 4 (1, 1, 8) by layer 5 (1, 1, 32)"),
+        (lambda t: t.replace("from=-4", "from=-4\nscale_wh=1"), "scale_wh=1"),
+        (lambda t: t.replace("from=-4", "from=-4,-5"), "[scale_channels] needs exactly one layer"),
+    ],
+)
+def test_malformed_scale_channels_ends_in_one_line_naming_the_line(cfg_edit, message):
+    from yolo3.errors import UserError
+    from yolo3.spec import parse_cfg
+
+    with pytest.raises(UserError) as err:
+        parse_cfg(cfg_edit(MBCONV), "mbconv.cfg")
+    assert message in str(err.value) and "mbconv.cfg" in str(err.value) and "line" in str(err.value), str(err.value)

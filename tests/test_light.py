@@ -54,6 +54,11 @@ CONSTRUCTS = {
     "route-groups-of-two": conv(16) + "[route]\nlayers=-1,-2\ngroups=4\ngroup_id=2\n",
     "shortcut-leaky": conv(8) + "[shortcut]\nfrom=-2\nactivation=leaky\n",
     "shortcut-relu": conv(8, activation="linear") + "[shortcut]\nfrom=-2\nactivation=relu\n",
+    # AlexeyAB's shortcut between widths (EfficientNet YOLO cfgs): the previous layer's channels, the other added where it has them
+    "shortcut-from-wider": conv(16) + conv(8, 1) + "[shortcut]\nfrom=-2\nactivation=linear\n",
+    "shortcut-from-narrower": conv(16, 1) + "[shortcut]\nfrom=-2\nactivation=leaky\n",
+    "avgpool-scale-channels": conv(8, groups=8, activation="swish") + "[avgpool]\n" + conv(4, 1, activation="swish", bn=0)
+    + conv(8, 1, activation="logistic", bn=0) + "[scale_channels]\nfrom=-4\n",
     "maxpool-3-2": "[maxpool]\nsize=3\nstride=2\n",
     "maxpool-3-1": "[maxpool]\nsize=3\nstride=1\n",
     "maxpool-2-2": "[maxpool]\nsize=2\nstride=2\n",

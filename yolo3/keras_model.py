@@ -43,7 +43,7 @@ import numpy as np
 from .darknet import ConvWeights, DarknetWeights, Header
 from .errors import UserError
 from .kerasenv import keras
-from .layers import ChannelSlice, DarknetMaxPool, HardSigmoid, HardSwish, Mish
+from .layers import ChannelPad, ChannelSlice, DarknetMaxPool, HardSigmoid, HardSwish, Mish
 from .names import bn_name, conv_name, layer_name
 from .spec import (
     Spec,
@@ -53,6 +53,7 @@ from .spec import (
     maxpool_params,
     route_group,
     route_inputs,
+    scale_channels_input,
     se_params,
     shortcut_activation,
     shortcut_input,
@@ -144,7 +145,13 @@ def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool =
             sources.append(src)
         return sources[0] if len(sources) == 1 else layers.Concatenate(axis=-1, name=layer_name("route", i))(sources)
     if block.type == "shortcut":
-        x = layers.Add(name=layer_name("shortcut", i))([x, outs[shortcut_input(spec, i)]])
+        other = outs[shortcut_input(spec, i)]
+        c, c_other = int(x.shape[-1]), int(other.shape[-1])
+        if c_other > c:  # AlexeyAB's [shortcut] between different widths: the output keeps the previous layer's channels
+            other = ChannelSlice(0, c, name=layer_name("group", f"{i}_0"))(other)
+        elif c_other < c:
+            other = ChannelPad(c - c_other, name=layer_name("pad", f"{i}_0"))(other)
+        x = layers.Add(name=layer_name("shortcut", i))([x, other])
         return apply_activation(x, shortcut_activation(block), i)
     if block.type == "se":  # the suite's SE: pool, FC (ReLU), FC, hard sigmoid, scale; no biases
         channels, hidden = se_params(block, int(x.shape[-1]))
@@ -155,6 +162,10 @@ def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool =
         s = layers.Conv2D(channels, 1, use_bias=False, name=layer_name("se_fc2", i))(s)
         s = HardSigmoid(name=layer_name("h_sigmoid", i))(s)
         return layers.Multiply(name=layer_name("se", i))([x, s])
+    if block.type == "avgpool":  # global: one value per channel, kept as a 1x1 map for the 1x1 convolutions that follow
+        return layers.GlobalAveragePooling2D(keepdims=True, name=layer_name("avgpool", i))(x)
+    if block.type == "scale_channels":
+        return layers.Multiply(name=layer_name("scale_channels", i))([outs[scale_channels_input(spec, i)], x])
     if block.type == "yolo":
         return x  # decoding happens outside the model
     raise spec.error(i, f"unsupported layer type [{block.type}]")  # pragma: no cover - the Spec parser rejects other types

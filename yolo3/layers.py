@@ -31,6 +31,24 @@ class ChannelSlice(keras.layers.Layer):
 
 
 @keras.utils.register_keras_serializable(package="yolo3")
+class ChannelPad(keras.layers.Layer):
+    """``extra`` zero channels appended: a [shortcut] from a layer with fewer channels adds nothing to the others (AlexeyAB)."""
+
+    def __init__(self, extra: int, **kwargs):
+        super().__init__(**kwargs)
+        self.extra = int(extra)
+
+    def call(self, inputs):
+        return tf.pad(inputs, [[0, 0], [0, 0], [0, 0], [0, self.extra]])
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + self.extra)
+
+    def get_config(self):
+        return {**super().get_config(), "extra": self.extra}
+
+
+@keras.utils.register_keras_serializable(package="yolo3")
 class DarknetMaxPool(keras.layers.Layer):
     """Darknet's [maxpool]: ``padding // 2`` rows/columns before, the rest after, padded positions never win.
 

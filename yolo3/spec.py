@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import UserError
 
-BLOCK_TYPES = ("net", "convolutional", "depthwise", "se", "shortcut", "route", "upsample", "maxpool", "dropout", "yolo")
+BLOCK_TYPES = ("net", "convolutional", "depthwise", "se", "avgpool", "scale_channels", "shortcut", "route", "upsample", "maxpool", "dropout", "yolo")
 ACTIVATIONS = ("leaky", "linear", "relu", "relu6", "mish", "swish", "logistic", "h_swish")
 PASS_THROUGH = ("upsample", "maxpool", "dropout")  # one input, same channels (order kept)
 
@@ -369,6 +369,24 @@ def shortcut_input(spec: Spec, index: int) -> int:
     return _resolve(index, refs[0], "from")
 
 
+def scale_channels_input(spec: Spec, index: int) -> int:
+    """The layer a [scale_channels] scales (its ``from``); the layer before it gives one factor per channel.
+
+    AlexeyAB's form of squeeze-and-excitation (EfficientNet cfgs): ``[avgpool]``,
+    two 1x1 convolutions, then ``[scale_channels] from=-4``. Only the plain
+    per-channel product is supported (no ``scale_wh``, linear activation), as OpenCV reads it.
+    """
+    block = spec.layers[index]
+    refs = block.get_ints("from")
+    if len(refs) != 1:
+        raise ValueError("[scale_channels] needs exactly one layer in 'from'")
+    if block.get_int("scale_wh", 0):
+        raise ValueError("[scale_channels] scale_wh=1 (scaling by a spatial map) is not supported")
+    if block.get_str("activation", "linear") not in ("linear", "none"):
+        raise ValueError("[scale_channels] activation other than linear is not supported")
+    return _resolve(index, refs[0], "from")
+
+
 def shortcut_activation(block: Block) -> str:
     activation = block.get_str("activation", "linear")
     if activation == "none":  # as in conv_params
@@ -491,6 +509,14 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
         _, hidden = se_params(block, c)
         weights = 2 * c * hidden
         return LayerInfo(i, block.type, src, prev, prev, weights, weights, weights + h * w * c)
+    if block.type == "avgpool":  # Darknet's [avgpool] is global: one value per channel
+        return LayerInfo(i, block.type, src, prev, (1, 1, c))
+    if block.type == "scale_channels":
+        j = scale_channels_input(spec, i)
+        scaled = infos[j].out_shape
+        if prev != (1, 1, scaled[2]):
+            raise ValueError(f"[scale_channels] scales layer {j} {scaled} by layer {i - 1} {prev}: that needs one value per channel (1, 1, {scaled[2]})")
+        return LayerInfo(i, block.type, (i - 1, j), prev, scaled, macs=scaled[0] * scaled[1] * scaled[2])
     if block.type == "route":
         inputs = route_inputs(spec, i)
         groups, _ = route_group(block)
@@ -502,10 +528,10 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
                 raise ValueError(f"[route] groups={groups} does not divide the {s[2]} channels of layer {j}")
         out = (shapes[0][0], shapes[0][1], sum(s[2] // groups for s in shapes))
         return LayerInfo(i, block.type, tuple(inputs), shapes[0], out)
-    if block.type == "shortcut":
+    if block.type == "shortcut":  # AlexeyAB's: the output has the previous layer's channels, the other added where it has them
         j = shortcut_input(spec, i)
-        if infos[j].out_shape != prev:
-            raise ValueError(f"[shortcut] adds layer {j} {infos[j].out_shape} to layer {i - 1} {prev}: shapes differ")
+        if infos[j].out_shape[:2] != prev[:2]:
+            raise ValueError(f"[shortcut] adds layer {j} {infos[j].out_shape} to layer {i - 1} {prev}: sizes differ")
         return LayerInfo(i, block.type, (i - 1, j), prev, prev)
     if block.type == "yolo":
         anchors, mask = yolo_anchors(block)
@@ -555,6 +581,10 @@ def layer_table(spec: Spec, infos: list[LayerInfo]) -> str:
             rows.append(f"{info.index:5d} dropout       p = {dropout_probability(block):.3f}  {io}")
         elif info.type == "se":
             rows.append(f"{info.index:5d} se        {ic:5d}->{se_params(block, ic)[1]}->{ic:<5d}  {io}  {2 * info.macs / 1e9:7.3f}")
+        elif info.type == "avgpool":
+            rows.append(f"{info.index:5d} avg                         {io}")
+        elif info.type == "scale_channels":
+            rows.append(f"{info.index:5d} scale Layer: {info.inputs[1]:<3d}          {io}  {2 * info.macs / 1e9:7.3f}")
         elif info.type == "route":
             groups, group_id = route_group(block)
             part = f" {group_id}/{groups}" if groups > 1 else ""

@@ -40,7 +40,7 @@ from .kerasenv import keras, tf
 from .loss import LossSettings, yolo_loss
 from .names import conv_name, find_layer, layer_index
 from .pipeline import PipelineSettings, make_dataset
-from .spec import Spec, heads, route_inputs, shortcut_input
+from .spec import Spec, heads, route_inputs, scale_channels_input, shortcut_input
 from .targets import head_layout
 
 
@@ -79,6 +79,8 @@ def shared_layers(spec: Spec) -> set[int]:
                 stack.extend(route_inputs(spec, j))
             elif block.type == "shortcut":
                 stack.extend([j - 1, shortcut_input(spec, j)])
+            elif block.type == "scale_channels":
+                stack.extend([j - 1, scale_channels_input(spec, j)])
             else:
                 stack.append(j - 1)
         return seen

@@ -50,7 +50,7 @@ from yolo3.spec import Block, Spec, analyse, format_cfg, route_inputs, set_filte
 from ..prune.surgery import channel_groups, tied_depthwise
 from ..subprocesses import failure_reason, run_module
 
-COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut", "se")
+COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut", "se", "avgpool", "scale_channels")
 LEVELS = (1.0, 0.5, 0.25, 0.125)
 
 
@@ -64,8 +64,14 @@ class BlockShape:
     out_shape: tuple[int, int, int]
 
     @property
+    def pixels(self) -> int:
+        """The pixels its time follows: the output's, but the input's for a global [avgpool] (its output is one pixel)."""
+        h, w = self.in_shapes[0][:2] if self.type == "avgpool" else self.out_shape[:2]
+        return h * w
+
+    @property
     def features(self) -> list[float]:
-        return block_features(self.type, self.out_shape[0] * self.out_shape[1], sum(s[2] for s in self.in_shapes), self.out_shape[2])
+        return block_features(self.type, self.pixels, sum(s[2] for s in self.in_shapes), self.out_shape[2])
 
 
 def block_features(kind: str, pixels: int, cin: int, cout: int) -> list[float]:
@@ -90,6 +96,8 @@ def block_shapes(spec: Spec, size: int) -> list[BlockShape]:
             shapes = tuple(infos[j].out_shape for j in sources)
         elif info.type == "shortcut":
             shapes = (info.in_shape, infos[info.inputs[1]].out_shape)
+        elif info.type == "scale_channels":  # the scaled layer first, then the factors (as the timed block reads them)
+            shapes = (infos[info.inputs[1]].out_shape, info.in_shape)
         else:
             shapes = (infos[info.index - 1].out_shape if info.index else image,)
         out.append(BlockShape(info.index, info.type, shapes, info.out_shape))
@@ -138,8 +146,8 @@ def block_items(spec: Spec, sizes: list[int], base_size: int, levels=LEVELS, rou
                 for li, lo in dict.fromkeys(pairs):
                     shapes = tuple(_scaled(s, li, round_to) for s in b.in_shapes)
                     items.append(Item("block", size, b.layer, shapes, _round_up(b.out_shape[2] * lo, round_to, b.out_shape[2])))
-            else:  # an [se] is built for its channels (its weights are indexed by them; pruning keeps them whole)
-                for li in (1.0,) if b.type == "se" else in_levels:
+            else:  # an [se] is built for its channels (its weights are indexed by them; pruning keeps them whole), as are [avgpool] + [scale_channels]
+                for li in (1.0,) if b.type in ("se", "avgpool", "scale_channels") else in_levels:
                     items.append(Item("block", size, b.layer, tuple(_scaled(s, li, round_to) for s in b.in_shapes)))
     return list(dict.fromkeys(items))
 
@@ -194,7 +202,7 @@ class LatencyModel:
 
     def block_ms(self, spec: Spec, size: int) -> dict[int, float]:
         """Predicted time of every costly block of ``spec`` at ``size`` (before the whole-network mapping)."""
-        return {b.layer: self.block_time(b.layer, b.type, b.out_shape[0] * b.out_shape[1], sum(s[2] for s in b.in_shapes), b.out_shape[2])
+        return {b.layer: self.block_time(b.layer, b.type, b.pixels, sum(s[2] for s in b.in_shapes), b.out_shape[2])
                 for b in block_shapes(spec, size)}  # fmt: skip
 
     def predict(self, spec: Spec, size: int) -> float:

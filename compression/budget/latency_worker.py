@@ -23,7 +23,7 @@ def block_model(spec, layer: int, in_shapes: list[list[int]], filters: int | Non
     """A Keras model of block ``layer`` alone: one input per tensor it reads, its output."""
     from yolo3.keras_model import apply_block
     from yolo3.kerasenv import keras
-    from yolo3.spec import route_inputs, set_filters, shortcut_input
+    from yolo3.spec import route_inputs, scale_channels_input, set_filters, shortcut_input
 
     spec = spec.copy()
     block = spec.layers[layer]
@@ -37,6 +37,9 @@ def block_model(spec, layer: int, in_shapes: list[list[int]], filters: int | Non
     elif block.type == "shortcut":
         outs = {shortcut_input(spec, layer): inputs[1]}
         x = inputs[0]
+    elif block.type == "scale_channels":  # the scaled layer, then the factors (latency_model.block_shapes' order)
+        outs = {scale_channels_input(spec, layer): inputs[0]}
+        x = inputs[1]
     else:
         outs, x = {}, inputs[0]
     return keras.Model(inputs, apply_block(spec, layer, x, outs))

@@ -61,7 +61,11 @@ def activation_graph(spec: Spec, size: int) -> tuple[list[Step], dict[int, int],
                 prev = padded
             t = new(h * w * c)
             steps.append(Step("CONV_2D", (prev,), (t,)))
-            if p.activation not in FUSED:
+            if p.activation == "swish":  # LOGISTIC, then MUL with the convolution's output: three tensors live at once
+                gate, a = new(h * w * c), new(h * w * c)
+                steps += [Step("LOGISTIC", (t,), (gate,)), Step("MUL", (t, gate), (a,))]
+                t = a
+            elif p.activation not in FUSED:
                 a = new(h * w * c)
                 steps.append(Step("ACTIVATION", (t,), (a,)))
                 t = a
@@ -74,8 +78,13 @@ def activation_graph(spec: Spec, size: int) -> tuple[list[Step], dict[int, int],
                 out_of[i] = new(h * w * c)
                 steps.append(Step("CONCATENATION" if len(sources) > 1 else "SPLIT", tuple(out_of[j] for j in sources), (out_of[i],)))
         elif block.type == "shortcut":
+            other = out_of[info.inputs[1]]
+            if infos[info.inputs[1]].out_shape[2] != c:  # a wider or narrower layer is sliced or padded to these channels first
+                fitted = new(h * w * c)
+                steps.append(Step("SLICE", (other,), (fitted,)))
+                other = fitted
             out_of[i] = new(h * w * c)
-            steps.append(Step("ADD", (prev, out_of[info.inputs[1]]), (out_of[i],)))
+            steps.append(Step("ADD", (prev, other), (out_of[i],)))
         elif block.type == "yolo":
             out_of[i] = prev
             outputs.append(prev)
@@ -87,6 +96,12 @@ def activation_graph(spec: Spec, size: int) -> tuple[list[Step], dict[int, int],
             out_of[i] = new(h * w * c)
             steps += [Step("MEAN", (prev,), (pooled,)), Step("FULLY_CONNECTED", (pooled,), (fc1,)), Step("FULLY_CONNECTED", (fc1,), (fc2,)),
                       Step("HARD_SIGMOID", (fc2,), (gate,)), Step("MUL", (prev, gate), (out_of[i],))]  # fmt: skip
+        elif block.type == "avgpool":
+            out_of[i] = new(c)
+            steps.append(Step("MEAN", (prev,), (out_of[i],)))
+        elif block.type == "scale_channels":
+            out_of[i] = new(h * w * c)
+            steps.append(Step("MUL", (out_of[info.inputs[1]], prev), (out_of[i],)))
         else:  # maxpool, upsample
             out_of[i] = new(h * w * c)
             steps.append(Step(block.type.upper(), (prev,), (out_of[i],)))

@@ -39,7 +39,7 @@ import numpy as np
 
 from yolo3.fileio import gzip_size
 from yolo3.names import conv_name
-from yolo3.spec import Spec, analyse, conv_params, route_group, route_inputs, set_filters, shortcut_input
+from yolo3.spec import Spec, analyse, conv_params, route_group, route_inputs, scale_channels_input, set_filters, shortcut_input
 
 from ..prune.surgery import IMAGE, _layout, channel_groups, tied_depthwise
 
@@ -98,6 +98,10 @@ class ChannelMap:
                                                  groups=route_group(block)[0]))  # fmt: skip
             elif block.type == "shortcut":
                 self.blocks.append(BlockChannels(i, block.type, segs(i - 1) + segs(shortcut_input(spec, i)), None, 0))
+            elif block.type in ("se", "avgpool"):  # fixed channels (pruning keeps what they scale), timed like the rest
+                self.blocks.append(BlockChannels(i, block.type, segs(i - 1), None, 0))
+            elif block.type == "scale_channels":
+                self.blocks.append(BlockChannels(i, block.type, segs(scale_channels_input(spec, i)) + segs(i - 1), None, 0))
         self._pixels: dict[int, dict[int, int]] = {}
 
     def full(self) -> dict[int, int]:
@@ -105,9 +109,10 @@ class ChannelMap:
         return dict(self.units)
 
     def pixels(self, size: int) -> dict[int, int]:
-        """Output pixels of every layer at input ``size``."""
+        """Output pixels of every layer at input ``size`` (input pixels for a global [avgpool]: its time follows them)."""
         if size not in self._pixels:
-            self._pixels[size] = {info.index: info.out_shape[0] * info.out_shape[1] for info in analyse(self.spec, size, size)}
+            shapes = {info.index: info.in_shape if info.type == "avgpool" else info.out_shape for info in analyse(self.spec, size, size)}
+            self._pixels[size] = {i: h * w for i, (h, w, _) in shapes.items()}
         return self._pixels[size]
 
     def channels(self, block: BlockChannels, kept: dict[int, int]) -> tuple[int, int]:

@@ -28,7 +28,7 @@ import numpy as np
 from yolo3.darknet import DarknetWeights
 from yolo3.errors import UserError
 from yolo3.names import bn_name, conv_index, conv_name
-from yolo3.spec import Spec, analyse, conv_params, route_inputs, shortcut_activation, shortcut_input
+from yolo3.spec import Spec, analyse, conv_params, route_inputs, scale_channels_input, shortcut_activation, shortcut_input
 
 from .surgery import Group, channel_groups
 
@@ -295,7 +295,8 @@ def residual_blocks(spec: Spec, weights: DarknetWeights) -> list[ResidualBlock]:
     Yolo-Fastest's 1x1 expand -> 3x3 depthwise -> 1x1 project -> dropout.
     """
     read_by = {}  # layer -> the layers that read it
-    for info in analyse(spec):
+    infos = analyse(spec)
+    for info in infos:
         for src in info.inputs:
             read_by.setdefault(src, set()).add(info.index)
     out = []
@@ -303,6 +304,8 @@ def residual_blocks(spec: Spec, weights: DarknetWeights) -> list[ResidualBlock]:
         if block.type != "shortcut" or shortcut_activation(block) != "linear":
             continue
         j = shortcut_input(spec, i)
+        if infos[j].out_shape != infos[i].out_shape:  # a shortcut between different widths is not the identity without its body
+            continue
         body = range(j + 1, i)
         if not body or any(spec.layers[k].type not in ("convolutional", "dropout") for k in body):
             continue
@@ -341,8 +344,8 @@ def remove_layers(spec: Spec, weights: DarknetWeights, start: int, stop: int) ->
             refs = route_inputs(spec, i)
             rel = [int(v) < 0 for v in b.get_ints("layers")]
             b.set("layers", [remap(r) - ni if neg else remap(r) for r, neg in zip(refs, rel)])
-        elif b.type == "shortcut":
-            ref = shortcut_input(spec, i)
+        elif b.type in ("shortcut", "scale_channels"):
+            ref = shortcut_input(spec, i) if b.type == "shortcut" else scale_channels_input(spec, i)
             b.set("from", remap(ref) - ni if b.get_ints("from")[0] < 0 else remap(ref))
         layers.append(b)
     new.layers = layers

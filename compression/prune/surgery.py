@@ -54,6 +54,7 @@ from yolo3.spec import (
     conv_params,
     route_group,
     route_inputs,
+    scale_channels_input,
     set_filters,
     shortcut_activation,
     shortcut_input,
@@ -121,9 +122,13 @@ def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind, set[in
             segments.append([(i, p.filters)])
         elif block.type in (*PASS_THROUGH, "yolo"):
             segments.append(prev)
-        elif block.type == "se":  # its weights are indexed by these channels: they stay whole (SE-aware pruning is not done)
-            fixed.update(space for space, _ in prev)
+        elif block.type in ("se", "avgpool"):  # SE weights, and the excitation that scales these channels, are indexed by them:
+            fixed.update(space for space, _ in prev)  # they stay whole (SE-aware pruning is not done)
             segments.append(prev)
+        elif block.type == "scale_channels":  # the scaled layer's channels times the excitation's, one to one: both stay whole
+            scaled = segments[scale_channels_input(spec, i)]
+            fixed.update(space for space, _ in (*prev, *scaled))
+            segments.append(scaled)
         elif block.type == "route":
             groups, _ = route_group(block)
             if groups == 1:
@@ -134,6 +139,10 @@ def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind, set[in
                 segments.append([(FIXED, sum(n for _, n in parts) // groups)])
         elif block.type == "shortcut":
             other = segments[shortcut_input(spec, i)]
+            if sum(n for _, n in prev) != sum(n for _, n in other):  # different widths: channel k adds to channel k, both stay whole
+                fixed.update(space for space, _ in (*prev, *other))
+                segments.append(prev)
+                continue
             if len(prev) != 1 or len(other) != 1:
                 raise spec.error(i, "channel surgery needs both inputs of a [shortcut] to come from single layers")
             uf.union(prev[0][0], other[0][0])
@@ -386,9 +395,17 @@ def _shortcut_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.nda
     """A [shortcut] adds its two inputs' constants, through its activation."""
     other = values[shortcut_input(s.spec, i)]
     act = shortcut_activation(s.spec.layers[i])
-    return _act(prev[0] + other[0], act), _act(prev[1] + other[1], act)
+    c = len(prev[0])
+    v, u = (np.pad(a[:c], (0, max(0, c - len(a)))) for a in other)  # a narrower or wider layer adds where it has channels
+    return _act(prev[0] + v, act), _act(prev[1] + u, act)
+
+
+def _scale_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """A [scale_channels] multiplies the scaled layer's constants by the per-channel factors' constants."""
+    scaled = values[scale_channels_input(s.spec, i)]
+    return scaled[0] * prev[0], scaled[1] * prev[1]
 
 
 # One step per block type that changes channels or their constants; every other block ([maxpool],
-# [upsample], [yolo], ...) passes its input's (v, u) through.
-_PROPAGATE = {"convolutional": _conv_step, "route": _route_step, "shortcut": _shortcut_step}
+# [upsample], [avgpool], [yolo], ...) passes its input's (v, u) through.
+_PROPAGATE = {"convolutional": _conv_step, "route": _route_step, "shortcut": _shortcut_step, "scale_channels": _scale_step}
