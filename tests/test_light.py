@@ -555,40 +555,39 @@ def test_adaround_weights_convert_to_exactly_the_int8_values_it_chose():
 
 
 def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_path, synthetic_valid):
-    """compress's int8 step: plain, refitted ranges and AdaRound (converted with the ranges when those won), the best on the score
-    kept as the final file; a clustered model is not AdaRounded."""
+    """compress's int8 step: plain, refitted ranges and AdaRound (converted with the ranges when those were kept), each kept only if
+    it beats the best so far with 90 % confidence, the last kept one as the final file; a clustered model is not AdaRounded."""
     from types import SimpleNamespace
 
     from compression.steps import Int8Files, int8_keep_better
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.metrics import match_detections
     from yolo3.models import save_model
+    from yolo3.resampling import weighted_map50
 
     spec = parse_cfg(STEM + conv(16, 3, 2, groups=8) + conv(8, 1) + HEAD, "int8.cfg")
     model = build_model(spec)
     set_darknet_weights(model, spec, random_weights(spec, seed=2))
     images = sorted(str(p) for p in (synthetic_valid / "images").glob("*.jpg"))[:3]
     config = SimpleNamespace(labels=["a", "b"])
-    scores = {"ptq-int8.tflite": 0.5, "ranges-int8.tflite": 0.6, "adaround-int8.tflite": 0.7}
-    # the same matched detections for every file: the score's gains are then nothing a paired bootstrap can confirm
-    records, detections = random_set(7)
-    same = match_detections(records, detections, 3)
-    for case in ("plain", "clustered", "unsure"):
-        folder = tmp_path / case
+    # each file's matched detections on 40 images (boxes further off for the plainer steps), so that every gain is judged as
+    # compress judges it: kept only if the paired bootstrap confirms it with 90 % confidence
+    records, _ = random_set(7, images=40)
+    matched = {name: match_detections(records, random_set(7, images=40, noise=noise)[1], 3)
+               for name, noise in (("ptq-int8.tflite", 14.0), ("ranges-int8.tflite", 6.0), ("adaround-int8.tflite", 1.0))}  # fmt: skip
+    scores = {name: float(weighted_map50(m, np.ones((1, 40)))[0]) for name, m in matched.items()}
+    for clustered in (False, True):
+        folder = tmp_path / str(clustered)
         folder.mkdir()
-        save_model(model, spec, folder / "m.h5", {"clustering": {"clusters": 8}} if case == "clustered" else None)
+        save_model(model, spec, folder / "m.h5", {"clustering": {"clusters": 8}} if clustered else None)
         files = Int8Files(*(folder / n for n in ("ptq-int8.tflite", "qat", "qat-int8.tflite", "final.tflite", "ranges-int8.tflite", "adaround.h5",
                                                   "adaround-int8.tflite")))  # fmt: skip
-        judged = {"matches": lambda p: same, "confidence": 0.9} if case == "unsure" else {}
         result = int8_keep_better(config, folder / "m.h5", 64, images, files, qat_epochs=0, score=lambda p: scores[p.name], progress=False,
-                                  ranges=case != "clustered", adaround_iterations=10, **judged)  # fmt: skip
-        if case == "clustered":
+                                  ranges=not clustered, adaround_iterations=10, matches=lambda p: matched[p.name], confidence=0.9)  # fmt: skip
+        if clustered:
             assert set(result["results"]) == {"ptq"} and not files.adaround_h5.exists()
-        elif case == "plain":
-            assert result["chosen"] == "adaround" and result["results"]["adaround"]["ranges"] == "mse"
-            assert files.final.read_bytes() == files.adaround.read_bytes() and files.adaround_h5.exists()
-        else:  # measured +10 points each, sure 0: plain post-training kept, AdaRound converted with min/max
+        else:
             r = result["results"]
-            assert result["chosen"] == "ptq" and result["confidence"] == 0.9 and r["adaround"]["ranges"] == "minmax"
-            assert r["ranges"]["gain_points"] == pytest.approx(10) and r["ranges"]["sure_gain_points"] == 0 and r["adaround"]["vs"] == "ptq"
-            assert files.final.read_bytes() == files.ptq.read_bytes()
+            assert result["chosen"] == "adaround" and r["adaround"]["ranges"] == "mse" and r["adaround"]["vs"] == "ranges"
+            assert all(0 < r[k]["sure_gain_points"] < r[k]["gain_points"] for k in ("ranges", "adaround")) and result["confidence"] == 0.9
+            assert files.final.read_bytes() == files.adaround.read_bytes() and files.adaround_h5.exists()

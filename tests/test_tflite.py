@@ -30,6 +30,82 @@ def small_model(tmp_path_factory, synthetic_valid):
     return folder, model, spec
 
 
+# A light 96-px detector for the repair ladder: conv -> depthwise -> conv chains (what CLE equalises), a few thousand weights,
+# so that every rung (five conversions, AdaRound, an epoch of QAT) runs in seconds.
+LIGHT_CFG = """[net]
+width=96
+height=96
+channels=3
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=2
+pad=1
+activation=relu
+[convolutional]
+batch_normalize=1
+groups=8
+filters=8
+size=3
+stride=2
+pad=1
+activation=relu6
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=1
+activation=relu
+[convolutional]
+batch_normalize=1
+groups=16
+filters=16
+size=3
+stride=2
+pad=1
+activation=relu
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=1
+activation=leaky
+[maxpool]
+size=2
+stride=2
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=24
+activation=linear
+[yolo]
+mask=0,1,2
+anchors=10,14, 23,27, 37,58
+classes=3
+num=3
+"""
+
+
+@pytest.fixture(scope="module")
+def light_model(tmp_path_factory):
+    """The light detector above with random, BN-stable weights, saved as .h5."""
+    from conftest import random_weights
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.models import save_model
+    from yolo3.spec import parse_cfg
+
+    spec = parse_cfg(LIGHT_CFG, "light.cfg")
+    model = build_model(spec)
+    set_darknet_weights(model, spec, random_weights(spec, seed=4))
+    path = tmp_path_factory.mktemp("light") / "light.h5"
+    save_model(model, spec, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def exported(small_model, synthetic_valid):
     from compression.quantize.tflite_export import export_tflite
@@ -423,11 +499,10 @@ def test_profile_and_benchmark_on_the_device_without_tensorflow(exported, tmp_pa
     assert timed["device"]["delegate"] == "none (built-in kernels)" and len(timed["models"]) == 2
 
 
-def test_convert_repair_keeps_the_better_int8_on_validation(exported, synthetic_valid, tmp_path):
+def test_convert_repair_keeps_the_better_int8_on_validation(light_model, synthetic_valid, tmp_path):
     """--repair auto: the model as converted, after cross-layer equalisation, then with activation ranges by quantization error on
     top of the better, then AdaRound and QAT on the best so far, each scored on validation, the best kept; bad steps end in one line."""
-    folder, _ = exported
-    config = _config(tmp_path, synthetic_valid, folder / "model.h5")
+    config = _config(tmp_path, synthetic_valid, light_model)
     out = tmp_path / "r.tflite"
     run = lambda *a: subprocess.run([sys.executable, *a], capture_output=True, text=True, cwd=ROOT)  # noqa: E731
     r = run("convert.py", "-c", str(config), "--format", "int8", "--samples", "4", "--repair", "auto", "--out", str(out), "--json", str(tmp_path / "r.json"))

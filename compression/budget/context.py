@@ -251,16 +251,23 @@ class CompressJob:
         from yolo3.metrics import evaluate_detections, match_detections
 
         config = config or self.config
+        key = self._matches_key(path, split, config)
+        if ("report", *key) in self._cache:  # the same bytes already scored (a stage's copy of an earlier stage's file)
+            return dict(self._cache[("report", *key)])
         run = detect_split(config, str(path), split, self.threads)
         matches = match_detections(run.records, run.detections, len(config.labels))
-        self._cache[self._matches_key(path, split, config)] = matches
         report = evaluate_detections(run.records, run.detections, config.labels, matches=matches)
-        return {"mAP50": report["mAP50"], "coco_AP": report["coco"]["AP"], "images": len(run.records)}
+        result = {"mAP50": report["mAP50"], "coco_AP": report["coco"]["AP"], "images": len(run.records)}
+        self._cache[key], self._cache[("report", *key)] = matches, dict(result)
+        return result
 
     @staticmethod
     def _matches_key(path: Path, split: str, config) -> tuple:
-        stat = Path(path).stat()  # a file rewritten under the same name (a candidate trained on) is evaluated again
-        return ("matches", str(path), stat.st_mtime_ns, stat.st_size, split, config.model.input_size)
+        """The file by its content (a copy scores as its original; a file rewritten under the same name is scored again)."""
+        import hashlib
+
+        digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
+        return ("matches", digest, Path(path).suffix.lower(), split, config.model.input_size, tuple(config.labels))
 
     def matches(self, path: Path, split: str, config=None) -> list:
         """A model file's detections on a split matched to the ground truth per class (:func:`yolo3.metrics.match_detections`), for paired comparisons."""
