@@ -133,7 +133,7 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     tried on a clustered model (it would undo the shared values).
     """
     from yolo3.models import compression_info, load_model
-    from yolo3.resampling import sure_gain
+    from yolo3.resampling import keep_verdict
 
     from .quantize.convert import ADAROUND_IMAGES, adarounded
     from .quantize.qat import qat_finetune
@@ -151,11 +151,11 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
             return
         new, old = results[name], results[best]
         if matches is not None:
-            measured, sure = sure_gain(matches(paths[best]), matches(paths[name]), old["valid"], new["valid"], confidence)
-        else:
-            measured = sure = 100.0 * (new["valid"] - old["valid"])
-        new.update(vs=best, gain_points=measured, sure_gain_points=sure)
-        if measured > 0 and sure > 0:
+            fields, better = keep_verdict(matches(paths[best]), matches(paths[name]), old["valid"], new["valid"], confidence, best)
+        else:  # scores alone: any gain
+            fields, better = keep_verdict([], [], old["valid"], new["valid"], 0.5, best)
+        new.update(fields)
+        if better:
             best = name
 
     export_tflite(model_h5, files.ptq, "int8", calibration, config.labels, size, loaded.spec)

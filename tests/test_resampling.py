@@ -8,7 +8,7 @@ import pytest
 from yolo3.datasets import Record
 from yolo3.metrics import evaluate_detections, match_detections
 from yolo3.postprocess import Detections
-from yolo3.resampling import loss_bound, paired_map_loss, sure_gain, weighted_map50
+from yolo3.resampling import keep_verdict, loss_bound, paired_map_loss, sure_gain, weighted_map50
 
 CLASSES = 3
 
@@ -85,3 +85,6 @@ def test_a_gain_is_sure_only_when_the_bootstrap_confirms_it():
     assert measured == pytest.approx(100 * (m_good - m_bad)) and 0 < sure < measured
     assert sure_gain(worse, better, m_bad, m_good, 0.5) == (measured, measured)
     assert sure_gain(better, worse, m_good, m_bad, 0.9)[1] < 0
+    fields, wins = keep_verdict(worse, better, m_bad, m_good, 0.9, "plain")
+    assert wins and fields == {"vs": "plain", "gain_points": measured, "sure_gain_points": sure}
+    assert not keep_verdict(better, worse, m_good, m_bad, 0.9, "plain")[1] and not keep_verdict(worse, worse, m_bad, m_bad, 0.5, "plain")[1]

@@ -101,3 +101,13 @@ def sure_gain(best: Sequence[ClassMatches], tried: Sequence[ClassMatches], best_
     if confidence <= 0.5:
         return measured, measured
     return measured, min(measured, -loss_bound(paired_map_loss(best, tried), confidence))
+
+
+def keep_verdict(best: Sequence[ClassMatches], tried: Sequence[ClassMatches], best_map50: float, tried_map50: float, confidence: float,
+                 vs: str) -> tuple[dict, bool]:  # fmt: skip
+    """The report fields of a "keep the better model" choice (``vs``, ``gain_points``, ``sure_gain_points``) and whether ``tried`` wins.
+
+    :func:`sure_gain`'s rule, written once for every step that may replace the best model so far.
+    """
+    measured, sure = sure_gain(best, tried, best_map50, tried_map50, confidence)
+    return {"vs": vs, "gain_points": measured, "sure_gain_points": sure}, measured > 0 and sure > 0

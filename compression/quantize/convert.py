@@ -167,7 +167,7 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     from yolo3.keras_model import build_model, get_darknet_weights, set_darknet_weights
     from yolo3.metrics import match_detections
     from yolo3.models import save_model
-    from yolo3.resampling import sure_gain, weighted_map50
+    from yolo3.resampling import keep_verdict, weighted_map50
 
     from .equalize import equalize
     from .tflite_export import export_tflite
@@ -192,9 +192,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
 
     def wins(tried: dict, best: dict) -> bool:
         """Whether ``tried`` beats ``best`` on validation with ``confidence`` (its gain's lower bootstrap quantile above 0)."""
-        measured, gain = sure_gain(best["matches"], tried["matches"], best["mAP50"], tried["mAP50"], confidence)
-        tried["row"].update(vs=best["step"], gain_points=measured, sure_gain_points=gain)
-        return measured > 0 and gain > 0
+        fields, better = keep_verdict(best["matches"], tried["matches"], best["mAP50"], tried["mAP50"], confidence, best["step"])
+        tried["row"].update(fields)
+        return better
 
     best = try_step("none", h5, options, {})
     for step in steps:
