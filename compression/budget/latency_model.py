@@ -50,6 +50,16 @@ from yolo3.spec import Block, Spec, analyse, format_cfg, route_inputs, set_filte
 from ..prune.surgery import channel_groups, tied_depthwise
 from ..subprocesses import failure_reason, run_module
 
+
+def timed_pixels(layer_type: str, in_shape, out_shape) -> int:
+    """The pixels a block's time follows: its output's, but its input's for a global [avgpool] (its output is one pixel).
+
+    One rule for the latency model's features and the planner's cost, which must agree.
+    """
+    h, w = in_shape[:2] if layer_type == "avgpool" else out_shape[:2]
+    return int(h * w)
+
+
 COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut", "se", "avgpool", "scale_channels")
 LEVELS = (1.0, 0.5, 0.25, 0.125)
 
@@ -65,9 +75,7 @@ class BlockShape:
 
     @property
     def pixels(self) -> int:
-        """The pixels its time follows: the output's, but the input's for a global [avgpool] (its output is one pixel)."""
-        h, w = self.in_shapes[0][:2] if self.type == "avgpool" else self.out_shape[:2]
-        return h * w
+        return timed_pixels(self.type, self.in_shapes[0], self.out_shape)
 
     @property
     def features(self) -> list[float]:

@@ -42,6 +42,7 @@ from yolo3.names import conv_name
 from yolo3.spec import Spec, analyse, conv_params, route_group, route_inputs, scale_channels_input, set_filters, shortcut_input
 
 from ..prune.surgery import IMAGE, _layout, channel_groups, tied_depthwise
+from .latency_model import timed_pixels
 
 STEPS_PER_UNIT = 16
 
@@ -111,8 +112,7 @@ class ChannelMap:
     def pixels(self, size: int) -> dict[int, int]:
         """Output pixels of every layer at input ``size`` (input pixels for a global [avgpool]: its time follows them)."""
         if size not in self._pixels:
-            shapes = {info.index: info.in_shape if info.type == "avgpool" else info.out_shape for info in analyse(self.spec, size, size)}
-            self._pixels[size] = {i: h * w for i, (h, w, _) in shapes.items()}
+            self._pixels[size] = {info.index: timed_pixels(info.type, info.in_shape, info.out_shape) for info in analyse(self.spec, size, size)}
         return self._pixels[size]
 
     def channels(self, block: BlockChannels, kept: dict[int, int]) -> tuple[int, int]:
