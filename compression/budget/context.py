@@ -264,10 +264,9 @@ class CompressJob:
     @staticmethod
     def _matches_key(path: Path, split: str, config) -> tuple:
         """The file by its content (a copy scores as its original; a file rewritten under the same name is scored again)."""
-        import hashlib
+        from yolo3.board import file_sha1
 
-        digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()
-        return ("matches", digest, Path(path).suffix.lower(), split, config.model.input_size, tuple(config.labels))
+        return ("matches", file_sha1(path), Path(path).suffix.lower(), split, config.model.input_size, tuple(config.labels))
 
     def matches(self, path: Path, split: str, config=None) -> list:
         """A model file's detections on a split matched to the ground truth per class (:func:`yolo3.metrics.match_detections`), for paired comparisons."""
