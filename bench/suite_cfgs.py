@@ -68,7 +68,12 @@ def main(argv=None) -> int:
     from yolo3.spec import analyse, read_cfg, totals
 
     root = Path(args.cfg_dir)
+    if not root.is_dir() or not any(root.rglob("*.cfg")):
+        raise UserError(f"--cfg-dir {root}: no folder with .cfg files there")
     compare = {n for n in args.opencv.split(",") if n}
+    missing = compare - {p.name for p in root.rglob("*.cfg")}
+    if missing:
+        raise UserError(f"--opencv: {', '.join(sorted(missing))} not among the .cfg files of {root}")
     rows = []
     for path in sorted(root.rglob("*.cfg")):
         row = {"cfg": str(path.relative_to(root))}
