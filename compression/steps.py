@@ -174,7 +174,7 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     if qat_epochs:
         trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64], refit_ranges=with_ranges)
         export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,
-                      qat={"scheme": trained["scheme"], "weights": trained["weights"]})  # fmt: skip
-        judge("qat", {"scheme": trained["scheme"], "start_ranges": trained["start_ranges"]})
+                      qat=trained["conversion"])  # fmt: skip
+        judge("qat", {"scheme": trained["scheme"], "start_ranges": trained["start_ranges"], "ranges": trained["ranges"]})
     shutil.copyfile(paths[best], files.final)
     return {"results": results, "chosen": best, "calibration_images": len(calibration), "confidence": confidence if matches is not None else 0.5}

@@ -156,3 +156,40 @@ def test_finetune_qat_writes_the_int8_model_in_its_run(compressed, synthetic_val
     assert r.returncode == 0, r.stderr[-3000:]
     assert "quantization-aware training (qat, 1 epoch at" in r.stdout
     assert (tmp_path / "run" / "qat-int8.tflite").stat().st_size > 10_000 and (tmp_path / "run" / "best.h5").exists()
+
+
+def test_learned_ranges_train_and_are_the_ranges_in_the_int8_file(compressed, tmp_path):
+    """quantization.qat_range_learning_rate: the activation ranges are trainable variables that move with the task loss, about
+    that rate per step, start from calibration like the averaged ones, and convert to exactly the scales in the file."""
+    from compression.quantize.qat import calibrate_ranges, quantize_model
+    from compression.quantize.tflite_export import export_tflite
+    from yolo3.kerasenv import keras, tf
+
+    folder, model, spec, _ = compressed
+    scale = 100.0  # a range rate of 1e-3 at QAT's learning rate of 1e-5
+    qat = quantize_model(model, "qat", range_scale=scale)
+    images = np.random.default_rng(0).uniform(0, 1, (4, 96, 96, 3)).astype(np.float32)
+    calibrate_ranges(qat, model, images)
+    ranges = {w.name.split(":")[0]: w for w in qat.trainable_weights if w.name.endswith(("_min:0", "_max:0")) and "kernel" not in w.name}
+    head = keras.Model(model.inputs, model.get_layer("conv_13").output)(images).numpy()
+    assert len(ranges) > 10 and scale * float(ranges["quant_conv_13/post_activation_max"].numpy()) == pytest.approx(head.max(), rel=1e-5)
+    before = {k: float(v.numpy()) for k, v in ranges.items()}
+    optimizer = keras.optimizers.Adam(1e-5)
+    for _ in range(5):
+        with tf.GradientTape() as tape:
+            loss = sum(tf.reduce_mean(tf.square(o - 0.1)) for o in qat(images, training=True))
+        grads = tape.gradient(loss, qat.trainable_weights)
+        optimizer.apply_gradients([(g, w) for g, w in zip(grads, qat.trainable_weights) if g is not None])
+    moved = [scale * abs(float(v.numpy()) - before[k]) for k, v in ranges.items()]
+    assert max(moved) == pytest.approx(5 * scale * 1e-5, rel=0.2)  # Adam: about the rate per step
+    weights = tmp_path / "qat-weights.h5"
+    qat.save_weights(str(weights))
+    out = tmp_path / "learned.tflite"
+    export_tflite(folder / "pcq.h5", out, "int8", [], ["a", "b", "c"], 96, spec,
+                  qat={"scheme": "qat", "weights": str(weights), "range_scale": scale})  # fmt: skip
+    from ai_edge_litert.interpreter import Interpreter
+
+    lo, hi = (scale * float(ranges[f"quant_conv_13/post_activation_{e}"].numpy()) for e in ("min", "max"))
+    interpreter = Interpreter(str(out))
+    found = [o["quantization"][0] for o in interpreter.get_output_details() if list(o["shape"]) == [1, 3, 3, 24]]  # conv_13, the 1/32 head
+    assert found == [pytest.approx((hi - lo) / 255, rel=1e-5)]

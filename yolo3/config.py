@@ -174,6 +174,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "adaround_iterations": Key(int, 1000, "`convert --repair adaround`: optimisation steps per convolution of AdaRound (learned up/down rounding of the int8 weights against the layer's float output on the calibration images).", range=Range(10, 100_000)),
         "repair_confidence": Key(float, 0.9, "`convert --repair` and `compress`'s int8 stage: a rung is kept only if it beats the best so far on the validation split with this confidence (paired bootstrap over the images: its gain's lower quantile above 0); a gain the split cannot tell from noise keeps the simpler model. 0.5 = any measured gain.", range=Range(0.5, 1, hi_open=True)),
         "qat_learning_rate": Key(float, 1e-5, "Peak learning rate of quantization-aware training (a nudge around the rounding, not re-training).", range=RATE),
+        "qat_range_learning_rate": Key(float, 0.0, "Quantization-aware training: above 0, the activation ranges are trained by the task loss (PACT-style gradients of TFMOT's fake quantization, a custom quantizer), each moving about this much per step; 0 = TFMOT's moving average of the observed min/max.", range=Range(0, 1)),
     },
     "test": {
         "annot_format": Key(str, "voc", "As `train.annot_format`. The whole section is optional: a test split that no decision sees (best epoch, compression plan); `evaluate.py` reports on it by default.", choices=DATASET_FORMATS),

@@ -95,7 +95,7 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
             run_dir = Path(qat.run_dir) if qat.run_dir else fresh_run_dir(out_path, force)
             trained = qat_finetune(config, h5, loaded.model, run_dir, qat.epochs, progress, qat.learning_rate, images[:64])
-            qat_job = {"scheme": trained["scheme"], "weights": trained["weights"]}
+            qat_job = trained["conversion"]
         debug_report = None
         if debug or (float_layers and float_layers.startswith("auto:")):
             from .quant_debug import int8_error_report
@@ -237,8 +237,8 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             refit = best["options"].activation_ranges == "mse"  # start from the ranges the ladder found best
             trained = qat_finetune(config, best["h5"], load_model(best["h5"]).model, tmp / "qat", None, progress, None, images[:64], refit_ranges=refit)
             tried = try_step("qat", best["h5"], dataclasses.replace(best["options"], activation_ranges="minmax"),
-                             {"on": best["step"], "scheme": trained["scheme"], "epochs": trained["epochs"], "start_ranges": trained["start_ranges"]},
-                             qat={"scheme": trained["scheme"], "weights": trained["weights"]})  # fmt: skip
+                             {"on": best["step"], "scheme": trained["scheme"], "epochs": trained["epochs"], "start_ranges": trained["start_ranges"],
+                              "ranges": trained["ranges"]}, qat=trained["conversion"])  # fmt: skip
         if wins(tried, best):
             best = tried
     latencies = time_models([f for _, f in files], config.compress.threads, rounds=5, runs=5, progress=False)

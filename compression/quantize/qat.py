@@ -131,8 +131,65 @@ def _quantize_configs():
 UNKNOWN_TO_TFMOT = ("swish",)  # Activation functions TFMOT's 8-bit registry refuses
 
 
-def quantize_model(model, scheme: str):
+def learned_range_quantizer(range_scale: float):
+    """TFMOT's activation quantizer with its range trained by the task loss instead of a moving average of min/max.
+
+    ``fake_quant_with_min_max_vars`` has gradients for its min and max (the
+    upstream gradient of the values clipped below / above them, as in PACT), so
+    the training widens a range where clipping costs accuracy and, through the
+    optimizer's weight decay, narrows one where it does not. The variables keep
+    TFMOT's names (``output_min`` ...) and hold the range divided by
+    ``range_scale``: Adam moves every variable by about the learning rate per
+    step whatever its gradient, and QAT's rate (1e-5) would leave a range of a few
+    units where it started; dividing makes the range's own step
+    ``range_scale`` times larger. The range always holds 0, as TFLite requires.
+    """
+    import tensorflow_model_optimization as tfmot
+
+    from yolo3.kerasenv import keras, tf
+
+    base = tfmot.quantization.keras.quantizers.MovingAverageQuantizer
+
+    class LearnedRangeQuantizer(base):
+        scale = float(range_scale)
+
+        def build(self, tensor_shape, name, layer):
+            lo = layer.add_weight(name + "_min", initializer=keras.initializers.Constant(-6.0 / self.scale), trainable=True)
+            hi = layer.add_weight(name + "_max", initializer=keras.initializers.Constant(6.0 / self.scale), trainable=True)
+            return {"min_var": lo, "max_var": hi}
+
+        def __call__(self, inputs, training, weights, **kwargs):
+            lo = tf.minimum(weights["min_var"] * self.scale, 0.0)
+            hi = tf.maximum(weights["max_var"] * self.scale, 0.0)
+            return tf.quantization.fake_quant_with_min_max_vars(inputs, lo, hi, num_bits=self.num_bits, narrow_range=self.narrow_range)
+
+    return LearnedRangeQuantizer
+
+
+def _activation_quantizer(cls):
+    """While active, TFMOT's schemes (and this module's configs) make their activation quantizers of ``cls``."""
+    import contextlib
+
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras import quantizers as internal
+
+    @contextlib.contextmanager
+    def swapped():
+        public = tfmot.quantization.keras.quantizers
+        old = internal.MovingAverageQuantizer
+        internal.MovingAverageQuantizer = public.MovingAverageQuantizer = cls
+        try:
+            yield
+        finally:
+            internal.MovingAverageQuantizer = public.MovingAverageQuantizer = old
+
+    return swapped()
+
+
+def quantize_model(model, scheme: str, range_scale: float | None = None):
     """``model`` with fake quantization everywhere, per ``scheme``; the original model is not changed.
+
+    ``range_scale``: the activation ranges are trained (:func:`learned_range_quantizer`), not averaged.
 
     The weightless layers of :mod:`yolo3.layers` (a [route] channel group,
     Darknet's max-pool padding) are annotated as pass-through: TFMOT's
@@ -171,8 +228,14 @@ def quantize_model(model, scheme: str):
     else:
         annotated = q.quantize_annotate_model(model)
     scope = {cls.__name__: cls for cls in (*CUSTOM_LAYERS, pass_through, output)}
-    with q.quantize_scope(scope):
-        return q.quantize_apply(annotated, make_scheme(scheme))
+    if range_scale is None:
+        with q.quantize_scope(scope):
+            return q.quantize_apply(annotated, make_scheme(scheme))
+    learned = learned_range_quantizer(range_scale)
+    with _activation_quantizer(learned), q.quantize_scope({**scope, learned.__name__: learned}):
+        quantized = q.quantize_apply(annotated, make_scheme(scheme))
+    quantized.range_scale = float(range_scale)  # what calibrate_ranges divides the ranges it sets by
+    return quantized
 
 
 def copy_float_weights(qat_model, plain_model) -> None:
@@ -244,9 +307,10 @@ def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8,
     if refit:
         for k in range(len(names)):
             lo[k], hi[k] = mse_range(np.concatenate(samples[k]), lo[k], hi[k])
+    unit = getattr(qat_model, "range_scale", 1.0)  # learned ranges are stored divided by it (learned_range_quantizer)
     for k, name in enumerate(names):
         for is_min, var in targets[name]:
-            var.assign(np.float32(min(lo[k], 0.0) if is_min else max(hi[k], 0.0)))
+            var.assign(np.float32((min(lo[k], 0.0) if is_min else max(hi[k], 0.0)) / unit))
     for is_min, var in inputs:
         var.assign(np.float32(0.0 if is_min else 1.0))
     return len(names) + len(inputs)
@@ -261,10 +325,11 @@ class QatWrapper(TrainingHook):
     """
 
     def __init__(self, scheme: str, compression: dict | None = None, calibration: np.ndarray | None = None, best_from_epoch: int = 1,
-                 refit_ranges: bool = False):  # fmt: skip
+                 refit_ranges: bool = False, range_scale: float | None = None):  # fmt: skip
         if scheme not in SCHEMES:
             raise ValueError(f"unknown QAT scheme {scheme!r}")
         self.scheme = scheme
+        self.range_scale = range_scale  # the activation ranges are trained (learned_range_quantizer), not averaged
         self.calibration = calibration  # preprocessed images (N, H, W, 3) that set the starting activation ranges
         self.refit_ranges = refit_ranges  # start them at the ranges of least int8 error, not at min/max
         self.compression = dict(compression or {})
@@ -274,7 +339,7 @@ class QatWrapper(TrainingHook):
 
     def wrap(self, model):
         self.plain = model
-        self.qat_model = quantize_model(model, self.scheme)
+        self.qat_model = quantize_model(model, self.scheme, self.range_scale)
         if self.calibration is not None:
             calibrate_ranges(self.qat_model, model, self.calibration, refit=self.refit_ranges)
         return self.qat_model
@@ -294,8 +359,12 @@ def qat_finetune(
     ``start_model`` is the same model loaded (its kernels decide the scheme);
     ``calibration`` images set the starting activation ranges (:func:`calibrate_ranges`;
     with ``refit_ranges`` the ranges of least int8 error, as ``convert --repair ranges`` chooses them).
-    The run is an ordinary training run (checkpoints, resume, history); only
-    its last epoch counts, since the QAT model converted is the final one.
+    With ``quantization.qat_range_learning_rate`` above 0 the ranges are then
+    trained by the task loss (:func:`learned_range_quantizer`) instead of
+    following a moving average. The run is an ordinary training run
+    (checkpoints, resume, history); only its last epoch counts, since the QAT
+    model converted is the final one. ``result["conversion"]`` is what
+    :func:`~compression.quantize.tflite_export.export_tflite` takes as ``qat``.
     """
     from yolo3.fileio import atomic_write
     from yolo3.models import compression_info
@@ -312,7 +381,8 @@ def qat_finetune(
 
         size = config.model.input_size
         images = np.stack([letterbox(load_image(path), size)[0] for path in calibration]).astype(np.float32)
-    wrapper = QatWrapper(scheme, info, images, best_from_epoch=epochs, refit_ranges=refit_ranges)
+    range_scale = q.qat_range_learning_rate / lr if q.qat_range_learning_rate > 0 else None
+    wrapper = QatWrapper(scheme, info, images, best_from_epoch=epochs, refit_ranges=refit_ranges, range_scale=range_scale)
     options = RunOptions(str(start_h5), True, epochs, str(run_dir), progress, learning_rate=lr, freeze_backbone_epochs=0,
                          hooks=(wrapper,))  # fmt: skip
     result = train(config, options)
@@ -321,4 +391,6 @@ def qat_finetune(
     return {
         "scheme": scheme, "epochs": epochs, "learning_rate": lr, "mAP50": result["best_mAP50"],
         "run": str(run_dir), "weights": str(weights), "seconds": result["seconds"], "start_ranges": "mse" if refit_ranges else "minmax",
+        "ranges": "learned" if range_scale else "moving average",
+        "conversion": {"scheme": scheme, "weights": str(weights), **({"range_scale": range_scale} if range_scale else {})},
     }  # fmt: skip

@@ -40,7 +40,7 @@ def convert(job: dict) -> bytes:
     if job.get("qat"):
         from compression.quantize.qat import quantize_model
 
-        model = quantize_model(model, job["qat"]["scheme"])  # the same wrapping as in training, then its weights
+        model = quantize_model(model, job["qat"]["scheme"], job["qat"].get("range_scale"))  # the same wrapping as in training, then its weights
         model.load_weights(job["qat"]["weights"])
     size = job["input_size"]
     if job.get("nms"):  # the graph also decodes and runs NMS (compression.quantize.tflite_nms)
