@@ -136,8 +136,8 @@ def learned_range_quantizer(range_scale: float):
 
     ``fake_quant_with_min_max_vars`` has gradients for its min and max (the
     upstream gradient of the values clipped below / above them, as in PACT), so
-    the training widens a range where clipping costs accuracy and, through the
-    optimizer's weight decay, narrows one where it does not. The variables keep
+    the training moves a range where clipping costs (or helps) the loss; the
+    values inside it give it no gradient. The variables keep
     TFMOT's names (``output_min`` ...) and hold the range divided by
     ``range_scale``: Adam moves every variable by about the learning rate per
     step whatever its gradient, and QAT's rate (1e-5) would leave a range of a few
