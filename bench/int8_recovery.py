@@ -7,7 +7,7 @@
 Rows (every one converted from --model, evaluated on the config's test split by the same code,
 timed together, interleaved): Keras float, int8 after calibration, int8 with the 1 / 2 / 4 layers
 of largest int8 error kept float (--float-layers auto:N, from QuantizationDebugger), int16x8,
-int8 with decode + NMS in the graph (--nms), and int8 after a repair step (``int8+repair:cle``:
+int8 with decode + NMS in the graph (--nms), and int8 after repair steps (``int8+repair:cle``, ``int8+repair:ranges+qat``:
 convert --repair cle, which keeps the equalised model only if it scores better on the validation
 split; the JSON holds both scores). Latency: the model alone, and with decode + NMS
 (numpy, or in the graph), batch 1, on the split's first image.
@@ -32,8 +32,8 @@ def variant(label: str):
 
     if "+" in label:
         fmt, option = label.split("+", 1)
-        if option.startswith("repair:"):
-            return Variant(label, fmt, {"repair": option.removeprefix("repair:")})
+        if option.startswith("repair:"):  # int8+repair:ranges+qat -> --repair ranges,qat
+            return Variant(label, fmt, {"repair": option.removeprefix("repair:").replace("+", ",")})
         return Variant(label, fmt, {"float_layers": option})
     return parse_formats(label)[0]
 
@@ -48,16 +48,17 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--work-dir", help="where the .tflite files go (default: beside --out)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override for every row, as yolo3's --set")
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
     from compression.benchmark import run_benchmark
-    from yolo3.config import load_config
+    from yolo3.config import load_config, parse_overrides
 
     if not Path(args.model).is_file():
         raise UserError("model file does not exist", args.model)
     variants = [variant(v.strip()) for v in args.variants.split(",") if v.strip()]
-    config = load_config(args.config)
+    config = load_config(args.config, parse_overrides(args.set))
     work = Path(args.work_dir) if args.work_dir else Path(args.out).with_name(Path(args.out).name + "-files")
     report = run_benchmark(config, args.model, variants, work, args.samples, args.threads, args.rounds, args.runs, "test", progress=False)
     report.update(command="python bench/int8_recovery.py " + " ".join(argv or sys.argv[1:]), machine=machine())
