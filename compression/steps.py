@@ -119,7 +119,8 @@ class Int8Files:
 def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], files: Int8Files, *, qat_epochs: int,
                      score: Callable[[Path], float], progress: bool = True, ranges: bool = False, adaround_iterations: int = 0,
                      matches: Callable[[Path], list] | None = None, confidence: float = 0.5) -> dict:  # fmt: skip
-    """Post-training int8, with ``ranges`` also with activation ranges by quantization error, with ``adaround_iterations``
+    """Post-training int8, with ``ranges`` also with refitted activation ranges (by quantization error and by the mean of
+    per-image extremes, the better of the two on ``score``), with ``adaround_iterations``
     also with AdaRound's rounding of the weights, and with ``qat_epochs`` quantization-aware training; the best on ``score``
     (the validation split) is copied to ``files.final``.
 
@@ -137,6 +138,7 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
 
     from .quantize.convert import ADAROUND_IMAGES, adarounded
     from .quantize.qat import qat_finetune
+    from .quantize.ranges import METHODS as RANGE_METHODS
     from .quantize.tflite_export import ExportOptions, export_tflite
 
     loaded = load_model(model_h5)
@@ -160,19 +162,27 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
 
     export_tflite(model_h5, files.ptq, "int8", calibration, config.labels, size, loaded.spec)
     judge("ptq", {})
-    if ranges and files.ranges is not None:
-        report = export_tflite(model_h5, files.ranges, "int8", calibration, config.labels, size, loaded.spec,
-                               options=ExportOptions(activation_ranges="mse"))  # fmt: skip
-        judge("ranges", {"activation_ranges": report["activation_ranges"]})
+    method = "minmax"
+    if ranges and files.ranges is not None:  # each refit (least error, mean of per-image extremes); the better one is judged
+        refits = {}
+        for m in RANGE_METHODS:
+            path = files.ranges if m == RANGE_METHODS[0] else files.ranges.with_name(files.ranges.name.replace("ranges", f"ranges-{m}", 1))
+            report = export_tflite(model_h5, path, "int8", calibration, config.labels, size, loaded.spec, options=ExportOptions(activation_ranges=m))
+            refits[m] = (score(path), path, report["activation_ranges"])
+        better = max(refits, key=lambda m: refits[m][0])
+        paths["ranges"] = refits[better][1]
+        judge("ranges", {"activation_ranges": refits[better][2], "tried": {m: r[0] for m, r in refits.items()}})
     info = compression_info(model_h5)
-    with_ranges = best == "ranges"
+    if best == "ranges":
+        method = better
     if adaround_iterations and files.adaround is not None and "clustering" not in info:
         done = adarounded(model_h5, loaded.spec, calibration[:ADAROUND_IMAGES], size, adaround_iterations, files.adaround_h5, info, progress)
         export_tflite(files.adaround_h5, files.adaround, "int8", calibration, config.labels, size, loaded.spec,
-                      options=ExportOptions(activation_ranges="mse" if with_ranges else "minmax"))  # fmt: skip
-        judge("adaround", {"ranges": "mse" if with_ranges else "minmax", "layers_improved": done["improved"], "seconds": done["seconds"]})
+                      options=ExportOptions(activation_ranges=method))  # fmt: skip
+        judge("adaround", {"ranges": method, "layers_improved": done["improved"], "seconds": done["seconds"]})
     if qat_epochs:
-        trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64], refit_ranges=with_ranges)
+        refit = method if method != "minmax" else False
+        trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64], refit_ranges=refit)
         export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,
                       qat=trained["conversion"])  # fmt: skip
         judge("qat", {"scheme": trained["scheme"], "start_ranges": trained["start_ranges"], "ranges": trained["ranges"]})

@@ -555,7 +555,7 @@ def test_adaround_weights_convert_to_exactly_the_int8_values_it_chose():
 
 
 def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_path, synthetic_valid):
-    """compress's int8 step: plain, refitted ranges and AdaRound (converted with the ranges when those were kept), each kept only if
+    """compress's int8 step: plain, refitted ranges (the better of two refits) and AdaRound (converted with the ranges when those were kept), each kept only if
     it beats the best so far with 90 % confidence, the last kept one as the final file; a clustered model is not AdaRounded."""
     from types import SimpleNamespace
 
@@ -574,7 +574,8 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
     # compress judges it: kept only if the paired bootstrap confirms it with 90 % confidence
     records, _ = random_set(7, images=40)
     matched = {name: match_detections(records, random_set(7, images=40, noise=noise)[1], 3)
-               for name, noise in (("ptq-int8.tflite", 14.0), ("ranges-int8.tflite", 6.0), ("adaround-int8.tflite", 1.0))}  # fmt: skip
+               for name, noise in (("ptq-int8.tflite", 14.0), ("ranges-int8.tflite", 8.0), ("ranges-mean-int8.tflite", 5.0),
+                                   ("adaround-int8.tflite", 1.0))}  # fmt: skip
     scores = {name: float(weighted_map50(m, np.ones((1, 40)))[0]) for name, m in matched.items()}
     for clustered in (False, True):
         folder = tmp_path / str(clustered)
@@ -588,6 +589,8 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
             assert set(result["results"]) == {"ptq"} and not files.adaround_h5.exists()
         else:
             r = result["results"]
-            assert result["chosen"] == "adaround" and r["adaround"]["ranges"] == "mse" and r["adaround"]["vs"] == "ranges"
+            # the better refit (here the mean of per-image extremes) is the one judged, and AdaRound is converted with it
+            assert r["ranges"]["file"] == "ranges-mean-int8.tflite" and r["ranges"]["tried"]["mse"] < r["ranges"]["tried"]["mean"]
+            assert result["chosen"] == "adaround" and r["adaround"]["ranges"] == "mean" and r["adaround"]["vs"] == "ranges"
             assert all(0 < r[k]["sure_gain_points"] < r[k]["gain_points"] for k in ("ranges", "adaround")) and result["confidence"] == 0.9
             assert files.final.read_bytes() == files.adaround.read_bytes() and files.adaround_h5.exists()

@@ -509,11 +509,19 @@ def test_convert_repair_keeps_the_better_int8_on_validation(light_model, synthet
     assert r.returncode == 0, r.stderr[-2000:]
     repair = json.loads((tmp_path / "r.json").read_text())["repair"]
     steps = {s["step"]: s for s in repair["steps"]}
-    # ranges on top of the better of none and CLE, and, when CLE won, on the unrepaired model as well (steps need not stack)
-    assert set(steps) == {"none", "cle", "ranges", "adaround", "qat"} | ({"ranges-alone"} if steps["ranges"]["on"] == "cle" else set())
-    assert steps["adaround"]["on"] in ("none", "cle", "ranges", "ranges-alone") and steps["adaround"]["layers"] >= 0
-    refitted = lambda step: step in ("ranges", "ranges-alone") or (step == "adaround" and refitted(steps["adaround"]["on"]))  # noqa: E731
-    assert steps["qat"]["epochs"] == 1 and steps["qat"]["start_ranges"] == ("mse" if refitted(steps["qat"]["on"]) else "minmax")
+    # ranges, by each refit (least error, mean of per-image extremes), on top of the better of none and CLE, and, when CLE won, on
+    # the unrepaired model as well (steps need not stack)
+    ranges = {"ranges", "ranges-mean"} | ({"ranges-alone", "ranges-mean-alone"} if steps["ranges"]["on"] == "cle" else set())
+    assert set(steps) == {"none", "cle", "adaround", "qat"} | ranges
+    assert steps["ranges-mean"]["activation_ranges"]["method"] == "mean" and steps["ranges"]["activation_ranges"]["method"] == "mse"
+    assert steps["adaround"]["on"] in {"none", "cle"} | ranges and steps["adaround"]["layers"] >= 0
+
+    def start_ranges(step: str) -> str:
+        if step.startswith("ranges"):
+            return steps[step]["activation_ranges"]["method"]
+        return start_ranges(steps["adaround"]["on"]) if step == "adaround" else "minmax"
+
+    assert steps["qat"]["epochs"] == 1 and steps["qat"]["start_ranges"] == start_ranges(steps["qat"]["on"])
     assert steps["cle"]["pairs"] > 0 and all(s["latency_ms"] > 0 for s in steps.values())
     assert steps["ranges"]["on"] in ("none", "cle") and steps["ranges"]["activation_ranges"]["tensors"] > 0
     # a rung is kept only if it beats the best so far with 90 % confidence (paired bootstrap over the validation images)

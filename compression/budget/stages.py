@@ -562,8 +562,8 @@ class Int8(CompressStage):
     name, title = "int8", "post-training int8 (min/max and refitted activation ranges, AdaRound) and quantization-aware training, each kept only if it beats the best so far on validation with quantization.repair_confidence; the kept one is plan-int8.tflite"
     reads = ("@data", "@train", "compress.qat", "compress.int8_ranges", "compress.int8_adaround", "compress.calibration_samples", "quantization.*")
     needs = ("baseline", "plan", "candidates", "finetune", "cluster", "cluster-finetune")
-    writes = ("ptq-int8.tflite", "ranges-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
-    version = 4  # 2: also activation ranges by quantization error; 3: also AdaRound; 4: a step kept only if it wins with quantization.repair_confidence
+    writes = ("ptq-int8.tflite", "ranges-int8.tflite", "ranges-mean-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
+    version = 5  # 2: also activation ranges by quantization error; 3: also AdaRound; 4: a step kept only if it wins with quantization.repair_confidence; 5: also the mean refit
 
     def run(self, ctx: StageContext) -> dict:
         from ..steps import Int8Files, int8_keep_better
@@ -596,8 +596,9 @@ class Int8(CompressStage):
         rows = [{"stage": "int8, post-training", "file": "ptq-int8.tflite", "note": "calibrated on training images", "arch": "final"}]
         if "ranges" in tried:
             r = tried["ranges"]["activation_ranges"]
-            rows.append({"stage": "int8, refitted activation ranges", "file": "ranges-int8.tflite", "arch": "final",
-                         "note": f"{r['narrowed']} of {r['tensors']} ranges narrowed by quantization error" + verdict("ranges")})  # fmt: skip
+            how = "by quantization error" if r.get("method", "mse") == "mse" else "to the mean of per-image extremes"
+            rows.append({"stage": "int8, refitted activation ranges", "file": tried["ranges"]["file"], "arch": "final",
+                         "note": f"{r['narrowed']} of {r['tensors']} ranges narrowed {how}" + verdict("ranges")})  # fmt: skip
         if "adaround" in tried:
             r = tried["adaround"]
             rows.append({"stage": "int8, AdaRound", "file": "adaround-int8.tflite", "arch": "final",

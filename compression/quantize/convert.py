@@ -11,6 +11,7 @@ import numpy as np
 from yolo3.errors import UserError
 
 from ..outputs import check_output, fresh_run_dir
+from .ranges import METHODS as RANGE_METHODS
 from .tflite_export import FORMATS, ExportOptions, calibration_images, export_tflite
 
 
@@ -146,8 +147,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
 
     ``cle`` equalises the float weights (:mod:`compression.quantize.equalize`);
     ``ranges`` converts the best model so far with each inner activation's range
-    chosen by quantization error (:mod:`compression.quantize.ranges`), and the
-    unrepaired model too when the best so far is another step's (steps need not stack);
+    refitted (:mod:`compression.quantize.ranges`: by quantization error, and to the
+    mean of per-image extremes), and the unrepaired model too when the best so far
+    is another step's (steps need not stack); the best of these is judged;
     ``adaround`` chooses the int8 rounding of the best model's weights
     (:mod:`compression.quantize.adaround`) and converts it as the best so far was;
     ``qat`` fine-tunes the best model with simulated int8
@@ -212,10 +214,16 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             if fmt != "int8":
                 rows.append({"step": "ranges", "skipped": f"activation ranges are chosen for int8 activations, not {fmt}"})
                 continue
-            tried = try_step("ranges", best["h5"], dataclasses.replace(best["options"], activation_ranges="mse"), {"on": best["step"]})
-            if best["step"] != "none":  # the steps need not stack (on BCCD's Yolo-Fastest ranges won 3 points alone, less after CLE)
-                alone = try_step("ranges-alone", h5, dataclasses.replace(options, activation_ranges="mse"), {"on": "none"})
-                tried = max((tried, alone), key=lambda t: t["mAP50"])
+            # each refit method (least int8 error, mean of per-image extremes); on the best so far and, since the steps need not
+            # stack (on BCCD's Yolo-Fastest ranges won 3 points alone, less after CLE), on the unrepaired model; the best goes on
+            def ranges_name(method: str, alone: bool) -> str:  # "ranges" (mse), "ranges-mean", "ranges-alone", "ranges-mean-alone"
+                return "ranges" + ("" if method == "mse" else f"-{method}") + ("-alone" if alone else "")
+
+            tries = [try_step(ranges_name(m, False), best["h5"], dataclasses.replace(best["options"], activation_ranges=m), {"on": best["step"]})
+                     for m in RANGE_METHODS]  # fmt: skip
+            if best["step"] != "none":
+                tries += [try_step(ranges_name(m, True), h5, dataclasses.replace(options, activation_ranges=m), {"on": "none"}) for m in RANGE_METHODS]
+            tried = max(tries, key=lambda t: t["mAP50"])
         elif step == "adaround":
             if fmt != "int8":
                 rows.append({"step": "adaround", "skipped": f"AdaRound rounds int8 weights, not {fmt}"})
@@ -234,7 +242,7 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
 
             from .qat import qat_finetune
 
-            refit = best["options"].activation_ranges == "mse"  # start from the ranges the ladder found best
+            refit = best["options"].activation_ranges if best["options"].activation_ranges != "minmax" else False  # the ladder's best ranges
             trained = qat_finetune(config, best["h5"], load_model(best["h5"]).model, tmp / "qat", None, progress, None, images[:64], refit_ranges=refit)
             tried = try_step("qat", best["h5"], dataclasses.replace(best["options"], activation_ranges="minmax"),
                              {"on": best["step"], "scheme": trained["scheme"], "epochs": trained["epochs"], "start_ranges": trained["start_ranges"],

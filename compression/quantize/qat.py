@@ -259,12 +259,13 @@ def copy_float_weights(qat_model, plain_model) -> None:
 RANGE_LEAVES = ("output_min", "output_max", "post_activation_min", "post_activation_max")
 
 
-def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8, refit: bool = False) -> int:
+def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8, refit: bool | str = False) -> int:
     """Start every activation range of ``qat_model`` at what ``float_model`` outputs on ``images``; returns how many.
 
-    ``refit``: start each at the range with the smallest int8 error on those
-    outputs (:func:`compression.quantize.ranges.mse_range`, the ranges of
-    ``convert --repair ranges``) instead of their min/max.
+    ``refit`` (True or "mse"): start each at the range with the smallest int8
+    error on those outputs (:func:`compression.quantize.ranges.mse_range`);
+    "mean": at the mean of each image's min and max — the two refits of
+    ``convert --repair ranges`` — instead of their min/max.
 
     TFMOT starts each activation range at [-6, 6] and moves it by an
     exponential average with decay 0.999 per training step, so over the few
@@ -290,23 +291,30 @@ def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8,
     probe = keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in names])
     from .ranges import SAMPLES_PER_TENSOR, mse_range
 
+    method = "mse" if refit is True else (refit or "minmax")
     lo = np.full(len(names), np.inf)
     hi = np.full(len(names), -np.inf)
     rng = np.random.default_rng(0)
     per_batch = max(1, SAMPLES_PER_TENSOR * batch // max(len(images), 1))
     samples: list[list[np.ndarray]] = [[] for _ in names]
+    extremes: list[list[np.ndarray]] = [[] for _ in names]  # per image: (min, max)
     for start in range(0, len(images), batch):
         outs = probe(images[start : start + batch], training=False)
         outs = outs if isinstance(outs, (list, tuple)) else [outs]
         for k, out in enumerate(outs):
-            out = out.numpy().ravel()
+            per_image = out.numpy().reshape(out.shape[0], -1)
+            out = per_image.ravel()
             lo[k] = min(lo[k], float(out.min()))
             hi[k] = max(hi[k], float(out.max()))
-            if refit:
+            if method == "mse":
                 samples[k].append(out if out.size <= per_batch else rng.choice(out, per_batch, replace=False))
-    if refit:
-        for k in range(len(names)):
+            elif method == "mean":
+                extremes[k].append(np.stack([per_image.min(axis=1), per_image.max(axis=1)], axis=1))
+    for k in range(len(names)):
+        if method == "mse":
             lo[k], hi[k] = mse_range(np.concatenate(samples[k]), lo[k], hi[k])
+        elif method == "mean":
+            lo[k], hi[k] = np.concatenate(extremes[k]).mean(axis=0)
     unit = getattr(qat_model, "range_scale", 1.0)  # learned ranges are stored divided by it (learned_range_quantizer)
     for k, name in enumerate(names):
         for is_min, var in targets[name]:
@@ -325,13 +333,13 @@ class QatWrapper(TrainingHook):
     """
 
     def __init__(self, scheme: str, compression: dict | None = None, calibration: np.ndarray | None = None, best_from_epoch: int = 1,
-                 refit_ranges: bool = False, range_scale: float | None = None):  # fmt: skip
+                 refit_ranges: bool | str = False, range_scale: float | None = None):  # fmt: skip
         if scheme not in SCHEMES:
             raise ValueError(f"unknown QAT scheme {scheme!r}")
         self.scheme = scheme
         self.range_scale = range_scale  # the activation ranges are trained (learned_range_quantizer), not averaged
         self.calibration = calibration  # preprocessed images (N, H, W, 3) that set the starting activation ranges
-        self.refit_ranges = refit_ranges  # start them at the ranges of least int8 error, not at min/max
+        self.refit_ranges = refit_ranges  # start them at refitted ranges ("mse", "mean"; True = "mse"), not at min/max
         self.compression = dict(compression or {})
         self.best_from_epoch = best_from_epoch  # only the last epoch's QAT model is converted
         self.plain = None
@@ -352,13 +360,13 @@ class QatWrapper(TrainingHook):
 
 def qat_finetune(
     config, start_h5: Path, start_model, run_dir: Path, epochs: int | None = None, progress: bool = True, learning_rate: float | None = None,
-    calibration: list[str] | None = None, refit_ranges: bool = False,
+    calibration: list[str] | None = None, refit_ranges: bool | str = False,
 ) -> dict:
     """Quantization-aware fine-tuning of ``start_h5`` in ``run_dir``; writes ``run_dir/qat-weights.h5``.
 
     ``start_model`` is the same model loaded (its kernels decide the scheme);
     ``calibration`` images set the starting activation ranges (:func:`calibrate_ranges`;
-    with ``refit_ranges`` the ranges of least int8 error, as ``convert --repair ranges`` chooses them).
+    with ``refit_ranges`` ("mse", "mean"; True = "mse") refitted as ``convert --repair ranges`` refits them).
     With ``quantization.qat_range_learning_rate`` above 0 the ranges are then
     trained by the task loss (:func:`learned_range_quantizer`) instead of
     following a moving average. The run is an ordinary training run
@@ -390,7 +398,7 @@ def qat_finetune(
     atomic_write(weights, lambda tmp: wrapper.qat_model.save_weights(str(tmp)))
     return {
         "scheme": scheme, "epochs": epochs, "learning_rate": lr, "mAP50": result["best_mAP50"],
-        "run": str(run_dir), "weights": str(weights), "seconds": result["seconds"], "start_ranges": "mse" if refit_ranges else "minmax",
+        "run": str(run_dir), "weights": str(weights), "seconds": result["seconds"], "start_ranges": "mse" if refit_ranges is True else (refit_ranges or "minmax"),
         "ranges": "learned" if range_scale else "moving average",
         "conversion": {"scheme": scheme, "weights": str(weights), **({"range_scale": range_scale} if range_scale else {})},
     }  # fmt: skip

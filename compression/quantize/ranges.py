@@ -21,6 +21,11 @@ calls after calibrating — makes the int8 model from them. The model's input
 (pinned to [0, 1]) and outputs (box and score logits, whose tails are the
 detections) keep their min/max.
 
+A second refit, ``mean``, sets each range at the mean over the calibration
+images of each image's min and max: the moving average of per-batch extremes
+that TF1, TFMOT's QAT and ai-edge-quantizer calibrate with approximates it, and
+it also clips what only a few images reach.
+
 The pure part (:func:`mse_range`) is here; the TensorFlow part runs in the
 conversion worker (:func:`refit_ranges`).
 """
@@ -58,12 +63,20 @@ def mse_range(values: np.ndarray, lo: float, hi: float, grid: np.ndarray = GRID)
     return float(best_lo), float(best_hi)
 
 
-def refit_ranges(calibrated: bytes, batches: Callable[[], Iterable[list[np.ndarray]]], seed: int = 0) -> tuple[bytes, dict]:
-    """The calibrated float model with every inner activation's min/max replaced by its :func:`mse_range`; and a summary.
+METHODS = ("mse", "mean")
 
+
+def refit_ranges(calibrated: bytes, batches: Callable[[], Iterable[list[np.ndarray]]], seed: int = 0, method: str = "mse") -> tuple[bytes, dict]:
+    """The calibrated float model with every inner activation's min/max replaced; and a summary.
+
+    ``method`` "mse": each range by :func:`mse_range`; "mean": the mean over the
+    calibration images of each image's min and of its max (what TF1's and
+    ai-edge-quantizer's moving average of per-batch extremes approximate).
     ``batches`` yields the calibration inputs (as the converter's representative
     dataset does). Runs in the conversion worker (TensorFlow imported).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown range method {method!r}")
     from tensorflow.lite.tools import flatbuffer_utils
 
     from yolo3.kerasenv import tf
@@ -80,20 +93,27 @@ def refit_ranges(calibrated: bytes, batches: Callable[[], Iterable[list[np.ndarr
     per_image = max(1, SAMPLES_PER_TENSOR // max(len(data), 1))
     rng = np.random.default_rng(seed)
     samples: dict[int, list[np.ndarray]] = {i: [] for i in recorded}
+    extremes: dict[int, list[tuple[float, float]]] = {i: [] for i in recorded}
     for batch in data:
         for index, value in zip(inputs, batch):
             interpreter.set_tensor(index, value)
         interpreter.invoke()
         for i in recorded:
             v = interpreter.get_tensor(i).ravel()
-            samples[i].append(v if v.size <= per_image else rng.choice(v, per_image, replace=False))
+            if method == "mean":
+                extremes[i].append((float(v.min()), float(v.max())))
+            else:
+                samples[i].append(v if v.size <= per_image else rng.choice(v, per_image, replace=False))
     narrowed = []
     for i, t in recorded.items():
         lo, hi = float(t.quantization.min[0]), float(t.quantization.max[0])
-        new_lo, new_hi = mse_range(np.concatenate(samples[i]), lo, hi)
+        if method == "mean":
+            new_lo, new_hi = (float(np.mean(e)) for e in zip(*extremes[i]))
+        else:
+            new_lo, new_hi = mse_range(np.concatenate(samples[i]), lo, hi)
         t.quantization.min, t.quantization.max = [new_lo], [new_hi]
         if (new_lo, new_hi) != (lo, hi):
             narrowed.append((hi - lo) / max(new_hi - new_lo, 1e-12))
-    summary = {"method": "mse", "tensors": len(recorded), "narrowed": len(narrowed),
+    summary = {"method": method, "tensors": len(recorded), "narrowed": len(narrowed),
                "median_narrowing": float(np.median(narrowed)) if narrowed else 1.0, "images": len(data)}  # fmt: skip
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), summary

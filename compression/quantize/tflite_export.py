@@ -40,7 +40,7 @@ FORMATS = ("int8", "int16x8", "float16", "dynamic", "float32")
 
 
 INPUT_TYPES = ("int8", "uint8")
-ACTIVATION_RANGES = ("minmax", "mse")
+ACTIVATION_RANGES = ("minmax", "mse", "mean")
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class ExportOptions:
     nms_iou: float = 0.45
     max_detections: int = 100
     nms_classes_per_box: int = 5  # quantization.nms_classes_per_box
-    activation_ranges: str = "minmax"  # int8: "mse" chooses each inner activation's range by quantization error (compression.quantize.ranges)
+    activation_ranges: str = "minmax"  # int8: "mse" / "mean" refit each inner activation's range (compression.quantize.ranges)
 
     def check(self, fmt: str) -> None:
         """One line for a combination that cannot be made, before any work is done."""

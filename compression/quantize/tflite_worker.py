@@ -75,13 +75,13 @@ def convert(job: dict) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     if fmt == "int8" and job.get("float_layers"):
         return selectively_quantized(converter, representative, set(job["float_layers"]))
-    if fmt == "int8" and job.get("ranges") == "mse":
-        return mse_quantized(converter, representative, job)
+    if fmt == "int8" and job.get("ranges") in ("mse", "mean"):
+        return refitted_quantized(converter, representative, job)
     return converter.convert()
 
 
-def mse_quantized(converter, dataset, job: dict) -> bytes:
-    """int8 with each inner activation's range chosen by quantization error (:mod:`compression.quantize.ranges`).
+def refitted_quantized(converter, dataset, job: dict) -> bytes:
+    """int8 with each inner activation's range refitted (:mod:`compression.quantize.ranges`, by ``job["ranges"]``).
 
     Calibrate only, refit the recorded ranges, then quantize with the same MLIR
     quantizer the converter uses; the summary goes into the file's metadata.
@@ -92,7 +92,7 @@ def mse_quantized(converter, dataset, job: dict) -> bytes:
     from yolo3.kerasenv import tf
 
     converter._experimental_calibrate_only = True
-    refitted, summary = refit_ranges(converter.convert(), dataset)
+    refitted, summary = refit_ranges(converter.convert(), dataset, method=job["ranges"])
     job["metadata"]["activation_ranges"] = summary
     return mlir_quantize(refitted, fully_quantize=True, input_data_type=tf.uint8 if job.get("input_type") == "uint8" else tf.int8,
                          output_data_type=tf.float32 if job.get("nms") else tf.int8)  # fmt: skip
