@@ -1,6 +1,7 @@
 """Activation ranges by quantization error: the search itself, and the ranges written being the ranges in the int8 file."""
 
 import numpy as np
+import pytest
 
 from compression.quantize.ranges import mse_range, quantization_mse
 
@@ -70,3 +71,21 @@ def test_refitted_ranges_are_the_ranges_in_the_int8_file():
         q = written[t.name].quantization
         scale, zero = float(q.scale[0]), int(q.zeroPoint[0])
         assert abs((-128 - zero) * scale - min(t.quantization.min[0], 0)) <= scale and abs((127 - zero) * scale - t.quantization.max[0]) <= scale
+    # the mean refit: each inner range is the mean over the images of each image's min and max, read back from the calibrated model
+    refit_mean, summary = refit_ranges(calibrated, dataset, method="mean")
+    assert summary["method"] == "mean" and summary["tensors"] == 3
+    names = [t.name for t in inner]
+    probe = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True)
+    probe.allocate_tensors()
+    index = {d["name"]: d["index"] for d in probe.get_tensor_details()}
+    extremes = {n: [] for n in names}
+    for d in data:
+        probe.set_tensor(probe.get_input_details()[0]["index"], d)
+        probe.invoke()
+        for n in names:
+            v = probe.get_tensor(index[n.decode() if isinstance(n, bytes) else n])
+            extremes[n].append((v.min(), v.max()))
+    means = {t.name: (t.quantization.min[0], t.quantization.max[0]) for t in flatbuffer_utils.convert_bytearray_to_object(bytearray(refit_mean)).subgraphs[0].tensors
+             if t.name in extremes}  # fmt: skip
+    for n in names:
+        assert means[n] == pytest.approx(tuple(np.mean(extremes[n], axis=0)), rel=1e-5)
