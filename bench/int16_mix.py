@@ -86,7 +86,12 @@ def main(argv=None) -> int:
 
     if not Path(args.aeq_python).is_file():
         raise UserError("no such Python (create one with: python -m venv DIR && DIR/bin/pip install ai-edge-quantizer==0.10.0)", args.aeq_python)
-    worst = [int(n) for n in args.worst.split(",") if n.strip()]
+    try:
+        worst = [int(n) for n in args.worst.split(",") if n.strip()]
+    except ValueError:
+        raise UserError(f"--worst takes numbers of layers, e.g. 4,8; got {args.worst!r}") from None
+    if not worst or min(worst) < 1:
+        raise UserError(f"--worst takes numbers of layers of at least 1, e.g. 4,8; got {args.worst!r}")
     config = load_config(args.config)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
