@@ -280,35 +280,75 @@ activation=leaky
 """ + HEAD
 
 
-def test_pruning_keeps_the_channels_an_se_scales_and_the_model_equal():
-    """A MobileNetV3 bottleneck (expand, depthwise, SE, project, residual): the channels an [se] reads are not pruned (its weights
-    are indexed by them); the residual's are, and with only zero-scale channels removed the pruned model computes the same."""
-    from compression.prune.surgery import channel_groups, prune_channels
+def _dead_channels(weights, layers, channels) -> None:
+    """BN scale and offset 0 on ``channels`` of ``layers``: those channels output act(0) = 0 everywhere."""
     from yolo3.darknet import ConvWeights
-    from yolo3.keras_model import build_model, set_darknet_weights
-    from yolo3.spec import parse_cfg
 
-    spec = parse_cfg(BNECK.format(second_se=""), "bneck.cfg")
-    groups = {g.id: g for g in channel_groups(spec)}
-    assert groups[0].members == [0, 4] and groups[0].prunable  # the stem and the projection, added by the shortcut
-    assert groups[1].members == [1, 2] and not groups[1].prunable  # the expansion and its depthwise convolution feed the SE
-    with_se = {g.id: g for g in channel_groups(parse_cfg(BNECK.format(second_se="\n[se]\nreduction=2\n"), "bneck.cfg"))}
-    assert not with_se[0].prunable  # an SE on the residual sum holds the stem and the projection
-    weights = random_weights(spec, seed=2)
-    dead = [3, 7]
-    for i in (0, 4):
-        gamma = weights.convs[i].bn[0].copy()
-        gamma[dead] = 0.0
-        weights.convs[i] = ConvWeights(weights.convs[i].kernel, None, (gamma, *weights.convs[i].bn[1:]))
-    keep = np.ones(16, bool)
-    keep[dead] = False
-    result = prune_channels(spec, weights, {0: keep})
-    assert set(result.weights.se) == {3} and all(np.array_equal(a, b) for a, b in zip(result.weights.se[3], weights.se[3]))
+    for i in layers:
+        gamma, beta, mean, var = (a.copy() for a in weights.convs[i].bn)
+        gamma[channels] = beta[channels] = 0.0
+        weights.convs[i] = ConvWeights(weights.convs[i].kernel, None, (gamma, beta, mean, var))
+
+
+def _same_outputs(spec, weights, result) -> float:
+    from yolo3.keras_model import build_model, set_darknet_weights
+
     original, pruned = build_model(spec), build_model(result.spec)
     set_darknet_weights(original, spec, weights)
     set_darknet_weights(pruned, result.spec, result.weights)
     image = np.random.RandomState(0).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
-    assert np.abs(original.predict(image, verbose=0) - pruned.predict(image, verbose=0)).max() < 1e-4
+    return float(np.abs(original.predict(image, verbose=0) - pruned.predict(image, verbose=0)).max())
+
+
+def test_pruning_the_channels_an_se_scales_prunes_its_weights_and_keeps_the_model_equal(tmp_path):
+    """A MobileNetV3 bottleneck (expand, depthwise, SE, project, residual): the expansion's group (its depthwise tied) is pruned
+    through the [se]: the SE's first layer loses those columns, its second those rows, its hidden units stay (the cfg's
+    reduction chosen for it), the pruned cfg + .weights round trip, and with only channels that output 0 removed the model
+    computes the same. The residual group, read by an SE on the sum, is pruned the same way."""
+    from compression.prune.surgery import channel_groups, prune_channels
+    from yolo3.spec import format_cfg, parse_cfg
+
+    spec = parse_cfg(BNECK.format(second_se="\n[se]\nreduction=2\n"), "bneck.cfg")
+    groups = {g.id: g for g in channel_groups(spec)}
+    assert groups[1].members == [1, 2] and groups[1].prunable and groups[1].se_readers == {3}
+    assert groups[0].members == [0, 4] and groups[0].prunable and groups[0].se_readers == {6}
+    weights = random_weights(spec, seed=2)
+    dead_wide, dead_narrow = [1, 5, 6, 9, 20, 30], [3, 7]
+    _dead_channels(weights, (1, 2), dead_wide)
+    _dead_channels(weights, (0, 4), dead_narrow)
+    keep_wide, keep_narrow = np.ones(32, bool), np.ones(16, bool)
+    keep_wide[dead_wide], keep_narrow[dead_narrow] = False, False
+    result = prune_channels(spec, weights, {1: keep_wide, 0: keep_narrow})
+    kept = list(result.kept[1])  # 26 channels and a carrier for the removed constants (the SE's first layer has no bias)
+    assert result.carriers[1] == 1 and kept == sorted({*np.flatnonzero(keep_wide), 1})
+    fc1, fc2 = result.weights.se[3]
+    assert fc1.shape == (9, 27) and fc2.shape == (27, 9)  # 8 units need reduction 3, which gives 9: one added
+    real = [k for k, c in enumerate(kept) if c != 1]
+    assert np.array_equal(fc1[:8, real], weights.se[3][0][:, [kept[k] for k in real]])
+    assert np.array_equal(fc2[real, :8], weights.se[3][1][[kept[k] for k in real], :]) and not fc2[kept.index(1)].any()
+    assert not fc1[8:].any() and not fc2[:, 8:].any()  # the unit added to meet the reduction is zero
+    block = result.spec.layers[3]
+    assert block.get_int("filters") == len(kept) and block.get_int("reduction") == 3
+    assert _same_outputs(spec, weights, result) < 1e-4
+    assert_weights_round_trip(result.spec, result.weights, tmp_path)
+    assert "reduction=3" in format_cfg(result.spec)
+
+
+def test_pruning_through_an_se_below_its_hidden_units_drops_the_weakest():
+    """Fewer channels than hidden units: reduction 1 and the units with the smallest weights dropped; the model still builds."""
+    from compression.prune.surgery import prune_channels
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import parse_cfg
+
+    spec = parse_cfg(BNECK.format(second_se=""), "bneck.cfg")
+    weights = random_weights(spec, seed=3)
+    keep = np.zeros(32, bool)
+    keep[:5] = True
+    result = prune_channels(spec, weights, {1: keep})
+    fc1, fc2 = result.weights.se[3]
+    assert fc1.shape[1] in (5, 6) and fc1.shape[0] == fc1.shape[1] and result.spec.layers[3].get_int("reduction") == 1
+    model = build_model(result.spec)
+    set_darknet_weights(model, result.spec, result.weights)
 
 
 def test_memory_count_of_an_se_network_equals_its_int8_file(tmp_path):
@@ -358,8 +398,9 @@ def assert_weights_round_trip(spec, weights, folder) -> None:
 
 def test_builtin_tiny_mobilenetv3_small_is_the_suites_cfg_and_runs_as_int8(tmp_path):
     """The built-in equals the suite's yolov3tiny-mobilenet-small-coco.cfg (61 layers; the counts below are that cfg's, read by
-    this tool); its .weights round trip, its channel groups (SE-scaled ones held), its int8 model (HARD_SWISH, depthwise, SE)."""
-    from compression.prune.surgery import channel_groups
+    this tool); its .weights round trip, slimming through its SEs, its int8 model (HARD_SWISH, depthwise, SE)."""
+    from compression.prune.pruning import slimming_masks
+    from compression.prune.surgery import channel_groups, prune_channels
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.spec import analyse, format_cfg, totals
     from yolo3.tflite_memory import memory_report
@@ -374,7 +415,11 @@ def test_builtin_tiny_mobilenetv3_small_is_the_suites_cfg_and_runs_as_int8(tmp_p
     weights = random_weights(small, seed=4)
     assert_weights_round_trip(small, weights, tmp_path)
     groups = channel_groups(small)
-    assert any(g.prunable for g in groups) and not any(g.prunable and 2 in g.members for g in groups)  # layer 2 feeds an SE
+    assert any(g.prunable and 2 in g.members and g.se_readers for g in groups)  # layer 2 feeds an SE: pruned with it
+    pruned = prune_channels(small, weights, slimming_masks(small, weights, percent=0.5))
+    assert sum(b.type == "se" and "reduction" in b.options for b in pruned.spec.layers) >= 5  # the narrowed SEs follow
+    assert_weights_round_trip(pruned.spec, pruned.weights, tmp_path)
+    set_darknet_weights(build_model(pruned.spec), pruned.spec, pruned.weights)
     model = build_model(small)
     set_darknet_weights(model, small, weights)
     _int8(model, tmp_path / "m.tflite")
@@ -383,7 +428,7 @@ def test_builtin_tiny_mobilenetv3_small_is_the_suites_cfg_and_runs_as_int8(tmp_p
 
 
 def test_latency_probes_of_an_se_network_build():
-    """The latency model's probes of a network with [se]: an SE is probed at its own channels (pruning keeps them), and every
+    """The latency model's probes of a network with [se]: an SE is probed at its own channels (the fit carries it to narrower ones), and every
     probe block builds."""
     from compression.budget.latency_model import block_items
     from compression.budget.latency_worker import block_model
@@ -498,38 +543,34 @@ def test_avgpool_and_scale_channels_match_opencv_and_their_counts(tmp_path):
     assert_weights_round_trip(spec, weights, tmp_path)
 
 
-def test_pruning_an_mbconv_keeps_the_scaled_channels_and_the_model_equal():
-    """The channels [scale_channels] multiplies (expand + depthwise) and the excitation's stay whole; the residual's are pruned,
-    and with only zero-scale channels removed the model computes the same."""
+def test_pruning_an_mbconv_prunes_the_excitation_with_the_channels_it_scales(tmp_path):
+    """EfficientNet's SE ([avgpool], two 1x1 convolutions, [scale_channels]): the excitation convolution's filters join the
+    group of the channels it scales (expand + depthwise) and are pruned with them; the squeeze convolution loses the
+    matching inputs; with only channels that output 0 removed (and the residual's) the model computes the same."""
     from compression.prune.surgery import channel_groups, prune_channels
-    from yolo3.darknet import ConvWeights
-    from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.spec import parse_cfg
 
     spec = parse_cfg(MBCONV, "mbconv.cfg")
     groups = {g.id: g for g in channel_groups(spec)}
     assert groups[0].members == [0, 7] and groups[0].prunable
-    assert not groups[1].prunable and 2 in groups[1].members and not groups[5].prunable and groups[4].prunable
+    assert groups[1].members == [1, 2, 5] and groups[1].prunable and groups[1].consumers == {4, 7} and groups[4].prunable
     weights = random_weights(spec, seed=2)
-    dead = [3, 7]
-    for i in (0, 7):
-        gamma = weights.convs[i].bn[0].copy()
-        gamma[dead] = 0.0
-        weights.convs[i] = ConvWeights(weights.convs[i].kernel, None, (gamma, *weights.convs[i].bn[1:]))
-    keep = np.ones(16, bool)
-    keep[dead] = False
-    result = prune_channels(spec, weights, {0: keep})
-    assert result.weights.convs[7].kernel.shape[-1] == 14 and result.weights.convs[1].kernel.shape[2] == 14
-    original, pruned = build_model(spec), build_model(result.spec)
-    set_darknet_weights(original, spec, weights)
-    set_darknet_weights(pruned, result.spec, result.weights)
-    image = np.random.RandomState(0).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
-    assert np.abs(original.predict(image, verbose=0) - pruned.predict(image, verbose=0)).max() < 1e-4
+    dead_wide, dead_narrow = [0, 4, 11, 31], [3, 7]
+    _dead_channels(weights, (1, 2), dead_wide)
+    _dead_channels(weights, (0, 7), dead_narrow)
+    keep_wide, keep_narrow = np.ones(32, bool), np.ones(16, bool)
+    keep_wide[dead_wide], keep_narrow[dead_narrow] = False, False
+    result = prune_channels(spec, weights, {0: keep_narrow, 1: keep_wide})
+    convs = result.weights.convs
+    assert convs[5].kernel.shape[-1] == convs[2].kernel.shape[-1] == 28 and convs[4].kernel.shape[2] == 28
+    assert convs[7].kernel.shape == (1, 1, 28, 14) and convs[1].kernel.shape[2] == 14
+    assert _same_outputs(spec, weights, result) < 1e-4
+    assert_weights_round_trip(result.spec, result.weights, tmp_path)
 
 
 def test_mbconv_as_int8_its_memory_count_and_latency_probes(tmp_path):
     """int8 conversion (MEAN and MUL for the SE), the planner's RAM count against the file, and the latency model's probes of
-    [avgpool] and [scale_channels] (at their own channels) build."""
+    [avgpool] and [scale_channels] (at their own channels and narrower) build."""
     from compression.budget.latency_model import block_items
     from compression.budget.latency_worker import block_model
     from compression.budget.memory_model import estimated_peak
@@ -546,10 +587,11 @@ def test_mbconv_as_int8_its_memory_count_and_latency_probes(tmp_path):
     assert abs(estimated_peak(spec, 64) - report["peak_activation_bytes"]) <= 0.02 * report["peak_activation_bytes"], report
     items = [it for it in block_items(spec, [64, 32], 64, levels=(1.0, 0.5)) if spec.layers[it.layer].type in ("avgpool", "scale_channels")]
     assert {spec.layers[it.layer].type for it in items} == {"avgpool", "scale_channels"}
+    assert {s[2] for it in items for s in it.in_shapes} == {32, 16}  # probed narrower too: pruning narrows them
     for it in items:
-        assert all(s[2] == 32 for s in it.in_shapes)
+        assert len({s[2] for s in it.in_shapes}) == 1
         built = block_model(spec, it.layer, [list(s) for s in it.in_shapes], it.filters)
-        assert built.output.shape[-1] == 32
+        assert built.output.shape[-1] == it.in_shapes[0][2]
 
 
 @pytest.mark.parametrize(
@@ -567,3 +609,21 @@ def test_malformed_scale_channels_ends_in_one_line_naming_the_line(cfg_edit, mes
     with pytest.raises(UserError) as err:
         parse_cfg(cfg_edit(MBCONV), "mbconv.cfg")
     assert message in str(err.value) and "mbconv.cfg" in str(err.value) and "line" in str(err.value), str(err.value)
+
+
+def test_the_planner_narrows_se_networks_it_can_build():
+    """The planner's units include the channels an SE scales; the architecture it describes for narrower counts has its [se]
+    blocks following (filters, reduction), and the latency model's narrower whole networks build."""
+    from compression.budget.latency_worker import network_model
+    from compression.budget.planner import ChannelMap
+    from yolo3.spec import analyse, parse_cfg
+
+    spec = parse_cfg(BNECK.format(second_se="\n[se]\nreduction=2\n"), "bneck.cfg")
+    cmap = ChannelMap(spec)
+    assert set(cmap.units) == {0, 1, 7}
+    narrow = cmap.spec_with({0: 8, 1: 16})
+    infos = analyse(narrow)
+    assert infos[3].out_shape[2] == 16 and narrow.layers[3].get_int("reduction") == 2 and infos[3].params == 2 * 16 * 8
+    assert narrow.layers[6].get_int("filters") == 8 and infos[6].params == 2 * 8 * 8  # 8 units kept: reduction 1
+    model = network_model(spec, {"1": 16, "2": 16, "0": 8, "4": 8}, 64)
+    assert model.get_layer("se_3").output.shape[-1] == 16

@@ -416,6 +416,73 @@ def se_params(block: Block, channels: int) -> tuple[int, int]:
     return channels, hidden
 
 
+def se_resized(channels: int, hidden: int) -> tuple[int, int]:
+    """(reduction, hidden units) for an [se] narrowed to ``channels`` that had ``hidden`` units.
+
+    The suite computes the hidden units as ``channels // reduction``, so a
+    narrowed SE cannot always keep its count: the largest reduction that keeps
+    at least ``hidden`` units is chosen (pruning gives the extra units zero
+    weights, which changes nothing); under ``hidden`` channels, reduction 1
+    (pruning drops the least important units).
+    """
+    if channels >= hidden:
+        reduction = channels // hidden
+        return reduction, channels // reduction
+    return 1, channels
+
+
+def resize_se(block: Block, channels: int, hidden: int) -> int:
+    """Make an [se] read ``channels`` channels with ``hidden`` units where it can (:func:`se_resized`); the units it then has.
+
+    A block that already reads them with that many units is left as written.
+    """
+    try:
+        if se_params(block, channels)[1] == hidden:
+            return hidden
+    except ValueError:
+        pass
+    reduction, units = se_resized(channels, hidden)
+    block.set("filters", channels)
+    block.set("reduction", reduction)
+    return units
+
+
+def fit_se_blocks(spec: Spec, hidden: dict[int, int]) -> None:
+    """Make every [se] of a narrowed ``spec`` read its new input width, keeping ``hidden[i]`` units where it can (see :func:`se_resized`).
+
+    Channel pruning narrows the layer an SE scales; the SE's ``filters`` must
+    follow (the suite reads it as the channel count) and its ``reduction`` is
+    chosen so the hidden units stay.
+    """
+    infos: list[LayerInfo] = []
+    shape = (spec.height, spec.width, spec.channels)
+    for i, block in enumerate(spec.layers):
+        prev = infos[-1].out_shape if infos else shape
+        if block.type == "se" and i in hidden:
+            resize_se(block, prev[2], hidden[i])
+        try:
+            infos.append(_analyse_block(spec, i, block, prev, infos))
+        except ValueError as err:
+            raise spec.error(i, str(err)) from None
+
+
+def se_hidden(spec: Spec) -> dict[int, int]:
+    """Hidden units of every [se] of ``spec`` (what :func:`fit_se_blocks` keeps)."""
+    infos = analyse(spec)
+    return {i: se_params(b, infos[i].in_shape[2])[1] for i, b in enumerate(spec.layers) if b.type == "se"}
+
+
+def narrowed(spec: Spec, filters: dict[int, int]) -> Spec:
+    """A copy of ``spec`` with the given convolutions' filter counts, its [se] blocks following (the architecture a pruning leaves)."""
+    hidden = se_hidden(spec) if any(b.type == "se" for b in spec.layers) else {}
+    new = spec.copy()
+    for index, count in filters.items():
+        set_filters(new.layers[int(index)], int(count))
+    if hidden:
+        fit_se_blocks(new, hidden)
+    return new
+
+
 def dropout_probability(block: Block) -> float:
     """A [dropout]'s probability (Darknet's default .5): identity at inference, dropout in training."""
     p = block.get_float("probability", 0.5)

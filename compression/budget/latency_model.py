@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from yolo3.errors import UserError
-from yolo3.spec import Block, Spec, analyse, format_cfg, route_inputs, set_filters
+from yolo3.spec import Block, Spec, analyse, format_cfg, narrowed, route_inputs, set_filters
 
 from ..prune.surgery import channel_groups, tied_depthwise
 from ..subprocesses import failure_reason, run_module
@@ -154,8 +154,8 @@ def block_items(spec: Spec, sizes: list[int], base_size: int, levels=LEVELS, rou
                 for li, lo in dict.fromkeys(pairs):
                     shapes = tuple(_scaled(s, li, round_to) for s in b.in_shapes)
                     items.append(Item("block", size, b.layer, shapes, _round_up(b.out_shape[2] * lo, round_to, b.out_shape[2])))
-            else:  # an [se] is built for its channels (its weights are indexed by them; pruning keeps them whole), as are [avgpool] + [scale_channels]
-                for li in (1.0,) if b.type in ("se", "avgpool", "scale_channels") else in_levels:
+            else:  # an [se] is timed at its own width (its cfg names it); the fit's pixels x channels term carries it to a narrower one
+                for li in (1.0,) if b.type == "se" else in_levels:
                     items.append(Item("block", size, b.layer, tuple(_scaled(s, li, round_to) for s in b.in_shapes)))
     return list(dict.fromkeys(items))
 
@@ -172,10 +172,7 @@ def scaled_filters(spec: Spec, level: float, round_to: int = 8) -> dict[int, int
 
 def with_filters(spec: Spec, filters: dict[int, int]) -> Spec:
     """A copy of ``spec`` with the given convolutions' filter counts (the architecture a pruning would leave)."""
-    new = spec.copy()
-    for index, count in filters.items():
-        set_filters(new.layers[int(index)], int(count))
-    return new
+    return narrowed(spec, filters)
 
 
 def network_items(spec: Spec, sizes: list[int], base_size: int, round_to: int = 8) -> list[Item]:

@@ -48,12 +48,9 @@ def block_model(spec, layer: int, in_shapes: list[list[int]], filters: int | Non
 def network_model(spec, filters: dict[str, int], size: int):
     """The whole network with some convolutions' filter counts changed (a pruned architecture), at ``size``."""
     from yolo3.keras_model import build_model
-    from yolo3.spec import set_filters
+    from yolo3.spec import narrowed
 
-    spec = spec.copy()
-    for index, count in filters.items():
-        set_filters(spec.layers[int(index)], int(count))
-    return build_model(spec, size=size)
+    return build_model(narrowed(spec, {int(k): v for k, v in filters.items()}), size=size)
 
 
 def randomize(model, seed: int) -> None:

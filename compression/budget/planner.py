@@ -39,7 +39,7 @@ import numpy as np
 
 from yolo3.fileio import gzip_size
 from yolo3.names import conv_name
-from yolo3.spec import Spec, analyse, conv_params, route_group, route_inputs, scale_channels_input, set_filters, shortcut_input
+from yolo3.spec import Spec, analyse, conv_params, narrowed, route_group, route_inputs, scale_channels_input, shortcut_input
 
 from ..prune.surgery import IMAGE, _layout, channel_groups, tied_depthwise
 from .latency_model import timed_pixels
@@ -99,7 +99,7 @@ class ChannelMap:
                                                  groups=route_group(block)[0]))  # fmt: skip
             elif block.type == "shortcut":
                 self.blocks.append(BlockChannels(i, block.type, segs(i - 1) + segs(shortcut_input(spec, i)), None, 0))
-            elif block.type in ("se", "avgpool"):  # fixed channels (pruning keeps what they scale), timed like the rest
+            elif block.type in ("se", "avgpool"):  # their channels follow the layer they read (SE weights pruned with it)
                 self.blocks.append(BlockChannels(i, block.type, segs(i - 1), None, 0))
             elif block.type == "scale_channels":
                 self.blocks.append(BlockChannels(i, block.type, segs(scale_channels_input(spec, i)) + segs(i - 1), None, 0))
@@ -120,7 +120,7 @@ class ChannelMap:
         cin = sum(kept.get(u, n) if u is not None else n for u, n in block.inputs)
         if block.type == "convolutional":
             cout = kept.get(block.out_unit, block.out_channels) if block.out_unit is not None else block.out_channels
-        elif block.type == "shortcut":
+        elif block.type in ("shortcut", "scale_channels"):  # two inputs of one width
             cout = cin // 2
         elif block.type == "route":
             cout = cin // block.groups
@@ -130,12 +130,7 @@ class ChannelMap:
 
     def spec_with(self, kept: dict[int, int]) -> Spec:
         """The architecture the kept counts describe (every member of a unit at its count)."""
-        new = self.spec.copy()
-        for g in channel_groups(self.spec):
-            if g.id in kept:
-                for m in g.members:
-                    set_filters(new.layers[m], int(kept[g.id]))
-        return new
+        return narrowed(self.spec, {m: int(kept[g.id]) for g in channel_groups(self.spec) if g.id in kept for m in g.members})
 
 
 # ---------------------------------------------------------------------------

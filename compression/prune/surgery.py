@@ -25,10 +25,22 @@ Spec and weights:
 - **depthwise**: a depthwise convolution (``groups`` = input channels, one
   filter per channel) keeps its channels tied to its input's: it joins its
   input's group, loses the same channels, and its ``groups`` follows.
+- **squeeze-and-excitation**: an ``[se]`` passes its input's channels on,
+  each times its gate; pruning its input prunes the SE's weights with it
+  (the first layer's columns, the second's rows). Its first layer has no
+  bias, so a removed constant reaches it through the group's carrier (whose
+  gate is made constant: its row of the second layer zeroed). The hidden
+  units stay (:func:`yolo3.spec.se_resized`; added ones have zero weights).
+  In AlexeyAB's form (``[avgpool]``, two 1x1 convolutions, ``[scale_channels]``)
+  the excitation convolution's filters are tied to the channels it scales:
+  it joins their group. A removed channel's value after the gate is its
+  constant times a gate that depends on the image; the surgery takes the gate
+  at zero input, so it is exact when the removed channels output 0 (BN scale
+  and offset 0 under ReLU, ReLU6, h_swish, swish or leaky), close otherwise.
 - **fixed**: channels read by a grouped (not depthwise) convolution, a
   depthwise one with a depth multiplier, or a ``[route]`` with ``groups``
   (YOLOv4-tiny's channel split) keep every channel, so the slices stay equal;
-  so do the channels an ``[se]`` scales (its weights are indexed by them).
+  so do the channels of a ``[scale_channels]`` whose inputs are not two single layers.
 
 Example::
 
@@ -52,6 +64,7 @@ from yolo3.spec import (
     Spec,
     analyse,
     conv_params,
+    resize_se,
     route_group,
     route_inputs,
     scale_channels_input,
@@ -74,6 +87,7 @@ class Group:
     channels: int
     consumers: set[int] = field(default_factory=set)  # convolution indices reading these channels
     padded_consumers: set[int] = field(default_factory=set)
+    se_readers: set[int] = field(default_factory=set)  # [se] blocks reading these channels (no bias to fold a constant into)
     prunable: bool = True
 
 
@@ -122,12 +136,14 @@ def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind, set[in
             segments.append([(i, p.filters)])
         elif block.type in (*PASS_THROUGH, "yolo"):
             segments.append(prev)
-        elif block.type in ("se", "avgpool"):  # SE weights, and the excitation that scales these channels, are indexed by them:
-            fixed.update(space for space, _ in prev)  # they stay whole (SE-aware pruning is not done)
+        elif block.type in ("se", "avgpool"):  # the same channels (an SE's weights are pruned with them)
             segments.append(prev)
-        elif block.type == "scale_channels":  # the scaled layer's channels times the excitation's, one to one: both stay whole
+        elif block.type == "scale_channels":  # the scaled layer's channels times the excitation's, one to one: tied
             scaled = segments[scale_channels_input(spec, i)]
-            fixed.update(space for space, _ in (*prev, *scaled))
+            if len(scaled) == 1 and len(prev) == 1 and min(scaled[0][0], prev[0][0]) >= 0:
+                uf.union(scaled[0][0], prev[0][0])
+            else:
+                fixed.update(space for space, _ in (*prev, *scaled))
             segments.append(scaled)
         elif block.type == "route":
             groups, _ = route_group(block)
@@ -177,6 +193,11 @@ def channel_groups(spec: Spec) -> list[Group]:
                 groups[root].consumers.add(i)
                 if p.padding > 0 and p.size > 1:
                     groups[root].padded_consumers.add(i)
+    for i, block in enumerate(spec.layers):
+        if block.type == "se":
+            for space, _ in segments[i - 1]:
+                if uf.find(space) in groups:
+                    groups[uf.find(space)].se_readers.add(i)
     for g in groups.values():
         g.id = min(g.members)
         g.prunable = (uf.find(IMAGE) != uf.find(g.members[0]) and not (set(g.members) & heads)
@@ -240,7 +261,7 @@ def prune_channels(
         values.append(prev if propagate is None else propagate(surgery, i, prev, values, new))
     analyse(new)  # the result must be consistent
     kept = {gid: np.flatnonzero(m) for gid, m in keep.items()}
-    return PruneResult(new, weights.with_convs(surgery.new_convs), kept, surgery.carriers)
+    return PruneResult(new, DarknetWeights(surgery.new_convs, weights.header, surgery.new_se), kept, surgery.carriers)
 
 
 def _checked_masks(spec: Spec, groups: dict[int, Group], masks: dict[int, np.ndarray], merges: dict[int, dict[int, int]]) -> dict[int, np.ndarray]:
@@ -276,12 +297,12 @@ def _removed_constants(spec: Spec, weights: DarknetWeights) -> dict[int, np.ndar
 
 
 def _carriers(groups: dict[int, Group], keep: dict[int, np.ndarray], merges: dict[int, dict[int, int]]) -> dict[int, int]:
-    """Groups with removed, non-merged channels read by a padded consumer keep one of them as carrier (its mask entry set)."""
+    """Groups with removed, non-merged channels read by a padded consumer or an [se] keep one of them as carrier (its mask entry set)."""
     carriers: dict[int, int] = {}
     for gid, mask in keep.items():
         merged = set(merges.get(gid, {}))
         removed = [c for c in np.flatnonzero(~mask) if c not in merged]
-        if removed and groups[gid].padded_consumers:
+        if removed and (groups[gid].padded_consumers or groups[gid].se_readers):
             carriers[gid] = int(removed[0])
             mask[carriers[gid]] = True
     return carriers
@@ -301,6 +322,7 @@ class _Surgery:
     carriers: dict[int, int]
     constants: dict[int, np.ndarray]
     new_convs: dict[int, ConvWeights] = field(default_factory=dict)
+    new_se: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     def group_of(self, space: int) -> int | None:
         return self.root_to_id.get(self.uf.find(space)) if space != IMAGE else None
@@ -380,6 +402,42 @@ def _conv_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray
     return v, u
 
 
+def _se_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """Prune an [se] with its input: its weights sliced (removed constants folded through the carrier), hidden units kept; its (v, u)."""
+    fc1, fc2 = (a.astype(np.float64).copy() for a in s.weights.se[i])  # (hidden, c), (c, hidden)
+    v_in, u_in = prev
+    in_keep, start = [], 0
+    for space, n in s.segments[i - 1]:
+        gid = s.group_of(space)
+        m = s.mask_of(space, n)
+        in_keep.append(m)
+        if gid in s.keep:
+            twins = s.merges.get(gid, {})
+            for r, t in twins.items():
+                fc1[:, start + t] += fc1[:, start + r]
+            removed = np.flatnonzero(~m)
+            removed = start + removed[~np.isin(removed, list(twins))]
+            carrier = s.carriers.get(gid)
+            if carrier is not None:  # the carrier's mean is u, the removed channels' means their constants
+                c_abs = start + carrier
+                fc1[:, c_abs] = (fc1[:, c_abs] * v_in[c_abs] + fc1[:, removed] @ v_in[removed]) / u_in[c_abs]
+                fc2[c_abs, :] = 0.0  # its gate: hard sigmoid of 0, a constant
+        start += n
+    keep = np.concatenate(in_keep)
+    hidden = fc1.shape[0]
+    new_hidden = resize_se(new.layers[i], int(keep.sum()), hidden)
+    fc1, fc2 = fc1[:, keep], fc2[keep, :]
+    if new_hidden >= hidden:  # extra units with zero weights output 0 and change nothing
+        fc1 = np.vstack([fc1, np.zeros((new_hidden - hidden, fc1.shape[1]))])
+        fc2 = np.hstack([fc2, np.zeros((fc2.shape[0], new_hidden - hidden))])
+    else:  # fewer channels than units: keep the units that carry the most
+        units = np.sort(np.argsort(-np.linalg.norm(fc1, axis=1) * np.linalg.norm(fc2, axis=0), kind="stable")[:new_hidden])
+        fc1, fc2 = fc1[units], fc2[:, units]
+    s.new_se[i] = (np.ascontiguousarray(fc1, np.float32), np.ascontiguousarray(fc2, np.float32))
+    gate = 0.5  # hard sigmoid at zero input: a removed channel's gate (exact when its constant is 0), the carrier's (exact)
+    return v_in * gate, u_in * gate
+
+
 def _route_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray, np.ndarray]:
     """A [route] concatenates its inputs' (v, u), or the slice its ``groups`` / ``group_id`` take."""
     groups, group_id = route_group(s.spec.layers[i])
@@ -408,4 +466,4 @@ def _scale_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarra
 
 # One step per block type that changes channels or their constants; every other block ([maxpool],
 # [upsample], [avgpool], [yolo], ...) passes its input's (v, u) through.
-_PROPAGATE = {"convolutional": _conv_step, "route": _route_step, "shortcut": _shortcut_step, "scale_channels": _scale_step}
+_PROPAGATE = {"convolutional": _conv_step, "route": _route_step, "shortcut": _shortcut_step, "scale_channels": _scale_step, "se": _se_step}
