@@ -349,15 +349,26 @@ def test_max_speedup_is_the_cheapest_plan_the_floor_allows():
 
 
 def test_the_time_budget_fills_the_time_left_within_bounds():
-    from compression.budget.schedule import MAX_FACTOR, candidate_epochs, finetune_epochs, tail_seconds
+    from compression.budget.schedule import MAX_FACTOR, finetune_epochs, tail_seconds
 
     epochs, why = finetune_epochs(time_left=1800, epoch_seconds=10, tail=300, configured=60)
     assert epochs == 150 and "150 epochs" in why  # (1800 - 300) / 10
     assert finetune_epochs(1e6, 10, 300, 60)[0] == MAX_FACTOR * 60  # more time buys at most MAX_FACTOR times the epochs
     assert finetune_epochs(100, 10, 300, 60)[0] == 1  # no time left: one epoch, not none
     assert tail_seconds(10, 5, 2, 60) == 10 * 9 + 60
-    assert candidate_epochs(2000, {416: 10, 320: 6}, reserve=1200, configured=3)[0] == 9  # 0.25 * 800 / 16 = 12, at most 3x
-    assert candidate_epochs(1000, {416: 10, 320: 6}, reserve=1200, configured=3)[0] == 1
+
+
+def test_the_time_budget_leaves_plans_out_rather_than_shorten_their_first_round():
+    from compression.budget.schedule import candidate_schedule
+
+    seconds, predicted = {416: 10, 352: 8, 320: 6, 288: 5}, {416: 0.80, 352: 0.85, 320: 0.84, 288: 0.70}
+    epochs, sizes, _ = candidate_schedule(6000, seconds, reserve=1200, configured=3, predicted_map=predicted)
+    assert (epochs, sizes) == (9, [288, 320, 352, 416])  # 0.25 * 4800 / 29 = 41: more time lengthens the round, at most 3x
+    epochs, sizes, why = candidate_schedule(1500, seconds, reserve=1200, configured=3, predicted_map=predicted)
+    # 0.25 * 300 = 75 s: all four need 87 s for 3 epochs; without 288 (least predicted) 72 s fit
+    assert (epochs, sizes) == (3, [320, 352, 416]) and "left out" in why and "288" in why
+    epochs, sizes, why = candidate_schedule(1300, seconds, reserve=1200, configured=3, predicted_map=predicted)
+    assert (epochs, sizes) == (3, [352]) and "without a short fine-tune" in why  # not even two plans: the best predicted
 
 
 def test_loss_curve_is_monotone_and_interpolates():

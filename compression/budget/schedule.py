@@ -7,7 +7,12 @@ whose length the tool chooses. Two decisions read the clock:
   the reserve the later stages need at the config's epochs, split over the
   input sizes; the epoch time at each size is the levers stage's measured epoch
   time at the model's size scaled by pixels (a pruned plan trains faster, so
-  this errs on the short side);
+  this errs on the short side). The first round never gets fewer than the
+  config's epochs: on BCCD a first round of 1 or 2 epochs dropped the plan that
+  was best after 12 (a deep cut recovers later), 3 kept it
+  (``docs/results.md``). When the time cannot give every plan that many, the
+  plans with the lowest predicted mAP@0.5 are left out instead, down to one
+  (chosen by prediction, no short fine-tune);
 - the **fine-tune** takes the time left after the tail (clustering's and
   QAT's epochs and the fixed cost of conversions and evaluations), at the
   epoch time its own candidate measured at that size and architecture.
@@ -41,13 +46,28 @@ def finetune_epochs(time_left: float, epoch_seconds: float, tail: float, configu
                     f"{epochs} epochs (configured {configured}, at most {MAX_FACTOR}x)")  # fmt: skip
 
 
-def candidate_epochs(time_left: float, epoch_seconds: dict[int, float], reserve: float, configured: int) -> tuple[int, str]:
-    """Epochs of every candidate's short fine-tune: a share of the time left after ``reserve``; why, in words."""
-    per_epoch = sum(epoch_seconds.values())
+def candidate_schedule(time_left: float, epoch_seconds: dict[int, float], reserve: float, configured: int,
+                       predicted_map: dict[int, float]) -> tuple[int, list[int], str]:
+    """Epochs of every candidate's first round, the sizes that get one, and why, in words.
+
+    A share of the time left after ``reserve`` is split over the plans; the
+    round may grow up to ``MAX_FACTOR`` times ``configured`` but never shrinks
+    below it: plans are left out, lowest ``predicted_map`` first, until the rest
+    fit (one plan left: no round, it is the choice).
+    """
     spare = max(0.0, time_left - reserve)
-    epochs = bounded(CANDIDATE_SHARE * spare / max(per_epoch, 1e-3), configured) if spare else 1
-    return epochs, (f"{time_left / 60:.1f} min left, {reserve / 60:.1f} min reserved for the fine-tune and what follows: "
-                    f"{epochs} epochs per candidate (configured {configured})")  # fmt: skip
+    ranked = sorted(epoch_seconds, key=lambda s: (-(predicted_map.get(s) or 0.0), s))
+    head = f"{time_left / 60:.1f} min left, {reserve / 60:.1f} min reserved for the fine-tune and what follows"
+    for count in range(len(ranked), 1, -1):
+        sizes = sorted(ranked[:count])
+        fit = CANDIDATE_SHARE * spare / max(sum(epoch_seconds[s] for s in sizes), 1e-3)
+        if fit >= configured:
+            epochs = bounded(fit, configured)
+            left_out = sorted(set(ranked) - set(sizes))
+            dropped = f"; left out for time, least predicted mAP@0.5 first: {', '.join(map(str, left_out))}" if left_out else ""
+            return epochs, sizes, f"{head}: {epochs} epochs for each of {count} plans (configured {configured}){dropped}"
+    return configured, ranked[:1], (f"{head}: not enough for {configured} epochs of two plans; "
+                                    f"{ranked[0]} chosen by predicted mAP@0.5 without a short fine-tune")
 
 
 def tail_seconds(epoch_seconds: float, cluster_epochs: int, qat_epochs: int, fixed: float) -> float:

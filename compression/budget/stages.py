@@ -85,19 +85,20 @@ def tail_epochs(ctx: StageContext) -> tuple[int, int]:
     return cluster, ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
 
 
-def scheduled(folder: Path, decide) -> tuple[int, str]:
-    """The epochs decided for a training stage, kept in ``folder/schedule.json`` so that a resumed run trains to the same count."""
+def scheduled(folder: Path, decide) -> tuple:
+    """What ``decide`` returned for a training stage (epochs first, why last), kept in ``folder/schedule.json`` so that a
+    resumed run trains to the same count."""
     from yolo3.reporting import write_json
 
     path = folder / "schedule.json"
     if path.exists():
         data = json.loads(path.read_text())
-        return int(data["epochs"]), data["why"]
-    epochs, why = decide()
+        return (int(data["epochs"]), *data.get("also", []), data["why"])
+    decided = decide()
     folder.mkdir(parents=True, exist_ok=True)
-    write_json(path, {"epochs": epochs, "why": why})
-    log(f"   time budget: {why}")
-    return epochs, why
+    write_json(path, {"epochs": decided[0], "also": list(decided[1:-1]), "why": decided[-1]})
+    log(f"   time budget: {decided[-1]}")
+    return decided
 
 
 class Baseline(CompressStage):
@@ -369,7 +370,8 @@ class PlanStage(CompressStage):
         sizes = sorted(int(s) for s in data["candidates"])
         return {"sizes": sizes, "best_by_prediction": data["best_by_prediction"], "cluster_exclude": exclude, "target": data.get("target"),
                 "kept": {s: c["kept"] for s, c in data["candidates"].items()},
-                "predicted_ms": {s: c["predicted_ms"] for s, c in data["candidates"].items()}}  # fmt: skip
+                "predicted_ms": {s: c["predicted_ms"] for s, c in data["candidates"].items()},
+                "predicted_mAP50": {s: c.get("predicted_mAP50") for s, c in data["candidates"].items()}}  # fmt: skip
 
 
 class Candidates(CompressStage):
@@ -399,9 +401,14 @@ class Candidates(CompressStage):
             per = {s: 1.5 * t_base * (s / job.base_size) ** 2 for s in sizes}
             cluster, qat = tail_epochs(ctx)
             reserve = t_base * (ctx.setting("compress.finetune_epochs") + cluster + 2 * qat) + fixed_seconds(ctx)
-            from .schedule import candidate_epochs
+            from .schedule import candidate_schedule
 
-            epochs, why = scheduled(ctx.output("candidates"), lambda: candidate_epochs(job.time_left(ctx.pipeline), per, reserve, epochs))
+            predicted = {s: plan.get("predicted_mAP50", {}).get(str(s)) or 0.0 for s in sizes}
+            decided = scheduled(ctx.output("candidates"), lambda: candidate_schedule(job.time_left(ctx.pipeline), per, reserve, epochs, predicted))
+            epochs, why = decided[0], decided[-1]
+            sizes = list(decided[1]) if len(decided) == 3 else sizes  # a record written before plans could be left out has none
+            if len(sizes) == 1:
+                return {"chosen": sizes[0], "why": why, "runs": {}, "schedule": why}
         runs: dict[str, dict] = {}
         alive, trained, rounds = list(sizes), 0, []
         while True:  # successive halving: every plan trains `epochs`, the better half `epochs` more, ... until one is left
@@ -417,7 +424,7 @@ class Candidates(CompressStage):
             if len(alive) == 1:
                 break
         return {"chosen": alive[0], "why": f"successive halving on validation mAP@0.5: {len(sizes)} plans after {epochs} epochs, the better half "
-                f"{epochs} more, until one was left", "runs": runs, "rounds": rounds, "epochs": epochs, "schedule": why}  # fmt: skip
+                f"{epochs} more, until one was left", "plans": sizes, "runs": runs, "rounds": rounds, "epochs": epochs, "schedule": why}  # fmt: skip
 
 
 class Prune(CompressStage):
