@@ -55,11 +55,12 @@ activation=linear
 """ + HEAD
 
 
-def _conv(x: np.ndarray, kernel: np.ndarray, stride: int, pad: int, groups: int) -> np.ndarray:
-    """Direct convolution, Darknet kernel layout (kh, kw, in/groups, out), NHWC input of one image."""
+def _conv(x: np.ndarray, kernel: np.ndarray, stride: int | tuple[int, int], pad: int, groups: int) -> np.ndarray:
+    """Direct convolution, Darknet kernel layout (kh, kw, in/groups, out), NHWC input of one image; stride (y, x) or both."""
+    sy, sx = stride if isinstance(stride, tuple) else (stride, stride)
     kh, kw, cin_g, cout = kernel.shape
     x = np.pad(x, ((pad, pad), (pad, pad), (0, 0)))
-    oh, ow = (x.shape[0] - kh) // stride + 1, (x.shape[1] - kw) // stride + 1
+    oh, ow = (x.shape[0] - kh) // sy + 1, (x.shape[1] - kw) // sx + 1
     out = np.zeros((oh, ow, cout), np.float64)
     per_group = cout // groups
     for o in range(cout):
@@ -67,7 +68,7 @@ def _conv(x: np.ndarray, kernel: np.ndarray, stride: int, pad: int, groups: int)
         xs = x[:, :, g * cin_g : (g + 1) * cin_g]
         for r in range(oh):
             for c in range(ow):
-                out[r, c, o] = np.sum(xs[r * stride : r * stride + kh, c * stride : c * stride + kw, :] * kernel[:, :, :, o])
+                out[r, c, o] = np.sum(xs[r * sy : r * sy + kh, c * sx : c * sx + kw, :] * kernel[:, :, :, o])
     return out
 
 
@@ -80,7 +81,7 @@ def _reference(spec, weights, image: np.ndarray) -> np.ndarray:
     for i in spec.conv_indices():
         p = conv_params(spec.layers[i])
         w = weights.convs[i]
-        x = _conv(x, w.kernel.astype(np.float64), p.stride, p.padding, p.groups)
+        x = _conv(x, w.kernel.astype(np.float64), p.strides, p.padding, p.groups)
         if w.bn is not None:
             gamma, beta, mean, var = (np.asarray(v, np.float64) for v in w.bn)
             x = gamma * (x - mean) / np.sqrt(var + 1e-5) + beta
@@ -627,3 +628,216 @@ def test_the_planner_narrows_se_networks_it_can_build():
     assert narrow.layers[6].get_int("filters") == 8 and infos[6].params == 2 * 8 * 8  # 8 units kept: reduction 1
     model = network_model(spec, {"1": 16, "2": 16, "0": 8, "4": 8}, 64)
     assert model.get_layer("se_3").output.shape[-1] == 16
+
+
+# AlexeyAB's [reorg3d] (space-to-depth, and depth-to-space with reverse=1) and per-axis strides (stride_x / stride_y) on a
+# convolution and a max-pool, as the suite's yolov3-spp-pan-scale and yolov3-spp-matrix cfgs write them. OpenCV DNN reads
+# neither (4.x: "Unknown layer type: reorg3d"; stride_x ignored), so the reference is Darknet's own definition in numpy.
+REORG = """[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[maxpool]
+size=3
+stride_x=2
+stride_y=1
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride_x=1
+stride_y=2
+pad=1
+activation=leaky
+
+[route]
+layers=-3
+
+[reorg3d]
+stride=2
+
+[route]
+layers=-1,-3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[reorg3d]
+stride=2
+reverse=1
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+""" + HEAD
+
+
+def _darknet_reorg(x: np.ndarray, stride: int, reverse: bool) -> np.ndarray:
+    """Darknet's reorg_cpu as AlexeyAB's [reorg3d] calls it, on the flat NCHW buffer (its index arithmetic)."""
+    h, w, c = x.shape
+    flat = x.transpose(2, 0, 1).ravel()
+    if reverse:
+        out_w, out_h, out_c = w * stride, h * stride, c // (stride * stride)
+    else:
+        out_w, out_h, out_c = w // stride, h // stride, c * stride * stride
+    sw, sh, sc = (w, h, c) if reverse else (out_w, out_h, out_c)  # its loops run over the small (deep) map
+    in_c = sc // (stride * stride)
+    out = np.zeros(out_w * out_h * out_c, np.float64)
+    for k in range(sc):
+        for j in range(sh):
+            for i in range(sw):
+                small = i + sw * (j + sh * k)
+                offset = k // in_c
+                w2, h2 = i * stride + offset % stride, j * stride + offset // stride
+                big = w2 + sw * stride * (h2 + sh * stride * (k % in_c))
+                if reverse:
+                    out[big] = flat[small]
+                else:
+                    out[small] = flat[big]
+    return out.reshape(out_c, out_h, out_w).transpose(1, 2, 0)
+
+
+def _darknet_maxpool(x: np.ndarray, size: int, strides: tuple[int, int], padding: int) -> np.ndarray:
+    sy, sx = strides
+    before = padding // 2
+    padded = np.full((x.shape[0] + padding, x.shape[1] + padding, x.shape[2]), -np.inf)
+    padded[before : before + x.shape[0], before : before + x.shape[1]] = x
+    oh, ow = (x.shape[0] + padding - size) // sy + 1, (x.shape[1] + padding - size) // sx + 1
+    return np.array([[padded[r * sy : r * sy + size, c * sx : c * sx + size].max(axis=(0, 1)) for c in range(ow)] for r in range(oh)])
+
+
+def _darknet_forward(spec, weights, image: np.ndarray) -> np.ndarray:
+    """The REORG network's forward pass from Darknet's definitions (BN with Darknet's sqrt(var) + 1e-6)."""
+    from yolo3.spec import conv_params, maxpool_params, reorg_params, route_inputs
+
+    outs = []
+    x = image.astype(np.float64)
+    for i, block in enumerate(spec.layers):
+        if block.type == "convolutional":
+            p = conv_params(block)
+            w = weights.convs[i]
+            x = _conv(x, w.kernel.astype(np.float64), p.strides, p.padding, p.groups)
+            if w.bn is not None:
+                gamma, beta, mean, var = (np.asarray(v, np.float64) for v in w.bn)
+                x = gamma * (x - mean) / (np.sqrt(var) + 1e-6) + beta
+            else:
+                x = x + w.bias
+            if p.activation == "leaky":
+                x = np.where(x > 0, x, 0.1 * x)
+        elif block.type == "maxpool":
+            x = _darknet_maxpool(x, *maxpool_params(block))
+        elif block.type == "reorg3d":
+            x = _darknet_reorg(x, *reorg_params(block))
+        elif block.type == "route":
+            x = np.concatenate([outs[j] for j in route_inputs(spec, i)], axis=-1)
+        outs.append(x)
+    return outs[-1]
+
+
+def test_reorg3d_and_per_axis_strides_equal_darknets_definition(tmp_path):
+    """Shapes, counts and outputs of [reorg3d] (both directions), a convolution with stride_y=2 stride_x=1 and a max-pool with
+    stride_x=2 stride_y=1 against Darknet's definitions in numpy; the info table shows them; .weights round trip."""
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import analyse, layer_table, parse_cfg
+
+    spec = parse_cfg(REORG, "reorg.cfg")
+    infos = analyse(spec)
+    shapes = [infos[k].out_shape for k in (1, 2, 4, 5, 7, 8)]
+    assert shapes == [(64, 32, 8), (32, 32, 16), (32, 32, 32), (32, 32, 48), (64, 64, 4), (32, 32, 16)]
+    assert infos[2].macs == 32 * 32 * 9 * 8 * 16 and infos[4].params == infos[7].params == 0
+    table = layer_table(spec, infos)
+    assert "3 x 3/1x2" in table and "3 x 3/2x1" in table and "reorg3d reverse" in table, table
+    weights = random_weights(spec, seed=4)
+    model = build_model(spec)
+    set_darknet_weights(model, spec, weights)
+    image = np.random.RandomState(2).uniform(0, 1, (64, 64, 3)).astype(np.float32)
+    ours = model.predict(image[None], verbose=0)[0]
+    assert np.abs(ours - _darknet_forward(spec, weights, image)).max() < 1e-3
+    assert_weights_round_trip(spec, weights, tmp_path)
+
+
+def test_a_reorg3d_keeps_the_channels_it_moves_and_pruning_elsewhere_keeps_the_model(tmp_path):
+    """The channels a [reorg3d] reads stay (each is copied to stride^2 places); the others prune as usual, and with only
+    channels that output 0 removed the model computes the same; the planner counts the reorg's channels."""
+    from compression.budget.planner import ChannelMap
+    from compression.prune.surgery import channel_groups, prune_channels
+    from yolo3.spec import analyse, parse_cfg
+
+    spec = parse_cfg(REORG, "reorg.cfg")
+    groups = {g.id: g for g in channel_groups(spec)}
+    assert not groups[0].prunable and not groups[6].prunable and groups[2].prunable and groups[8].prunable
+    weights = random_weights(spec, seed=2)
+    _dead_channels(weights, (2,), [1, 5, 9])
+    keep = np.ones(16, bool)
+    keep[[1, 5, 9]] = False
+    result = prune_channels(spec, weights, {2: keep})
+    assert analyse(result.spec)[5].out_shape[2] in (45, 46)  # 13 kept, and a carrier where a padded reader needs one
+    assert _same_outputs(spec, weights, result) < 1e-4
+    assert_weights_round_trip(result.spec, result.weights, tmp_path)
+    cmap = ChannelMap(spec)
+    assert set(cmap.units) == {2, 8}
+    reorg = next(b for b in cmap.blocks if b.layer == 4)
+    assert cmap.channels(reorg, {2: 8, 8: 8}) == (8, 32)
+
+
+def test_reorg3d_and_per_axis_strides_as_int8_memory_count_and_latency_probes(tmp_path):
+    """LiteRT runs [reorg3d] as SPACE_TO_DEPTH / DEPTH_TO_SPACE in int8; the planner's RAM count matches the file; the latency
+    model's probes of the reorg blocks build."""
+    from compression.budget.latency_model import block_items
+    from compression.budget.latency_worker import block_model
+    from compression.budget.memory_model import estimated_peak
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.spec import parse_cfg
+    from yolo3.tflite_memory import memory_report
+
+    spec = parse_cfg(REORG, "reorg.cfg")
+    model = build_model(spec)
+    set_darknet_weights(model, spec, random_weights(spec, seed=1))
+    _int8(model, tmp_path / "m.tflite")
+    report = memory_report(tmp_path / "m.tflite")
+    assert report["operator_counts"].get("SPACE_TO_DEPTH") == 1 and report["operator_counts"].get("DEPTH_TO_SPACE") == 1, report
+    assert abs(estimated_peak(spec, 64) - report["peak_activation_bytes"]) <= 0.02 * report["peak_activation_bytes"], report
+    items = [it for it in block_items(spec, [64], 64, levels=(1.0,)) if spec.layers[it.layer].type == "reorg3d"]
+    assert {it.layer for it in items} == {4, 7}
+    for it in items:
+        built = block_model(spec, it.layer, [list(s) for s in it.in_shapes], it.filters)
+        assert built.output.shape[-1] == (it.in_shapes[0][2] * 4 if it.layer == 4 else it.in_shapes[0][2] // 4)
+
+
+@pytest.mark.parametrize(
+    "cfg_edit, message",
+    [
+        (lambda t: t.replace("[reorg3d]\nstride=2\n\n[route]", "[reorg3d]\nstride=3\n\n[route]"), "[reorg3d] stride=3 does not divide its 64 x 64 input"),
+        (lambda t: t.replace("filters=16\nsize=1", "filters=18\nsize=1"), "reverse=1 with stride=2 needs channels divisible by 4, the input has 18"),
+        (lambda t: t.replace("reverse=1", "reverse=1\nflatten=1"), "[reorg3d] flatten is not supported"),
+        (lambda t: t.replace("stride_x=1\nstride_y=2", "stride_x=1\nstride_y=2\nshare_index=0"), "share_index"),
+        (lambda t: t.replace("stride_x=2\nstride_y=1", "stride_x=0\nstride_y=1"), "must be positive"),
+    ],
+)
+def test_malformed_reorg3d_and_strides_end_in_one_line_naming_the_line(cfg_edit, message):
+    from yolo3.errors import UserError
+    from yolo3.spec import parse_cfg
+
+    with pytest.raises(UserError) as err:
+        parse_cfg(cfg_edit(REORG), "reorg.cfg")
+    assert message in str(err.value) and "reorg.cfg" in str(err.value) and "line" in str(err.value), str(err.value)

@@ -43,7 +43,7 @@ import numpy as np
 from .darknet import ConvWeights, DarknetWeights, Header
 from .errors import UserError
 from .kerasenv import keras
-from .layers import ChannelPad, ChannelSlice, DarknetMaxPool, HardSigmoid, HardSwish, Mish
+from .layers import ChannelPad, ChannelSlice, DarknetMaxPool, HardSigmoid, HardSwish, Mish, SpaceToDepth
 from .names import bn_name, conv_name, layer_name
 from .spec import (
     Spec,
@@ -51,6 +51,7 @@ from .spec import (
     dropout_probability,
     explicit_padding,
     maxpool_params,
+    reorg_params,
     route_group,
     route_inputs,
     scale_channels_input,
@@ -115,21 +116,24 @@ def apply_block(spec: Spec, i: int, x, outs: Sequence | Mapping, sync_bn: bool =
             mode = "same" if p.padding else "valid"
         cin = int(x.shape[-1])
         if is_depthwise(p.groups, cin):
-            x = layers.DepthwiseConv2D(p.size, strides=p.stride, padding=mode, depth_multiplier=p.filters // cin,
+            x = layers.DepthwiseConv2D(p.size, strides=p.strides, padding=mode, depth_multiplier=p.filters // cin,
                                        use_bias=not p.batch_normalize, name=conv_name(i))(x)  # fmt: skip
         else:
-            x = layers.Conv2D(p.filters, p.size, strides=p.stride, padding=mode, groups=p.groups,
+            x = layers.Conv2D(p.filters, p.size, strides=p.strides, padding=mode, groups=p.groups,
                               use_bias=not p.batch_normalize, name=conv_name(i))(x)  # fmt: skip
         if p.batch_normalize:
             x = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, synchronized=sync_bn, name=bn_name(i))(x)
         return apply_activation(x, p.activation, i)
     if block.type == "maxpool":
-        size_, stride, padding = maxpool_params(block)
-        if padding == size_ - 1 and (stride == 1 or size_ == stride == 2):
-            return layers.MaxPooling2D(size_, stride, padding="same", name=layer_name("maxpool", i))(x)
+        size_, strides, padding = maxpool_params(block)
+        if padding == size_ - 1 and all(s == 1 or size_ == s == 2 for s in strides):  # per axis, TensorFlow's "same" is Darknet's
+            return layers.MaxPooling2D(size_, strides, padding="same", name=layer_name("maxpool", i))(x)
         if padding == 0:
-            return layers.MaxPooling2D(size_, stride, padding="valid", name=layer_name("maxpool", i))(x)
-        return DarknetMaxPool(size_, stride, padding, name=layer_name("maxpool", i))(x)
+            return layers.MaxPooling2D(size_, strides, padding="valid", name=layer_name("maxpool", i))(x)
+        return DarknetMaxPool(size_, strides, padding, name=layer_name("maxpool", i))(x)
+    if block.type == "reorg3d":
+        stride, reverse = reorg_params(block)
+        return SpaceToDepth(stride, reverse, name=layer_name("reorg", i))(x)
     if block.type == "upsample":
         return layers.UpSampling2D(block.get_int("stride", 2), interpolation="nearest", name=layer_name("upsample", i))(x)
     if block.type == "dropout":

@@ -62,9 +62,10 @@ class DarknetMaxPool(keras.layers.Layer):
     range of the padded tensor stays the input's.
     """
 
-    def __init__(self, size: int, stride: int, padding: int, **kwargs):
+    def __init__(self, size: int, stride: int | tuple[int, int] | list[int], padding: int, **kwargs):
         super().__init__(**kwargs)
-        self.size, self.stride, self.padding = int(size), int(stride), int(padding)
+        self.size, self.padding = int(size), int(padding)
+        self.stride = [int(s) for s in stride] if isinstance(stride, (tuple, list)) else int(stride)  # (y, x) or both
 
     def call(self, inputs):
         before, after = self.padding // 2, self.padding - self.padding // 2
@@ -107,4 +108,29 @@ class HardSigmoid(keras.layers.Layer):
         return tf.nn.relu6(inputs + 3.0) * (1.0 / 6.0)
 
 
-CUSTOM_LAYERS = (ChannelSlice, DarknetMaxPool, Mish, HardSwish, HardSigmoid)
+@keras.utils.register_keras_serializable(package="yolo3")
+class SpaceToDepth(keras.layers.Layer):
+    """AlexeyAB's [reorg3d]: ``space_to_depth`` by ``block`` (``depth_to_space`` when ``reverse``); see
+    :func:`yolo3.spec.reorg_params` for why TensorFlow's channel order is Darknet's. LiteRT runs both in int8."""
+
+    def __init__(self, block: int, reverse: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.block, self.reverse = int(block), bool(reverse)
+
+    def call(self, inputs):
+        if self.reverse:
+            return tf.nn.depth_to_space(inputs, self.block)
+        return tf.nn.space_to_depth(inputs, self.block)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        b = self.block
+        if self.reverse:
+            return (n, None if h is None else h * b, None if w is None else w * b, c // (b * b))
+        return (n, None if h is None else h // b, None if w is None else w // b, c * b * b)
+
+    def get_config(self):
+        return {**super().get_config(), "block": self.block, "reverse": self.reverse}
+
+
+CUSTOM_LAYERS = (ChannelSlice, ChannelPad, DarknetMaxPool, SpaceToDepth, Mish, HardSwish, HardSigmoid)

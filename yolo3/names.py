@@ -39,7 +39,7 @@ def conv_index(key: int | str) -> int:
 
 
 # Every kind of Keras layer the builder names (see yolo3.keras_model.apply_block); activations are named after themselves.
-LAYER_KINDS = ("conv", "bn", "pad", "maxpool", "upsample", "dropout", "route", "group", "shortcut", "se", "se_pool", "se_fc1", "se_fc2", "avgpool", "scale_channels",
+LAYER_KINDS = ("conv", "bn", "pad", "maxpool", "upsample", "dropout", "route", "group", "shortcut", "se", "se_pool", "se_fc1", "se_fc2", "avgpool", "scale_channels", "reorg",
                "h_sigmoid", "leaky", "relu", "relu6", "mish", "swish", "logistic", "h_swish")  # fmt: skip
 LAYER_IN_TENSOR = r"(?:" + "|".join(sorted(LAYER_KINDS, key=len, reverse=True)) + r")_(\d+)"
 """A regular expression finding ``KIND_index`` in a TFLite tensor name (its group 1 is the Spec index)."""

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .errors import UserError
 
-BLOCK_TYPES = ("net", "convolutional", "depthwise", "se", "avgpool", "scale_channels", "shortcut", "route", "upsample", "maxpool", "dropout", "yolo")
+BLOCK_TYPES = ("net", "convolutional", "depthwise", "se", "avgpool", "scale_channels", "shortcut", "route", "upsample", "maxpool", "reorg3d",
+               "dropout", "yolo")
 ACTIVATIONS = ("leaky", "linear", "relu", "relu6", "mish", "swish", "logistic", "h_swish")
 PASS_THROUGH = ("upsample", "maxpool", "dropout")  # one input, same channels (order kept)
 
@@ -249,7 +250,12 @@ class LayerInfo:
     trainable: int = 0
     macs: int = 0
     size: int = 0
-    stride: int = 0
+    stride: int = 0  # vertical where the two differ
+    stride_x: int = 0  # horizontal, where it differs from ``stride``
+
+    @property
+    def stride_text(self) -> str:
+        return f"{self.stride}" if self.stride_x in (0, self.stride) else f"{self.stride}x{self.stride_x}"
 
 
 @dataclass(frozen=True)
@@ -258,11 +264,17 @@ class ConvParams:
 
     filters: int
     size: int
-    stride: int
+    stride_y: int  # AlexeyAB's stride_y / stride_x, each ``stride`` unless given
+    stride_x: int
     padding: int
     groups: int
     batch_normalize: bool
     activation: str
+
+    @property
+    def strides(self) -> tuple[int, int]:
+        """(vertical, horizontal) stride, the order Keras takes them in."""
+        return self.stride_y, self.stride_x
 
 
 MAX_SIDE = 8192  # [net] width / height
@@ -270,10 +282,16 @@ MAX_FILTERS = 65536  # a convolution's filters (YOLOv3's widest has 1024)
 MAX_KERNEL = 64  # size, stride and padding of a convolution
 
 
+def axis_strides(block: Block) -> tuple[int, int]:
+    """(stride_y, stride_x) of a [convolutional] or [maxpool]: AlexeyAB's ``stride_y`` / ``stride_x``, each ``stride`` unless given."""
+    stride = block.get_int("stride", 1)
+    return block.get_int("stride_y", stride), block.get_int("stride_x", stride)
+
+
 def conv_params(block: Block) -> ConvParams:
     filters = block.get_int("filters", 1)
     size = block.get_int("size", 1)
-    stride = block.get_int("stride", 1)
+    stride_y, stride_x = axis_strides(block)
     padding = block.get_int("padding", 0)
     if block.get_int("pad", 0):
         padding = size // 2
@@ -281,18 +299,20 @@ def conv_params(block: Block) -> ConvParams:
     activation = block.get_str("activation", "logistic")
     if activation == "none":  # the multi-backbone suite's cfgs write it for no activation
         activation = "linear"
-    if filters < 1 or size < 1 or stride < 1 or groups < 1 or padding < 0:
+    if filters < 1 or size < 1 or min(stride_y, stride_x) < 1 or groups < 1 or padding < 0:
         raise ValueError("filters, size, stride and groups must be positive and padding not negative")
-    if filters > MAX_FILTERS or size > MAX_KERNEL or stride > MAX_KERNEL or padding > MAX_KERNEL:
+    if filters > MAX_FILTERS or size > MAX_KERNEL or max(stride_y, stride_x) > MAX_KERNEL or padding > MAX_KERNEL:
         raise ValueError(f"filters must be at most {MAX_FILTERS:,}, size, stride and padding at most {MAX_KERNEL}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation={activation} is not supported (use one of {', '.join(ACTIVATIONS)})")
-    for key in ("stride_x", "stride_y", "binary", "xnor", "flipped", "antialiasing"):
+    for key in ("binary", "xnor", "flipped", "antialiasing"):
         if block.get_int(key, 0):
             raise ValueError(f"[convolutional] {key} is not supported")
+    if block.get_str("share_index", ""):
+        raise ValueError("[convolutional] share_index (weights shared with another layer) is not supported")
     if block.get_int("dilation", 1) != 1:
         raise ValueError("[convolutional] dilation other than 1 is not supported")
-    return ConvParams(filters, size, stride, padding, groups, bool(block.get_int("batch_normalize", 0)), activation)
+    return ConvParams(filters, size, stride_y, stride_x, padding, groups, bool(block.get_int("batch_normalize", 0)), activation)
 
 
 def set_filters(block: Block, count: int) -> None:
@@ -310,22 +330,40 @@ def set_filters(block: Block, count: int) -> None:
 def explicit_padding(p: ConvParams) -> bool:
     """Whether a convolution pads other than TensorFlow's ``same`` does (stride 1, odd kernel, half-kernel padding): then the
     Keras model pads explicitly (``ZeroPadding2D``, a ``PAD`` operator in TFLite) and convolves ``valid``."""
-    return bool(p.padding) and not (p.stride == 1 and p.size % 2 == 1 and p.padding == p.size // 2)
+    return bool(p.padding) and not (p.strides == (1, 1) and p.size % 2 == 1 and p.padding == p.size // 2)
 
 
-def maxpool_params(block: Block) -> tuple[int, int, int]:
-    """(size, stride, padding) of a [maxpool] with Darknet's defaults."""
-    stride = block.get_int("stride", 1)
-    size = block.get_int("size", stride)
+def maxpool_params(block: Block) -> tuple[int, tuple[int, int], int]:
+    """(size, (stride_y, stride_x), padding) of a [maxpool] with Darknet's defaults (``size`` defaults to the larger stride)."""
+    stride_y, stride_x = axis_strides(block)
+    size = block.get_int("size", max(stride_y, stride_x))
     padding = block.get_int("padding", size - 1)
-    if size < 1 or stride < 1 or padding < 0:
+    if size < 1 or min(stride_y, stride_x) < 1 or padding < 0:
         raise ValueError("size and stride must be positive")
     if padding >= size:
         raise ValueError(f"[maxpool] padding={padding} must be below size={size}")
-    for key in ("stride_x", "stride_y", "maxpool_depth", "antialiasing"):
+    for key in ("maxpool_depth", "antialiasing"):
         if block.get_int(key, 0):
             raise ValueError(f"[maxpool] {key} is not supported")
-    return size, stride, padding
+    return size, (stride_y, stride_x), padding
+
+
+def reorg_params(block: Block) -> tuple[int, bool]:
+    """(stride, reverse) of AlexeyAB's [reorg3d]: space-to-depth by ``stride``, or depth-to-space with ``reverse=1``.
+
+    Darknet's ``reorg_cpu`` puts input channel ``c`` of the pixel at offset
+    ``(dy, dx)`` inside each ``stride x stride`` cell on output channel
+    ``(dy * stride + dx) * C + c``: exactly TensorFlow's ``space_to_depth``
+    (NHWC), so the Keras model uses it. (The older [reorg] of YOLOv2 orders
+    the values differently and is not read.)
+    """
+    stride = block.get_int("stride", 1)
+    if stride < 1 or stride > MAX_KERNEL:
+        raise ValueError(f"[reorg3d] stride must be in [1, {MAX_KERNEL}]")
+    for key in ("flatten", "extra"):
+        if block.get_int(key, 0):
+            raise ValueError(f"[reorg3d] {key} is not supported")
+    return stride, bool(block.get_int("reverse", 0))
 
 
 def _resolve(index: int, ref: int, what: str) -> int:
@@ -548,20 +586,31 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
             raise ValueError(f"[depthwise] filters={p.filters} differ from its {c} input channels (a depth multiplier is not supported)")
         if c % p.groups or p.filters % p.groups:
             raise ValueError(f"groups={p.groups} must divide the input channels ({c}) and filters ({p.filters})")
-        oh = (h + 2 * p.padding - p.size) // p.stride + 1
-        ow = (w + 2 * p.padding - p.size) // p.stride + 1
+        oh = (h + 2 * p.padding - p.size) // p.stride_y + 1
+        ow = (w + 2 * p.padding - p.size) // p.stride_x + 1
         kernel = p.size * p.size * (c // p.groups) * p.filters
         if p.batch_normalize:
             params, trainable = kernel + 4 * p.filters, kernel + 2 * p.filters
         else:
             params = trainable = kernel + p.filters
         macs = oh * ow * kernel
-        return LayerInfo(i, block.type, src, prev, (oh, ow, p.filters), params, trainable, macs, p.size, p.stride)
+        return LayerInfo(i, block.type, src, prev, (oh, ow, p.filters), params, trainable, macs, p.size, p.stride_y, p.stride_x)
     if block.type == "maxpool":
-        size, stride, padding = maxpool_params(block)
-        oh = (h + padding - size) // stride + 1
-        ow = (w + padding - size) // stride + 1
-        return LayerInfo(i, block.type, src, prev, (oh, ow, c), size=size, stride=stride)
+        size, (stride_y, stride_x), padding = maxpool_params(block)
+        oh = (h + padding - size) // stride_y + 1
+        ow = (w + padding - size) // stride_x + 1
+        if oh < 1 or ow < 1:
+            raise ValueError(f"[maxpool] size={size} does not fit its {h} x {w} input")
+        return LayerInfo(i, block.type, src, prev, (oh, ow, c), size=size, stride=stride_y, stride_x=stride_x)
+    if block.type == "reorg3d":
+        stride, reverse = reorg_params(block)
+        if reverse:
+            if c % (stride * stride):
+                raise ValueError(f"[reorg3d] reverse=1 with stride={stride} needs channels divisible by {stride * stride}, the input has {c}")
+            return LayerInfo(i, block.type, src, prev, (h * stride, w * stride, c // (stride * stride)), stride=stride)
+        if h % stride or w % stride:
+            raise ValueError(f"[reorg3d] stride={stride} does not divide its {h} x {w} input")
+        return LayerInfo(i, block.type, src, prev, (h // stride, w // stride, c * stride * stride), stride=stride)
     if block.type == "upsample":
         stride = block.get_int("stride", 2)
         if stride < 1:
@@ -601,6 +650,9 @@ def _analyse_block(spec: Spec, i: int, block: Block, prev: tuple[int, int, int],
             raise ValueError(f"[shortcut] adds layer {j} {infos[j].out_shape} to layer {i - 1} {prev}: sizes differ")
         return LayerInfo(i, block.type, (i - 1, j), prev, prev)
     if block.type == "yolo":
+        if block.get_str("from", ""):  # yolov3-asff.cfg; the suite's YOLOLayer fuses the levels only with ASFF = True set in its code
+            raise ValueError("[yolo] from= (an ASFF head: each level fuses the predictions of the layers named, with weights from "
+                             "extra filters of its convolution) is not supported")  # fmt: skip
         anchors, mask = yolo_anchors(block)
         classes = block.get_int("classes", 20)
         if classes < 1:
@@ -638,10 +690,13 @@ def layer_table(spec: Spec, infos: list[LayerInfo]) -> str:
             p = conv_params(block)
             grp = f" g{p.groups}" if p.groups > 1 else ""
             rows.append(
-                f"{info.index:5d} conv      {p.filters:5d}   {p.size} x{p.size:2d}/{p.stride:2d}{grp}  {io}  {2 * info.macs / 1e9:7.3f}"
+                f"{info.index:5d} conv      {p.filters:5d}   {p.size} x{p.size:2d}/{info.stride_text:>2s}{grp}  {io}  {2 * info.macs / 1e9:7.3f}"
             )
         elif info.type == "maxpool":
-            rows.append(f"{info.index:5d} max              {info.size} x{info.size:2d}/{info.stride:2d}  {io}")
+            rows.append(f"{info.index:5d} max              {info.size} x{info.size:2d}/{info.stride_text:>2s}  {io}")
+        elif info.type == "reorg3d":
+            rev = " reverse" if reorg_params(block)[1] else ""
+            rows.append(f"{info.index:5d} reorg3d{rev:<8s}      /{info.stride:2d}  {io}")
         elif info.type == "upsample":
             rows.append(f"{info.index:5d} upsample                 {info.stride}x  {io}")
         elif info.type == "dropout":

@@ -60,7 +60,7 @@ def timed_pixels(layer_type: str, in_shape, out_shape) -> int:
     return int(h * w)
 
 
-COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut", "se", "avgpool", "scale_channels")
+COSTLY = ("convolutional", "maxpool", "upsample", "route", "shortcut", "se", "avgpool", "scale_channels", "reorg3d")
 LEVELS = (1.0, 0.5, 0.25, 0.125)
 
 

@@ -59,8 +59,8 @@ def pool_stride_pairs(spec: Spec) -> list[int]:
         if block.type != "convolutional" or nxt.type != "maxpool":
             continue
         p = conv_params(block)
-        size, stride, padding = maxpool_params(nxt)
-        if p.stride != 1 or p.size % 2 == 0 or p.padding != p.size // 2 or (size, stride, padding) != (2, 2, 1):
+        size, strides, padding = maxpool_params(nxt)
+        if p.strides != (1, 1) or p.size % 2 == 0 or p.padding != p.size // 2 or (size, strides, padding) != (2, (2, 2), 1):
             continue
         if _readers(spec, i) == [i + 1]:
             pairs.append(i)
@@ -121,6 +121,8 @@ class Levers:
         for i in sorted(self.pool_stride, reverse=True):  # from the back: earlier indices stay valid
             spec = spec.copy()
             spec.layers[i].set("stride", 2)
+            for key in ("stride_x", "stride_y"):  # an explicit stride_x=1 would override it
+                spec.layers[i].options.pop(key, None)
             spec, weights = _without_layer(spec, weights, i + 1)
         if self.relu:
             spec = spec.copy()

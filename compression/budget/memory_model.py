@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from yolo3.spec import Spec, analyse, conv_params, explicit_padding, route_inputs, se_params
+from yolo3.spec import Spec, analyse, conv_params, explicit_padding, reorg_params, route_inputs, se_params
 from yolo3.tflite_memory import Step, peak_activation
 
 FUSED = ("linear", "relu", "relu6")  # activations LiteRT folds into the convolution: no tensor of their own
@@ -102,9 +102,10 @@ def activation_graph(spec: Spec, size: int) -> tuple[list[Step], dict[int, int],
         elif block.type == "scale_channels":
             out_of[i] = new(h * w * c)
             steps.append(Step("MUL", (out_of[info.inputs[1]], prev), (out_of[i],)))
-        else:  # maxpool, upsample
+        else:  # maxpool, upsample, reorg3d
             out_of[i] = new(h * w * c)
-            steps.append(Step(block.type.upper(), (prev,), (out_of[i],)))
+            kind = {"reorg3d": "DEPTH_TO_SPACE" if reorg_params(block)[1] else "SPACE_TO_DEPTH"}.get(block.type, block.type.upper())
+            steps.append(Step(kind, (prev,), (out_of[i],)))
     return steps, sizes, (0,), tuple(outputs)
 
 

@@ -94,6 +94,8 @@ class ChannelMap:
                 self.blocks.append(BlockChannels(i, block.type, inputs, unit_of(i), p.filters, p.size * p.size, p.batch_normalize, groups))
             elif block.type in ("maxpool", "upsample"):
                 self.blocks.append(BlockChannels(i, block.type, segs(i - 1), None, 0))
+            elif block.type == "reorg3d":  # its channels are fixed (see compression.prune.surgery); it moves them
+                self.blocks.append(BlockChannels(i, block.type, segs(i - 1), None, sum(n for _, n in segs(i))))
             elif block.type == "route" and len(route_inputs(spec, i)) > 1:
                 self.blocks.append(BlockChannels(i, block.type, tuple(s for j in route_inputs(spec, i) for s in segs(j)), None, 0,
                                                  groups=route_group(block)[0]))  # fmt: skip
@@ -124,6 +126,8 @@ class ChannelMap:
             cout = cin // 2
         elif block.type == "route":
             cout = cin // block.groups
+        elif block.type == "reorg3d":
+            cout = block.out_channels
         else:
             cout = cin
         return cin, cout

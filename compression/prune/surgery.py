@@ -40,7 +40,8 @@ Spec and weights:
 - **fixed**: channels read by a grouped (not depthwise) convolution, a
   depthwise one with a depth multiplier, or a ``[route]`` with ``groups``
   (YOLOv4-tiny's channel split) keep every channel, so the slices stay equal;
-  so do the channels of a ``[scale_channels]`` whose inputs are not two single layers.
+  so do the channels of a ``[scale_channels]`` whose inputs are not two single layers,
+  and those a ``[reorg3d]`` reads (each is copied to ``stride^2`` output channels).
 
 Example::
 
@@ -64,6 +65,7 @@ from yolo3.spec import (
     Spec,
     analyse,
     conv_params,
+    reorg_params,
     resize_se,
     route_group,
     route_inputs,
@@ -145,6 +147,11 @@ def _layout(spec: Spec) -> tuple[list[list[tuple[int, int]]], _UnionFind, set[in
             else:
                 fixed.update(space for space, _ in (*prev, *scaled))
             segments.append(scaled)
+        elif block.type == "reorg3d":  # space-to-depth copies every channel to stride^2 places: they all stay
+            stride, reverse = reorg_params(block)
+            cin = sum(n for _, n in prev)
+            fixed.update(space for space, _ in prev)
+            segments.append([(FIXED, cin // (stride * stride) if reverse else cin * stride * stride)])
         elif block.type == "route":
             groups, _ = route_group(block)
             if groups == 1:
@@ -449,6 +456,15 @@ def _route_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarra
     return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
 
 
+def _reorg_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray, np.ndarray]:
+    """A [reorg3d] moves its input's (v, u): each channel ``stride^2`` times (space-to-depth), or the first slice (reverse)."""
+    stride, reverse = reorg_params(s.spec.layers[i])
+    if reverse:
+        n = len(prev[0]) // (stride * stride)
+        return prev[0][:n], prev[1][:n]
+    return np.tile(prev[0], stride * stride), np.tile(prev[1], stride * stride)
+
+
 def _shortcut_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarray, np.ndarray]:
     """A [shortcut] adds its two inputs' constants, through its activation."""
     other = values[shortcut_input(s.spec, i)]
@@ -466,4 +482,5 @@ def _scale_step(s: _Surgery, i: int, prev, values, new: Spec) -> tuple[np.ndarra
 
 # One step per block type that changes channels or their constants; every other block ([maxpool],
 # [upsample], [avgpool], [yolo], ...) passes its input's (v, u) through.
-_PROPAGATE = {"convolutional": _conv_step, "route": _route_step, "shortcut": _shortcut_step, "scale_channels": _scale_step, "se": _se_step}
+_PROPAGATE = {"convolutional": _conv_step, "route": _route_step, "shortcut": _shortcut_step, "scale_channels": _scale_step, "se": _se_step,
+              "reorg3d": _reorg_step}
