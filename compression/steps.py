@@ -109,11 +109,16 @@ class Int8Files:
     ranges: Path | None = None  # post-training int8 with activation ranges by quantization error
     adaround_h5: Path | None = None  # the model with AdaRound's int8 rounding written into its weights
     adaround: Path | None = None  # its post-training int8 model
+    ranges_mean: Path | None = None  # post-training int8 with activation ranges at the mean of per-image extremes
+
+    def ranges_for(self, method: str) -> Path | None:
+        """The file of post-training int8 with activation ranges refitted by ``method`` (None: that refit is not asked for)."""
+        return {"mse": self.ranges, "mean": self.ranges_mean}[method]
 
     @classmethod
     def beside(cls, folder: Path, prefix: str = "") -> Int8Files:
         return cls(folder / f"{prefix}ptq-int8.tflite", folder / f"{prefix}qat", folder / f"{prefix}qat-int8.tflite", folder / f"{prefix}final-int8.tflite",
-                   folder / f"{prefix}ranges-int8.tflite")  # fmt: skip
+                   folder / f"{prefix}ranges-int8.tflite", ranges_mean=folder / f"{prefix}ranges-mean-int8.tflite")  # fmt: skip
 
 
 def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], files: Int8Files, *, qat_epochs: int,
@@ -166,7 +171,9 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     if ranges and files.ranges is not None:  # each refit (least error, mean of per-image extremes); the better one is judged
         refits = {}
         for m in RANGE_METHODS:
-            path = files.ranges if m == RANGE_METHODS[0] else files.ranges.with_name(files.ranges.name.replace("ranges", f"ranges-{m}", 1))
+            path = files.ranges_for(m)
+            if path is None:
+                continue
             report = export_tflite(model_h5, path, "int8", calibration, config.labels, size, loaded.spec, options=ExportOptions(activation_ranges=m))
             refits[m] = (score(path), path, report["activation_ranges"])
         better = max(refits, key=lambda m: refits[m][0])
@@ -181,8 +188,7 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
                       options=ExportOptions(activation_ranges=method))  # fmt: skip
         judge("adaround", {"ranges": method, "layers_improved": done["improved"], "seconds": done["seconds"]})
     if qat_epochs:
-        refit = method if method != "minmax" else False
-        trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64], refit_ranges=refit)
+        trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64], start_ranges=method)
         export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,
                       qat=trained["conversion"])  # fmt: skip
         judge("qat", {"scheme": trained["scheme"], "start_ranges": trained["start_ranges"], "ranges": trained["ranges"]})

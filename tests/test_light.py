@@ -582,7 +582,7 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
         folder.mkdir()
         save_model(model, spec, folder / "m.h5", {"clustering": {"clusters": 8}} if clustered else None)
         files = Int8Files(*(folder / n for n in ("ptq-int8.tflite", "qat", "qat-int8.tflite", "final.tflite", "ranges-int8.tflite", "adaround.h5",
-                                                  "adaround-int8.tflite")))  # fmt: skip
+                                                  "adaround-int8.tflite", "ranges-mean-int8.tflite")))  # fmt: skip
         result = int8_keep_better(config, folder / "m.h5", 64, images, files, qat_epochs=0, score=lambda p: scores[p.name], progress=False,
                                   ranges=not clustered, adaround_iterations=10, matches=lambda p: matched[p.name], confidence=0.9)  # fmt: skip
         if clustered:

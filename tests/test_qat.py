@@ -128,7 +128,7 @@ def test_activation_ranges_start_from_calibration(compressed):
     # refit: each range starts at the one of least int8 error on the same outputs, inside min..max (the head's: all its values)
     from compression.quantize.ranges import mse_range
 
-    calibrate_ranges(qat, model, images, refit=True)
+    calibrate_ranges(qat, model, images, ranges="mse")
     refitted = {w.name.split(":")[0]: float(w.numpy()) for w in qat.weights if w.name.endswith(("_min:0", "_max:0")) and "kernel" not in w.name}
     lo, hi = mse_range(head.ravel(), min(head.min(), 0.0), head.max())
     assert refitted["quant_conv_13/post_activation_max"] == pytest.approx(hi, rel=1e-5)

@@ -580,7 +580,8 @@ class Int8(CompressStage):
         config = job.at_size(size)
         start = ctx.input(ctx.result("cluster-finetune")["model"])
         files = Int8Files(ctx.output("ptq-int8.tflite"), ctx.output("qat"), ctx.output("qat-int8.tflite"), ctx.output("plan-int8.tflite"),
-                          ctx.output("ranges-int8.tflite"), ctx.output("adaround.h5"), ctx.output("adaround-int8.tflite"))  # fmt: skip
+                          ctx.output("ranges-int8.tflite"), ctx.output("adaround.h5"), ctx.output("adaround-int8.tflite"),
+                          ctx.output("ranges-mean-int8.tflite"))  # fmt: skip
         qat_epochs = ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
         adaround = ctx.setting("quantization.adaround_iterations") if ctx.setting("compress.int8_adaround") else 0
         result = int8_keep_better(config, start, size, job.calibration(), files, qat_epochs=qat_epochs,

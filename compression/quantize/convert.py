@@ -242,8 +242,8 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
 
             from .qat import qat_finetune
 
-            refit = best["options"].activation_ranges if best["options"].activation_ranges != "minmax" else False  # the ladder's best ranges
-            trained = qat_finetune(config, best["h5"], load_model(best["h5"]).model, tmp / "qat", None, progress, None, images[:64], refit_ranges=refit)
+            start = best["options"].activation_ranges  # the ladder's best ranges
+            trained = qat_finetune(config, best["h5"], load_model(best["h5"]).model, tmp / "qat", None, progress, None, images[:64], start_ranges=start)
             tried = try_step("qat", best["h5"], dataclasses.replace(best["options"], activation_ranges="minmax"),
                              {"on": best["step"], "scheme": trained["scheme"], "epochs": trained["epochs"], "start_ranges": trained["start_ranges"],
                               "ranges": trained["ranges"]}, qat=trained["conversion"])  # fmt: skip

@@ -257,15 +257,16 @@ def copy_float_weights(qat_model, plain_model) -> None:
 
 
 RANGE_LEAVES = ("output_min", "output_max", "post_activation_min", "post_activation_max")
+START_RANGES = ("minmax", "mse", "mean")  # where calibrate_ranges starts the activation ranges
 
 
-def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8, refit: bool | str = False) -> int:
+def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8, ranges: str = "minmax") -> int:
     """Start every activation range of ``qat_model`` at what ``float_model`` outputs on ``images``; returns how many.
 
-    ``refit`` (True or "mse"): start each at the range with the smallest int8
-    error on those outputs (:func:`compression.quantize.ranges.mse_range`);
-    "mean": at the mean of each image's min and max — the two refits of
-    ``convert --repair ranges`` — instead of their min/max.
+    ``ranges``: "minmax" starts each at the outputs' min/max; "mse" at the
+    range with the smallest int8 error on those outputs
+    (:func:`compression.quantize.ranges.mse_range`); "mean" at the mean of
+    each image's min and max — the two refits of ``convert --repair ranges``.
 
     TFMOT starts each activation range at [-6, 6] and moves it by an
     exponential average with decay 0.999 per training step, so over the few
@@ -291,7 +292,9 @@ def calibrate_ranges(qat_model, float_model, images: np.ndarray, batch: int = 8,
     probe = keras.Model(float_model.inputs, [float_model.get_layer(n).output for n in names])
     from .ranges import SAMPLES_PER_TENSOR, mse_range
 
-    method = "mse" if refit is True else (refit or "minmax")
+    if ranges not in START_RANGES:
+        raise ValueError(f"unknown starting ranges {ranges!r} (one of {', '.join(START_RANGES)})")
+    method = ranges
     lo = np.full(len(names), np.inf)
     hi = np.full(len(names), -np.inf)
     rng = np.random.default_rng(0)
@@ -333,13 +336,13 @@ class QatWrapper(TrainingHook):
     """
 
     def __init__(self, scheme: str, compression: dict | None = None, calibration: np.ndarray | None = None, best_from_epoch: int = 1,
-                 refit_ranges: bool | str = False, range_scale: float | None = None):  # fmt: skip
+                 start_ranges: str = "minmax", range_scale: float | None = None):  # fmt: skip
         if scheme not in SCHEMES:
             raise ValueError(f"unknown QAT scheme {scheme!r}")
         self.scheme = scheme
         self.range_scale = range_scale  # the activation ranges are trained (learned_range_quantizer), not averaged
         self.calibration = calibration  # preprocessed images (N, H, W, 3) that set the starting activation ranges
-        self.refit_ranges = refit_ranges  # start them at refitted ranges ("mse", "mean"; True = "mse"), not at min/max
+        self.start_ranges = start_ranges  # start them at min/max, or refitted ("mse", "mean"): see calibrate_ranges
         self.compression = dict(compression or {})
         self.best_from_epoch = best_from_epoch  # only the last epoch's QAT model is converted
         self.plain = None
@@ -349,7 +352,7 @@ class QatWrapper(TrainingHook):
         self.plain = model
         self.qat_model = quantize_model(model, self.scheme, self.range_scale)
         if self.calibration is not None:
-            calibrate_ranges(self.qat_model, model, self.calibration, refit=self.refit_ranges)
+            calibrate_ranges(self.qat_model, model, self.calibration, ranges=self.start_ranges)
         return self.qat_model
 
     def unwrap(self, model):
@@ -360,13 +363,13 @@ class QatWrapper(TrainingHook):
 
 def qat_finetune(
     config, start_h5: Path, start_model, run_dir: Path, epochs: int | None = None, progress: bool = True, learning_rate: float | None = None,
-    calibration: list[str] | None = None, refit_ranges: bool | str = False,
+    calibration: list[str] | None = None, start_ranges: str = "minmax",
 ) -> dict:
     """Quantization-aware fine-tuning of ``start_h5`` in ``run_dir``; writes ``run_dir/qat-weights.h5``.
 
     ``start_model`` is the same model loaded (its kernels decide the scheme);
     ``calibration`` images set the starting activation ranges (:func:`calibrate_ranges`;
-    with ``refit_ranges`` ("mse", "mean"; True = "mse") refitted as ``convert --repair ranges`` refits them).
+    at their min/max, or with ``start_ranges`` "mse" / "mean" refitted as ``convert --repair ranges`` refits them).
     With ``quantization.qat_range_learning_rate`` above 0 the ranges are then
     trained by the task loss (:func:`learned_range_quantizer`) instead of
     following a moving average. The run is an ordinary training run
@@ -390,7 +393,7 @@ def qat_finetune(
         size = config.model.input_size
         images = np.stack([letterbox(load_image(path), size)[0] for path in calibration]).astype(np.float32)
     range_scale = q.qat_range_learning_rate / lr if q.qat_range_learning_rate > 0 else None
-    wrapper = QatWrapper(scheme, info, images, best_from_epoch=epochs, refit_ranges=refit_ranges, range_scale=range_scale)
+    wrapper = QatWrapper(scheme, info, images, best_from_epoch=epochs, start_ranges=start_ranges, range_scale=range_scale)
     options = RunOptions(str(start_h5), True, epochs, str(run_dir), progress, learning_rate=lr, freeze_backbone_epochs=0,
                          hooks=(wrapper,))  # fmt: skip
     result = train(config, options)
@@ -398,7 +401,7 @@ def qat_finetune(
     atomic_write(weights, lambda tmp: wrapper.qat_model.save_weights(str(tmp)))
     return {
         "scheme": scheme, "epochs": epochs, "learning_rate": lr, "mAP50": result["best_mAP50"],
-        "run": str(run_dir), "weights": str(weights), "seconds": result["seconds"], "start_ranges": "mse" if refit_ranges is True else (refit_ranges or "minmax"),
+        "run": str(run_dir), "weights": str(weights), "seconds": result["seconds"], "start_ranges": start_ranges,
         "ranges": "learned" if range_scale else "moving average",
         "conversion": {"scheme": scheme, "weights": str(weights), **({"range_scale": range_scale} if range_scale else {})},
     }  # fmt: skip
