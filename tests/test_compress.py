@@ -607,11 +607,12 @@ def test_levers_fold_max_pools_into_strides_and_the_plan_prunes_the_levered_mode
     levers = json.loads((run_dir / "levers.json").read_text())
     assert [t["levers"]["pool_stride"] for t in levers["timed"]] == [[0], [0, 2], [0, 2]]  # then with ReLU
     assert max(t["speedup"] for t in levers["timed"]) > 1.0  # a quarter of the pixels in the first layers is faster as int8
-    # trained fastest first, up to the first within half the floor (the random toy loses nothing): one variant trained
+    # searched by bisection from the fastest (the random toy loses nothing, so every variant tried passes): the fastest is kept
     from compression.budget.stages import worth_training
 
     worth = worth_training([t["ms"] for t in levers["timed"]], levers["unpruned_ms"])  # a variant within noise of a simpler one is not trained
-    assert len(levers["tried"]) == 1 and levers["tried"][0]["ms"] == min(levers["timed"][k]["ms"] for k in worth)
+    fastest = min(worth, key=lambda k: levers["timed"][k]["ms"])
+    assert 1 <= len(levers["tried"]) <= len(worth).bit_length() and levers["chosen"] == levers["timed"][fastest]["levers"]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["levers"] == json.loads((run_dir / "stages" / "levers.json").read_text())["result"]["names"]
     assert report["levers"], "the toy meets 1.5x only with a lever"

@@ -123,3 +123,24 @@ def test_a_lever_variant_is_trained_only_if_it_beats_every_simpler_one():
     # BCCD's timings: 1 pair 9.22 ms, 2 pairs 7.42, 3 pairs 7.63, 4 pairs 7.42, 4 pairs + ReLU 7.19, unlevered 11.07
     assert worth_training([9.22, 7.42, 7.63, 7.42, 7.19], 11.07) == [0, 1, 4]
     assert worth_training([10.9, 10.8], 11.0) == []  # nothing faster than the unlevered network by 3 %
+
+
+def test_the_lever_search_finds_the_fastest_variant_within_the_floor_by_bisection():
+    """Variants from fastest to slowest, each with the changes of the slower ones: bisection tries about log2 of them."""
+    from compression.budget.stages import fastest_passing
+
+    # BCCD's 30-minute run: 4 pairs + ReLU, 4, 3 pairs broke half the floor, 2 pairs held it; fastest first needed 4 fine-tunes
+    losses = [2.38, 2.12, 0.99, 0.33, 0.1]
+    tried: list[int] = []
+
+    def passes(n: int) -> bool:
+        tried.append(n)
+        return losses[n] <= 0.5
+
+    assert fastest_passing(len(losses), passes) == 3 and len(tried) <= 3 and 3 in tried
+    assert fastest_passing(4, lambda n: True) == 0  # all pass: the fastest
+    assert fastest_passing(4, lambda n: False) is None
+    assert fastest_passing(0, lambda n: True) is None
+    calls: list[int] = []
+    budget = iter([True, None])  # the budget's share runs out after one fine-tune: the best so far stands
+    assert fastest_passing(5, lambda n: calls.append(n) or next(budget)) == 2 and calls == [2, 0]

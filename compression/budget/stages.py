@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from yolo3.names import conv_index, conv_name
@@ -148,7 +149,10 @@ class LeversStage(CompressStage):
     a variant is eligible when its validation mAP is within half the floor of
     the control's (the unlevered model through the same short fine-tune: the
     recipe's own effect on the model is not the lever's) (the other half is left to channels and
-    input size); the fastest eligible one is kept. The choice does not read
+    input size); the fastest eligible one is kept, found by bisection over the
+    variants worth training (:func:`fastest_passing`): trying them fastest
+    first spent a 30-minute budget's share on three variants that all broke
+    the floor (BCCD) and never reached the two pairs that held it. The choice does not read
     the target, so ``--measurements-from`` reuses it (and what was measured
     on it) for another target. ``levered.h5`` is the model every later stage
     prunes.
@@ -183,7 +187,7 @@ class LeversStage(CompressStage):
         epochs = ctx.setting("compress.lever_epochs")
         lr = ctx.setting("pruning.finetune_learning_rate")
         timed = [{"levers": v.to_json(), "names": v.names(), "ms": ms, "speedup": times[0] / ms} for v, ms in zip(variants, times[1:])]
-        # the fastest first; the first one within half the floor is kept, so the slower ones need no training
+        # fastest first; searched by bisection (each variant adds changes to a slower one), so a budget's share reaches the simple ones
         order = sorted(worth_training([t["ms"] for t in timed], times[0]), key=lambda k: timed[k]["ms"])
         share = LEVER_SHARE * 60 * ctx.setting("compress.time_budget") if "compress.time_budget" in self.reads else None
         # the control: the unlevered model through the same short fine-tune, so that a variant's loss is the lever's, not the recipe's
@@ -191,25 +195,30 @@ class LeversStage(CompressStage):
         control = finetune_in(ctx, ctx.input("baseline.h5"), ctx.output("levers") / "control", epochs, size, lr) if epochs and order else None
         control_valid = control["best_mAP50"] if control else base_valid
         tried, spent = [], control["seconds"] if control else 0.0
-        for n, k in enumerate(order):
+
+        def within_half_floor(n: int) -> bool | None:
+            """Fine-tune ``order[n]`` briefly; whether it stays within half the floor (None: the budget's share is spent)."""
+            nonlocal spent
             done = len(tried) + (1 if control else 0)  # fine-tunes so far, all of the same length
             if share and tried and spent + spent / done > share:  # another one would take the stage past its share of the budget
-                log(f"   lever variants: {len(order) - n} not tried, the time budget's share for levers ({share / 60:.0f} min) is spent")
-                break
+                log(f"   lever variants: search stopped after {len(tried)} of {len(order)}, the time budget's share for levers ({share / 60:.0f} min) is spent")
+                return None
+            k = order[n]
             v = variants[k]
             folder = ctx.output("levers") / f"variant-{k}"
             folder.mkdir(parents=True, exist_ok=True)
             start = folder / "levered.h5"
             if not start.exists():
                 lever_model(ctx.input("baseline.h5"), v, start)
-            log(f"   lever variant {n + 1} of at most {len(order)}: {', '.join(v.names())}: {timed[k]['speedup']:.2f}x as int8; {epochs} epochs")
+            log(f"   lever variant {len(tried) + 1} (of {len(order)} worth training, searched by bisection): {', '.join(v.names())}: {timed[k]['speedup']:.2f}x as int8; {epochs} epochs")
             tuned = finetune_in(ctx, start, folder / "run", epochs, size, lr) if epochs else None
             valid = tuned["best_mAP50"] if tuned else job.evaluate(start, "valid")["mAP50"]
             tried.append({**timed[k], "valid_mAP50": valid, "loss_points": 100 * (control_valid - valid), "model": tuned["best_model"] if tuned else str(start),
                           "epoch_seconds": tuned["seconds"] / epochs if tuned else None})  # fmt: skip
             spent += tuned["seconds"] if tuned else 0.0
-            if tried[-1]["loss_points"] <= half_floor:
-                break
+            return tried[-1]["loss_points"] <= half_floor
+
+        fastest_passing(len(order), within_half_floor)
         pick = max((t for t in tried if t["loss_points"] <= half_floor), key=lambda t: t["speedup"], default=None)
         data = {"unpruned_ms": times[0], "timed": timed, "tried": tried, "half_floor_points": half_floor, "epochs": epochs,
                 "control_valid_mAP50": control_valid, "base_valid_mAP50": base_valid}  # fmt: skip
@@ -245,6 +254,28 @@ class LeversStage(CompressStage):
 
 MIN_GAIN = 1.03  # a lever variant timed at less than this speed-up is not worth its accuracy
 LEVER_SHARE = 0.25  # with a time budget, the levers' fine-tunes may take this share of it
+
+
+def fastest_passing(count: int, passes: Callable[[int], bool | None]) -> int | None:
+    """The lowest index in ``range(count)`` for which ``passes`` holds, trying about log2(count) of them.
+
+    The indices are lever variants from the fastest (the most changes) to the
+    slowest (the fewest), each containing the changes of the slower ones, so
+    a variant's accuracy cost is taken to shrink with its index: when one
+    passes, every slower one would too. ``passes`` returning None stops the
+    search (the time budget's share is spent); the best found so far is returned.
+    """
+    lo, hi, found = 0, count - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        verdict = passes(mid)
+        if verdict is None:
+            break
+        if verdict:
+            found, hi = mid, mid - 1
+        else:
+            lo = mid + 1
+    return found
 
 
 def worth_training(ms: list[float], unlevered_ms: float) -> list[int]:
