@@ -8,7 +8,9 @@
 
 Each entry is LABEL=CONFIG:MODEL. A Keras model (.h5 / .weights) is evaluated as float, then converted
 to int8 (calibrated on its config's training images) and evaluated again; a .tflite (e.g. the
-final-int8.tflite of `yolo3 compress`) is evaluated as it is. Every entry is scored on its config's
+final-int8.tflite of `yolo3 compress`) is evaluated as it is. ``--repair auto`` converts each Keras
+entry through the int8 repair ladder (as ``convert --repair auto``: each step scored on the entry's
+validation split, the best kept) and the table says which step was kept. Every entry is scored on its config's
 test split (give configs with the same test split). Then every int8 file is timed in one interleaved
 run (median, batch 1, on the test split's first image): the model alone and with decode + NMS.
 """
@@ -39,10 +41,11 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repair", default="none", help="int8 repair for Keras entries: none (default), auto or STEP,STEP (as convert --repair)")
     args = parser.parse_args(argv)
 
     from compression.benchmark import detections_call
-    from compression.quantize.convert import convert_config
+    from compression.quantize.convert import convert_config, parse_repair
     from yolo3.config import load_config
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import evaluate, make_predictor
@@ -50,6 +53,7 @@ def main(argv=None) -> int:
     from yolo3.lite import interleaved_latency
     from yolo3.preprocess import letterbox, load_image
 
+    parse_repair(args.repair)  # a bad step name ends here, before any model is loaded
     out = Path(args.out)
     folder = out.parent / (out.name + "-models")
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,7 +69,10 @@ def main(argv=None) -> int:
             row.update({"float_mAP50": scored["mAP50"], "float_coco_AP": scored["coco"]["AP"],
                         **{f"float_{k}": n for k, n in file_sizes(model).items()}})  # fmt: skip
             int8 = folder / f"{label.replace(' ', '-').replace('/', '-')}-int8.tflite"
-            convert_config(config, str(model), "int8", samples=args.samples, out=str(int8), force=True, progress=False)
+            converted = convert_config(config, str(model), "int8", samples=args.samples, out=str(int8), force=True, progress=False,
+                                       repair=args.repair)  # fmt: skip
+            if converted.get("repair"):
+                row["int8_repair"] = converted["repair"]["kept"]
         else:
             int8 = model
         predictor, summary = make_predictor(config, str(int8), threads=args.threads)
@@ -84,22 +91,23 @@ def main(argv=None) -> int:
     for row, model_t, full_t in zip(rows, timed[:n], timed[n:]):
         row["int8_latency_ms"] = model_t["median_ms"]
         row["int8_latency_with_postprocess_ms"] = full_t["median_ms"]
-    report = {"rows": rows, "machine": machine(), "threads": args.threads, "timing": {"rounds": args.rounds, "runs": args.runs},
+    report = {"rows": rows, "machine": machine(), "threads": args.threads, "repair": args.repair, "timing": {"rounds": args.rounds, "runs": args.runs},
               "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv or sys.argv[1:])])}  # fmt: skip
     md = [
         f"{rows[0]['test_images']} test images; int8 latency: median of {args.rounds} x {args.runs} runs at batch 1, models interleaved, "
         f"{args.threads} LiteRT threads; {report['machine']}",
         "",
         "| model | input | params | MACs | float mAP@0.5 | float COCO AP | int8 mAP@0.5 | int8 COCO AP | int8 size | int8 gzip "
-        "| int8 latency | + decode, NMS |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| int8 latency | + decode, NMS |" + (" int8 repair kept |" if args.repair != "none" else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.repair != "none" else ""),
     ]
     for r in rows:
         fl = f"{r['float_mAP50']:.4f} | {r['float_coco_AP']:.4f}" if "float_mAP50" in r else "- | -"
         params = f"{r['params'] / 1e6:.2f} M" if "params" in r else "-"
         macs = f"{r['macs'] / 1e9:.3f} G" if "macs" in r else "-"
         md.append(f"| {r['model']} | {r['input_size'][0]} | {params} | {macs} | {fl} | {r['int8_mAP50']:.4f} | {r['int8_coco_AP']:.4f} | "
-                  f"{r['int8_bytes'] / 1e6:.3f} MB | {r['int8_gzip_bytes'] / 1e6:.3f} MB | {r['int8_latency_ms']:.2f} ms | {r['int8_latency_with_postprocess_ms']:.2f} ms |")  # fmt: skip
+                  f"{r['int8_bytes'] / 1e6:.3f} MB | {r['int8_gzip_bytes'] / 1e6:.3f} MB | {r['int8_latency_ms']:.2f} ms | {r['int8_latency_with_postprocess_ms']:.2f} ms |"
+                  + (f" {r.get('int8_repair', '-')} |" if args.repair != "none" else ""))  # fmt: skip
     write_results(out, report, "\n".join(md))
     return 0
 
