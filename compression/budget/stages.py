@@ -187,7 +187,8 @@ class LeversStage(CompressStage):
         epochs = ctx.setting("compress.lever_epochs")
         lr = ctx.setting("pruning.finetune_learning_rate")
         timed = [{"levers": v.to_json(), "names": v.names(), "ms": ms, "speedup": times[0] / ms} for v, ms in zip(variants, times[1:])]
-        # fastest first; searched by bisection (each variant adds changes to a slower one), so a budget's share reaches the simple ones
+        # ordered fastest first; each variant holds the changes of every slower one, so the search bisects
+        # this order (fastest_passing) instead of walking it, and a budget's share reaches the simple variants
         order = sorted(worth_training([t["ms"] for t in timed], times[0]), key=lambda k: timed[k]["ms"])
         share = LEVER_SHARE * 60 * ctx.setting("compress.time_budget") if "compress.time_budget" in self.reads else None
         # the control: the unlevered model through the same short fine-tune, so that a variant's loss is the lever's, not the recipe's
@@ -195,6 +196,7 @@ class LeversStage(CompressStage):
         control = finetune_in(ctx, ctx.input("baseline.h5"), ctx.output("levers") / "control", epochs, size, lr) if epochs and order else None
         control_valid = control["best_mAP50"] if control else base_valid
         tried, spent = [], control["seconds"] if control else 0.0
+        tried_at: dict[int, dict] = {}  # position in ``order`` -> its record in ``tried``
 
         def within_half_floor(n: int) -> bool | None:
             """Fine-tune ``order[n]`` briefly; whether it stays within half the floor (None: the budget's share is spent)."""
@@ -216,10 +218,11 @@ class LeversStage(CompressStage):
             tried.append({**timed[k], "valid_mAP50": valid, "loss_points": 100 * (control_valid - valid), "model": tuned["best_model"] if tuned else str(start),
                           "epoch_seconds": tuned["seconds"] / epochs if tuned else None})  # fmt: skip
             spent += tuned["seconds"] if tuned else 0.0
+            tried_at[n] = tried[-1]
             return tried[-1]["loss_points"] <= half_floor
 
-        fastest_passing(len(order), within_half_floor)
-        pick = max((t for t in tried if t["loss_points"] <= half_floor), key=lambda t: t["speedup"], default=None)
+        found = fastest_passing(len(order), within_half_floor)
+        pick = tried_at[found] if found is not None else None
         data = {"unpruned_ms": times[0], "timed": timed, "tried": tried, "half_floor_points": half_floor, "epochs": epochs,
                 "control_valid_mAP50": control_valid, "base_valid_mAP50": base_valid}  # fmt: skip
         measured = sorted([t["epoch_seconds"] for t in tried if t["epoch_seconds"]] + ([control["seconds"] / epochs] if control else []))
