@@ -26,7 +26,11 @@ error handling):
   (:class:`StageContext`), and a stage that writes a top-level file or folder it
   did not declare **fails loudly**;
 - ``reuse`` copies finished measuring stages from another run folder whose
-  fingerprints match (``compress --measurements-from``).
+  fingerprints match (``compress --measurements-from``); a stage may name
+  settings (``lend_ignores``) a lent copy may differ in when its result says it
+  did not depend on them (``lendable``): the levers search reads the time
+  budget only to stop early, and a search that ran to its end is lent to a run
+  with another budget.
 
 Example::
 
@@ -77,9 +81,15 @@ class Stage:
     # a stage that only writes a document from the others' results (the report): redone when its inputs change without --force
     rewritable: ClassVar[bool] = False
     version: ClassVar[int] = 1  # raise when the stage computes something else from the same inputs
+    # settings a measuring stage's lent copy may differ in, when ``lendable`` says its result did not depend on them
+    lend_ignores: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: StageContext) -> dict:
         raise NotImplementedError
+
+    def lendable(self, result: dict) -> bool:
+        """Whether a finished result made with other values of ``lend_ignores`` is this stage's result too."""
+        return True
 
 
 class StageContext:
@@ -157,9 +167,13 @@ class Pipeline:
             if unknown:
                 raise ValueError(f"stage {s.name!r} reads unknown settings {unknown}")
         self.fingerprints: dict[str, str] = {}
+        self.lend_prints: dict[str, str] = {}  # the fingerprints without each stage's lend_ignores (reuse)
         for s in self.stages:
             self.fingerprints[s.name] = digest({"stage": s.name, "version": s.version, "settings": self.read_values(s),
                                                 "needs": {n: self.fingerprints[n] for n in s.needs}})  # fmt: skip
+            lent = {k: v for k, v in self.read_values(s).items() if k not in s.lend_ignores}
+            self.lend_prints[s.name] = digest({"stage": s.name, "version": s.version, "settings": lent,
+                                               "needs": {n: self.lend_prints[n] for n in s.needs}})  # fmt: skip
         self.run_dir = check_output_folder(Path(run_dir), "run folder (--run-dir)")
         (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
         self._clear_stale(force)
@@ -262,10 +276,11 @@ class Pipeline:
             if not rec.exists():
                 continue
             try:
-                theirs = json.loads(rec.read_text(encoding="utf-8")).get("fingerprint")
+                theirs = json.loads(rec.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError):
-                theirs = None
-            if theirs != self.fingerprints[s.name]:
+                theirs = {}
+            same = theirs.get("fingerprint") == self.fingerprints[s.name]
+            if not same and not (theirs.get("lend_print") == self.lend_prints[s.name] and s.lendable(theirs.get("result") or {})):
                 notes.append(f"--measurements-from: {s.name} there was made from other inputs; measured again")
                 break
             for entry in s.writes:
@@ -274,7 +289,12 @@ class Pipeline:
                     shutil.copyfile(src, self.run_dir / entry)
                 elif src.is_dir():
                     shutil.copytree(src, self.run_dir / entry, dirs_exist_ok=True)
-            shutil.copyfile(rec, self._record_path(s.name))
+            differ = [k for k in s.lend_ignores if (theirs.get("settings") or {}).get(k) != self.settings.get(k)]
+            if not same and differ:  # (a stage that differs only through a lent one upstream is the same measurement)
+                notes.append(f"--measurements-from: {s.name} reused though {', '.join(differ)} differs (its result did not depend on it)")
+            # the record as this run would have written it: later runs and stages see this run's fingerprint
+            write_json(self._record_path(s.name), {**theirs, "fingerprint": self.fingerprints[s.name], "lend_print": self.lend_prints[s.name],
+                                                   "settings": self.read_values(s), "lent_from": str(other)})  # fmt: skip
         return notes
 
     # -- running ----------------------------------------------------------------------------------
@@ -299,7 +319,8 @@ class Pipeline:
             raise StageContractError(f"stage {stage.name!r} wrote {', '.join(stray)}, which it does not declare in writes (a bug in the stage)", self.run_dir)
         result = json.loads(to_json(result))
         write_json(self._record_path(stage.name), {"stage": stage.name, "fingerprint": self.fingerprints[stage.name], "seconds": seconds,
-                                                   "settings": self.read_values(stage), "needs": list(stage.needs), "result": result})  # fmt: skip
+                                                   "lend_print": self.lend_prints[stage.name], "settings": self.read_values(stage),
+                                                   "needs": list(stage.needs), "result": result})  # fmt: skip
         self._record_path(stage.name, ".started").unlink(missing_ok=True)
         self.results[stage.name] = result
         self.log(f"{label}: finished in {seconds / 60:.1f} min")

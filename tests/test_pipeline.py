@@ -145,6 +145,59 @@ def test_an_interrupted_stage_started_from_other_inputs_loses_its_half_made_file
 
 # -- compress on the pipeline ------------------------------------------------------------------------
 
+def _measuring_stages(calls: list[str]):
+    """A search that reads a budget only to stop early (as the levers stage), and a measurement that needs it."""
+    from compression.pipeline import Stage
+
+    class Search(Stage):
+        name, reads, writes, measuring = "search", ("data", "budget"), ("search.txt",), True
+        lend_ignores = ("budget",)
+
+        def run(self, ctx):
+            calls.append(self.name)
+            complete = ctx.setting("budget") >= 10  # a small budget cuts the search short
+            ctx.output("search.txt").write_text(str(complete))
+            return {"complete": complete}
+
+        def lendable(self, result):
+            return result.get("complete") is True
+
+    class Measure(Stage):
+        name, reads, needs, writes, measuring = "measure", ("data",), ("search",), ("measure.txt",), True
+
+        def run(self, ctx):
+            calls.append(self.name)
+            ctx.output("measure.txt").write_text(ctx.input("search.txt").read_text())
+            return {}
+
+    return [Search(), Measure()]
+
+
+def test_a_search_that_ran_to_its_end_is_lent_to_a_run_with_another_budget(tmp_path):
+    from compression.pipeline import Pipeline
+
+    calls: list[str] = []
+    Pipeline(_measuring_stages(calls), {"data": 1, "budget": 20}, tmp_path / "long", log=lambda m: None).run_all()
+    calls.clear()
+    other = Pipeline(_measuring_stages(calls), {"data": 1, "budget": 15}, tmp_path / "other", log=lambda m: None)
+    notes = other.reuse(tmp_path / "long")
+    other.run_all()
+    assert calls == [] and notes == ["--measurements-from: search reused though budget differs (its result did not depend on it)"]
+    assert (tmp_path / "other" / "measure.txt").read_text() == "True"
+    calls.clear()
+    Pipeline(_measuring_stages(calls), {"data": 1, "budget": 15}, tmp_path / "other", log=lambda m: None).run_all()
+    assert calls == []  # the lent records carry this run's fingerprints: a rerun of it finds them done
+
+    # a search the budget cut short is not lent; nor is one made from other data
+    Pipeline(_measuring_stages(calls), {"data": 1, "budget": 5}, tmp_path / "short", log=lambda m: None).run_all()
+    for source, settings in ((tmp_path / "short", {"data": 1, "budget": 20}), (tmp_path / "long", {"data": 2, "budget": 20})):
+        calls.clear()
+        run = Pipeline(_measuring_stages(calls), settings, tmp_path / f"new-{len(list(tmp_path.iterdir()))}", log=lambda m: None)
+        assert run.reuse(source) == ["--measurements-from: search there was made from other inputs; measured again"]
+        run.run_all()
+        assert calls == ["search", "measure"]
+
+
 
 def _fixed_config(folder: Path, data: Path) -> Path:
     """The toy model with a fixed plan (the config's ratios at 32 px): no timing decides anything, so the figures are repeatable."""

@@ -160,6 +160,7 @@ class LeversStage(CompressStage):
 
     name, title = "levers", "architecture levers (max-pool folded into stride, ReLU): timed as int8, fine-tuned briefly, the fastest within the floor kept"
     measuring = True
+    lend_ignores = ("compress.time_budget",)  # the budget only stops the search early: a finished search is lent to any budget
     needs = ("baseline",)
     writes = ("levers", "levers.json", "levered.h5")
 
@@ -195,15 +196,16 @@ class LeversStage(CompressStage):
         base_valid = ctx.result("baseline")["float"]["valid"]["mAP50"]
         control = finetune_in(ctx, ctx.input("baseline.h5"), ctx.output("levers") / "control", epochs, size, lr) if epochs and order else None
         control_valid = control["best_mAP50"] if control else base_valid
-        tried, spent = [], control["seconds"] if control else 0.0
+        tried, spent, stopped = [], control["seconds"] if control else 0.0, False
         tried_at: dict[int, dict] = {}  # position in ``order`` -> its record in ``tried``
 
         def within_half_floor(n: int) -> bool | None:
             """Fine-tune ``order[n]`` briefly; whether it stays within half the floor (None: the budget's share is spent)."""
-            nonlocal spent
+            nonlocal spent, stopped
             done = len(tried) + (1 if control else 0)  # fine-tunes so far, all of the same length
             if share and tried and spent + spent / done > share:  # another one would take the stage past its share of the budget
                 log(f"   lever variants: search stopped after {len(tried)} of {len(order)}, the time budget's share for levers ({share / 60:.0f} min) is spent")
+                stopped = True
                 return None
             k = order[n]
             v = variants[k]
@@ -233,21 +235,24 @@ class LeversStage(CompressStage):
             else:  # none was trained: none was worth its accuracy cost in time
                 data["why"] = (f"no variant was {100 * (MIN_GAIN - 1):.0f} % faster than the one before it as int8 ("
                                + ", ".join(f"{'; '.join(t['names'])}: {t['speedup']:.2f}x" for t in timed) + ")")  # fmt: skip
-            return {**self._none(ctx, data["why"], data), "epoch_seconds": epoch_seconds}
+            return {**self._none(ctx, data["why"], data), "epoch_seconds": epoch_seconds, "search_complete": not stopped}
         shutil.copyfile(pick["model"], ctx.output("levered.h5"))
         why = f"the fastest variant within half the floor ({half_floor:g} points on validation after {epochs} epochs)"
         data.update(chosen=pick["levers"], why=why)
         write_json(ctx.output("levers.json"), data)
         return {"chosen": pick["levers"], "names": pick["names"], "measured_speedup": pick["speedup"], "valid_mAP50": pick["valid_mAP50"],
-                "loss_points": pick["loss_points"], "why": why, "tried": len(tried), "epoch_seconds": epoch_seconds}  # fmt: skip
+                "loss_points": pick["loss_points"], "why": why, "tried": len(tried), "epoch_seconds": epoch_seconds,
+                "search_complete": not stopped}  # fmt: skip
 
     def _none(self, ctx: StageContext, why: str, data: dict | None = None) -> dict:
         from .levers import Levers
 
         shutil.copyfile(ctx.input("baseline.h5"), ctx.output("levered.h5"))
         write_json(ctx.output("levers.json"), {**(data or {}), "chosen": Levers().to_json(), "why": why})
-        return {"chosen": Levers().to_json(), "names": [], "measured_speedup": 1.0, "why": why}
+        return {"chosen": Levers().to_json(), "names": [], "measured_speedup": 1.0, "why": why, "search_complete": True}
 
+    def lendable(self, result: dict) -> bool:
+        return result.get("search_complete") is True
     def report_rows(self, ctx, result):
         if not result["names"]:
             return []
