@@ -569,6 +569,24 @@ def test_pruning_an_mbconv_prunes_the_excitation_with_the_channels_it_scales(tmp
     assert_weights_round_trip(result.spec, result.weights, tmp_path)
 
 
+def test_residual_layer_pruning_removes_an_mbconv_and_a_bottleneck_with_their_excitations(tmp_path):
+    """The suite's bottleneck ([depthwise], [se]) and EfficientNet's MBConv ([avgpool] ... [scale_channels] reading inside the
+    branch) are residual branches the layer pruner may remove whole; the MBConv result still reads in OpenCV."""
+    from test_light import check_against_opencv
+
+    from compression.prune.pruning import layer_prune, residual_blocks
+    from yolo3.spec import parse_cfg
+
+    bneck = parse_cfg(BNECK.format(second_se=""), "bneck.cfg")
+    assert [(b.start, b.shortcut) for b in residual_blocks(bneck, random_weights(bneck, seed=1))] == [(1, 5)]
+    spec = parse_cfg(MBCONV, "mbconv.cfg")
+    weights = random_weights(spec, seed=3)
+    assert [(b.start, b.shortcut) for b in residual_blocks(spec, weights)] == [(1, 8)]
+    pruned, pruned_weights, _ = layer_prune(spec, weights, 1)
+    assert [b.type for b in pruned.layers[:2]] == ["convolutional", "convolutional"] and len(pruned.layers) == len(spec.layers) - 8
+    assert check_against_opencv(pruned, pruned_weights, tmp_path) < 1e-3
+
+
 def test_mbconv_as_int8_its_memory_count_and_latency_probes(tmp_path):
     """int8 conversion (MEAN and MUL for the SE), the planner's RAM count against the file, and the latency model's probes of
     [avgpool] and [scale_channels] (at their own channels and narrower) build."""
@@ -841,3 +859,65 @@ def test_malformed_reorg3d_and_strides_end_in_one_line_naming_the_line(cfg_edit,
     with pytest.raises(UserError) as err:
         parse_cfg(cfg_edit(REORG), "reorg.cfg")
     assert message in str(err.value) and "reorg.cfg" in str(err.value) and "line" in str(err.value), str(err.value)
+
+
+def _suite_toy_cfg() -> str:
+    """A two-head network of the suite's constructs: h_swish stem, a MobileNetV3 bottleneck (expand relu6, [depthwise], [se],
+    linear project, residual), then a stride-2 h_swish convolution; 3 classes, 64 px (the synthetic shapes)."""
+    from test_light import conv, yolo_head
+
+    return ("[net]\nwidth=64\nheight=64\nchannels=3\n" + conv(16, 3, 2, activation="h_swish") + conv(32, 1, activation="relu6")
+            + "[depthwise]\nbatch_normalize=1\nfilters=32\nsize=3\nstride=1\npad=1\nactivation=relu6\n[se]\nfilters=32\n"
+            + conv(16, 1, activation="linear") + "[shortcut]\nfrom=-5\nactivation=linear\n" + conv(32, 3, 2, activation="h_swish")
+            + "[maxpool]\nsize=2\nstride=2\n" + yolo_head("3,4,5") + "[route]\nlayers=-4\n" + yolo_head("0,1,2"))  # fmt: skip
+
+
+def test_suite_model_through_the_whole_tool(tmp_path, synthetic_valid):
+    """An SE network as a user brings it: train, evaluate, similarity / slimming / residual-layer pruning (the SE pruned with
+    the channels it scales, the Darknet export reading back to the same model), clustering, QAT int8 with hard-swish as an
+    int8 op, and the edge runner from the device folder."""
+    import json
+    import subprocess
+    import sys
+
+    from test_light import light_toy_config
+
+    from yolo3.lite import TFLitePredictor
+    from yolo3.models import load_model
+    from yolo3.spec import parse_cfg
+    from yolo3_cli.main import main
+
+    cfg = _suite_toy_cfg()
+    config = light_toy_config(tmp_path, synthetic_valid, cfg)
+    c = ["-c", str(config)]
+    assert main(["train", *c, "--epochs", "1", "--quiet"]) == 0
+    best = tmp_path / "run" / "best.h5"
+    assert main(["evaluate", *c, "--model", str(best), "--json", str(tmp_path / "eval.json"), "--quiet"]) == 0
+    assert 0 <= json.loads((tmp_path / "eval.json").read_text())["mAP50"] <= 1
+    image = np.random.RandomState(3).uniform(0, 1, (1, 64, 64, 3)).astype(np.float32)
+    for method in ("similarity", "slimming", "layers"):
+        out = tmp_path / f"{method}.h5"
+        assert main(["prune", *c, "--method", method, "--model", str(best), "--out", str(out), "--quiet"]) == 0, method
+        pruned = parse_cfg((tmp_path / f"{method}.cfg").read_text())
+        from_darknet = load_model(tmp_path / f"{method}.weights", tmp_path / f"{method}.cfg")
+        from_h5 = load_model(out)
+        for a, b in zip(from_darknet.model.predict(image, verbose=0), from_h5.model.predict(image, verbose=0)):
+            assert np.abs(a - b).max() < 1e-4, method
+        if method == "similarity":  # the bottleneck's expansion was pruned: its depthwise and its SE follow
+            expand, depthwise, se = (pruned.layers[i] for i in (1, 2, 3))
+            assert depthwise.get_int("filters") == se.get_int("filters") == expand.get_int("filters") < 32
+        if method == "layers":
+            assert "[se]" not in (tmp_path / "layers.cfg").read_text()  # the residual bottleneck went whole
+    clustered = tmp_path / "clustered.h5"
+    assert main(["cluster", *c, "--model", str(tmp_path / "similarity.h5"), "--out", str(clustered), "--finetune-epochs", "0",
+                 "--quiet"]) == 0  # fmt: skip
+    int8 = tmp_path / "suite-int8.tflite"
+    assert main(["convert", *c, "--model", str(clustered), "--format", "int8", "--samples", "4", "--qat", "--qat-epochs", "1",
+                 "--out", str(int8), "--bundle", str(tmp_path / "device"), "--quiet"]) == 0  # fmt: skip
+    ops = {op["op_name"] for op in TFLitePredictor(int8).interpreter._get_ops_details()}
+    assert {"HARD_SWISH", "DEPTHWISE_CONV_2D", "MEAN", "MUL"} <= ops and "FLEX" not in " ".join(ops) and "DEQUANTIZE" not in ops
+    sample = next((synthetic_valid / "images").glob("*"))
+    runner = subprocess.run([sys.executable, "-m", "yolo3.lite", "model.tflite", str(sample), "--json"], cwd=tmp_path / "device",
+                            capture_output=True, text=True)  # fmt: skip
+    assert runner.returncode == 0, runner.stderr[-2000:]
+    assert isinstance(json.loads(runner.stdout.strip().splitlines()[-1])["detections"], list)

@@ -340,16 +340,16 @@ def test_planner_costs_follow_depthwise_ties():
         assert MacsCost(cmap)(kept, size) == totals(analyse(cmap.spec_with(kept), size, size)).macs
 
 
-def light_toy_config(folder, data):
-    """A config for LIGHT_TOY_CFG with random weights on the synthetic shapes (3 classes, 64 px)."""
+def light_toy_config(folder, data, cfg: str = LIGHT_TOY_CFG):
+    """A config for ``cfg`` (LIGHT_TOY_CFG unless given) with random weights on the synthetic shapes (3 classes, 64 px)."""
     import json
 
     from yolo3.keras_model import build_model, set_darknet_weights
     from yolo3.models import save_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "light.cfg").write_text(LIGHT_TOY_CFG)
-    spec = parse_cfg(LIGHT_TOY_CFG, "light.cfg")
+    (folder / "light.cfg").write_text(cfg)
+    spec = parse_cfg(cfg, "light.cfg")
     model = build_model(spec)
     set_darknet_weights(model, spec, random_weights(spec, seed=1))
     save_model(model, spec, folder / "light.h5")

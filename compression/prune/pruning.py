@@ -286,13 +286,19 @@ class ResidualBlock:
     score: float
 
 
+BRANCH_LAYERS = ("convolutional", "depthwise", "dropout", "se", "avgpool", "scale_channels")  # what a removable residual branch holds
+
+
 def residual_blocks(spec: Spec, weights: DarknetWeights) -> list[ResidualBlock]:
     """Residual branches that can be removed, with their convolutions' mean |BN scale|.
 
     A branch is a chain of convolutions (and dropouts) from the [shortcut]'s
     other input to the [shortcut], which must be linear: without the branch
     the block passes its input on unchanged. YOLOv3's blocks are 1x1 -> 3x3;
-    Yolo-Fastest's 1x1 expand -> 3x3 depthwise -> 1x1 project -> dropout.
+    Yolo-Fastest's 1x1 expand -> 3x3 depthwise -> 1x1 project -> dropout; the
+    multi-backbone suite's MobileNetV3 bottleneck has a [depthwise] and an [se]
+    in it, EfficientNet's an [avgpool] / [scale_channels] excitation, whose
+    reads stay inside the branch and go with it.
     """
     read_by = {}  # layer -> the layers that read it
     infos = analyse(spec)
@@ -307,11 +313,11 @@ def residual_blocks(spec: Spec, weights: DarknetWeights) -> list[ResidualBlock]:
         if infos[j].out_shape != infos[i].out_shape:  # a shortcut between different widths is not the identity without its body
             continue
         body = range(j + 1, i)
-        if not body or any(spec.layers[k].type not in ("convolutional", "dropout") for k in body):
+        if not body or any(spec.layers[k].type not in BRANCH_LAYERS for k in body):
             continue
-        if any(read_by.get(k, set()) - {k + 1} for k in body):  # a route reads inside the branch: it must stay
+        if any(read_by.get(k, set()) - {*body, i} for k in body):  # a layer outside the branch reads inside it: it must stay
             continue
-        if not any(spec.layers[k].type == "convolutional" for k in body):
+        if not any(spec.layers[k].type in ("convolutional", "depthwise") for k in body):
             continue
         scores = [np.abs(weights.convs[k].bn[0]).mean() for k in body if k in weights.convs and weights.convs[k].bn is not None]
         out.append(ResidualBlock(j + 1, i, float(np.mean(scores)) if scores else float("inf")))
