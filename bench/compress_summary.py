@@ -21,6 +21,15 @@ from common import write_results
 from yolo3.errors import UserError, run_cli
 
 
+def machine_line(rows: list[dict]) -> str:
+    """The machine the runs were made on, or each run's when they differ (latencies compare only within a row)."""
+    machines = list(dict.fromkeys(r["machine"] for r in rows))
+    if len(machines) == 1:
+        return f"Machine: {machines[0]}; LiteRT, 2 threads."
+    return ("Machines (latencies compare within a row only): " + "; ".join(
+        f"{', '.join(r['run'] for r in rows if r['machine'] == m)}: {m}" for m in machines) + "; LiteRT, 2 threads.")  # fmt: skip
+
+
 def row(path: Path) -> tuple[dict, str]:
     try:
         r = json.loads(path.read_text())
@@ -66,7 +75,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|---|---|",
         *lines,
         "",
-        f"Machine: {rows[0]['machine']}; LiteRT, 2 threads.",
+        machine_line(rows),
     ]
     write_results(Path(args.out), {"command": "python bench/compress_summary.py " + " ".join(argv or sys.argv[1:]), "rows": rows}, "\n".join(md))
     return 0
