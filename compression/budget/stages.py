@@ -59,6 +59,26 @@ def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size:
             "replicas": result["replicas"]}  # fmt: skip
 
 
+PROBE_EPOCHS = 2  # epochs that time a plan no candidate round trained (the first traces the graph and is slow)
+# a long fine-tune's seconds per epoch over the median of its epochs' training time: evaluation every few epochs and set-up
+# (BCCD, a 3x plan at 416: 786.6 s for 69 epochs, 11.4 s each, against a median epoch of 10.2 s)
+EPOCH_OVERHEAD = 1.15
+
+
+def steady_epoch_seconds(tuned: dict, epochs: int) -> float:
+    """Seconds per epoch a long fine-tune of this model will take, from a short one (:func:`finetune_in`'s result).
+
+    The median of its epochs after the first (which traces the graph: twice as
+    long on BCCD) with :data:`EPOCH_OVERHEAD`; its mean when it had one epoch.
+    A short run's mean overstates a long one's epoch (BCCD's 352 plan: 16.6 s
+    over its 6 candidate epochs, 10.2 s in its fine-tune), so budgeted runs ended early.
+    """
+    import numpy as np
+
+    times = [e["seconds"] for e in tuned.get("history", [])[1:] if e.get("seconds")]
+    return EPOCH_OVERHEAD * float(np.median(times)) if times else tuned["seconds"] / max(epochs, 1)
+
+
 def train_plan(ctx: StageContext, size: int, folder: Path, epochs: int, eval_every: int | None = None) -> dict:
     """The plan's model at input ``size`` pruned once into ``folder`` and fine-tuned there to ``epochs`` (resumes a run begun there)."""
     from ..steps import prune_to_plan
@@ -456,7 +476,7 @@ class Candidates(CompressStage):
                 log(f"   candidate at {size}: to {trained} epochs")
                 tuned = train_plan(ctx, size, ctx.output("candidates") / str(size), trained)
                 runs[str(size)] = {"mAP50": tuned["best_mAP50"], "best_model": tuned["best_model"], "predicted_ms": plan["predicted_ms"][str(size)],
-                                   "epochs": trained, "epoch_seconds": tuned["seconds"] / epochs}  # fmt: skip
+                                   "epochs": trained, "epoch_seconds": steady_epoch_seconds(tuned, epochs)}  # fmt: skip
             order = rank([str(s) for s in alive], {str(s): runs[str(s)]["mAP50"] for s in alive}, plan["predicted_ms"])
             rounds.append({"epochs": trained, "valid_mAP50": {n: runs[n]["mAP50"] for n in order}})
             alive = [int(n) for n in survivors(order)]
@@ -501,18 +521,24 @@ class Finetune(CompressStage):
         run = ctx.result("candidates").get("runs", {}).get(str(size))
         if run and Path(run["best_model"]).with_name("last.h5").exists():
             start = Path(run["best_model"]).with_name("last.h5")  # go on from the candidate's short fine-tune
-        why = None
+        why, probed = None, 0
+        lr = ctx.setting("pruning.finetune_learning_rate")
         t_base = ctx.result("levers").get("epoch_seconds")
         epoch_seconds = (run or {}).get("epoch_seconds") or (t_base * (size / job.base_size) ** 2 if t_base else None)
         if ctx.setting("compress.time_budget") and epoch_seconds:
             from .schedule import finetune_epochs, tail_seconds
 
+            if not run:  # no candidate round timed this plan: a guess from the unpruned model errs long, so time the plan itself
+                probe = finetune_in(ctx, start, ctx.output("finetune") / "probe", PROBE_EPOCHS, size, lr, eval_every=PROBE_EPOCHS)
+                epoch_seconds, probed = steady_epoch_seconds(probe, PROBE_EPOCHS), PROBE_EPOCHS
+                last = Path(probe["best_model"]).with_name("last.h5")
+                start = last if last.exists() else Path(probe["best_model"])  # the fine-tune goes on from the timed epochs
             tail = tail_seconds(epoch_seconds, *tail_epochs(ctx), fixed_seconds(ctx))
             epochs, why = scheduled(ctx.output("finetune"), lambda: finetune_epochs(job.time_left(ctx.pipeline), epoch_seconds, tail, epochs))
-        tuned = finetune_in(ctx, start, ctx.output("finetune"), epochs, size, ctx.setting("pruning.finetune_learning_rate"))
+        tuned = finetune_in(ctx, start, ctx.output("finetune"), epochs, size, lr)
         shutil.copyfile(tuned["best_model"], ctx.output("finetuned.h5"))
-        return {"start": str(start), "valid_mAP50": tuned["best_mAP50"], "epochs": epochs, "history": tuned["history"], "seconds": tuned["seconds"],
-                "replicas": tuned["replicas"], "schedule": why}  # fmt: skip
+        return {"start": str(start), "valid_mAP50": tuned["best_mAP50"], "epochs": epochs + probed, "probe_epochs": probed, "history": tuned["history"],
+                "seconds": tuned["seconds"], "replicas": tuned["replicas"], "schedule": why}  # fmt: skip
 
     def report_rows(self, ctx, result):
         return [{"stage": "pruned + fine-tuned", "file": "finetuned.h5", "note": f"{result['epochs']} epochs, distilled", "arch": "final"}]
