@@ -238,7 +238,7 @@ class LeversStage(CompressStage):
             tuned = finetune_in(ctx, start, folder / "run", epochs, size, lr) if epochs else None
             valid = tuned["best_mAP50"] if tuned else job.evaluate(start, "valid")["mAP50"]
             tried.append({**timed[k], "valid_mAP50": valid, "loss_points": 100 * (control_valid - valid), "model": tuned["best_model"] if tuned else str(start),
-                          "epoch_seconds": tuned["seconds"] / epochs if tuned else None})  # fmt: skip
+                          "epoch_seconds": steady_epoch_seconds(tuned, epochs) if tuned else None})  # fmt: skip
             spent += tuned["seconds"] if tuned else 0.0
             tried_at[n] = tried[-1]
             return tried[-1]["loss_points"] <= half_floor
@@ -247,7 +247,7 @@ class LeversStage(CompressStage):
         pick = tried_at[found] if found is not None else None
         data = {"unpruned_ms": times[0], "timed": timed, "tried": tried, "half_floor_points": half_floor, "epochs": epochs,
                 "control_valid_mAP50": control_valid, "base_valid_mAP50": base_valid}  # fmt: skip
-        measured = sorted([t["epoch_seconds"] for t in tried if t["epoch_seconds"]] + ([control["seconds"] / epochs] if control else []))
+        measured = sorted([t["epoch_seconds"] for t in tried if t["epoch_seconds"]] + ([steady_epoch_seconds(control, epochs)] if control else []))
         epoch_seconds = measured[len(measured) // 2] if measured else None  # at the model's size, for the time budget
         if pick is None:
             if order:
