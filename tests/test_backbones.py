@@ -877,10 +877,8 @@ def test_suite_model_through_the_whole_tool(tmp_path, synthetic_valid):
     the channels it scales, the Darknet export reading back to the same model), clustering, QAT int8 with hard-swish as an
     int8 op, and the edge runner from the device folder."""
     import json
-    import subprocess
-    import sys
 
-    from test_light import light_toy_config
+    from test_light import assert_device_runner_detects, clustered_qat_int8, light_toy_config
 
     from yolo3.lite import TFLitePredictor
     from yolo3.models import load_model
@@ -908,16 +906,7 @@ def test_suite_model_through_the_whole_tool(tmp_path, synthetic_valid):
             assert depthwise.get_int("filters") == se.get_int("filters") == expand.get_int("filters") < 32
         if method == "layers":
             assert "[se]" not in (tmp_path / "layers.cfg").read_text()  # the residual bottleneck went whole
-    clustered = tmp_path / "clustered.h5"
-    assert main(["cluster", *c, "--model", str(tmp_path / "similarity.h5"), "--out", str(clustered), "--finetune-epochs", "0",
-                 "--quiet"]) == 0  # fmt: skip
-    int8 = tmp_path / "suite-int8.tflite"
-    assert main(["convert", *c, "--model", str(clustered), "--format", "int8", "--samples", "4", "--qat", "--qat-epochs", "1",
-                 "--out", str(int8), "--bundle", str(tmp_path / "device"), "--quiet"]) == 0  # fmt: skip
+    int8 = clustered_qat_int8(c, tmp_path / "similarity.h5", tmp_path)
     ops = {op["op_name"] for op in TFLitePredictor(int8).interpreter._get_ops_details()}
     assert {"HARD_SWISH", "DEPTHWISE_CONV_2D", "MEAN", "MUL"} <= ops and "FLEX" not in " ".join(ops) and "DEQUANTIZE" not in ops
-    sample = next((synthetic_valid / "images").glob("*"))
-    runner = subprocess.run([sys.executable, "-m", "yolo3.lite", "model.tflite", str(sample), "--json"], cwd=tmp_path / "device",
-                            capture_output=True, text=True)  # fmt: skip
-    assert runner.returncode == 0, runner.stderr[-2000:]
-    assert isinstance(json.loads(runner.stdout.strip().splitlines()[-1])["detections"], list)
+    assert_device_runner_detects(tmp_path / "device", next((synthetic_valid / "images").glob("*")))

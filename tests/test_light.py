@@ -369,8 +369,6 @@ def light_toy_config(folder, data, cfg: str = LIGHT_TOY_CFG):
 def test_light_model_through_the_whole_tool(tmp_path, synthetic_valid):
     """Train, evaluate, every pruning method, clustering, QAT and int8, the edge runner; the pruned Darknet files load in OpenCV."""
     import json
-    import subprocess
-    import sys
 
     from yolo3.darknet import read_weights
     from yolo3.lite import TFLitePredictor
@@ -393,21 +391,36 @@ def test_light_model_through_the_whole_tool(tmp_path, synthetic_valid):
     assert spec.layers[3].get_int("groups") == spec.layers[3].get_int("filters") < 32  # the depthwise followed its input
     assert check_against_opencv(spec, read_weights(tmp_path / "similarity.weights", spec), tmp_path / "cv") < 1e-3
     assert len(parse_cfg((tmp_path / "layers.cfg").read_text()).layers) == len(parse_cfg(LIGHT_TOY_CFG).layers) - 5
-    clustered = tmp_path / "clustered.h5"
-    assert main(["cluster", *c, "--model", str(tmp_path / "similarity.h5"), "--out", str(clustered), "--finetune-epochs", "0",
-                 "--quiet"]) == 0  # fmt: skip
-    int8 = tmp_path / "light-int8.tflite"
-    assert main(["convert", *c, "--model", str(clustered), "--format", "int8", "--samples", "4", "--qat", "--qat-epochs", "1",
-                 "--out", str(int8), "--bundle", str(tmp_path / "device"), "--quiet"]) == 0  # fmt: skip
+    int8 = clustered_qat_int8(c, tmp_path / "similarity.h5", tmp_path)
     predictor = TFLitePredictor(int8)
     assert predictor.heads[0].scale_xy == pytest.approx(1.05)
     ops = {op["op_name"] for op in predictor.interpreter._get_ops_details()}
     assert "DEPTHWISE_CONV_2D" in ops and "MIRROR_PAD" in ops and "FLEX" not in " ".join(ops)
     image = next((synthetic_valid / "images").glob("*"))
     assert main(["detect", *c, "--model", str(tmp_path / "device" / "model.tflite"), "-i", str(image), "-o", str(tmp_path / "drawn")]) == 0
-    # the device's runner, from the bundle folder: numpy, Pillow and LiteRT only
-    runner = subprocess.run([sys.executable, "-m", "yolo3.lite", "model.tflite", str(image), "--json"], cwd=tmp_path / "device",
-                            capture_output=True, text=True)  # fmt: skip
+    assert_device_runner_detects(tmp_path / "device", image)
+
+
+def clustered_qat_int8(c: list[str], source, folder):
+    """``source`` clustered, then int8 through one epoch of QAT with its device folder (``folder/device``): the int8 file's path."""
+    from yolo3_cli.main import main
+
+    clustered = folder / "clustered.h5"
+    assert main(["cluster", *c, "--model", str(source), "--out", str(clustered), "--finetune-epochs", "0", "--quiet"]) == 0
+    int8 = folder / "qat-int8.tflite"
+    assert main(["convert", *c, "--model", str(clustered), "--format", "int8", "--samples", "4", "--qat", "--qat-epochs", "1",
+                 "--out", str(int8), "--bundle", str(folder / "device"), "--quiet"]) == 0  # fmt: skip
+    return int8
+
+
+def assert_device_runner_detects(device, image) -> None:
+    """The device's runner, from the bundle folder (numpy, Pillow and LiteRT only), prints detections for ``image``."""
+    import json
+    import subprocess
+    import sys
+
+    runner = subprocess.run([sys.executable, "-m", "yolo3.lite", "model.tflite", str(image), "--json"], cwd=device, capture_output=True,
+                            text=True)  # fmt: skip
     assert runner.returncode == 0, runner.stderr[-2000:]
     assert isinstance(json.loads(runner.stdout.strip().splitlines()[-1])["detections"], list)
 
