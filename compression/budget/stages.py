@@ -59,24 +59,30 @@ def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size:
             "replicas": result["replicas"]}  # fmt: skip
 
 
-PROBE_EPOCHS = 2  # epochs that time a plan no candidate round trained (the first traces the graph and is slow)
-# a long fine-tune's seconds per epoch over the median of its epochs' training time: evaluation every few epochs and set-up
-# (BCCD, a 3x plan at 416: 786.6 s for 69 epochs, 11.4 s each, against a median epoch of 10.2 s)
+PROBE_EPOCHS = 3  # epochs that time a plan no candidate round trained (the first traces the graph and is slow)
+# a long fine-tune's seconds per epoch over the median of its usual epochs: evaluation every few epochs, set-up and the
+# occasional stalled epoch (BCCD, a 3x plan at 416: 786.6 s for 69 epochs, 11.4 s each, against a median epoch of 10.2 s)
 EPOCH_OVERHEAD = 1.15
+STALLED = 1.6  # an epoch this many times the fastest one stalled (BCCD: 3 of 69 epochs took 20.5 s where the rest took 9-10.5)
 
 
 def steady_epoch_seconds(tuned: dict, epochs: int) -> float:
     """Seconds per epoch a long fine-tune of this model will take, from a short one (:func:`finetune_in`'s result).
 
     The median of its epochs after the first (which traces the graph: twice as
-    long on BCCD) with :data:`EPOCH_OVERHEAD`; its mean when it had one epoch.
-    A short run's mean overstates a long one's epoch (BCCD's 352 plan: 16.6 s
-    over its 6 candidate epochs, 10.2 s in its fine-tune), so budgeted runs ended early.
+    long on BCCD), stalled epochs left out, with :data:`EPOCH_OVERHEAD`; its
+    mean when it had one epoch. A short run's mean overstates a long one's
+    epoch (BCCD's 352 plan: 16.6 s over its 6 candidate epochs, 10.2 s in its
+    fine-tune), and one stalled epoch in a probe of two doubled the estimate,
+    so budgeted runs ended early.
     """
     import numpy as np
 
     times = [e["seconds"] for e in tuned.get("history", [])[1:] if e.get("seconds")]
-    return EPOCH_OVERHEAD * float(np.median(times)) if times else tuned["seconds"] / max(epochs, 1)
+    if not times:
+        return tuned["seconds"] / max(epochs, 1)
+    usual = [t for t in times if t <= STALLED * min(times)]
+    return EPOCH_OVERHEAD * float(np.median(usual))
 
 
 def train_plan(ctx: StageContext, size: int, folder: Path, epochs: int, eval_every: int | None = None) -> dict:
