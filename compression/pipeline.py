@@ -169,11 +169,8 @@ class Pipeline:
         self.fingerprints: dict[str, str] = {}
         self.lend_prints: dict[str, str] = {}  # the fingerprints without each stage's lend_ignores (reuse)
         for s in self.stages:
-            self.fingerprints[s.name] = digest({"stage": s.name, "version": s.version, "settings": self.read_values(s),
-                                                "needs": {n: self.fingerprints[n] for n in s.needs}})  # fmt: skip
-            lent = {k: v for k, v in self.read_values(s).items() if k not in s.lend_ignores}
-            self.lend_prints[s.name] = digest({"stage": s.name, "version": s.version, "settings": lent,
-                                               "needs": {n: self.lend_prints[n] for n in s.needs}})  # fmt: skip
+            self.fingerprints[s.name] = self._print(s, (), self.fingerprints)
+            self.lend_prints[s.name] = self._print(s, s.lend_ignores, self.lend_prints)
         self.run_dir = check_output_folder(Path(run_dir), "run folder (--run-dir)")
         (self.run_dir / "stages").mkdir(parents=True, exist_ok=True)
         self._clear_stale(force)
@@ -194,6 +191,11 @@ class Pipeline:
             else:
                 out.append(key)
         return list(dict.fromkeys(out))
+
+    def _print(self, stage: Stage, ignored: tuple[str, ...], upstream: dict[str, str]) -> str:
+        """A digest of the stage, its settings but ``ignored``, and the ``upstream`` prints of the stages it needs."""
+        settings = {k: v for k, v in self.read_values(stage).items() if k not in ignored}
+        return digest({"stage": stage.name, "version": stage.version, "settings": settings, "needs": {n: upstream[n] for n in stage.needs}})
 
     def read_values(self, stage: Stage) -> dict:
         return {k: self.settings.get(k) for k in self.expand(stage.reads)}
