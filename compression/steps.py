@@ -26,7 +26,7 @@ from yolo3.names import conv_name
 def finetune_options(config, model_path: str | Path, *, epochs: int | None = None, run_dir: str | Path | None = None, progress: bool = True,
                      learning_rate: float | None = None, teacher: str | Path | None = None, distill_weight: float = 1.0, feature_weight: float = 0.0,
                      hooks: tuple = (), keep_record: bool = True, sparsity_l1: float = 0.0,
-                     freeze_backbone_epochs: int | None = None):  # fmt: skip
+                     freeze_backbone_epochs: int | None = None, deadline: float | None = None):  # fmt: skip
     """:class:`~yolo3.training.RunOptions` that keep ``model_path``'s architecture and what compression did to it.
 
     With ``keep_record`` a clustered model stays on its centroids and a sparse
@@ -34,7 +34,8 @@ def finetune_options(config, model_path: str | Path, *, epochs: int | None = Non
     (a method's own: TFMOT's schedule, masks); ``sparsity_l1`` adds network
     slimming's L1 step on BN scales; ``teacher`` adds knowledge distillation of
     the heads (``distill_weight``) and of the neck features near the objects
-    (``feature_weight``).
+    (``feature_weight``); ``deadline`` (``time.time()``) shortens the run to
+    the epochs that end before it.
     """
     from yolo3.errors import UserError
     from yolo3.training import RunOptions
@@ -56,7 +57,7 @@ def finetune_options(config, model_path: str | Path, *, epochs: int | None = Non
 
         hooks.append(Distillation(teacher, distill_weight, feature_weight))
     return RunOptions(str(model_path), True, epochs, None if run_dir is None else str(run_dir), progress, learning_rate=learning_rate,
-                      freeze_backbone_epochs=freeze_backbone_epochs, hooks=tuple(hooks))  # fmt: skip
+                      freeze_backbone_epochs=freeze_backbone_epochs, hooks=tuple(hooks), deadline=deadline)  # fmt: skip
 
 
 def finetune(config, model_path: str | Path, run_dir: str | Path, epochs: int, **options) -> dict:

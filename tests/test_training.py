@@ -222,6 +222,37 @@ def test_nan_loss_stops_with_checkpoint_intact(tmp_path, synthetic_valid):
     assert not list((tmp_path / "run" / "checkpoints").glob("ckpt-2*"))
 
 
+def test_the_deadline_counts_the_epochs_again_from_the_recent_ones():
+    from yolo3.training import epochs_before_deadline
+
+    # 10 epochs planned, 4 done: a first (tracing) epoch of 30 s, then 10 s each; 100 s left, an evaluation takes 15 s -> 8 more fit, 6 are planned
+    assert epochs_before_deadline(100, 4, 10, [30, 10, 10, 10], 15) == 10
+    # the machine slowed to 20 s per epoch: the median of the recent epochs says 4 more (85 // 20), so the run has 8 in all
+    assert epochs_before_deadline(100, 4, 10, [30, 10, 20, 20, 20], 15) == 8
+    assert epochs_before_deadline(-5, 4, 10, [30, 10], 15) == 4  # past the deadline: no epoch more, none taken back
+    assert epochs_before_deadline(1e9, 4, 10, [30, 10], 15) == 10  # never more than planned
+    assert epochs_before_deadline(100, 0, 10, [], 15) == 10  # nothing timed yet: as planned
+    assert epochs_before_deadline(100, 1, 10, [30], 15) == 3  # one epoch: its own time (85 // 30 = 2 more)
+
+
+def test_a_run_past_its_deadline_ends_after_the_epoch_it_is_in_and_validates_it(tmp_path, synthetic_valid):
+    """A deadline that has passed ends the run after its current epoch; the last epoch is validated even when it was not due, and
+    best.h5 comes from it. A deadline far away changes nothing."""
+    from yolo3.config import load_config
+    from yolo3.training import RunOptions, train
+
+    config = load_config(small_config(tmp_path, synthetic_valid, nb_epochs=5, eval_every=10))
+    result = train(config, RunOptions(progress=False, max_steps_per_epoch=2, deadline=time.time() - 1))
+    assert (result["epochs"], result["planned_epochs"]) == (1, 5) and "1 of 5 epochs" in result["deadline"]
+    assert [h["epoch"] for h in result["history"]] == [1] and "mAP50" in result["history"][0]
+    assert (tmp_path / "run" / "best.h5").exists() and result["best_mAP50"] == result["history"][0]["mAP50"]
+    assert json.loads((tmp_path / "run" / "history.json").read_text())[0]["mAP50"] == result["history"][0]["mAP50"]
+
+    config = load_config(small_config(tmp_path, synthetic_valid, nb_epochs=2, eval_every=10, run_dir=str(tmp_path / "far")))
+    result = train(config, RunOptions(progress=False, max_steps_per_epoch=2, deadline=time.time() + 1e6))
+    assert (result["epochs"], result["deadline"]) == (2, None) and len(result["history"]) == 2
+
+
 def test_hooks_are_called_in_order_and_their_loss_and_step_count(tmp_path, synthetic_valid):
     from yolo3.config import load_config
     from yolo3.hooks import TrainingHook

@@ -298,6 +298,7 @@ class RunOptions:
     freeze_backbone_epochs: int | None = None  # override train.freeze_backbone_epochs (0 for fine-tuning after compression)
     max_steps_per_epoch: int | None = None  # for tests and benchmarks
     hooks: tuple[TrainingHook, ...] = ()  # training-time compression (yolo3.hooks): masks, clusters, QAT, sparse training, distillation
+    deadline: float | None = None  # time.time() by which the run must have ended, its last evaluation included (epochs_before_deadline)
 
 
 class _Predictor:
@@ -334,6 +335,30 @@ def _settings(config) -> tuple[PipelineSettings, LossSettings]:
     return pipe, loss
 
 
+RECENT_EPOCHS = 5  # the epochs whose median times the next one: the machine's speed now, not at the start
+
+
+def epochs_before_deadline(seconds_left: float, done: int, planned: int, epoch_seconds: list[float], evaluation_seconds: float) -> int:
+    """How many epochs a run with a deadline ``seconds_left`` away should have in all, ``done`` of them trained.
+
+    A schedule fixed when training starts does not survive a machine that slows
+    down during it (BCCD: 62 of 96 epochs took twice the time the first ones
+    did, and a 45-minute compress run headed 13 minutes past its budget).
+    Before every epoch the run counts again: the median of its recent epochs
+    (the first of a run traces the graph and is left out when there are
+    others) times the epochs still planned, plus one evaluation for the last
+    epoch. The count only shrinks — never below ``done``, never above
+    ``planned`` — so the learning-rate schedule ends at the new last epoch
+    instead of stopping half-way down.
+    """
+    times = epoch_seconds[1:] or epoch_seconds
+    if not times:
+        return planned
+    per = float(np.median(times[-RECENT_EPOCHS:]))
+    fit = int((seconds_left - evaluation_seconds) // max(per, 1e-6))
+    return max(done, min(planned, done + fit))
+
+
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -351,7 +376,8 @@ class Trainer:
         self.hooks = tuple(self.options.hooks)
         t = config.train
         self.run_dir = check_output_folder(Path(self.options.run_dir) if self.options.run_dir else Path(t.run_dir), "run folder")
-        self.epochs = self.options.epochs or t.nb_epochs
+        self.epochs = self.planned_epochs = self.options.epochs or t.nb_epochs
+        self.deadline_note = None  # why the run ended before its planned epochs, when the deadline shortened it
         self.best_path = self.run_dir / "best.h5"
         self.history_path = self.run_dir / "history.json"
 
@@ -505,24 +531,31 @@ class Trainer:
             plain = hook.unwrap(plain)
         return _fixed_size(plain, self.spec, self.config.model.input_size)
 
+    def validate(self, epoch: int, record: dict) -> None:
+        """Validation mAP@0.5 into ``record``; best.h5 when better than every earlier epoch."""
+        from .evaluation import evaluate
+        from .models import save_model
+
+        v = self.config.valid
+        started = time.perf_counter()
+        report = evaluate(_Predictor(self.model, self.spec, self.config.model.input_size), self.valid_set, self.config.labels,
+                          v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress=False)  # fmt: skip
+        record["mAP50"] = report["mAP50"]
+        with self.writer.as_default(step=epoch + 1):
+            tf.summary.scalar("val_mAP50", report["mAP50"])
+        if report["mAP50"] > self.best_var.numpy() and epoch + 1 >= self.best_from:
+            self.best_var.assign(report["mAP50"])
+            save_model(self.plain_model(), self.spec, self.best_path, self.compression)
+            record["best"] = True
+        record["eval_seconds"] = time.perf_counter() - started
+
     def evaluate_and_save(self, epoch: int, record: dict) -> None:
         """Validation mAP@0.5 when due (best.h5 when better), last.h5, the history and the checkpoint."""
-        from .evaluation import evaluate
         from .models import save_model
         from .reporting import write_json
 
-        config = self.config
-        if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == self.epochs:
-            v = config.valid
-            report = evaluate(_Predictor(self.model, self.spec, config.model.input_size), self.valid_set, config.labels,
-                              v.score_threshold, v.nms_iou, v.max_detections, v.batch_size, progress=False)  # fmt: skip
-            record["mAP50"] = report["mAP50"]
-            with self.writer.as_default(step=epoch + 1):
-                tf.summary.scalar("val_mAP50", report["mAP50"])
-            if report["mAP50"] > self.best_var.numpy() and epoch + 1 >= self.best_from:
-                self.best_var.assign(report["mAP50"])
-                save_model(self.plain_model(), self.spec, self.best_path, self.compression)
-                record["best"] = True
+        if (epoch + 1) % self.config.train.eval_every == 0 or epoch + 1 == self.epochs:
+            self.validate(epoch, record)
         _log(
             f"epoch {epoch + 1}/{self.epochs}: loss {record['loss']:.3f}"
             + (f", val mAP@0.5 {record['mAP50']:.4f}" if "mAP50" in record else "")
@@ -536,6 +569,32 @@ class Trainer:
         write_json(self.history_path, self.history)
         self.manager.save(checkpoint_number=epoch + 1)
 
+    # -- the deadline -----------------------------------------------------------------------------
+
+    def fit_deadline(self, done: int, epoch_seconds: list[float]) -> None:
+        """Shorten the run to the epochs that end before ``options.deadline`` (:func:`epochs_before_deadline`)."""
+        evaluations = [h["eval_seconds"] for h in self.history if h.get("eval_seconds")]
+        evaluation = max(evaluations) if evaluations else float(np.median(epoch_seconds))  # none timed yet: as long as an epoch
+        left = self.options.deadline - time.time()
+        epochs = epochs_before_deadline(left, done, self.epochs, epoch_seconds, evaluation)
+        if epochs < self.epochs:
+            self.deadline_note = (f"the deadline: {epochs} of {self.planned_epochs} epochs ({left / 60:.1f} min left after epoch {done}, "
+                                  f"{float(np.median((epoch_seconds[1:] or epoch_seconds)[-RECENT_EPOCHS:])):.1f} s per epoch lately)")  # fmt: skip
+            _log(f"shortened by {self.deadline_note}")
+            self.epochs = epochs
+
+    def validate_last(self) -> None:
+        """The last trained epoch validated when the deadline ended the run before it was (best.h5 from it when better)."""
+        from .reporting import write_json
+
+        last = self.history[-1] if self.history else None
+        if last is None or "mAP50" in last:
+            return
+        self.validate(last["epoch"] - 1, last)
+        _log(f"epoch {last['epoch']}: val mAP@0.5 {last['mAP50']:.4f} (the last epoch before the deadline)")
+        write_json(self.history_path, self.history)
+        self.manager.save(checkpoint_number=last["epoch"])  # with the best mAP@0.5 it may have raised, for a resumed run
+
 
 def train(config, options: RunOptions | None = None) -> dict:
     """Train or fine-tune the config's model; returns a summary (best mAP, paths, timings)."""
@@ -543,8 +602,17 @@ def train(config, options: RunOptions | None = None) -> dict:
     trainer.set_up()
     first = trainer.restore()
     started = time.perf_counter()
-    for epoch in range(first, trainer.epochs):
-        trainer.evaluate_and_save(epoch, trainer.run_epoch(epoch))
+    epoch, walls = first, []  # walls: each epoch's seconds in this process, training and saving, without its evaluation
+    while epoch < trainer.epochs:
+        began = time.perf_counter()
+        record = trainer.run_epoch(epoch)
+        trainer.evaluate_and_save(epoch, record)
+        walls.append(time.perf_counter() - began - record.get("eval_seconds", 0.0))
+        epoch += 1
+        if trainer.options.deadline is not None and epoch < trainer.epochs:
+            trainer.fit_deadline(epoch, walls)
+    if trainer.deadline_note:
+        trainer.validate_last()
     trainer.writer.flush()
     t = config.train
     if t.saved_weights_name and trainer.best_path.exists():
@@ -554,6 +622,8 @@ def train(config, options: RunOptions | None = None) -> dict:
         "best_model": str(trainer.best_path) if trainer.best_path.exists() else None,
         "best_mAP50": float(trainer.best_var.numpy()),
         "epochs": trainer.epochs,
+        "planned_epochs": trainer.planned_epochs,
+        "deadline": trainer.deadline_note,
         "replicas": trainer.strategy.num_replicas_in_sync,
         "history": trainer.history,
         "seconds": time.perf_counter() - started,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,10 +44,12 @@ def plan_inputs(ctx: StageContext):
                   ctx.result("levers")["measured_speedup"], memory)  # fmt: skip
 
 
-def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size: int, learning_rate: float, eval_every: int | None = None) -> dict:
+def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size: int, learning_rate: float, eval_every: int | None = None,
+                deadline: float | None = None) -> dict:  # fmt: skip
     """Fine-tune ``start`` at input ``size`` in ``folder`` (resumes there), distilling from the baseline; best epoch on validation.
 
-    Validation runs every ``eval_every`` epochs (default: about six times in the run, at most every 5 epochs).
+    Validation runs every ``eval_every`` epochs (default: about six times in the run, at most every 5 epochs). With a
+    ``deadline`` (``time.time()``) the trainer shortens the run when the machine turns out slower than the schedule assumed.
     """
     from ..steps import finetune
 
@@ -54,9 +57,9 @@ def finetune_in(ctx: StageContext, start: Path, folder: Path, epochs: int, size:
     config = job.derived({"model.input_size": size, "train.eval_every": eval_every or max(1, min(5, epochs // 6 or 1))})
     result = finetune(config, start, folder, epochs, progress=job.options.progress, learning_rate=learning_rate, freeze_backbone_epochs=0,
                       teacher=ctx.input("baseline.h5"), distill_weight=ctx.setting("compress.distillation"),
-                      feature_weight=ctx.setting("compress.feature_distillation"))  # fmt: skip
+                      feature_weight=ctx.setting("compress.feature_distillation"), deadline=deadline)  # fmt: skip
     return {"best_model": result["best_model"], "best_mAP50": result["best_mAP50"], "history": result["history"], "seconds": result["seconds"],
-            "replicas": result["replicas"]}  # fmt: skip
+            "replicas": result["replicas"], "epochs": result["epochs"], "deadline": result["deadline"]}  # fmt: skip
 
 
 PROBE_EPOCHS = 3  # epochs that time a plan no candidate round trained (the first traces the graph and is slow)
@@ -104,6 +107,12 @@ TAIL_READS = ("compress.time_budget", "compress.cluster", "compress.cluster_epoc
 def fixed_seconds(ctx: StageContext) -> float:
     """Conversions, evaluations and timing after the last fine-tune: about four times what the baseline stage took."""
     return 4 * ctx.pipeline.seconds().get("baseline", 30.0) + 60
+
+
+def run_ends_at(ctx: StageContext) -> float | None:
+    """``time.time()`` at which the run's time budget ends, from the time the stages recorded so far took (None without a budget)."""
+    left = ctx.services.time_left(ctx.pipeline)
+    return None if left is None else time.time() + left
 
 
 def tail_epochs(ctx: StageContext) -> tuple[int, int]:
@@ -527,7 +536,8 @@ class Finetune(CompressStage):
         run = ctx.result("candidates").get("runs", {}).get(str(size))
         if run and Path(run["best_model"]).with_name("last.h5").exists():
             start = Path(run["best_model"]).with_name("last.h5")  # go on from the candidate's short fine-tune
-        why, probed = None, 0
+        why, probed, deadline = None, 0, None
+        ends_at = run_ends_at(ctx)
         lr = ctx.setting("pruning.finetune_learning_rate")
         t_base = ctx.result("levers").get("epoch_seconds")
         epoch_seconds = (run or {}).get("epoch_seconds") or (t_base * (size / job.base_size) ** 2 if t_base else None)
@@ -540,14 +550,17 @@ class Finetune(CompressStage):
                 last = Path(probe["best_model"]).with_name("last.h5")
                 start = last if last.exists() else Path(probe["best_model"])  # the fine-tune goes on from the timed epochs
             tail = tail_seconds(epoch_seconds, *tail_epochs(ctx), fixed_seconds(ctx))
-            epochs, why = scheduled(ctx.output("finetune"), lambda: finetune_epochs(job.time_left(ctx.pipeline), epoch_seconds, tail, epochs))
-        tuned = finetune_in(ctx, start, ctx.output("finetune"), epochs, size, lr)
+            epochs, why = scheduled(ctx.output("finetune"), lambda: finetune_epochs(ends_at - time.time(), epoch_seconds, tail, epochs))
+            deadline = ends_at - tail  # the schedule holds only while the machine keeps its speed: the trainer checks before every epoch
+        tuned = finetune_in(ctx, start, ctx.output("finetune"), epochs, size, lr, deadline=deadline)
         shutil.copyfile(tuned["best_model"], ctx.output("finetuned.h5"))
-        return {"start": str(start), "valid_mAP50": tuned["best_mAP50"], "epochs": epochs + probed, "probe_epochs": probed, "history": tuned["history"],
-                "seconds": tuned["seconds"], "replicas": tuned["replicas"], "schedule": why}  # fmt: skip
+        return {"start": str(start), "valid_mAP50": tuned["best_mAP50"], "epochs": tuned["epochs"] + probed, "planned_epochs": epochs + probed,
+                "probe_epochs": probed, "history": tuned["history"], "seconds": tuned["seconds"], "replicas": tuned["replicas"], "schedule": why,
+                "deadline": tuned["deadline"]}  # fmt: skip
 
     def report_rows(self, ctx, result):
-        return [{"stage": "pruned + fine-tuned", "file": "finetuned.h5", "note": f"{result['epochs']} epochs, distilled", "arch": "final"}]
+        short = f" (shortened by {result['deadline']})" if result.get("deadline") else ""
+        return [{"stage": "pruned + fine-tuned", "file": "finetuned.h5", "note": f"{result['epochs']} epochs, distilled{short}", "arch": "final"}]
 
 
 class Cluster(CompressStage):
@@ -608,7 +621,8 @@ class Cluster(CompressStage):
 
 class ClusterFinetune(CompressStage):
     name, title = "cluster-finetune", "cluster-preserving fine-tuning; the better of before and after on validation is kept"
-    reads = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "compress.cluster_epochs", "clustering.finetune_learning_rate")
+    reads = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "compress.cluster_epochs", "clustering.finetune_learning_rate",
+             "compress.time_budget", "compress.cluster", "compress.qat", "quantization.qat_epochs")  # the last four: its deadline
     needs = ("baseline", "plan", "candidates", "finetune", "cluster")
     writes = ("cluster-finetune", "clustered-finetuned.h5")
 
@@ -623,8 +637,14 @@ class ClusterFinetune(CompressStage):
         if epochs == 0:
             shutil.copyfile(ctx.input("clustered.h5"), out)
             return {"epochs": 0, "valid": before, "kept": "clustered, not fine-tuned", "model": out.name}
+        ends_at, deadline = run_ends_at(ctx), None
+        if ends_at is not None:  # what the int8 stage needs after it: QAT's epochs (about two epochs' time each) and the fixed cost
+            from .schedule import tail_seconds
+
+            epoch_seconds = steady_epoch_seconds(ctx.result("finetune"), ctx.result("finetune")["epochs"])
+            deadline = ends_at - tail_seconds(epoch_seconds, 0, tail_epochs(ctx)[1], fixed_seconds(ctx))
         tuned = finetune_in(ctx, ctx.input("clustered.h5"), ctx.output("cluster-finetune"), epochs, size,
-                            ctx.setting("clustering.finetune_learning_rate"))  # fmt: skip
+                            ctx.setting("clustering.finetune_learning_rate"), deadline=deadline)  # fmt: skip
         better = tuned["best_mAP50"] >= before
         shutil.copyfile(tuned["best_model"] if better else ctx.input("clustered.h5"), out)
         return {"epochs": epochs, "valid_before": before, "valid_finetuned": tuned["best_mAP50"], "model": out.name,
