@@ -621,8 +621,7 @@ class Cluster(CompressStage):
 
 class ClusterFinetune(CompressStage):
     name, title = "cluster-finetune", "cluster-preserving fine-tuning; the better of before and after on validation is kept"
-    reads = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "compress.cluster_epochs", "clustering.finetune_learning_rate",
-             "compress.time_budget", "compress.cluster", "compress.qat", "quantization.qat_epochs")  # the last four: its deadline
+    reads = ("@data", "@train", "compress.distillation", "compress.feature_distillation", "compress.cluster_epochs", "clustering.finetune_learning_rate")
     needs = ("baseline", "plan", "candidates", "finetune", "cluster")
     writes = ("cluster-finetune", "clustered-finetuned.h5")
 
@@ -641,8 +640,12 @@ class ClusterFinetune(CompressStage):
         if ends_at is not None:  # what the int8 stage needs after it: QAT's epochs (about two epochs' time each) and the fixed cost
             from .schedule import tail_seconds
 
+            # read from the job, not declared: like the clock, the deadline only shortens a run when the machine slows, and a QAT
+            # setting must redo the int8 stage alone, not this one
+            c = ctx.services.config
+            qat = c.quantization.qat_epochs if c.compress.qat else 0
             epoch_seconds = steady_epoch_seconds(ctx.result("finetune"), ctx.result("finetune")["epochs"])
-            deadline = ends_at - tail_seconds(epoch_seconds, 0, tail_epochs(ctx)[1], fixed_seconds(ctx))
+            deadline = ends_at - tail_seconds(epoch_seconds, 0, qat, fixed_seconds(ctx))
         tuned = finetune_in(ctx, ctx.input("clustered.h5"), ctx.output("cluster-finetune"), epochs, size,
                             ctx.setting("clustering.finetune_learning_rate"), deadline=deadline)  # fmt: skip
         better = tuned["best_mAP50"] >= before
