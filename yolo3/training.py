@@ -338,6 +338,11 @@ def _settings(config) -> tuple[PipelineSettings, LossSettings]:
 RECENT_EPOCHS = 5  # the epochs whose median times the next one: the machine's speed now, not at the start
 
 
+def recent_epoch_seconds(epoch_seconds: list[float]) -> float:
+    """The median of the latest epochs' seconds, the first (which traces the graph) left out when there are others."""
+    return float(np.median((epoch_seconds[1:] or epoch_seconds)[-RECENT_EPOCHS:]))
+
+
 def epochs_before_deadline(seconds_left: float, done: int, planned: int, epoch_seconds: list[float], evaluation_seconds: float) -> int:
     """How many epochs a run with a deadline ``seconds_left`` away should have in all, ``done`` of them trained.
 
@@ -351,11 +356,9 @@ def epochs_before_deadline(seconds_left: float, done: int, planned: int, epoch_s
     ``planned`` — so the learning-rate schedule ends at the new last epoch
     instead of stopping half-way down.
     """
-    times = epoch_seconds[1:] or epoch_seconds
-    if not times:
+    if not epoch_seconds:
         return planned
-    per = float(np.median(times[-RECENT_EPOCHS:]))
-    fit = int((seconds_left - evaluation_seconds) // max(per, 1e-6))
+    fit = int((seconds_left - evaluation_seconds) // max(recent_epoch_seconds(epoch_seconds), 1e-6))
     return max(done, min(planned, done + fit))
 
 
@@ -579,7 +582,7 @@ class Trainer:
         epochs = epochs_before_deadline(left, done, self.epochs, epoch_seconds, evaluation)
         if epochs < self.epochs:
             self.deadline_note = (f"the deadline: {epochs} of {self.planned_epochs} epochs ({left / 60:.1f} min left after epoch {done}, "
-                                  f"{float(np.median((epoch_seconds[1:] or epoch_seconds)[-RECENT_EPOCHS:])):.1f} s per epoch lately)")  # fmt: skip
+                                  f"{recent_epoch_seconds(epoch_seconds):.1f} s per epoch lately)")  # fmt: skip
             _log(f"shortened by {self.deadline_note}")
             self.epochs = epochs
 
