@@ -526,6 +526,71 @@ def test_cross_layer_equalisation_keeps_the_outputs_and_equalises_the_ranges():
     assert report["iterations"] <= 200 and report["pairs"][:3] == ["conv_0 -> conv_1", "conv_1 -> conv_2", "conv_2 -> conv_3"]
 
 
+def test_bias_absorption_keeps_the_outputs_and_lowers_the_ranges_where_the_reader_is_unpadded():
+    """Absorption on conv 3x3 -> 1x1 -> depthwise 3x3 -> 1x1 (linear) -> 1x1: channels sitting high (beta 5, gamma 0.001) are lowered by
+    beta - 3 gamma and the reader adds it back — the outputs unchanged within 1e-4; the padded depthwise reader is left alone and said why."""
+    from compression.quantize.bias import absorb_biases
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.kerasenv import keras
+    from yolo3.names import bn_name
+
+    spec = parse_cfg(STEM + conv(16, 1) + conv(16, 3, groups=16) + conv(8, 1, activation="linear") + conv(8, 1) + HEAD, "absorb.cfg")
+    weights = random_weights(spec, seed=4)
+    for i in (0, 2, 3):
+        gamma, beta, mean, var = weights.convs[i].bn
+        high = np.arange(len(beta)) % 2 == 0
+        gamma, beta = np.where(high, 1e-3, gamma).astype(np.float32), np.where(high, 5.0, beta).astype(np.float32)
+        weights.convs[i] = type(weights.convs[i])(weights.convs[i].kernel, None, (gamma, beta, mean, var))
+    absorbed, report = absorb_biases(spec, weights)
+    assert [p["pair"] for p in report["pairs"]] == ["conv_0 -> conv_1", "conv_2 -> conv_3", "conv_3 -> conv_4"]
+    assert len(report["skipped"]) == 1 and "conv_1 -> conv_2" in report["skipped"][0] and "zero padding" in report["skipped"][0]
+    models = [build_model(spec), build_model(spec)]
+    for m, w in zip(models, (weights, absorbed)):
+        set_darknet_weights(m, spec, w)
+    x = np.random.default_rng(0).uniform(0, 1, (2, 64, 64, 3)).astype(np.float32)
+    a, b = (np.asarray(m(x)) for m in models)
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max()))
+    pre = [keras.Model(m.inputs, m.get_layer(bn_name(0)).output)(x).numpy() for m in models]
+    assert pre[0][..., ::2].min() > 4.9 and pre[1][..., ::2].max() < 0.01  # the high channels come down to 3 gamma above zero
+    assert np.abs(pre[1][..., 1::2] - pre[0][..., 1::2]).max() < 1e-5 and pre[1].max() < pre[0].max() - 3  # the others stay
+
+
+def test_bias_correction_cancels_the_mean_shift_of_int8_weight_rounding():
+    """After bias correction the first layer with its weights on the converter's int8 grid has the float layer's mean output per
+    channel (on the calibration images) — at least 10x closer than round-to-nearest without the correction."""
+    from compression.quantize.adaround import channel_scales, fold, nearest, write_back
+    from compression.quantize.bias import correct_biases
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.kerasenv import keras
+    from yolo3.names import bn_name
+
+    spec = parse_cfg(STEM + conv(16, 1) + conv(16, 3, groups=16) + HEAD, "correct.cfg")
+    weights = random_weights(spec, seed=6)
+    w = weights.convs[0]
+    weights.convs[0] = type(w)(w.kernel * np.float32(0.01), w.bias, w.bn)  # coarse: few int8 steps per weight, a visible shift
+    model = build_model(spec)
+    set_darknet_weights(model, spec, weights)
+    rng = np.random.default_rng(2)
+    batches = [rng.uniform(0.4, 1, (1, 64, 64, 3)).astype(np.float32) for _ in range(4)]
+    corrected, report = correct_biases(model, spec, weights, batches)
+    assert [r["layer"] for r in report["layers"]] == [f"conv_{i}" for i in spec.conv_indices()]
+
+    def first_layer_mean(ws) -> np.ndarray:
+        m = build_model(spec)
+        set_darknet_weights(m, spec, ws)
+        return keras.Model(m.inputs, m.get_layer(bn_name(0)).output)(np.concatenate(batches)).numpy().mean(axis=(0, 1, 2))
+
+    def on_grid(ws):
+        folded, factor = fold(ws.convs[0])
+        scale = channel_scales(folded)
+        return ws.with_convs({**ws.convs, 0: write_back(ws.convs[0], nearest(folded, scale), scale, factor)})
+
+    reference = first_layer_mean(weights)
+    before = np.abs(first_layer_mean(on_grid(weights)) - reference).max()
+    after = np.abs(first_layer_mean(on_grid(corrected)) - reference).max()
+    assert after < before / 10, (before, after)
+
+
 def test_adaround_weights_convert_to_exactly_the_int8_values_it_chose():
     """AdaRound on conv -> 1x1 -> depthwise 3x3 stride 2 -> 1x1 -> head: the BN-folded weights it writes back sit on the converter's
     per-channel grid, the int8 kernels in the .tflite are those integers, some differ from round-to-nearest, and no layer's output

@@ -43,7 +43,7 @@ def configure(parser) -> None:
     parser.add_argument("--float-layers", metavar="LAYERS", help="int8: keep these layers in float, e.g. conv_0,conv_15, or auto:N for the N worst by --debug's report")
     parser.add_argument("--nms", action="store_true", help="the graph also decodes the boxes and runs NMS: outputs boxes (normalised), classes, scores, count")
     parser.add_argument("--input-type", default="int8", choices=("int8", "uint8"), help="int8 model input: int8 (default) or uint8 (camera bytes as they are)")
-    parser.add_argument("--repair", default="none", help="int8: none (default), auto, or steps (cle, ranges, adaround, qat): convert as is, then each step on top of the best "
+    parser.add_argument("--repair", default="none", help="int8: none (default), auto, or steps (cle, bias, ranges, adaround, qat): convert as is, then each step on top of the best "
                         "so far (cle: cross-layer equalisation; ranges: activation ranges refitted, by quantization error or to the mean of per-image extremes; adaround: learned "
                         "rounding of the int8 weights; qat: quantization-aware training from the best ranges), score each on the "
                         "validation split, keep the best")

@@ -123,8 +123,8 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 
 DEBUG_IMAGES = 16  # calibration images the int8 debugger compares float and int8 on
 
-REPAIR_STEPS = ("cle", "ranges", "adaround", "qat")  # in the order --repair auto tries them, each on top of the best so far
-ADAROUND_IMAGES = 64  # calibration images AdaRound samples each layer's input patches from
+REPAIR_STEPS = ("cle", "bias", "ranges", "adaround", "qat")  # in the order --repair auto tries them, each on top of the best so far
+STATISTICS_IMAGES = 64  # calibration images AdaRound and bias correction take each layer's inputs from
 
 
 def parse_repair(text: str | None) -> list[str]:
@@ -146,6 +146,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     """The repair ladder: the int8 model as converted, then each step on top of the best so far, scored on the validation split.
 
     ``cle`` equalises the float weights (:mod:`compression.quantize.equalize`);
+    ``bias`` absorbs the best model's high biases into the next layer and
+    corrects each layer's bias for its weights' int8 rounding
+    (:mod:`compression.quantize.bias`);
     ``ranges`` converts the best model so far with each inner activation's range
     refitted (:mod:`compression.quantize.ranges`: by quantization error, and to the
     mean of per-image extremes), and the unrepaired model too when the best so far
@@ -210,6 +213,14 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             path = tmp / "model-cle.h5"
             save_model(model, loaded.spec, path, info or None)
             tried = try_step("cle", path, best["options"], {"on": best["step"], "pairs": len(done["pairs"]), "skipped_pairs": done["skipped"]})
+        elif step == "bias":
+            if fmt != "int8":
+                rows.append({"step": "bias", "skipped": f"bias correction corrects int8 weights' rounding, not {fmt}"})
+                continue
+            path = tmp / f"model-bias-{best['step']}.h5"
+            done = bias_repaired(best["h5"], loaded.spec, images[:STATISTICS_IMAGES], size, path, info)
+            tried = try_step("bias", path, best["options"], {"on": best["step"], "absorbed_pairs": len(done["absorbed"]["pairs"]),
+                                                             "not_absorbed": done["absorbed"]["skipped"], "corrected_layers": len(done["corrected"]["layers"])})  # fmt: skip
         elif step == "ranges":
             if fmt != "int8":
                 rows.append({"step": "ranges", "skipped": f"activation ranges are chosen for int8 activations, not {fmt}"})
@@ -232,7 +243,7 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
                 rows.append({"step": "adaround", "skipped": "the model is clustered: rounding each weight on its own would undo the shared values"})
                 continue
             path = tmp / f"model-adaround-{best['step']}.h5"
-            done = adarounded(best["h5"], loaded.spec, images[:ADAROUND_IMAGES], size, config.quantization.adaround_iterations, path, info, progress)
+            done = adarounded(best["h5"], loaded.spec, images[:STATISTICS_IMAGES], size, config.quantization.adaround_iterations, path, info, progress)
             tried = try_step("adaround", path, best["options"], {"on": best["step"], "layers": done["improved"], "seconds": round(done["seconds"], 1)})
         elif step == "qat":
             if fmt != "int8":
@@ -259,16 +270,38 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     return report
 
 
+def calibration_batches(images: list[str], size: int) -> list[np.ndarray]:
+    """The calibration images as the converter sees them: letterboxed, each ``(1, size, size, 3)``."""
+    from yolo3.preprocess import letterbox, load_image
+
+    return [letterbox(load_image(p), size)[0][None].astype(np.float32) for p in images]
+
+
+def bias_repaired(h5: Path, spec, images: list[str], size: int, out: Path, info: dict | None) -> dict:
+    """``h5`` with its biases absorbed, then corrected for int8 rounding on ``images`` (:mod:`compression.quantize.bias`), saved as ``out``."""
+    from yolo3.keras_model import get_darknet_weights, set_darknet_weights
+    from yolo3.models import load_model, save_model
+
+    from .bias import absorb_biases, correct_biases
+
+    model = load_model(h5, size=size).model
+    absorbed, absorb_report = absorb_biases(spec, get_darknet_weights(model, spec))
+    set_darknet_weights(model, spec, absorbed)
+    corrected, correct_report = correct_biases(model, spec, absorbed, calibration_batches(images, size))
+    set_darknet_weights(model, spec, corrected)
+    save_model(model, spec, out, info or None)
+    return {"absorbed": absorb_report, "corrected": correct_report}
+
+
 def adarounded(h5: Path, spec, images: list[str], size: int, iterations: int, out: Path, info: dict | None, progress: bool) -> dict:
     """``h5`` with every convolution's int8 rounding chosen by AdaRound on ``images`` (:mod:`compression.quantize.adaround`), saved as ``out``."""
     from yolo3.keras_model import get_darknet_weights, set_darknet_weights
     from yolo3.models import load_model, save_model
-    from yolo3.preprocess import letterbox, load_image
 
     from .adaround import adaround
 
     model = load_model(h5, size=size).model
-    batches = [letterbox(load_image(p), size)[0][None].astype(np.float32) for p in images]
+    batches = calibration_batches(images, size)
     weights, done = adaround(model, spec, get_darknet_weights(model, spec), batches, iterations, log=print if progress else None)
     set_darknet_weights(model, spec, weights)
     save_model(model, spec, out, info or None)
