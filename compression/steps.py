@@ -142,7 +142,7 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     from yolo3.models import compression_info, load_model
     from yolo3.resampling import keep_verdict
 
-    from .quantize.convert import STATISTICS_IMAGES, adarounded
+    from .quantize.convert import ADAROUND_IMAGES, adarounded
     from .quantize.qat import qat_finetune
     from .quantize.ranges import METHODS as RANGE_METHODS
     from .quantize.tflite_export import ExportOptions, export_tflite
@@ -184,7 +184,7 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     if best == "ranges":
         method = better
     if adaround_iterations and files.adaround is not None and "clustering" not in info:
-        done = adarounded(model_h5, loaded.spec, calibration[:STATISTICS_IMAGES], size, adaround_iterations, files.adaround_h5, info, progress)
+        done = adarounded(model_h5, loaded.spec, calibration[:ADAROUND_IMAGES], size, adaround_iterations, files.adaround_h5, info, progress)
         export_tflite(files.adaround_h5, files.adaround, "int8", calibration, config.labels, size, loaded.spec,
                       options=ExportOptions(activation_ranges=method))  # fmt: skip
         judge("adaround", {"ranges": method, "layers_improved": done["improved"], "seconds": done["seconds"]})

@@ -1,34 +1,38 @@
-"""Bias absorption and bias correction (Nagel et al., "Data-Free Quantization", 2019, sections 4.1 and 4.2).
+"""Bias absorption and empirical bias correction (after Nagel et al., "Data-Free Quantization", 2019, sections 4.1 and 4.2).
 
-Two repairs that move only biases (batch norm's beta and moving mean), so a
-kernel keeps its values — a clustered model keeps its shared values:
+Two repairs that move only biases, never a kernel — a clustered model keeps
+its shared values:
 
-**Bias absorption.** In a pair ``a -> b`` (as cross-layer equalisation finds
-them: ``b`` alone reads ``a``), a channel of ``a`` whose pre-activation sits far
-above zero stretches the int8 range of the tensor between them for nothing.
-With ``c = max(0, beta - 3 |gamma|)`` (batch norm's shift and scale: the
-channel's mean and spread before the activation), ``a``'s output is lowered by
-``c`` and ``b`` adds back what ``c`` contributed (its moving mean lowered by
-``W_b c``, or its bias raised). Exact through a linear activation; through
-LeakyReLU or ReLU exact wherever the pre-activation is at least ``c`` (all but
-about 0.1 % of a normal channel's values), and not where it is below. A
-reader with zero padding and a kernel larger than 1x1 would see ``c`` missing
-at the image border, where it pads with 0, not with ``c``: such pairs are left
-alone and reported (in Yolo-Fastest, the 1x1 -> depthwise 3x3 pairs; its
-depthwise -> 1x1 pairs are absorbed).
+**Bias absorption** (on the Keras weights, data-free). In a pair ``a -> b`` (as
+cross-layer equalisation finds them: ``b`` alone reads ``a``), a channel of
+``a`` whose pre-activation sits far above zero stretches the int8 range of the
+tensor between them for nothing. With ``c = max(0, beta - 3 |gamma|)`` (batch
+norm's shift and scale: the channel's mean and spread before the activation;
+``c = beta`` through a linear one), ``a``'s output is lowered by ``c`` and ``b``
+adds back what ``c`` contributed (its moving mean lowered by ``W_b c``, or its
+bias raised). Exact through a linear activation; through LeakyReLU or ReLU
+exact wherever the pre-activation is at least ``c`` (all but about 0.1 % of a
+normal channel's values), and not where it is below. A reader with zero
+padding and a kernel larger than 1x1 would see ``c`` missing at the image
+border, where it pads with 0, not with ``c``: such pairs are left alone and
+reported (in Yolo-Fastest, the 1x1 -> depthwise 3x3 pairs; its depthwise ->
+1x1 pairs are absorbed).
 
-**Bias correction.** Rounding a channel's weights to int8 moves its output's
-mean by ``sum(eps * E[x])`` (``eps`` the BN-folded kernel's rounding error on
-the converter's per-channel grid, ``E[x]`` the mean of each input channel on
-the calibration images, zero padding included). That shift is subtracted from
-the channel's bias, so int8 is right on average. It corrects the weights'
-rounding, not the activations'; on a model whose loss is in its activations
-it can do little (measured in docs/results.md).
+**Bias correction** (on the int8 file, with calibration images). int8 moves
+the mean of a layer's output: its weights' rounding does, and so do the
+activations' coarse steps — a LeakyReLU whose input is noisy is larger on
+average than on the clean input, and the next layer sums that. The paper
+corrects the weights' part from batch-norm statistics; here the whole shift is
+measured and removed, in the int8 model itself, layer by layer in execution
+order: each convolution's int8 output is averaged per channel over the
+calibration images, with every convolution before it already corrected, and
+its int32 bias moves by the difference to the float model's mean. What is
+left is the noise around the mean, which a bias cannot fix.
 
 Example::
 
-    weights2, report = absorb_biases(spec, weights)                 # data-free
-    weights3, report = correct_biases(model, spec, weights2, batches)  # needs the float model of weights2
+    weights2, report = absorb_biases(spec, weights)                          # data-free, Keras weights
+    int8_2, summary = correct_int8_biases(int8, calibrated, batches)         # in the conversion worker
 """
 
 from __future__ import annotations
@@ -38,7 +42,6 @@ import numpy as np
 from yolo3.darknet import ConvWeights, DarknetWeights
 from yolo3.spec import Spec, analyse, conv_params
 
-from .adaround import channel_scales, fold, nearest
 from .equalize import equalizable_pairs
 
 SPREAD = 3.0  # c = beta - SPREAD |gamma|: the pre-activation stays above it for ~99.9 % of a normal channel's values
@@ -111,49 +114,97 @@ def absorb_biases(spec: Spec, weights: DarknetWeights) -> tuple[DarknetWeights, 
     return weights.with_convs(convs), {"pairs": done, "skipped": skipped}
 
 
-def input_means(model, indices: list[int], batches: list[np.ndarray], batch: int = 8) -> dict[int, np.ndarray]:
-    """Each convolution's input, averaged per channel over the calibration images (the float model; zero padding included)."""
-    from yolo3.kerasenv import keras, tf
-    from yolo3.names import conv_name
-
-    layers = [model.get_layer(conv_name(i)) for i in indices]
-    feed = keras.Model(model.inputs, [layer.input for layer in layers])
-    run = tf.function(lambda x: [tf.reduce_sum(t, axis=(0, 1, 2)) for t in feed(x, training=False)])
-    sums = [np.zeros(int(layer.input.shape[-1]), np.float64) for layer in layers]
-    count = [0] * len(layers)
-    for start in range(0, len(batches), batch):
-        x = np.concatenate(batches[start : start + batch])
-        for k, (s, layer) in enumerate(zip(run(tf.constant(x)), layers)):
-            sums[k] += s.numpy()
-            count[k] += len(x) * int(np.prod(layer.input.shape[1:3]))
-    return {i: s / max(n, 1) for i, s, n in zip(indices, sums, count)}
+CORRECTION_IMAGES = 32  # calibration images each layer's mean output is taken over
+CORRECTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D")
 
 
-def rounding_shift(w: ConvWeights, mean_in: np.ndarray, depthwise: bool) -> np.ndarray:
-    """How much round-to-nearest int8 weights move each output channel's mean: ``sum(eps * E[x])`` on the folded kernel."""
-    folded, _ = fold(w)
-    eps = nearest(folded, channel_scales(folded)) * channel_scales(folded) - folded
-    return _reader_sum(ConvWeights(eps), mean_in, depthwise)
+def _per_channel_mean(values: np.ndarray, scale: float = 1.0, zero: int = 0) -> np.ndarray:
+    """A tensor's mean over every position, per channel (the last axis), dequantized when ``scale`` is given."""
+    flat = values.reshape(-1, values.shape[-1]).astype(np.float64)
+    return (flat.mean(axis=0) - zero) * scale
 
 
-def correct_biases(model, spec: Spec, weights: DarknetWeights, batches: list[np.ndarray]) -> tuple[DarknetWeights, dict]:
-    """Bias correction of every plain and depthwise convolution (see the module docstring).
+def correctable_ops(quantized: bytes, calibrated: bytes) -> list[dict]:
+    """The int8 model's convolutions, in execution order, that the calibrated float model has the same output tensor of.
 
-    ``model``: the Keras model of ``spec`` holding ``weights``; ``batches``:
-    calibration images as the converter sees them, each ``(1, size, size, 3)``.
+    Each: ``out`` and ``bias`` (tensor indices in the int8 model), ``reference``
+    (the output's index in the float model). A convolution without an int32
+    bias or with a per-channel output is left out.
     """
-    infos = analyse(spec)
-    kinds = {}
-    for i in spec.conv_indices():
-        p = conv_params(spec.layers[i])
-        depthwise = p.groups > 1 and p.groups == infos[i].in_shape[2] == p.filters
-        if p.groups == 1 or depthwise:
-            kinds[i] = depthwise
-    means = input_means(model, list(kinds), batches)
-    convs = dict(weights.convs)
-    layers = []
-    for i, depthwise in kinds.items():
-        shift = rounding_shift(convs[i], means[i], depthwise)
-        convs[i] = _add_after_bn(convs[i], -shift)
-        layers.append({"layer": f"conv_{i}", "largest_shift": float(np.abs(shift).max())})
-    return weights.with_convs(convs), {"layers": layers, "images": len(batches)}
+    from yolo3.kerasenv import tf
+
+    reference = tf.lite.Interpreter(model_content=calibrated)
+    names = {t["name"]: (t["index"], tuple(t["shape"])) for t in reference.get_tensor_details()}
+    interpreter = tf.lite.Interpreter(model_content=quantized)
+    tensors = interpreter.get_tensor_details()
+    found = []
+    for op in interpreter._get_ops_details():
+        if op["op_name"] not in CORRECTED_OPS or len(op["inputs"]) < 3 or op["inputs"][2] < 0:
+            continue
+        out, bias = tensors[op["outputs"][0]], tensors[op["inputs"][2]]
+        match = names.get(out["name"])
+        if match is None or match[1] != tuple(out["shape"]) or bias["dtype"] != np.int32 or len(out["quantization_parameters"]["scales"]) != 1:
+            continue
+        found.append({"out": out["index"], "bias": bias["index"], "reference": match[0]})
+    return found
+
+
+def correct_int8_biases(quantized: bytes, calibrated: bytes, batches: list[np.ndarray], threads: int = 2) -> tuple[bytes, dict]:
+    """Empirical bias correction of an int8 ``.tflite``: each convolution's output brought to the float model's mean, layer by layer.
+
+    ``calibrated``: the float model the converter calibrated (its tensors carry
+    the same names); ``batches``: float inputs as the converter's representative
+    dataset gives them. In execution order, each convolution's int8 output is
+    averaged per channel over the images, with every layer before it already
+    corrected, and its int32 bias moves by the difference to the float model's
+    mean, in units of the bias's own scale. This corrects what int8 does to the
+    mean — the weights' rounding and the activations' (LeakyReLU's knee seen
+    through coarse steps makes the next layer's input larger on average) —
+    not the noise around it. Runs in the conversion worker (TensorFlow imported).
+    """
+    import time
+
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    from yolo3.kerasenv import tf
+
+    t0 = time.perf_counter()
+    ops = correctable_ops(quantized, calibrated)
+    reference = tf.lite.Interpreter(model_content=calibrated, experimental_preserve_all_tensors=True, num_threads=threads)
+    reference.allocate_tensors()
+    float_input = reference.get_input_details()[0]["index"]
+    target = {op["reference"]: 0.0 for op in ops}
+    for x in batches:
+        reference.set_tensor(float_input, x)
+        reference.invoke()
+        for i in target:
+            target[i] = target[i] + _per_channel_mean(reference.get_tensor(i)) / len(batches)
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(quantized))
+    tensors = model.subgraphs[0].tensors
+    detail = tf.lite.Interpreter(model_content=quantized).get_input_details()[0]
+    (in_scale, in_zero), in_type = detail["quantization"], np.dtype(detail["dtype"])
+    limits = np.iinfo(in_type)
+    inputs = [np.clip(np.round(x / in_scale + in_zero), limits.min, limits.max).astype(in_type) for x in batches]
+    shifts = []
+    for op in ops:
+        interpreter = tf.lite.Interpreter(model_content=bytes(flatbuffer_utils.convert_object_to_bytearray(model)),
+                                          experimental_preserve_all_tensors=True, num_threads=threads)  # fmt: skip
+        interpreter.allocate_tensors()
+        q = interpreter.get_tensor_details()[op["out"]]["quantization_parameters"]
+        scale, zero = float(q["scales"][0]), int(q["zero_points"][0])
+        mean = 0.0
+        for x in inputs:
+            interpreter.set_tensor(detail["index"], x)
+            interpreter.invoke()
+            mean = mean + _per_channel_mean(interpreter.get_tensor(op["out"]), scale, zero) / len(inputs)
+        shift = mean - target[op["reference"]]
+        bias = tensors[op["bias"]]
+        buffer = model.buffers[bias.buffer]
+        values = np.frombuffer(bytes(buffer.data), np.int32).astype(np.int64)
+        step = np.asarray(bias.quantization.scale, np.float64)
+        values = np.clip(values - np.round(shift / step), np.iinfo(np.int32).min, np.iinfo(np.int32).max).astype(np.int32)
+        buffer.data = np.frombuffer(values.tobytes(), np.uint8)
+        shifts.append(float(np.abs(shift).max() / scale))
+    summary = {"layers": len(ops), "images": len(batches), "seconds": round(time.perf_counter() - t0, 1),
+               "median_shift_steps": float(np.median(shifts)) if shifts else 0.0, "largest_shift_steps": max(shifts, default=0.0)}  # fmt: skip
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), summary

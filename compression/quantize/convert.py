@@ -124,7 +124,7 @@ def convert_config(config, model_path: str | None = None, fmt: str = "int8", *, 
 DEBUG_IMAGES = 16  # calibration images the int8 debugger compares float and int8 on
 
 REPAIR_STEPS = ("cle", "bias", "ranges", "adaround", "qat")  # in the order --repair auto tries them, each on top of the best so far
-STATISTICS_IMAGES = 64  # calibration images AdaRound and bias correction take each layer's inputs from
+ADAROUND_IMAGES = 64  # calibration images AdaRound samples each layer's input patches from
 
 
 def parse_repair(text: str | None) -> list[str]:
@@ -146,9 +146,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     """The repair ladder: the int8 model as converted, then each step on top of the best so far, scored on the validation split.
 
     ``cle`` equalises the float weights (:mod:`compression.quantize.equalize`);
-    ``bias`` absorbs the best model's high biases into the next layer and
-    corrects each layer's bias for its weights' int8 rounding
-    (:mod:`compression.quantize.bias`);
+    ``bias`` corrects each convolution's int8 bias to the float model's mean
+    output, on the best model so far and on it with its high biases absorbed
+    into the next layer (:mod:`compression.quantize.bias`); the better is judged;
     ``ranges`` converts the best model so far with each inner activation's range
     refitted (:mod:`compression.quantize.ranges`: by quantization error, and to the
     mean of per-image extremes), and the unrepaired model too when the best so far
@@ -189,8 +189,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
         matches = match_detections(run.records, run.detections, len(config.labels))
         score = float(weighted_map50(matches, np.ones((1, len(run.records))))[0])
         row = {"step": step, "valid_mAP50": score, **extra}
-        if reports[step].get("activation_ranges"):
-            row["activation_ranges"] = reports[step]["activation_ranges"]
+        for key in ("activation_ranges", "bias_correction"):
+            if reports[step].get(key):
+                row[key] = reports[step][key]
         rows.append(row)
         files.append((step, file))
         return {"step": step, "h5": model_h5, "options": step_options, "mAP50": score, "matches": matches, "row": row}
@@ -215,12 +216,18 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             tried = try_step("cle", path, best["options"], {"on": best["step"], "pairs": len(done["pairs"]), "skipped_pairs": done["skipped"]})
         elif step == "bias":
             if fmt != "int8":
-                rows.append({"step": "bias", "skipped": f"bias correction corrects int8 weights' rounding, not {fmt}"})
+                rows.append({"step": "bias", "skipped": f"bias correction corrects int8 means, not {fmt}"})
                 continue
-            path = tmp / f"model-bias-{best['step']}.h5"
-            done = bias_repaired(best["h5"], loaded.spec, images[:STATISTICS_IMAGES], size, path, info)
-            tried = try_step("bias", path, best["options"], {"on": best["step"], "absorbed_pairs": len(done["absorbed"]["pairs"]),
-                                                             "not_absorbed": done["absorbed"]["skipped"], "corrected_layers": len(done["corrected"]["layers"])})  # fmt: skip
+            # the best so far with each convolution's int8 bias corrected; and, where a pair can absorb high biases, with them absorbed first
+            corrected = dataclasses.replace(best["options"], bias_correction=True)
+            tries = [try_step("bias", best["h5"], corrected, {"on": best["step"]})]
+            path = tmp / f"model-absorbed-{best['step']}.h5"
+            absorbed = bias_absorbed(best["h5"], loaded.spec, size, path, info)
+            if absorbed["pairs"]:
+                tries.append(try_step("bias-absorbed", path, corrected, {"on": best["step"], "absorbed_pairs": len(absorbed["pairs"]),
+                                                                           "not_absorbed": absorbed["skipped"]}))  # fmt: skip
+            tries[0]["row"]["not_absorbed"] = absorbed["skipped"]
+            tried = max(tries, key=lambda t: t["mAP50"])
         elif step == "ranges":
             if fmt != "int8":
                 rows.append({"step": "ranges", "skipped": f"activation ranges are chosen for int8 activations, not {fmt}"})
@@ -243,7 +250,7 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
                 rows.append({"step": "adaround", "skipped": "the model is clustered: rounding each weight on its own would undo the shared values"})
                 continue
             path = tmp / f"model-adaround-{best['step']}.h5"
-            done = adarounded(best["h5"], loaded.spec, images[:STATISTICS_IMAGES], size, config.quantization.adaround_iterations, path, info, progress)
+            done = adarounded(best["h5"], loaded.spec, images[:ADAROUND_IMAGES], size, config.quantization.adaround_iterations, path, info, progress)
             tried = try_step("adaround", path, best["options"], {"on": best["step"], "layers": done["improved"], "seconds": round(done["seconds"], 1)})
         elif step == "qat":
             if fmt != "int8":
@@ -255,7 +262,7 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
 
             start = best["options"].activation_ranges  # the ladder's best ranges
             trained = qat_finetune(config, best["h5"], load_model(best["h5"]).model, tmp / "qat", None, progress, None, images[:64], start_ranges=start)
-            tried = try_step("qat", best["h5"], dataclasses.replace(best["options"], activation_ranges="minmax"),
+            tried = try_step("qat", best["h5"], dataclasses.replace(best["options"], activation_ranges="minmax", bias_correction=False),
                              {"on": best["step"], "scheme": trained["scheme"], "epochs": trained["epochs"], "start_ranges": trained["start_ranges"],
                               "ranges": trained["ranges"]}, qat=trained["conversion"])  # fmt: skip
         if wins(tried, best):
@@ -270,38 +277,31 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     return report
 
 
-def calibration_batches(images: list[str], size: int) -> list[np.ndarray]:
-    """The calibration images as the converter sees them: letterboxed, each ``(1, size, size, 3)``."""
-    from yolo3.preprocess import letterbox, load_image
-
-    return [letterbox(load_image(p), size)[0][None].astype(np.float32) for p in images]
-
-
-def bias_repaired(h5: Path, spec, images: list[str], size: int, out: Path, info: dict | None) -> dict:
-    """``h5`` with its biases absorbed, then corrected for int8 rounding on ``images`` (:mod:`compression.quantize.bias`), saved as ``out``."""
+def bias_absorbed(h5: Path, spec, size: int, out: Path, info: dict | None) -> dict:
+    """``h5`` with high biases absorbed into the next layer (:func:`compression.quantize.bias.absorb_biases`), saved as ``out`` if any was."""
     from yolo3.keras_model import get_darknet_weights, set_darknet_weights
     from yolo3.models import load_model, save_model
 
-    from .bias import absorb_biases, correct_biases
+    from .bias import absorb_biases
 
     model = load_model(h5, size=size).model
-    absorbed, absorb_report = absorb_biases(spec, get_darknet_weights(model, spec))
-    set_darknet_weights(model, spec, absorbed)
-    corrected, correct_report = correct_biases(model, spec, absorbed, calibration_batches(images, size))
-    set_darknet_weights(model, spec, corrected)
-    save_model(model, spec, out, info or None)
-    return {"absorbed": absorb_report, "corrected": correct_report}
+    absorbed, report = absorb_biases(spec, get_darknet_weights(model, spec))
+    if report["pairs"]:
+        set_darknet_weights(model, spec, absorbed)
+        save_model(model, spec, out, info or None)
+    return report
 
 
 def adarounded(h5: Path, spec, images: list[str], size: int, iterations: int, out: Path, info: dict | None, progress: bool) -> dict:
     """``h5`` with every convolution's int8 rounding chosen by AdaRound on ``images`` (:mod:`compression.quantize.adaround`), saved as ``out``."""
     from yolo3.keras_model import get_darknet_weights, set_darknet_weights
     from yolo3.models import load_model, save_model
+    from yolo3.preprocess import letterbox, load_image
 
     from .adaround import adaround
 
     model = load_model(h5, size=size).model
-    batches = calibration_batches(images, size)
+    batches = [letterbox(load_image(p), size)[0][None].astype(np.float32) for p in images]
     weights, done = adaround(model, spec, get_darknet_weights(model, spec), batches, iterations, log=print if progress else None)
     set_darknet_weights(model, spec, weights)
     save_model(model, spec, out, info or None)

@@ -60,6 +60,7 @@ class ExportOptions:
     max_detections: int = 100
     nms_classes_per_box: int = 5  # quantization.nms_classes_per_box
     activation_ranges: str = "minmax"  # int8: "mse" / "mean" refit each inner activation's range (compression.quantize.ranges)
+    bias_correction: bool = False  # int8: each convolution's bias corrected to the float model's mean output (compression.quantize.bias)
 
     def check(self, fmt: str) -> None:
         """One line for a combination that cannot be made, before any work is done."""
@@ -71,6 +72,8 @@ class ExportOptions:
             raise UserError("--nms does not go with --format int16x8 (LiteRT's detection post-processing takes 8-bit or float inputs)")
         if self.activation_ranges not in ACTIVATION_RANGES:
             raise UserError(f"activation ranges must be {' or '.join(ACTIVATION_RANGES)}, got {self.activation_ranges!r}")
+        if self.bias_correction and fmt != "int8":
+            raise UserError(f"bias correction is for int8 models, not {fmt}")
 
     def nms_job(self) -> dict | None:
         if not self.nms:
@@ -116,6 +119,7 @@ def run_worker(h5: Path, fmt: str, out: Path, images: list[str], input_size: int
             "model": str(Path(h5).resolve()), "format": fmt, "out": str(Path(out).resolve()), "images": [str(Path(p).resolve()) for p in images],
             "input_size": input_size, "metadata": metadata, "qat": qat, "float_layers": list(float_layers or []),
             "input_type": options.input_type, "nms": options.nms_job(), "ranges": options.activation_ranges,
+            "bias_correction": options.bias_correction,
         }))  # fmt: skip
         proc = run_module("compression.quantize.tflite_worker", str(job))
     if proc.returncode != 0:
@@ -217,6 +221,8 @@ def export_tflite(
         raise UserError("this .h5 carries no cfg; convert a model written by this tool", model_path)
     options = options or ExportOptions()
     options.check(fmt)
+    if options.bias_correction and (qat or float_layers):
+        raise UserError("bias correction is for a post-training int8 model, not one trained with simulated int8 or with float layers")
     metadata = metadata_for(spec, names, input_size)
     if options.nms:
         from .tflite_nms import OUTPUT_NAMES
@@ -238,5 +244,5 @@ def export_tflite(
     atomic_write(out, write)
     report = describe_tflite(out)
     report.update(format=fmt, calibration_images=len(images), path=str(out), float_layers=[f"conv_{i}" for i in float_layers or []],
-                  in_model_nms=metadata.get("postprocess"), activation_ranges=written.get("activation_ranges"))  # fmt: skip
+                  in_model_nms=metadata.get("postprocess"), activation_ranges=written.get("activation_ranges"), bias_correction=written.get("bias_correction"))  # fmt: skip
     return report

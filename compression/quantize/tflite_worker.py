@@ -75,27 +75,39 @@ def convert(job: dict) -> bytes:
         converter.target_spec.supported_ops = [tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
     if fmt == "int8" and job.get("float_layers"):
         return selectively_quantized(converter, representative, set(job["float_layers"]))
-    if fmt == "int8" and job.get("ranges") in ("mse", "mean"):
-        return refitted_quantized(converter, representative, job)
+    if fmt == "int8" and (job.get("ranges") in ("mse", "mean") or job.get("bias_correction")):
+        return calibrated_quantized(converter, representative, job)
     return converter.convert()
 
 
-def refitted_quantized(converter, dataset, job: dict) -> bytes:
-    """int8 with each inner activation's range refitted (:mod:`compression.quantize.ranges`, by ``job["ranges"]``).
+def calibrated_quantized(converter, dataset, job: dict) -> bytes:
+    """int8 made in two steps so that the calibrated model can be edited and read between them.
 
-    Calibrate only, refit the recorded ranges, then quantize with the same MLIR
-    quantizer the converter uses; the summary goes into the file's metadata.
+    Calibrate only; refit the recorded ranges (:mod:`compression.quantize.ranges`,
+    by ``job["ranges"]``); quantize with the same MLIR quantizer the converter
+    uses (unedited, the converter's own result); then, with
+    ``job["bias_correction"]``, correct each convolution's int8 bias against the
+    calibrated float model (:mod:`compression.quantize.bias`). What was done goes
+    into the file's metadata.
     """
+    import itertools
+
     from tensorflow.lite.python.convert import mlir_quantize
 
+    from compression.quantize.bias import CORRECTION_IMAGES, correct_int8_biases
     from compression.quantize.ranges import refit_ranges
     from yolo3.kerasenv import tf
 
     converter._experimental_calibrate_only = True
-    refitted, summary = refit_ranges(converter.convert(), dataset, method=job["ranges"])
-    job["metadata"]["activation_ranges"] = summary
-    return mlir_quantize(refitted, fully_quantize=True, input_data_type=tf.uint8 if job.get("input_type") == "uint8" else tf.int8,
-                         output_data_type=tf.float32 if job.get("nms") else tf.int8)  # fmt: skip
+    calibrated = converter.convert()
+    if job.get("ranges") in ("mse", "mean"):
+        calibrated, job["metadata"]["activation_ranges"] = refit_ranges(calibrated, dataset, method=job["ranges"])
+    quantized = mlir_quantize(calibrated, fully_quantize=True, input_data_type=tf.uint8 if job.get("input_type") == "uint8" else tf.int8,
+                              output_data_type=tf.float32 if job.get("nms") else tf.int8)  # fmt: skip
+    if job.get("bias_correction"):
+        batches = [inputs[0] for inputs in itertools.islice(dataset(), CORRECTION_IMAGES)]
+        quantized, job["metadata"]["bias_correction"] = correct_int8_biases(quantized, calibrated, batches)
+    return quantized
 
 
 def selectively_quantized(converter, dataset, float_layers: set[int]) -> bytes:
