@@ -111,6 +111,7 @@ class Int8Files:
     adaround_h5: Path | None = None  # the model with AdaRound's int8 rounding written into its weights
     adaround: Path | None = None  # its post-training int8 model
     ranges_mean: Path | None = None  # post-training int8 with activation ranges at the mean of per-image extremes
+    bias: Path | None = None  # post-training int8 with each convolution's bias corrected to the float mean (the ranges kept so far)
 
     def ranges_for(self, method: str) -> Path | None:
         """The file of post-training int8 with activation ranges refitted by ``method`` (None: that refit is not asked for)."""
@@ -119,14 +120,16 @@ class Int8Files:
     @classmethod
     def beside(cls, folder: Path, prefix: str = "") -> Int8Files:
         return cls(folder / f"{prefix}ptq-int8.tflite", folder / f"{prefix}qat", folder / f"{prefix}qat-int8.tflite", folder / f"{prefix}final-int8.tflite",
-                   folder / f"{prefix}ranges-int8.tflite", ranges_mean=folder / f"{prefix}ranges-mean-int8.tflite")  # fmt: skip
+                   folder / f"{prefix}ranges-int8.tflite", ranges_mean=folder / f"{prefix}ranges-mean-int8.tflite",
+                   bias=folder / f"{prefix}bias-int8.tflite")  # fmt: skip
 
 
 def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], files: Int8Files, *, qat_epochs: int,
                      score: Callable[[Path], float], progress: bool = True, ranges: bool = False, adaround_iterations: int = 0,
-                     matches: Callable[[Path], list] | None = None, confidence: float = 0.5) -> dict:  # fmt: skip
+                     matches: Callable[[Path], list] | None = None, confidence: float = 0.5, bias_correction: bool = False) -> dict:  # fmt: skip
     """Post-training int8, with ``ranges`` also with refitted activation ranges (by quantization error and by the mean of
-    per-image extremes, the better of the two on ``score``), with ``adaround_iterations``
+    per-image extremes, the better of the two on ``score``), with ``bias_correction`` also with each convolution's
+    int8 bias corrected to the float mean (:mod:`compression.quantize.bias`; with the ranges kept so far), with ``adaround_iterations``
     also with AdaRound's rounding of the weights, and with ``qat_epochs`` quantization-aware training; the best on ``score``
     (the validation split) is copied to ``files.final``.
 
@@ -136,7 +139,7 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     any gain in ``score``; ties keep the plain post-training model.
     ``config`` is the run's config at input ``size``; QAT keeps the zeros and
     clusters the model's record names; AdaRound is converted with the refitted
-    ranges, and QAT starts from them, when those were kept; AdaRound is not
+    ranges and the bias correction, and QAT starts from the ranges, when those were kept; AdaRound is not
     tried on a clustered model (it would undo the shared values).
     """
     from yolo3.models import compression_info, load_model
@@ -149,7 +152,7 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
 
     loaded = load_model(model_h5)
     results: dict[str, dict] = {}
-    paths = {"ptq": files.ptq, "qat": files.qat, "ranges": files.ranges, "adaround": files.adaround}
+    paths = {"ptq": files.ptq, "qat": files.qat, "ranges": files.ranges, "adaround": files.adaround, "bias": files.bias}
     best = "ptq"
 
     def judge(name: str, extra: dict) -> None:
@@ -183,11 +186,16 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     info = compression_info(model_h5)
     if best == "ranges":
         method = better
+    if bias_correction and files.bias is not None:
+        report = export_tflite(model_h5, files.bias, "int8", calibration, config.labels, size, loaded.spec,
+                               options=ExportOptions(activation_ranges=method, bias_correction=True))  # fmt: skip
+        judge("bias", {"ranges": method, "bias_correction": report["bias_correction"]})
+    corrected = best == "bias"
     if adaround_iterations and files.adaround is not None and "clustering" not in info:
         done = adarounded(model_h5, loaded.spec, calibration[:ADAROUND_IMAGES], size, adaround_iterations, files.adaround_h5, info, progress)
         export_tflite(files.adaround_h5, files.adaround, "int8", calibration, config.labels, size, loaded.spec,
-                      options=ExportOptions(activation_ranges=method))  # fmt: skip
-        judge("adaround", {"ranges": method, "layers_improved": done["improved"], "seconds": done["seconds"]})
+                      options=ExportOptions(activation_ranges=method, bias_correction=corrected))  # fmt: skip
+        judge("adaround", {"ranges": method, "bias_correction": corrected, "layers_improved": done["improved"], "seconds": done["seconds"]})
     if qat_epochs:
         trained = qat_finetune(config, model_h5, loaded.model, files.qat_dir, qat_epochs, progress, None, calibration[:64], start_ranges=method)
         export_tflite(model_h5, files.qat, "int8", calibration, config.labels, size, loaded.spec,

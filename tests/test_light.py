@@ -657,8 +657,9 @@ def test_adaround_weights_convert_to_exactly_the_int8_values_it_chose():
 
 
 def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_path, synthetic_valid):
-    """compress's int8 step: plain, refitted ranges (the better of two refits) and AdaRound (converted with the ranges when those were kept), each kept only if
-    it beats the best so far with 90 % confidence, the last kept one as the final file; a clustered model is not AdaRounded."""
+    """compress's int8 step: plain, refitted ranges (the better of two refits), bias correction (with the kept ranges) and AdaRound (converted with
+    the ranges and the correction when those were kept), each kept only if it beats the best so far with 90 % confidence, the last kept one as the
+    final file; a clustered model is bias-corrected (only biases move) but not AdaRounded."""
     from types import SimpleNamespace
 
     from compression.steps import Int8Files, int8_keep_better
@@ -676,23 +677,27 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
     # compress judges it: kept only if the paired bootstrap confirms it with 90 % confidence
     records, _ = random_set(7, images=40)
     matched = {name: match_detections(records, random_set(7, images=40, noise=noise)[1], 3)
-               for name, noise in (("ptq-int8.tflite", 14.0), ("ranges-int8.tflite", 8.0), ("ranges-mean-int8.tflite", 5.0),
-                                   ("adaround-int8.tflite", 1.0))}  # fmt: skip
+               for name, noise in (("ptq-int8.tflite", 14.0), ("ranges-int8.tflite", 8.0), ("ranges-mean-int8.tflite", 7.0),
+                                   ("bias-int8.tflite", 3.5), ("adaround-int8.tflite", 0.5))}  # fmt: skip
     scores = {name: float(weighted_map50(m, np.ones((1, 40)))[0]) for name, m in matched.items()}
     for clustered in (False, True):
         folder = tmp_path / str(clustered)
         folder.mkdir()
         save_model(model, spec, folder / "m.h5", {"clustering": {"clusters": 8}} if clustered else None)
         files = Int8Files(*(folder / n for n in ("ptq-int8.tflite", "qat", "qat-int8.tflite", "final.tflite", "ranges-int8.tflite", "adaround.h5",
-                                                  "adaround-int8.tflite", "ranges-mean-int8.tflite")))  # fmt: skip
+                                                  "adaround-int8.tflite", "ranges-mean-int8.tflite", "bias-int8.tflite")))  # fmt: skip
         result = int8_keep_better(config, folder / "m.h5", 64, images, files, qat_epochs=0, score=lambda p: scores[p.name], progress=False,
-                                  ranges=not clustered, adaround_iterations=10, matches=lambda p: matched[p.name], confidence=0.9)  # fmt: skip
+                                  ranges=not clustered, adaround_iterations=10, matches=lambda p: matched[p.name], confidence=0.9,
+                                  bias_correction=True)  # fmt: skip
         if clustered:
-            assert set(result["results"]) == {"ptq"} and not files.adaround_h5.exists()
+            assert set(result["results"]) == {"ptq", "bias"} and result["chosen"] == "bias" and not files.adaround_h5.exists()
+            assert result["results"]["bias"]["ranges"] == "minmax" and result["results"]["bias"]["bias_correction"]["layers"] == len(spec.conv_indices())
         else:
             r = result["results"]
             # the better refit (here the mean of per-image extremes) is the one judged, and AdaRound is converted with it
             assert r["ranges"]["file"] == "ranges-mean-int8.tflite" and r["ranges"]["tried"]["mse"] < r["ranges"]["tried"]["mean"]
-            assert result["chosen"] == "adaround" and r["adaround"]["ranges"] == "mean" and r["adaround"]["vs"] == "ranges"
-            assert all(0 < r[k]["sure_gain_points"] < r[k]["gain_points"] for k in ("ranges", "adaround")) and result["confidence"] == 0.9
+            assert r["bias"]["ranges"] == "mean" and r["bias"]["vs"] == "ranges"
+            assert result["chosen"] == "adaround" and r["adaround"]["ranges"] == "mean" and r["adaround"]["bias_correction"] and r["adaround"]["vs"] == "bias"
+            assert all(0 < r[k]["sure_gain_points"] < r[k]["gain_points"] for k in ("ranges", "bias", "adaround")) and result["confidence"] == 0.9
+            assert files.adaround.read_bytes() != files.bias.read_bytes()
             assert files.final.read_bytes() == files.adaround.read_bytes() and files.adaround_h5.exists()

@@ -660,11 +660,11 @@ class ClusterFinetune(CompressStage):
 
 
 class Int8(CompressStage):
-    name, title = "int8", "post-training int8 (min/max and refitted activation ranges, AdaRound) and quantization-aware training, each kept only if it beats the best so far on validation with quantization.repair_confidence; the kept one is plan-int8.tflite"
-    reads = ("@data", "@train", "compress.qat", "compress.int8_ranges", "compress.int8_adaround", "compress.calibration_samples", "quantization.*")
+    name, title = "int8", "post-training int8 (min/max and refitted activation ranges, bias correction, AdaRound) and quantization-aware training, each kept only if it beats the best so far on validation with quantization.repair_confidence; the kept one is plan-int8.tflite"
+    reads = ("@data", "@train", "compress.qat", "compress.int8_ranges", "compress.int8_bias_correction", "compress.int8_adaround", "compress.calibration_samples", "quantization.*")
     needs = ("baseline", "plan", "candidates", "finetune", "cluster", "cluster-finetune")
-    writes = ("ptq-int8.tflite", "ranges-int8.tflite", "ranges-mean-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
-    version = 5  # 2: also activation ranges by quantization error; 3: also AdaRound; 4: a step kept only if it wins with quantization.repair_confidence; 5: also the mean refit
+    writes = ("ptq-int8.tflite", "ranges-int8.tflite", "ranges-mean-int8.tflite", "bias-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
+    version = 6  # 2: also activation ranges by quantization error; 3: also AdaRound; 4: a step kept only if it wins with quantization.repair_confidence; 5: also the mean refit; 6: also bias correction
 
     def run(self, ctx: StageContext) -> dict:
         from ..steps import Int8Files, int8_keep_better
@@ -675,13 +675,14 @@ class Int8(CompressStage):
         start = ctx.input(ctx.result("cluster-finetune")["model"])
         files = Int8Files(ctx.output("ptq-int8.tflite"), ctx.output("qat"), ctx.output("qat-int8.tflite"), ctx.output("plan-int8.tflite"),
                           ctx.output("ranges-int8.tflite"), ctx.output("adaround.h5"), ctx.output("adaround-int8.tflite"),
-                          ctx.output("ranges-mean-int8.tflite"))  # fmt: skip
+                          ctx.output("ranges-mean-int8.tflite"), ctx.output("bias-int8.tflite"))  # fmt: skip
         qat_epochs = ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
         adaround = ctx.setting("quantization.adaround_iterations") if ctx.setting("compress.int8_adaround") else 0
         result = int8_keep_better(config, start, size, job.calibration(), files, qat_epochs=qat_epochs,
                                   score=lambda p: job.evaluate(p, "valid", config)["mAP50"], progress=job.options.progress,
                                   ranges=ctx.setting("compress.int8_ranges"), adaround_iterations=adaround,
-                                  matches=lambda p: job.matches(p, "valid", config), confidence=ctx.setting("quantization.repair_confidence"))  # fmt: skip
+                                  matches=lambda p: job.matches(p, "valid", config), confidence=ctx.setting("quantization.repair_confidence"),
+                                  bias_correction=ctx.setting("compress.int8_bias_correction"))  # fmt: skip
         return {"start": start.name, **result}
 
     def report_rows(self, ctx, result):
@@ -701,6 +702,11 @@ class Int8(CompressStage):
             how = "by quantization error" if r.get("method", "mse") == "mse" else "to the mean of per-image extremes"
             rows.append({"stage": "int8, refitted activation ranges", "file": tried["ranges"]["file"], "arch": "final",
                          "note": f"{r['narrowed']} of {r['tensors']} ranges narrowed {how}" + verdict("ranges")})  # fmt: skip
+        if "bias" in tried:
+            b = tried["bias"]["bias_correction"]
+            rows.append({"stage": "int8, bias correction", "file": "bias-int8.tflite", "arch": "final",
+                         "note": f"{b['layers']} convolutions' int8 means brought to float (median shift {b['median_shift_steps']:.2f} steps), "
+                                 f"activation ranges {tried['bias']['ranges']}" + verdict("bias")})  # fmt: skip
         if "adaround" in tried:
             r = tried["adaround"]
             rows.append({"stage": "int8, AdaRound", "file": "adaround-int8.tflite", "arch": "final",
