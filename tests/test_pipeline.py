@@ -208,6 +208,7 @@ def _fixed_config(folder: Path, data: Path) -> Path:
     raw["compress"]["feature_distillation"] = 0.0  # the reference was recorded with output distillation alone
     raw["compress"]["int8_ranges"] = False  # and with min/max activation ranges only
     raw["compress"]["int8_adaround"] = False  # and round-to-nearest weights
+    raw["compress"]["int8_bias_correction"] = False  # and the converter's own int8 biases
     config.write_text(json.dumps(raw))
     return config
 
