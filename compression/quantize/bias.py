@@ -199,6 +199,13 @@ def correct_int8_biases(quantized: bytes, calibrated: bytes, batches: list[np.nd
             mean = mean + _per_channel_mean(interpreter.get_tensor(op["out"]), scale, zero) / len(inputs)
         shift = mean - target[op["reference"]]
         bias = tensors[op["bias"]]
+        if sum(t.buffer == bias.buffer for t in tensors) > 1:  # a constant the converter shared between tensors: this one gets its own
+            from tensorflow.lite.python import schema_py_generated as schema
+
+            own = schema.BufferT()
+            own.data = np.array(model.buffers[bias.buffer].data, np.uint8)
+            model.buffers.append(own)
+            bias.buffer = len(model.buffers) - 1
         buffer = model.buffers[bias.buffer]
         values = np.frombuffer(bytes(buffer.data), np.int32).astype(np.int64)
         step = np.asarray(bias.quantization.scale, np.float64)
