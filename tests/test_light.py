@@ -526,6 +526,44 @@ def test_cross_layer_equalisation_keeps_the_outputs_and_equalises_the_ranges():
     assert report["iterations"] <= 200 and report["pairs"][:3] == ["conv_0 -> conv_1", "conv_1 -> conv_2", "conv_2 -> conv_3"]
 
 
+def test_activation_equalisation_fills_the_range_before_each_depthwise_convolution_and_keeps_the_outputs(tmp_path):
+    """Activation equalisation on conv 1x1 -> depthwise 3x3 -> conv 1x1 (linear): every channel of the tensor between the first two
+    (before and after LeakyReLU) grows until it reaches the tensor's shared range, which stays as it was; the outputs stay within 1e-4;
+    the pair whose reader is not depthwise is left and said why."""
+    from PIL import Image
+
+    from compression.quantize.equalize import depthwise_reader_pairs, equalize_activations, expansion, measure_channel_ranges
+    from yolo3.keras_model import build_model, set_darknet_weights
+    from yolo3.preprocess import letterbox, load_image
+
+    spec = parse_cfg(STEM + conv(16, 1) + conv(16, 3, groups=16) + conv(8, 1, activation="linear") + HEAD, "ace.cfg")
+    weights = random_weights(spec, seed=5)
+    rng = np.random.default_rng(1)
+    w = weights.convs[1]  # channels of very different scales, as a trained light backbone has
+    weights.convs[1] = type(w)(w.kernel * rng.uniform(0.05, 20, w.filters).astype(np.float32), w.bias, w.bn)
+    paths = []
+    for k in range(4):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(rng.integers(0, 256, (48 + 8 * k, 64, 3), dtype=np.uint8)).save(paths[-1])
+    assert depthwise_reader_pairs(spec) == [(1, 2)]
+    before, after = build_model(spec), build_model(spec)
+    set_darknet_weights(before, spec, weights)
+    measured = measure_channel_ranges(before, spec, [1], [str(p) for p in paths], 64)
+    assert len(measured[1]) == 2  # before and after the activation
+    assert expansion(measured[1]).max() > 5  # some channels used a small part of the shared range
+    equalized, report = equalize_activations(spec, weights, measured)
+    set_darknet_weights(after, spec, equalized)
+    x = np.stack([letterbox(load_image(str(p)), 64)[0] for p in paths]).astype(np.float32)
+    a, b = np.asarray(before(x)), np.asarray(after(x))
+    assert np.abs(a - b).max() <= 1e-4 * max(1.0, float(np.abs(a).max()))
+    again = measure_channel_ranges(after, spec, [1], [str(p) for p in paths], 64)
+    np.testing.assert_allclose(expansion(again[1]), 1.0, rtol=1e-3)  # every channel now reaches the shared range on one side
+    for (lo0, hi0), (lo1, hi1) in zip(measured[1], again[1]):  # and the shared range is the same
+        np.testing.assert_allclose([lo1.min(), hi1.max()], [lo0.min(), hi0.max()], rtol=1e-4)
+    assert report["pairs"] == ["conv_1 -> conv_2"] and report["median_expansion"] > 1
+    assert any(r.startswith("conv_2 -> conv_3: conv_3 is not depthwise") for r in report["skipped"])
+
+
 def test_bias_absorption_keeps_the_outputs_and_lowers_the_ranges_where_the_reader_is_unpadded():
     """Absorption on conv 3x3 -> 1x1 -> depthwise 3x3 -> 1x1 (linear) -> 1x1: channels sitting high (beta 5, gamma 0.001) are lowered by
     beta - 3 gamma and the reader adds it back — the outputs unchanged within 1e-4; the padded depthwise reader is left alone and said why."""

@@ -145,7 +145,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
                       tmp: Path, progress: bool) -> dict:  # fmt: skip
     """The repair ladder: the int8 model as converted, then each step on top of the best so far, scored on the validation split.
 
-    ``cle`` equalises the float weights (:mod:`compression.quantize.equalize`);
+    ``cle`` equalises the float weights (:mod:`compression.quantize.equalize`), and
+    beside that the activation tensor before each depthwise convolution (measured
+    on the calibration images); the better is judged;
     ``bias`` corrects each convolution's int8 bias to the float model's mean
     output, on the best model so far and on it with its high biases absorbed
     into the next layer (:mod:`compression.quantize.bias`); the better is judged;
@@ -174,7 +176,7 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     from yolo3.models import save_model
     from yolo3.resampling import keep_verdict, weighted_map50
 
-    from .equalize import equalize
+    from .equalize import depthwise_reader_pairs, equalize, equalize_activations, measure_channel_ranges
     from .tflite_export import export_tflite
 
     size = config.model.input_size
@@ -196,6 +198,11 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
         files.append((step, file))
         return {"step": step, "h5": model_h5, "options": step_options, "mAP50": score, "matches": matches, "row": row}
 
+    def save_weights(weights, path: Path) -> None:
+        model = build_model(loaded.spec, size=size)
+        set_darknet_weights(model, loaded.spec, weights)
+        save_model(model, loaded.spec, path, info or None)
+
     def wins(tried: dict, best: dict) -> bool:
         """Whether ``tried`` beats ``best`` on validation with ``confidence`` (its gain's lower bootstrap quantile above 0)."""
         fields, better = keep_verdict(best["matches"], tried["matches"], best["mAP50"], tried["mAP50"], confidence, best["step"])
@@ -208,12 +215,21 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             if "clustering" in info:
                 rows.append({"step": "cle", "skipped": "the model is clustered: equalising would rescale its shared values channel by channel"})
                 continue
+            # CLE (weight ranges, every pair) and activation equalisation (the tensor before each depthwise convolution); the better is judged
             weights, done = equalize(loaded.spec, get_darknet_weights(loaded.model, loaded.spec))
-            model = build_model(loaded.spec, size=size)
-            set_darknet_weights(model, loaded.spec, weights)
             path = tmp / "model-cle.h5"
-            save_model(model, loaded.spec, path, info or None)
-            tried = try_step("cle", path, best["options"], {"on": best["step"], "pairs": len(done["pairs"]), "skipped_pairs": done["skipped"]})
+            save_weights(weights, path)
+            tries = [try_step("cle", path, best["options"], {"on": best["step"], "pairs": len(done["pairs"]), "skipped_pairs": done["skipped"]})]
+            readers = depthwise_reader_pairs(loaded.spec)
+            if readers:
+                measured = measure_channel_ranges(loaded.model, loaded.spec, [a for a, _ in readers], images, size)
+                weights, done = equalize_activations(loaded.spec, get_darknet_weights(loaded.model, loaded.spec), measured)
+                path = tmp / "model-cle-activations.h5"
+                save_weights(weights, path)
+                tries.append(try_step("cle-activations", path, best["options"], {
+                    "on": best["step"], "pairs": len(done["pairs"]), "skipped_pairs": done["skipped"],
+                    "median_expansion": round(done["median_expansion"], 2), "largest_expansion": round(done["largest_expansion"], 1)}))  # fmt: skip
+            tried = max(tries, key=lambda t: t["mAP50"])
         elif step == "bias":
             if fmt != "int8":
                 rows.append({"step": "bias", "skipped": f"bias correction corrects int8 means, not {fmt}"})
