@@ -500,7 +500,8 @@ def test_profile_and_benchmark_on_the_device_without_tensorflow(exported, tmp_pa
 
 
 def test_convert_repair_keeps_the_better_int8_on_validation(light_model, synthetic_valid, tmp_path):
-    """--repair auto: the model as converted, after cross-layer equalisation, then with biases absorbed and corrected, then with
+    """--repair auto: the model as converted, after cross-layer equalisation (of the weights, and of the activations before each
+    depthwise convolution), then with biases absorbed and corrected, then with
     activation ranges by quantization error on top of the best so far, then AdaRound and QAT on the best so far, each scored on validation, the best kept; bad steps end in one line."""
     config = _config(tmp_path, synthetic_valid, light_model)
     out = tmp_path / "r.tflite"
@@ -513,12 +514,13 @@ def test_convert_repair_keeps_the_better_int8_on_validation(light_model, synthet
     # step won, on the unrepaired model as well (steps need not stack)
     ranges = {"ranges", "ranges-mean"} | ({"ranges-alone", "ranges-mean-alone"} if steps["ranges"]["on"] != "none" else set())
     # bias correction on the best of none and CLE, and with high biases absorbed first where a pair can take them
-    assert set(steps) - {"bias-absorbed"} == {"none", "cle", "bias", "adaround", "qat"} | ranges
-    assert steps["bias"]["on"] in ("none", "cle") and steps["bias"]["bias_correction"]["layers"] == LIGHT_CFG.count("[convolutional]") and steps["bias"]["bias_correction"]["images"] == 4
+    assert set(steps) - {"bias-absorbed"} == {"none", "cle", "cle-activations", "bias", "adaround", "qat"} | ranges
+    assert steps["cle-activations"]["pairs"] == LIGHT_CFG.count("groups=") and steps["cle-activations"]["largest_expansion"] >= 1
+    assert steps["bias"]["on"] in ("none", "cle", "cle-activations") and steps["bias"]["bias_correction"]["layers"] == LIGHT_CFG.count("[convolutional]") and steps["bias"]["bias_correction"]["images"] == 4
     assert all(why.startswith("conv_") and ": " in why for why in steps["bias"]["not_absorbed"])  # each pair left alone says why
     assert "bias-absorbed" not in steps or steps["bias-absorbed"]["absorbed_pairs"] > 0
     assert steps["ranges-mean"]["activation_ranges"]["method"] == "mean" and steps["ranges"]["activation_ranges"]["method"] == "mse"
-    assert steps["adaround"]["on"] in {"none", "cle", "bias"} | ranges and steps["adaround"]["layers"] >= 0
+    assert steps["adaround"]["on"] in {"none", "cle", "cle-activations", "bias"} | ranges and steps["adaround"]["layers"] >= 0
 
     def start_ranges(step: str) -> str:
         if step.startswith("ranges"):
@@ -527,7 +529,7 @@ def test_convert_repair_keeps_the_better_int8_on_validation(light_model, synthet
 
     assert steps["qat"]["epochs"] == 1 and steps["qat"]["start_ranges"] == start_ranges(steps["qat"]["on"])
     assert steps["cle"]["pairs"] > 0 and all(s["latency_ms"] > 0 for s in steps.values())
-    assert steps["ranges"]["on"] in ("none", "cle", "bias") and steps["ranges"]["activation_ranges"]["tensors"] > 0
+    assert steps["ranges"]["on"] in ("none", "cle", "cle-activations", "bias") and steps["ranges"]["activation_ranges"]["tensors"] > 0
     # a rung is kept only if it beats the best so far with 90 % confidence (paired bootstrap over the validation images)
     judged = {k: s for k, s in steps.items() if "sure_gain_points" in s}
     assert repair["confidence"] == 0.9 and judged and all(s["sure_gain_points"] <= s["gain_points"] for s in judged.values())
