@@ -112,6 +112,8 @@ class Int8Files:
     adaround: Path | None = None  # its post-training int8 model
     ranges_mean: Path | None = None  # post-training int8 with activation ranges at the mean of per-image extremes
     bias: Path | None = None  # post-training int8 with each convolution's bias corrected to the float mean (the ranges kept so far)
+    equalized_h5: Path | None = None  # the model with the activations before each depthwise convolution equalised
+    equalized: Path | None = None  # its post-training int8 model
 
     def ranges_for(self, method: str) -> Path | None:
         """The file of post-training int8 with activation ranges refitted by ``method`` (None: that refit is not asked for)."""
@@ -121,13 +123,17 @@ class Int8Files:
     def beside(cls, folder: Path, prefix: str = "") -> Int8Files:
         return cls(folder / f"{prefix}ptq-int8.tflite", folder / f"{prefix}qat", folder / f"{prefix}qat-int8.tflite", folder / f"{prefix}final-int8.tflite",
                    folder / f"{prefix}ranges-int8.tflite", ranges_mean=folder / f"{prefix}ranges-mean-int8.tflite",
-                   bias=folder / f"{prefix}bias-int8.tflite")  # fmt: skip
+                   bias=folder / f"{prefix}bias-int8.tflite", equalized_h5=folder / f"{prefix}equalized.h5",
+                   equalized=folder / f"{prefix}equalized-int8.tflite")  # fmt: skip
 
 
 def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], files: Int8Files, *, qat_epochs: int,
                      score: Callable[[Path], float], progress: bool = True, ranges: bool = False, adaround_iterations: int = 0,
-                     matches: Callable[[Path], list] | None = None, confidence: float = 0.5, bias_correction: bool = False) -> dict:  # fmt: skip
-    """Post-training int8, with ``ranges`` also with refitted activation ranges (by quantization error and by the mean of
+                     matches: Callable[[Path], list] | None = None, confidence: float = 0.5, bias_correction: bool = False,
+                     equalization: bool = False) -> dict:  # fmt: skip
+    """Post-training int8, with ``equalization`` also of the model with the activations before each depthwise convolution
+    equalised channel by channel (:func:`compression.quantize.equalize.equalize_activations`; the later steps start from
+    that model when it is kept), with ``ranges`` also with refitted activation ranges (by quantization error and by the mean of
     per-image extremes, the better of the two on ``score``), with ``bias_correction`` also with each convolution's
     int8 bias corrected to the float mean (:mod:`compression.quantize.bias`; with the ranges kept so far), with ``adaround_iterations``
     also with AdaRound's rounding of the weights, and with ``qat_epochs`` quantization-aware training; the best on ``score``
@@ -140,19 +146,19 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
     ``config`` is the run's config at input ``size``; QAT keeps the zeros and
     clusters the model's record names; AdaRound is converted with the refitted
     ranges and the bias correction, and QAT starts from the ranges, when those were kept; AdaRound is not
-    tried on a clustered model (it would undo the shared values).
+    tried on a clustered model (it would undo the shared values), nor is equalisation (it rescales kernels).
     """
     from yolo3.models import compression_info, load_model
     from yolo3.resampling import keep_verdict
 
-    from .quantize.convert import ADAROUND_IMAGES, adarounded
+    from .quantize.convert import ADAROUND_IMAGES, activation_equalized, adarounded
     from .quantize.qat import qat_finetune
     from .quantize.ranges import METHODS as RANGE_METHODS
     from .quantize.tflite_export import ExportOptions, export_tflite
 
     loaded = load_model(model_h5)
     results: dict[str, dict] = {}
-    paths = {"ptq": files.ptq, "qat": files.qat, "ranges": files.ranges, "adaround": files.adaround, "bias": files.bias}
+    paths = {"ptq": files.ptq, "qat": files.qat, "ranges": files.ranges, "adaround": files.adaround, "bias": files.bias, "equalized": files.equalized}
     best = "ptq"
 
     def judge(name: str, extra: dict) -> None:
@@ -171,6 +177,15 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
 
     export_tflite(model_h5, files.ptq, "int8", calibration, config.labels, size, loaded.spec)
     judge("ptq", {})
+    info = compression_info(model_h5)
+    if equalization and files.equalized is not None and "clustering" not in info:
+        done = activation_equalized(model_h5, loaded.spec, calibration, size, files.equalized_h5, info)
+        if done["pairs"]:
+            export_tflite(files.equalized_h5, files.equalized, "int8", calibration, config.labels, size, loaded.spec)
+            judge("equalized", {"pairs": len(done["pairs"]), "median_expansion": round(done["median_expansion"], 2)})
+            if best == "equalized":  # the later steps start from the equalised model
+                model_h5 = files.equalized_h5
+                loaded = load_model(model_h5)
     method = "minmax"
     if ranges and files.ranges is not None:  # each refit (least error, mean of per-image extremes); the better one is judged
         refits = {}
@@ -183,7 +198,6 @@ def int8_keep_better(config, model_h5: Path, size: int, calibration: list[str], 
         better = max(refits, key=lambda m: refits[m][0])
         paths["ranges"] = refits[better][1]
         judge("ranges", {"activation_ranges": refits[better][2], "tried": {m: r[0] for m, r in refits.items()}})
-    info = compression_info(model_h5)
     if best == "ranges":
         method = better
     if bias_correction and files.bias is not None:

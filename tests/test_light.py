@@ -695,9 +695,10 @@ def test_adaround_weights_convert_to_exactly_the_int8_values_it_chose():
 
 
 def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_path, synthetic_valid):
-    """compress's int8 step: plain, refitted ranges (the better of two refits), bias correction (with the kept ranges) and AdaRound (converted with
-    the ranges and the correction when those were kept), each kept only if it beats the best so far with 90 % confidence, the last kept one as the
-    final file; a clustered model is bias-corrected (only biases move) but not AdaRounded."""
+    """compress's int8 step: plain, activation equalisation (the later steps start from its model when kept), refitted ranges (the better of
+    two refits), bias correction (with the kept ranges) and AdaRound (converted with the ranges and the correction when those were kept), each
+    kept only if it beats the best so far with 90 % confidence, the last kept one as the final file; a clustered model is bias-corrected (only
+    biases move) but neither equalised nor AdaRounded."""
     from types import SimpleNamespace
 
     from compression.steps import Int8Files, int8_keep_better
@@ -706,7 +707,7 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
     from yolo3.models import save_model
     from yolo3.resampling import weighted_map50
 
-    spec = parse_cfg(STEM + conv(16, 3, 2, groups=8) + conv(8, 1) + HEAD, "int8.cfg")
+    spec = parse_cfg(STEM + conv(8, 3, 2, groups=8) + conv(8, 1) + HEAD, "int8.cfg")  # conv_0 -> depthwise conv_1: one pair to equalise
     model = build_model(spec)
     set_darknet_weights(model, spec, random_weights(spec, seed=2))
     images = sorted(str(p) for p in (synthetic_valid / "images").glob("*.jpg"))[:3]
@@ -715,7 +716,7 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
     # compress judges it: kept only if the paired bootstrap confirms it with 90 % confidence
     records, _ = random_set(7, images=40)
     matched = {name: match_detections(records, random_set(7, images=40, noise=noise)[1], 3)
-               for name, noise in (("ptq-int8.tflite", 14.0), ("ranges-int8.tflite", 8.0), ("ranges-mean-int8.tflite", 7.0),
+               for name, noise in (("ptq-int8.tflite", 14.0), ("equalized-int8.tflite", 10.0), ("ranges-int8.tflite", 7.5), ("ranges-mean-int8.tflite", 6.5),
                                    ("bias-int8.tflite", 3.5), ("adaround-int8.tflite", 0.5))}  # fmt: skip
     scores = {name: float(weighted_map50(m, np.ones((1, 40)))[0]) for name, m in matched.items()}
     for clustered in (False, True):
@@ -723,15 +724,26 @@ def test_compress_int8_step_tries_adaround_beside_ranges_and_keeps_the_best(tmp_
         folder.mkdir()
         save_model(model, spec, folder / "m.h5", {"clustering": {"clusters": 8}} if clustered else None)
         files = Int8Files(*(folder / n for n in ("ptq-int8.tflite", "qat", "qat-int8.tflite", "final.tflite", "ranges-int8.tflite", "adaround.h5",
-                                                  "adaround-int8.tflite", "ranges-mean-int8.tflite", "bias-int8.tflite")))  # fmt: skip
+                                                  "adaround-int8.tflite", "ranges-mean-int8.tflite", "bias-int8.tflite", "equalized.h5",
+                                                  "equalized-int8.tflite")))  # fmt: skip
         result = int8_keep_better(config, folder / "m.h5", 64, images, files, qat_epochs=0, score=lambda p: scores[p.name], progress=False,
                                   ranges=not clustered, adaround_iterations=10, matches=lambda p: matched[p.name], confidence=0.9,
-                                  bias_correction=True)  # fmt: skip
+                                  bias_correction=True, equalization=True)  # fmt: skip
         if clustered:
-            assert set(result["results"]) == {"ptq", "bias"} and result["chosen"] == "bias" and not files.adaround_h5.exists()
+            assert set(result["results"]) == {"ptq", "bias"} and result["chosen"] == "bias" and not files.adaround_h5.exists() and not files.equalized_h5.exists()
             assert result["results"]["bias"]["ranges"] == "minmax" and result["results"]["bias"]["bias_correction"]["layers"] == len(spec.conv_indices())
         else:
             r = result["results"]
+            assert r["equalized"]["pairs"] == 1 and r["equalized"]["vs"] == "ptq" and r["ranges"]["vs"] == "equalized"
+
+            def weight_scales(path):  # every int8 kernel's per-channel scales: the refit after equalisation converts the equalised weights
+                from yolo3.lite import _interpreter_class
+
+                details = _interpreter_class()(model_path=str(path)).get_tensor_details()
+                return sorted(tuple(np.round(d["quantization_parameters"]["scales"], 9)) for d in details
+                              if d["dtype"] == np.int8 and len(d["quantization_parameters"]["scales"]) > 1)  # fmt: skip
+
+            assert weight_scales(files.ranges_mean) == weight_scales(files.equalized) != weight_scales(files.ptq)
             # the better refit (here the mean of per-image extremes) is the one judged, and AdaRound is converted with it
             assert r["ranges"]["file"] == "ranges-mean-int8.tflite" and r["ranges"]["tried"]["mse"] < r["ranges"]["tried"]["mean"]
             assert r["bias"]["ranges"] == "mean" and r["bias"]["vs"] == "ranges"

@@ -660,11 +660,11 @@ class ClusterFinetune(CompressStage):
 
 
 class Int8(CompressStage):
-    name, title = "int8", "post-training int8 (min/max and refitted activation ranges, bias correction, AdaRound) and quantization-aware training, each kept only if it beats the best so far on validation with quantization.repair_confidence; the kept one is plan-int8.tflite"
-    reads = ("@data", "@train", "compress.qat", "compress.int8_ranges", "compress.int8_bias_correction", "compress.int8_adaround", "compress.calibration_samples", "quantization.*")
+    name, title = "int8", "post-training int8 (activation equalisation, min/max and refitted activation ranges, bias correction, AdaRound) and quantization-aware training, each kept only if it beats the best so far on validation with quantization.repair_confidence; the kept one is plan-int8.tflite"
+    reads = ("@data", "@train", "compress.qat", "compress.int8_equalization", "compress.int8_ranges", "compress.int8_bias_correction", "compress.int8_adaround", "compress.calibration_samples", "quantization.*")
     needs = ("baseline", "plan", "candidates", "finetune", "cluster", "cluster-finetune")
-    writes = ("ptq-int8.tflite", "ranges-int8.tflite", "ranges-mean-int8.tflite", "bias-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
-    version = 6  # 2: also activation ranges by quantization error; 3: also AdaRound; 4: a step kept only if it wins with quantization.repair_confidence; 5: also the mean refit; 6: also bias correction
+    writes = ("ptq-int8.tflite", "equalized.h5", "equalized-int8.tflite", "ranges-int8.tflite", "ranges-mean-int8.tflite", "bias-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
+    version = 7  # 2: also activation ranges by quantization error; 3: also AdaRound; 4: a step kept only if it wins with quantization.repair_confidence; 5: also the mean refit; 6: also bias correction; 7: also activation equalisation
 
     def run(self, ctx: StageContext) -> dict:
         from ..steps import Int8Files, int8_keep_better
@@ -675,14 +675,15 @@ class Int8(CompressStage):
         start = ctx.input(ctx.result("cluster-finetune")["model"])
         files = Int8Files(ctx.output("ptq-int8.tflite"), ctx.output("qat"), ctx.output("qat-int8.tflite"), ctx.output("plan-int8.tflite"),
                           ctx.output("ranges-int8.tflite"), ctx.output("adaround.h5"), ctx.output("adaround-int8.tflite"),
-                          ctx.output("ranges-mean-int8.tflite"), ctx.output("bias-int8.tflite"))  # fmt: skip
+                          ctx.output("ranges-mean-int8.tflite"), ctx.output("bias-int8.tflite"), ctx.output("equalized.h5"),
+                          ctx.output("equalized-int8.tflite"))  # fmt: skip
         qat_epochs = ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
         adaround = ctx.setting("quantization.adaround_iterations") if ctx.setting("compress.int8_adaround") else 0
         result = int8_keep_better(config, start, size, job.calibration(), files, qat_epochs=qat_epochs,
                                   score=lambda p: job.evaluate(p, "valid", config)["mAP50"], progress=job.options.progress,
                                   ranges=ctx.setting("compress.int8_ranges"), adaround_iterations=adaround,
                                   matches=lambda p: job.matches(p, "valid", config), confidence=ctx.setting("quantization.repair_confidence"),
-                                  bias_correction=ctx.setting("compress.int8_bias_correction"))  # fmt: skip
+                                  bias_correction=ctx.setting("compress.int8_bias_correction"), equalization=ctx.setting("compress.int8_equalization"))  # fmt: skip
         return {"start": start.name, **result}
 
     def report_rows(self, ctx, result):
@@ -697,6 +698,11 @@ class Int8(CompressStage):
                 f" ({r['sure_gain_points']:+.2f} with {100 * result['confidence']:.0f} % confidence)" if result.get("confidence", 0.5) > 0.5 else "")
 
         rows = [{"stage": "int8, post-training", "file": "ptq-int8.tflite", "note": "calibrated on training images", "arch": "final"}]
+        if "equalized" in tried:
+            e = tried["equalized"]
+            rows.append({"stage": "int8, activation equalisation", "file": "equalized-int8.tflite", "arch": "final",
+                         "note": f"the activations before {e['pairs']} depthwise convolutions equalised (median channel x{e['median_expansion']:.2f})"
+                                 + verdict("equalized")})  # fmt: skip
         if "ranges" in tried:
             r = tried["ranges"]["activation_ranges"]
             how = "by quantization error" if r.get("method", "mse") == "mse" else "to the mean of per-image extremes"

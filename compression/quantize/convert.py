@@ -176,7 +176,7 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
     from yolo3.models import save_model
     from yolo3.resampling import keep_verdict, weighted_map50
 
-    from .equalize import depthwise_reader_pairs, equalize, equalize_activations, measure_channel_ranges
+    from .equalize import equalize
     from .tflite_export import export_tflite
 
     size = config.model.input_size
@@ -220,12 +220,9 @@ def repair_candidates(config, loaded, h5: Path, out_path: Path, fmt: str, images
             path = tmp / "model-cle.h5"
             save_weights(weights, path)
             tries = [try_step("cle", path, best["options"], {"on": best["step"], "pairs": len(done["pairs"]), "skipped_pairs": done["skipped"]})]
-            readers = depthwise_reader_pairs(loaded.spec)
-            if readers:
-                measured = measure_channel_ranges(loaded.model, loaded.spec, [a for a, _ in readers], images, size)
-                weights, done = equalize_activations(loaded.spec, get_darknet_weights(loaded.model, loaded.spec), measured)
-                path = tmp / "model-cle-activations.h5"
-                save_weights(weights, path)
+            path = tmp / "model-cle-activations.h5"
+            done = activation_equalized(h5, loaded.spec, images, size, path, info)
+            if done["pairs"]:
                 tries.append(try_step("cle-activations", path, best["options"], {
                     "on": best["step"], "pairs": len(done["pairs"]), "skipped_pairs": done["skipped"],
                     "median_expansion": round(done["median_expansion"], 2), "largest_expansion": round(done["largest_expansion"], 1)}))  # fmt: skip
@@ -305,6 +302,25 @@ def bias_absorbed(h5: Path, spec, size: int, out: Path, info: dict | None) -> di
     if report["pairs"]:
         set_darknet_weights(model, spec, absorbed)
         save_model(model, spec, out, info or None)
+    return report
+
+
+def activation_equalized(h5: Path, spec, images: list[str], size: int, out: Path, info: dict | None) -> dict:
+    """``h5`` with the activations before each depthwise convolution equalised on ``images``
+    (:func:`compression.quantize.equalize.equalize_activations`), saved as ``out`` if it has such a pair."""
+    from yolo3.keras_model import get_darknet_weights, set_darknet_weights
+    from yolo3.models import load_model, save_model
+
+    from .equalize import depthwise_reader_pairs, equalize_activations, measure_channel_ranges
+
+    pairs = depthwise_reader_pairs(spec)
+    if not pairs:
+        return {"pairs": []}
+    model = load_model(h5, size=size).model
+    measured = measure_channel_ranges(model, spec, [a for a, _ in pairs], images, size)
+    weights, report = equalize_activations(spec, get_darknet_weights(model, spec), measured)
+    set_darknet_weights(model, spec, weights)
+    save_model(model, spec, out, info or None)
     return report
 
 
