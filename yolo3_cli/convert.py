@@ -44,7 +44,8 @@ def configure(parser) -> None:
     parser.add_argument("--nms", action="store_true", help="the graph also decodes the boxes and runs NMS: outputs boxes (normalised), classes, scores, count")
     parser.add_argument("--input-type", default="int8", choices=("int8", "uint8"), help="int8 model input: int8 (default) or uint8 (camera bytes as they are)")
     parser.add_argument("--repair", default="none", help="int8: none (default), auto, or steps (cle, bias, ranges, adaround, qat): convert as is, then each step on top of the best "
-                        "so far (cle: cross-layer equalisation; ranges: activation ranges refitted, by quantization error or to the mean of per-image extremes; adaround: learned "
+                        "so far (cle: cross-layer equalisation, or of the activations before each depthwise convolution; bias: int8 biases corrected "
+                        "to the float means; ranges: activation ranges refitted, by quantization error or to the mean of per-image extremes; adaround: learned "
                         "rounding of the int8 weights; qat: quantization-aware training from the best ranges), score each on the "
                         "validation split, keep the best")
     parser.add_argument("--calibration", metavar="DIR", help="int8 / int16x8: calibrate on images of this folder (labelled or not) instead of the training split")
