@@ -143,10 +143,14 @@ def equalize(spec: Spec, weights: DarknetWeights, iterations: int = 20, toleranc
 MOST_EXPANSION = 1e3  # a channel that is all but silent on the calibration images is enlarged at most this much
 
 
+def _depthwise_readers(spec: Spec, pairs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Those of ``pairs`` whose reader is depthwise (equalizable pairs hold no other grouped reader)."""
+    return [(a, b) for a, b in pairs if conv_params(spec.layers[b]).groups > 1]
+
+
 def depthwise_reader_pairs(spec: Spec) -> list[tuple[int, int]]:
     """The equalizable pairs whose reader is depthwise: a scale on the tensor between them costs no int8 weight precision."""
-    pairs, _ = equalizable_pairs(spec)
-    return [(a, b) for a, b in pairs if conv_params(spec.layers[b]).groups > 1]
+    return _depthwise_readers(spec, equalizable_pairs(spec)[0])
 
 
 def range_layers(spec: Spec, index: int) -> list[str]:
@@ -189,7 +193,7 @@ def equalize_activations(spec: Spec, weights: DarknetWeights, ranges: dict[int, 
     (:func:`measure_channel_ranges`). The float model's outputs do not change.
     """
     pairs, skipped = equalizable_pairs(spec)
-    chosen = depthwise_reader_pairs(spec)
+    chosen = _depthwise_readers(spec, pairs)
     left = [f"conv_{a} -> conv_{b}: conv_{b} is not depthwise, its shared weights would pay for the scale" for a, b in pairs if (a, b) not in chosen]
     convs = dict(weights.convs)
     grown = []
