@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     from yolo3.config import load_config
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import evaluate, make_predictor
-    from yolo3.preprocess import letterbox, load_image
+    from yolo3.preprocess import letterboxed_images
 
     if not Path(args.aeq_python).is_file():
         raise UserError("no such Python (create one with: python -m venv DIR && DIR/bin/pip install ai-edge-quantizer==0.10.0)", args.aeq_python)
@@ -107,7 +107,7 @@ def main(argv=None) -> int:
 
     calibration = work / "calibration.npy"
     images = calibration_images(read_dataset(config.dataset("train"), config.labels).records, args.samples)
-    np.save(calibration, np.stack([letterbox(load_image(p), size)[0].astype(np.float32) for p in images]))
+    np.save(calibration, letterboxed_images(images, size))
     recipes = {"ai-edge-quantizer a8w8": "", **{f"ai-edge-quantizer a16w8 on the {n} worst": ",".join(layers[:n]) for n in worst},
                "ai-edge-quantizer a16w8 everywhere": "all"}  # fmt: skip
     for k, (label, recipe) in enumerate(recipes.items()):

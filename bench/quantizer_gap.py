@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     from yolo3.datasets import read_dataset
     from yolo3.evaluation import detect_split, load_for_config
     from yolo3.metrics import evaluate_detections, match_detections
-    from yolo3.preprocess import letterbox, load_image
+    from yolo3.preprocess import letterboxed_images
     from yolo3.resampling import paired_map_loss
 
     if not Path(args.aeq_python).is_file():
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     float_file = work / "float32.tflite"
     convert_config(config, args.model, "float32", out=str(float_file), force=True, progress=False)
     paths = calibration_images(read_dataset(config.dataset("train"), config.labels).records, args.samples)
-    images = [letterbox(load_image(p), size)[0].astype(np.float32) for p in paths]
+    images = list(letterboxed_images(paths, size))
     images[0][0, 0], images[0][0, 1] = 0.0, 1.0  # the input's range pinned to [0, 1], as the product's conversion does
     calibration = work / "calibration.npy"
     np.save(calibration, np.stack(images))

@@ -142,3 +142,12 @@ def letterbox(image: np.ndarray, size: int | tuple[int, int]) -> tuple[np.ndarra
     y, x = int(box.pad_y), int(box.pad_x)
     out[y : y + new_h, x : x + new_w] = resized.astype(np.float32) / 255.0
     return out, box
+
+
+def letterboxed_images(paths, size: int | tuple[int, int]) -> np.ndarray:
+    """The images at ``paths`` letterboxed to ``size`` and stacked, float32 (n, h, w, 3).
+
+    Calibration, range measurement, AdaRound and QAT all feed the model the
+    images exactly as evaluation does; one function keeps them the same.
+    """
+    return np.stack([letterbox(load_image(path), size)[0] for path in paths]).astype(np.float32)

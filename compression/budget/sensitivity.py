@@ -107,9 +107,9 @@ class BnRecalibration:
 
         hw = tuple(input_hw)
         if hw not in self._tensors:
-            from yolo3.preprocess import letterbox, load_image
+            from yolo3.preprocess import letterboxed_images
 
-            self._tensors[hw] = np.stack([letterbox(load_image(p), hw[0])[0] for p in self.images]).astype(np.float32)
+            self._tensors[hw] = letterboxed_images(self.images, hw)
         tensors = self._tensors[hw]
         bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
         momenta = [bn.momentum for bn in bns]

@@ -328,12 +328,12 @@ def adarounded(h5: Path, spec, images: list[str], size: int, iterations: int, ou
     """``h5`` with every convolution's int8 rounding chosen by AdaRound on ``images`` (:mod:`compression.quantize.adaround`), saved as ``out``."""
     from yolo3.keras_model import get_darknet_weights, set_darknet_weights
     from yolo3.models import load_model, save_model
-    from yolo3.preprocess import letterbox, load_image
+    from yolo3.preprocess import letterboxed_images
 
     from .adaround import adaround
 
     model = load_model(h5, size=size).model
-    batches = [letterbox(load_image(p), size)[0][None].astype(np.float32) for p in images]
+    batches = list(letterboxed_images(images, size)[:, None])
     weights, done = adaround(model, spec, get_darknet_weights(model, spec), batches, iterations, log=print if progress else None)
     set_darknet_weights(model, spec, weights)
     save_model(model, spec, out, info or None)

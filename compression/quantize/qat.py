@@ -388,10 +388,10 @@ def qat_finetune(
     scheme = scheme_for(info, start_model)
     images = None
     if calibration:
-        from yolo3.preprocess import letterbox, load_image
+        from yolo3.preprocess import letterboxed_images
 
         size = config.model.input_size
-        images = np.stack([letterbox(load_image(path), size)[0] for path in calibration]).astype(np.float32)
+        images = letterboxed_images(calibration, size)
     range_scale = q.qat_range_learning_rate / lr if q.qat_range_learning_rate > 0 else None
     wrapper = QatWrapper(scheme, info, images, best_from_epoch=epochs, start_ranges=start_ranges, range_scale=range_scale)
     options = RunOptions(str(start_h5), True, epochs, str(run_dir), progress, learning_rate=lr, freeze_backbone_epochs=0,

@@ -140,11 +140,11 @@ def debug_int8(job: dict) -> list[dict]:
 
     import yolo3.layers  # noqa: F401 - registers the custom layers an .h5 may hold
     from yolo3.kerasenv import keras, tf
-    from yolo3.preprocess import letterbox, load_image
+    from yolo3.preprocess import letterboxed_images
 
     model = keras.models.load_model(job["model"], compile=False)
     size = job["input_size"]
-    tensors = [letterbox(load_image(path), size)[0][None].astype(np.float32) for path in job["images"]]
+    tensors = list(letterboxed_images(job["images"], size)[:, None])
 
     def dataset():
         for t in tensors:
