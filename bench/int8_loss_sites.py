@@ -16,7 +16,9 @@ together ("all", which reproduces the int8 file's loss when the weights are not
 what loses it). Ranges are the calibration images' min/max, as the converter
 records them, or refitted by least int8 error (``convert --repair ranges``'s
 ``mse_range``); the model as given (``plain``) or after activation equalisation
-(``equalized``, ``convert --repair cle``'s second candidate). Scored on the
+(``equalized``, ``convert --repair cle``'s second candidate). With
+``--int8-weights`` every kernel is also rounded to int8 per channel, so that
+"all" simulates the whole int8 model. Scored on the
 config's --splits pooled (more images, less noise; nothing here is chosen on
 them). One JSON and one markdown table.
 """
@@ -117,6 +119,25 @@ def measure(model, names: list[str], images: np.ndarray, refit: bool, keep: set[
     return ranges
 
 
+def round_kernels_to_int8(model) -> int:
+    """Every convolution kernel of ``model`` rounded in place to int8 per output channel, symmetric (TFLite's int8 weights); how many.
+
+    The batch normalisation the converter folds in scales each output channel by one factor, which per-channel rounding does not see.
+    """
+    done = 0
+    for layer in model.layers:
+        if _kind(layer) in ("Conv2D", "DepthwiseConv2D"):
+            weights = layer.get_weights()
+            kernel = weights[0]
+            axes = (0, 1, 3) if _kind(layer) == "DepthwiseConv2D" else (0, 1, 2)  # depthwise: (kh, kw, channels, 1)
+            step = np.abs(kernel).max(axis=axes, keepdims=True) / 127.0
+            step[step == 0] = 1.0
+            weights[0] = np.round(kernel / step) * step
+            layer.set_weights(weights)
+            done += 1
+    return done
+
+
 def fake_quantized(model, ranges: dict[str, tuple[float, float]]):
     """A copy of the functional ``model`` (same layers, same weights) with int8 fake quantization after each layer in ``ranges``."""
     from yolo3.kerasenv import keras, tf
@@ -148,6 +169,12 @@ def main(argv=None) -> int:
     parser.add_argument("--splits", default="valid,test", help="the splits scored, pooled")
     parser.add_argument("--variants", default="plain,equalized", help="plain, equalized (activation equalisation first)")
     parser.add_argument("--ranges", default="minmax,mse", help="minmax (the converter's), mse (least int8 error)")
+    parser.add_argument(
+        "--int8-weights", action="store_true", help="round every kernel to int8 per channel as well (default: float weights)"
+    )
+    parser.add_argument(
+        "--groups", action=argparse.BooleanOptionalAction, default=True, help="each group alone and all but it (default)"
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
@@ -187,6 +214,7 @@ def main(argv=None) -> int:
 
     report = {
         "model": args.model,
+        "int8_weights": args.int8_weights,
         "splits": splits,
         "images": len(prepared.records),
         "calibration_images": len(paths),
@@ -205,15 +233,21 @@ def main(argv=None) -> int:
                     print(f"{args.model}: no convolution feeds a depthwise one, nothing to equalise", file=sys.stderr)
                     continue
                 model = load_model(Path(tmp) / "equalized.h5", size=size).model
+            float_score = score(model)
+            weights_score = None
+            if args.int8_weights:
+                if model is start.model:  # round a copy: the plain model stays float for the equalised variant
+                    model = load_for_config(config, args.model).model
+                round_kernels_to_int8(model)
+                weights_score = score(model)
             groups_of_name = {layer.name: g for layer in model.layers if (g := tensor_group(layer))}
             heads = {n for n, g in groups_of_name.items() if g == "heads"}
             present = [g for g in GROUPS if g in groups_of_name.values()]
-            float_score = score(model)
             for method in methods:
                 ranges = measure(model, list(groups_of_name), images, method == "mse", heads)
-                table = {"variant": variant, "ranges": method, "float": float_score,
+                table = {"variant": variant, "ranges": method, "float": float_score, "int8_weights_only": weights_score,
                          "all": score(fake_quantized(model, ranges)), "groups": []}  # fmt: skip
-                for g in present:
+                for g in present if args.groups else []:
                     names = [n for n, h in groups_of_name.items() if h == g]
                     only = score(fake_quantized(model, {n: ranges[n] for n in names}))
                     but = score(fake_quantized(model, {n: r for n, r in ranges.items() if n not in names}))
@@ -221,14 +255,23 @@ def main(argv=None) -> int:
                     print(f"{variant} {method} {g}: only {only:.4f}, all but {but:.4f}", file=sys.stderr, flush=True)
                 report["tables"].append(table)
     report.update(command="python bench/int8_loss_sites.py " + " ".join(argv or sys.argv[1:]), machine=machine())
-    md = [f"`{args.model}`: mAP@0.5 on {report['images']} images ({' + '.join(splits)} pooled) at {size}, float weights, "
+    weights = "kernels rounded to int8 per channel" if args.int8_weights else "float weights"
+    md = [f"`{args.model}`: mAP@0.5 on {report['images']} images ({' + '.join(splits)} pooled) at {size}, {weights}, "
           f"int8 fake quantization on the activation groups named; ranges from {len(paths)} training images; {report['machine']}"]  # fmt: skip
     for t in report["tables"]:
-        md += ["", f"**{t['variant']}, {t['ranges']} ranges**: float {t['float']:.4f}, every group quantized {t['all']:.4f} "
-                   f"({(t['all'] - t['float']) * 100:+.2f} pt)", "",
-               "| group | tensors | only this group | loss | all but this group | won back |", "|---|---|---|---|---|---|"]  # fmt: skip
+        weights_only = ""
+        if t["int8_weights_only"] is not None:
+            weights_only = (
+                f", int8 kernels alone {t['int8_weights_only']:.4f} ({(t['int8_weights_only'] - t['float']) * 100:+.2f} pt)"
+            )
+        md += ["", f"**{t['variant']}, {t['ranges']} ranges**: float {t['float']:.4f}{weights_only}, every group quantized {t['all']:.4f} "
+                   f"({(t['all'] - t['float']) * 100:+.2f} pt against float)"]  # fmt: skip
+        if not t["groups"]:
+            continue
+        base = t["int8_weights_only"] if t["int8_weights_only"] is not None else t["float"]
+        md += ["", "| group | tensors | only this group | loss | all but this group | won back |", "|---|---|---|---|---|---|"]
         for g in t["groups"]:
-            md.append(f"| {g['what']} | {g['tensors']} | {g['only']:.4f} | {(g['only'] - t['float']) * 100:+.2f} pt | "
+            md.append(f"| {g['what']} | {g['tensors']} | {g['only']:.4f} | {(g['only'] - base) * 100:+.2f} pt | "
                       f"{g['all_but']:.4f} | {(g['all_but'] - t['all']) * 100:+.2f} pt |")  # fmt: skip
     write_results(Path(args.out), report, "\n".join(md))
     return 0
