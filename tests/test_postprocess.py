@@ -6,7 +6,7 @@ import pytest
 
 from conftest import ROOT
 from yolo3.postprocess import HeadSpec, decode, detect, nms
-from yolo3.preprocess import letterbox, letterbox_geometry
+from yolo3.preprocess import letterbox, letterbox_geometry, letterboxed_images, load_image
 
 
 def logit(p):
@@ -44,6 +44,21 @@ def test_letterbox_round_trip():
     boxes = np.array([[20, 10, 150, 90]], np.float32)
     np.testing.assert_allclose(box.to_image(box.to_input(boxes)), boxes, atol=1e-4)
     assert letterbox_geometry(416, 416, 416)[:2] == (416, 416)
+
+
+def test_letterboxed_images_are_the_evaluation_tensors(tmp_path):
+    """Calibration, AdaRound and QAT must see each image exactly as evaluation letterboxes it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for k, (h, w) in enumerate([(40, 90), (120, 60)]):
+        paths.append(tmp_path / f"{k}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    stacked = letterboxed_images(paths, (64, 48))
+    assert stacked.shape == (2, 64, 48, 3) and stacked.dtype == np.float32
+    for k, path in enumerate(paths):
+        np.testing.assert_array_equal(stacked[k], letterbox(load_image(path), (64, 48))[0])
 
 
 def test_postprocessing_imports_without_tensorflow():
