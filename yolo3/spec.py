@@ -39,47 +39,30 @@ class Block:
     def _raw(self, key: str) -> str | None:
         return self.options.get(key)
 
-    def get_int(self, key: str, default: int | None = None, where: str | None = None) -> int:
+    def _parsed(self, key: str, default, parse, what: str):
+        """The option ``key`` through ``parse``; absent -> ``default`` (None: required); unparsable -> a message naming block and key."""
         raw = self._raw(key)
         if raw is None:
             if default is None:
                 raise ValueError(f"[{self.type}] needs '{key}'")
             return default
         try:
-            return int(raw.strip())
+            return parse(raw)
         except ValueError:
-            raise ValueError(f"[{self.type}] {key}={raw!r} is not an integer") from None
+            raise ValueError(f"[{self.type}] {key}={raw!r} is not {what}") from None
+
+    def get_int(self, key: str, default: int | None = None) -> int:
+        return self._parsed(key, default, lambda raw: int(raw.strip()), "an integer")
 
     def get_float(self, key: str, default: float | None = None) -> float:
-        raw = self._raw(key)
-        if raw is None:
-            if default is None:
-                raise ValueError(f"[{self.type}] needs '{key}'")
-            return default
-        try:
-            return float(raw.strip())
-        except ValueError:
-            raise ValueError(f"[{self.type}] {key}={raw!r} is not a number") from None
+        return self._parsed(key, default, lambda raw: float(raw.strip()), "a number")
 
     def get_ints(self, key: str, default: list[int] | None = None) -> list[int]:
-        raw = self._raw(key)
-        if raw is None:
-            if default is None:
-                raise ValueError(f"[{self.type}] needs '{key}'")
-            return list(default)
-        try:
-            return [int(v) for v in raw.replace(" ", "").split(",") if v != ""]
-        except ValueError:
-            raise ValueError(f"[{self.type}] {key}={raw!r} is not a list of integers") from None
+        values = self._parsed(key, default, lambda raw: [int(v) for v in raw.replace(" ", "").split(",") if v != ""], "a list of integers")
+        return list(values)
 
     def get_floats(self, key: str) -> list[float]:
-        raw = self._raw(key)
-        if raw is None:
-            raise ValueError(f"[{self.type}] needs '{key}'")
-        try:
-            return [float(v) for v in raw.replace(" ", "").split(",") if v != ""]
-        except ValueError:
-            raise ValueError(f"[{self.type}] {key}={raw!r} is not a list of numbers") from None
+        return self._parsed(key, None, lambda raw: [float(v) for v in raw.replace(" ", "").split(",") if v != ""], "a list of numbers")
 
     def get_str(self, key: str, default: str) -> str:
         raw = self._raw(key)
