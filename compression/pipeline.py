@@ -120,15 +120,16 @@ class StageContext:
         return stage in self._upstream and stage in self.pipeline.results
 
     def input(self, name: str) -> Path:
-        """A file written by a stage this one needs."""
-        owners = [s for s in self._upstream if name in self.pipeline.stage(s).writes]
+        """A file written by a stage this one needs (or a file inside a folder it declares: ``folder/file``)."""
+        declared = Path(name).parts[0]
+        owners = [s for s in self._upstream if declared in self.pipeline.stage(s).writes]
         if not owners:
             raise StageContractError(f"stage {self.stage.name!r} reads {name!r}, which no stage it needs writes (a bug in the stage)")
         return self.run_dir / name
 
     def output(self, name: str) -> Path:
-        """A file or folder this stage declares in ``writes``."""
-        if name not in self.stage.writes:
+        """A file or folder this stage declares in ``writes`` (or a file inside such a folder: ``folder/file``)."""
+        if Path(name).parts[0] not in self.stage.writes:
             raise StageContractError(f"stage {self.stage.name!r} writes {name!r}, which it does not declare in writes (a bug in the stage)")
         return self.run_dir / name
 

@@ -92,6 +92,53 @@ def test_floor_choice_delivers_the_plan_or_the_fastest_model_within_the_floor():
     assert pick["name"] == "levers" and "0.40 mAP@0.5 points (at most 1.60 with 90 % confidence) on validation" in message
 
 
+def test_floor_repairs_a_fallback_that_breaks_it_as_plain_int8_and_delivers_the_repaired_file(tmp_path, monkeypatch):
+    """When the plan breaks the floor, a fallback whose post-training int8 breaks it too goes through the int8 repair ladder
+    (the int8 stage's, here replaced by a stand-in) and is judged again as repaired; a fallback the ladder cannot mend stays."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from test_resampling import CLASSES, random_set
+
+    from compression.budget import latency_model, stages
+    from yolo3.metrics import match_detections
+
+    records, clean = random_set(5, images=40, noise=0.0)
+    matched = {name: match_detections(records, random_set(5, images=40, noise=noise)[1] if noise else clean, CLASSES)
+               for name, noise in (("baseline.h5", 0), ("plan-int8.tflite", 25.0), ("baseline-int8.tflite", 25.0), ("levered-int8.tflite", 25.0),
+                                   ("unpruned-final-int8.tflite", 0))}  # fmt: skip
+    for name in ("baseline.h5", "levered.h5", "plan-int8.tflite", "baseline-int8.tflite"):
+        (tmp_path / name).write_bytes(name.encode())
+    laddered = []
+
+    def ladder(ctx, model_h5, size, files):  # mends the unpruned model only: the levered one keeps its plain int8
+        laddered.append(model_h5.name)
+        chosen = "qat" if model_h5.name == "baseline.h5" else "ptq"
+        files.final.write_bytes(b"repaired " + model_h5.name.encode())
+        return {"chosen": chosen, "results": {"ptq": {"valid": 0.5}, **({"qat": {"valid": 0.9}} if chosen == "qat" else {})}}
+
+    monkeypatch.setattr(stages, "int8_ladder", ladder)
+    monkeypatch.setattr("compression.quantize.tflite_export.export_tflite",
+                        lambda h5, out, *a, **k: Path(out).write_bytes(b"plain levered"))  # fmt: skip
+    monkeypatch.setattr(latency_model, "time_models", lambda paths, *a, **k: [10.0, 4.0, 8.0, 10.0][: len(paths)])
+    job = SimpleNamespace(config=SimpleNamespace(labels=["a", "b", "c"]), base_size=64, threads=1, xnnpack=True, latency_table=None, options=SimpleNamespace(progress=False, target=None),
+                          matches=lambda path, split, config=None: matched[Path(path).name], at_size=lambda size: None,
+                          spec=lambda h5: None, calibration=lambda: [], describe_targets=lambda: "3x faster than the unpruned int8 model")  # fmt: skip
+    settings = {"run.max_loss": 1.0, "run.strict": False, "compress.floor_confidence": 0.9, "compress.calibration_samples": 8}
+    results = {"int8": {"chosen": "ptq"}, "candidates": {"chosen": 64}, "plan": {"kept": {"64": {}}}, "levers": {"names": ["2 max-pools -> stride"]}}
+    ctx = SimpleNamespace(services=job, run_dir=tmp_path, setting=settings.__getitem__, result=results.__getitem__,
+                          input=lambda name: tmp_path / name, output=lambda name: tmp_path / name)  # fmt: skip
+    out = stages.Floor().run(ctx)
+    assert laddered == ["levered.h5", "baseline.h5"]  # both fallbacks broke the floor as plain int8
+    levers, unpruned = out["options"][1:]
+    assert levers["file"] == "levered-int8.tflite" and levers["repair"]["chosen"] == "ptq"
+    assert unpruned["file"] == "fallback-repair/unpruned-final-int8.tflite" and unpruned["repair"]["chosen"] == "qat"
+    assert unpruned["loss_bound"] <= 1.0 < levers["loss_bound"]  # judged again as repaired: it now holds the floor
+    assert out["delivered"] == "unpruned" and "int8 repaired: qat" in out["message"]
+    assert (tmp_path / "final-int8.tflite").read_bytes() == b"repaired baseline.h5"
+    assert "fallback-repair" in stages.Floor.writes and set(stages.INT8_LADDER_READS) <= set(stages.Floor.reads)
+
+
 def test_judge_losses_bounds_a_small_noisy_split_above_the_measured_loss():
     """Paired bootstrap over the validation images: the bound is at least the measured loss, and a model equal to the reference loses 0."""
     import numpy as np

@@ -659,32 +659,47 @@ class ClusterFinetune(CompressStage):
         return [{"stage": "clustered + fine-tuned", "file": "clustered-finetuned.h5", "note": result["kept"], "arch": "final"}]
 
 
+INT8_LADDER_READS = ("@data", "@train", "compress.qat", "compress.int8_equalization", "compress.int8_ranges", "compress.int8_bias_correction",
+                     "compress.int8_adaround", "compress.calibration_samples", "quantization.*")  # fmt: skip
+
+
+def int8_ladder(ctx: StageContext, model_h5: Path, size: int, files) -> dict:
+    """The int8 repair ladder (:func:`compression.steps.int8_keep_better`) on ``model_h5`` at ``size``, as the run's settings ask.
+
+    One place for the int8 stage and the floor's fallbacks, so that every int8
+    model ``compress`` can deliver went through the same steps. The stage must
+    declare :data:`INT8_LADDER_READS`.
+    """
+    from ..steps import int8_keep_better
+
+    job = ctx.services
+    config = job.at_size(size)
+    qat_epochs = ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
+    adaround = ctx.setting("quantization.adaround_iterations") if ctx.setting("compress.int8_adaround") else 0
+    return int8_keep_better(config, model_h5, size, job.calibration(), files, qat_epochs=qat_epochs,
+                            score=lambda p: job.evaluate(p, "valid", config)["mAP50"], progress=job.options.progress,
+                            ranges=ctx.setting("compress.int8_ranges"), adaround_iterations=adaround,
+                            matches=lambda p: job.matches(p, "valid", config), confidence=ctx.setting("quantization.repair_confidence"),
+                            bias_correction=ctx.setting("compress.int8_bias_correction"), equalization=ctx.setting("compress.int8_equalization"))  # fmt: skip
+
+
 class Int8(CompressStage):
     name, title = "int8", "post-training int8 (activation equalisation, min/max and refitted activation ranges, bias correction, AdaRound) and quantization-aware training, each kept only if it beats the best so far on validation with quantization.repair_confidence; the kept one is plan-int8.tflite"
-    reads = ("@data", "@train", "compress.qat", "compress.int8_equalization", "compress.int8_ranges", "compress.int8_bias_correction", "compress.int8_adaround", "compress.calibration_samples", "quantization.*")
+    reads = INT8_LADDER_READS
     needs = ("baseline", "plan", "candidates", "finetune", "cluster", "cluster-finetune")
     writes = ("ptq-int8.tflite", "equalized.h5", "equalized-int8.tflite", "ranges-int8.tflite", "ranges-mean-int8.tflite", "bias-int8.tflite", "adaround.h5", "adaround-int8.tflite", "qat", "qat-int8.tflite", "plan-int8.tflite")
     version = 7  # 2: also activation ranges by quantization error; 3: also AdaRound; 4: a step kept only if it wins with quantization.repair_confidence; 5: also the mean refit; 6: also bias correction; 7: also activation equalisation
 
     def run(self, ctx: StageContext) -> dict:
-        from ..steps import Int8Files, int8_keep_better
+        from ..steps import Int8Files
 
-        job = ctx.services
         size, _ = chosen(ctx)
-        config = job.at_size(size)
         start = ctx.input(ctx.result("cluster-finetune")["model"])
         files = Int8Files(ctx.output("ptq-int8.tflite"), ctx.output("qat"), ctx.output("qat-int8.tflite"), ctx.output("plan-int8.tflite"),
                           ctx.output("ranges-int8.tflite"), ctx.output("adaround.h5"), ctx.output("adaround-int8.tflite"),
                           ctx.output("ranges-mean-int8.tflite"), ctx.output("bias-int8.tflite"), ctx.output("equalized.h5"),
                           ctx.output("equalized-int8.tflite"))  # fmt: skip
-        qat_epochs = ctx.setting("quantization.qat_epochs") if ctx.setting("compress.qat") else 0
-        adaround = ctx.setting("quantization.adaround_iterations") if ctx.setting("compress.int8_adaround") else 0
-        result = int8_keep_better(config, start, size, job.calibration(), files, qat_epochs=qat_epochs,
-                                  score=lambda p: job.evaluate(p, "valid", config)["mAP50"], progress=job.options.progress,
-                                  ranges=ctx.setting("compress.int8_ranges"), adaround_iterations=adaround,
-                                  matches=lambda p: job.matches(p, "valid", config), confidence=ctx.setting("quantization.repair_confidence"),
-                                  bias_correction=ctx.setting("compress.int8_bias_correction"), equalization=ctx.setting("compress.int8_equalization"))  # fmt: skip
-        return {"start": start.name, **result}
+        return {"start": start.name, **int8_ladder(ctx, start, size, files)}
 
     def report_rows(self, ctx, result):
         tried = result["results"]
@@ -753,7 +768,7 @@ def floor_choice(options: list[dict], max_loss: float, wanted: str, confidence: 
     head = f"{wanted} costs {told(options[0]).replace(' points', ' mAP@0.5 points', 1)} on validation, more than the floor of {max_loss:g} (--max-loss)"
     if within:
         return pick, f"{head}; the fastest model within the floor is {pick['what']}: {pick['speedup']:.2f}x faster than the unpruned int8 model at {told(pick)}"
-    return pick, f"{head}; no model holds the floor, not even the unpruned int8 model at {told(options[-1])}; the best on validation is {pick['what']}"
+    return pick, f"{head}; no model holds the floor, not even {options[-1]['what']} ({told(options[-1])}); the best on validation is {pick['what']}"
 
 
 def judge_losses(reference: list, options: list[dict], matches: list[list], confidence: float, rounds: int = 1000) -> tuple[int, float]:
@@ -793,14 +808,19 @@ class Floor(CompressStage):
     model breaks the floor, the fastest model that holds it is delivered
     instead — the levered model as int8 (levers only, no channel cut), else the
     unpruned int8 model — with one message that says what the target would
-    have cost; ``--strict`` stops with that message instead.
+    have cost; ``--strict`` stops with that message instead. A fallback whose
+    post-training int8 breaks the floor goes through the int8 stage's repair
+    ladder first (:func:`int8_ladder`): on a depthwise model such as
+    Yolo-Fastest plain int8 alone can lose several points, and delivering it
+    unrepaired would throw away what the ladder wins back.
     """
 
     name, title = "floor", "the accuracy floor on validation: the plan's int8 model, or the fastest model within the floor, becomes final-int8.tflite"
-    reads = ("@data", "run.max_loss", "run.strict", "run.target", "run.also", *RUNTIME_READS, "compress.calibration_samples", "compress.floor_confidence")
+    reads = tuple(dict.fromkeys(("@data", "run.max_loss", "run.strict", "run.target", "run.also", *RUNTIME_READS, "compress.calibration_samples",
+                                 "compress.floor_confidence", *INT8_LADDER_READS)))  # fmt: skip
     needs = ("baseline", "levers", "plan", "candidates", "int8")
-    writes = ("levered-int8.tflite", "final-int8.tflite")
-    version = 2  # 2: the loss judged at a bootstrap quantile
+    writes = ("levered-int8.tflite", "final-int8.tflite", "fallback-repair")
+    version = 3  # 2: the loss judged at a bootstrap quantile; 3: a fallback that breaks the floor as plain int8 is repaired
 
     def run(self, ctx: StageContext) -> dict:
         from yolo3.errors import UserError
@@ -821,17 +841,21 @@ class Floor(CompressStage):
         if levers["names"]:
             spec = job.spec(ctx.input("levered.h5"))
             export_tflite(ctx.input("levered.h5"), ctx.output("levered-int8.tflite"), "int8", job.calibration(), job.config.labels, job.base_size, spec)
-            options.append({"name": "levers", "file": "levered-int8.tflite", "size": job.base_size,
+            options.append({"name": "levers", "file": "levered-int8.tflite", "h5": "levered.h5", "size": job.base_size,
                             "what": "the levers alone (" + "; ".join(levers["names"]) + f") at {job.base_size} px"})  # fmt: skip
-        options.append({"name": "unpruned", "file": "baseline-int8.tflite", "size": job.base_size, "what": f"the unpruned int8 model at {job.base_size} px"})
+        options.append({"name": "unpruned", "file": "baseline-int8.tflite", "h5": "baseline.h5", "size": job.base_size,
+                        "what": f"the unpruned int8 model at {job.base_size} px"})  # fmt: skip
 
-        def path(file: str) -> Path:  # the levers' int8 file is this stage's own output, the others come from before
-            return ctx.output(file) if file in self.writes else ctx.input(file)
+        def path(file: str) -> Path:  # the levers' int8 file and the repaired fallbacks are this stage's own outputs, the others come from before
+            return ctx.output(file) if Path(file).parts[0] in self.writes else ctx.input(file)
 
         log(f"   judging {len(options)} model(s) on validation against the unpruned float model (paired bootstrap, {100 * confidence:.0f} % confidence)")
         reference = job.matches(ctx.input("baseline.h5"), "valid")
         images, base_valid = judge_losses(reference, options, [job.matches(path(o["file"]), "valid", job.at_size(o["size"])) for o in options], confidence)
         if options[0]["loss_bound"] > max_loss:
+            repaired = [o for o in options[1:] if o["loss_bound"] > max_loss and self.repaired(ctx, o)]
+            if repaired:
+                judge_losses(reference, repaired, [job.matches(path(o["file"]), "valid", job.at_size(o["size"])) for o in repaired], confidence)
             if job.latency_table:  # planned for a board: its table (and the plan's prediction) rank the fallbacks
                 times = [board_ms(ctx, "unpruned", size)] + [board_ms(ctx, o["name"], size) for o in options]
             else:
@@ -853,6 +877,26 @@ class Floor(CompressStage):
         return {"max_loss": max_loss, "confidence": confidence, "validation_images": images, "base_valid_mAP50": base_valid, "options": options,
                 "delivered": pick["name"], "size": pick["size"], "loss_points": pick["loss_points"], "loss_bound": pick["loss_bound"],
                 "message": message}  # fmt: skip
+
+    def repaired(self, ctx: StageContext, option: dict) -> bool:
+        """Put a fallback through the int8 repair ladder; whether a step was kept (then ``option`` names the repaired file)."""
+        import dataclasses
+
+        from ..steps import Int8Files
+
+        name, folder = option["name"], ctx.output("fallback-repair")
+        folder.mkdir(exist_ok=True)
+        files = dataclasses.replace(Int8Files.beside(folder, f"{name}-"), adaround_h5=folder / f"{name}-adaround.h5",
+                                    adaround=folder / f"{name}-adaround-int8.tflite")  # fmt: skip
+        log(f"   {option['what']} loses {option['loss_points']:.2f} points as post-training int8, beyond the floor: the int8 repair ladder on it")
+        result = int8_ladder(ctx, ctx.input(option["h5"]), option["size"], files)
+        option["repair"] = {"chosen": result["chosen"], "valid_mAP50": {step: r["valid"] for step, r in result["results"].items()}}
+        if result["chosen"] == "ptq":
+            log("   no repair step won on validation: its post-training int8 stays")
+            return False
+        option["file"] = f"fallback-repair/{name}-final-int8.tflite"
+        option["what"] += f" (int8 repaired: {result['chosen']})"
+        return True
 
     def report_rows(self, ctx, result):
         rows = []
