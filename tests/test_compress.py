@@ -648,3 +648,26 @@ def test_levers_fold_max_pools_into_strides_and_the_plan_prunes_the_levered_mode
     assert finetune["epochs"] == finetune["planned_epochs"] or "epochs" in finetune["deadline"]
     if left - kept > 4 * per_epoch / 60:
         assert scheduled == 3, finetune["schedule"]  # time was left: it bought epochs
+
+
+def test_a_target_predicted_within_reach_but_measured_too_slow_says_so_with_the_milliseconds():
+    """The planner's prediction reaches 1.5x but every timed plan was too slow: the message gives the timings, not the predicted reach."""
+    from types import SimpleNamespace
+
+    from compression.budget.plan import unreachable
+    from compression.budget.targets import parse_target
+    from yolo3.errors import UserError
+
+    target = parse_target(speedup=1.5)
+    job = SimpleNamespace(options=SimpleNamespace(target=target, also=()), base_size=320, run_dir=Path("run"))
+    plan = SimpleNamespace(reach={288: 1.0})
+    cost = lambda kept, size: 1.56  # noqa: E731 - the unpruned cost: 1.56x predicted at the reach
+    slow = {288: {"met": False, "measured_ms": 2.1, "wanted_ms": 1.8, "timings": [{}, {}, {}]}}
+    with pytest.raises(UserError) as err:
+        unreachable(job, plan, cost, {}, 1.0, target, slow)
+    text = str(err.value)
+    assert "cannot be reached on this machine" in text and "at 288 px 2.10 ms against 1.80 ms wanted (3 timing(s))" in text
+    assert "1.56x" not in text
+    with pytest.raises(UserError) as err:  # not timed: the prediction is what there is
+        unreachable(job, plan, cost, {}, 1.0, target, {})
+    assert "the most the planner can reach is 1.56x (predicted)" in str(err.value)

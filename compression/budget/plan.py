@@ -186,7 +186,7 @@ def search_plan(inputs: Inputs) -> dict:
         latency_target = cost.parts[0] if isinstance(cost, CombinedCost) else (cost, target_value)
         plan, checks = check_latency(inputs, plan, cmap, points, size_loss, cost, target_value, latency_target)
     if not plan.feasible:
-        unreachable(job, plan, cost, full, inputs.lever_speedup, target)
+        unreachable(job, plan, cost, full, inputs.lever_speedup, target, checks)
     unit_ms = LatencyCost(inputs.latency, cmap)
     candidates = {}
     for size, cand in plan.per_size.items():
@@ -261,6 +261,9 @@ def check_latency(inputs: Inputs, plan, cmap, points, size_loss, cost, target_va
             plan.trace += again.trace
             if plan.per_size[s] is None and s in met_before:
                 plan.per_size[s], checks[s] = met_before[s]
+    for s, timings in history.items():  # timed, then searched again aiming lower and found out of reach: its last timing stands
+        if timings and s not in checks and plan.per_size.get(s) is None:
+            checks[s] = {**timings[-1], "met": False}
     checks = {s: {**entry, "timings": [dict(t) for t in history[s]]} for s, entry in checks.items()}
     for s, entry in checks.items():
         if not entry["met"]:
@@ -277,11 +280,23 @@ def aimed(cost, target_value: float, latency_cost, factor: float):
     return cost, target_value * factor
 
 
-def unreachable(job, plan, cost, full, lever_speedup: float = 1.0, target=None) -> None:
-    """The target is out of reach: one message naming the most the planner can reach."""
+def unreachable(job, plan, cost, full, lever_speedup: float = 1.0, target=None, checks: dict | None = None) -> None:
+    """The target is out of reach: one message naming the most the planner can reach.
+
+    When the latency model predicted plans that reach it but each measured
+    too slow as int8 (``checks``, from :func:`check_latency`), the message says
+    that, with the milliseconds: quoting the predicted reach alone (above the
+    target) read as a contradiction.
+    """
     size, reach = min(plan.reach.items(), key=lambda kv: kv[1])
     target = target or job.options.target
     unpruned = cost(full, job.base_size)
+    slow = {s: c for s, c in (checks or {}).items() if not c["met"]}
+    if slow and target.kind in ("speedup", "latency"):
+        timed = "; ".join(f"at {s} px {c['measured_ms']:.2f} ms against {c['wanted_ms']:.2f} ms wanted ({len(c.get('timings', [c]))} timing(s))"
+                          for s, c in sorted(slow.items()))  # fmt: skip
+        raise UserError(f"{target.describe()} cannot be reached on this machine: the latency model predicted plans that reach it, but "
+                        f"each measured too slow as int8 ({timed}); nothing written so far was removed", job.run_dir)  # fmt: skip
     if job.options.also:
         raise UserError(f"{job.describe_targets()} cannot be met together: the closest the planner gets is {reach:.2f} times the "
                         f"tighter budget (predicted), with every unit at the fewest channels it may keep at input size {size}; "
